@@ -1,0 +1,33 @@
+"""Constants shared by the training job and the model server: paths, file names, defaults."""
+
+# SageMaker's container contract: everything lives under this base folder (overridable for local runs).
+BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
+DEFAULT_BASE_DIR = "/opt/ml"
+
+# Channels the training job reads (SM_CHANNEL_<NAME>).
+TRAIN_CHANNEL = "train"
+VALID_CHANNEL = "valid"
+TEST_CHANNEL = "test"
+PRETRAINED_CHANNEL = "pretrained"
+# The dogImages zip has these sub-folders; a single `train` channel holding them is accepted too.
+SPLIT_FOLDERS = {TRAIN_CHANNEL: "train", VALID_CHANNEL: "valid", TEST_CHANNEL: "test"}
+
+# The artifact (SageMaker tars /opt/ml/model into model.tar.gz).
+WEIGHTS_FILE = "model.pth"
+METADATA_FILE = "model.json"
+ARTIFACT_FORMAT_VERSION = 1
+CHECKPOINT_FILE = "checkpoint.pth"
+FAILURE_FILE = "failure"
+FAILURE_MAX_CHARS = 1024  # SageMaker shows the first 1,024 characters as FailureReason
+
+# Pictures the data loader accepts, compared lower-case (the dog set mixes .jpg and .JPG).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+# ImageNet normalisation used by torchvision's pretrained ResNets.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Evaluation resizes the short side to image_size / RESIZE_RATIO, then centre-crops (torchvision's 256/224).
+RESIZE_RATIO = 224 / 256
+
+# Exit code for a job stopped by SIGTERM after saving its checkpoint (128 + SIGTERM, like a shell).
+SIGTERM_EXIT_CODE = 143

@@ -1,0 +1,45 @@
+"""The metric lines the training job prints, and the regexes that read them back.
+
+This module is the single definition of the format: the training job formats its lines with it, and the
+launcher passes METRIC_DEFINITIONS to SageMaker (which scrapes the log with them) and parses local logs
+with the same regexes. It imports nothing heavy, so the launcher can use it without torch.
+"""
+import re
+
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+# name -> the metric's line prefix context; each regex captures one number.
+EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "images_per_sec", "bad_images")
+FINAL_METRICS = ("test_loss", "test_acc")
+
+
+def _regex(name):
+    # Anchored on the key preceded by a space or line start, so `valid_loss` never matches `train_loss`.
+    return rf"(?:^|\s){name}={_NUMBER}"
+
+
+METRIC_DEFINITIONS = [
+    {"Name": "epoch", "Regex": r"(?:^|\s)epoch=([0-9]+)\s"}
+] + [{"Name": name, "Regex": _regex(name)} for name in EPOCH_METRICS + FINAL_METRICS]
+
+
+def format_metrics(**values):
+    """One metric line: `key=value` pairs, floats with 4 decimals (images_per_sec with 1)."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, float):
+            value = f"{value:.1f}" if key == "images_per_sec" else f"{value:.4f}"
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def parse_metrics(lines):
+    """Apply METRIC_DEFINITIONS to log lines, as SageMaker does: {name: [values in order]}."""
+    compiled = [(d["Name"], re.compile(d["Regex"])) for d in METRIC_DEFINITIONS]
+    found = {}
+    for line in lines:
+        for name, regex in compiled:
+            match = regex.search(line)
+            if match:
+                found.setdefault(name, []).append(float(match.group(1)))
+    return found

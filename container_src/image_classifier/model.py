@@ -1,0 +1,144 @@
+"""The network and its artifact: build a ResNet with a new head, load pretrained weights, save/load.
+
+The artifact is two files in the model folder: `model.pth` (a state_dict only, loadable with
+`weights_only=True`) and `model.json` (everything needed to use it: arch, classes, preprocessing,
+hyperparameters, final metrics, library versions).
+"""
+import json
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from . import __version__, constants
+
+log = logging.getLogger(__name__)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for but cannot be found; the message says how to fix it."""
+
+
+class ArtifactError(RuntimeError):
+    """The model folder does not hold a usable artifact."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str
+    classes: list
+    image_size: int
+    mean: tuple = constants.IMAGENET_MEAN
+    std: tuple = constants.IMAGENET_STD
+    hyperparameters: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    @property
+    def resize_size(self):
+        return round(self.image_size / constants.RESIZE_RATIO)
+
+
+def build_model(arch, num_classes, backbone_state=None):
+    """A torchvision ResNet; `backbone_state` (any ResNet state_dict) is loaded before the new head."""
+    model = torchvision.models.get_model(arch, weights=None)
+    if backbone_state is not None:
+        backbone_state = {k: v for k, v in backbone_state.items() if not k.startswith("fc.")}
+        missing, unexpected = model.load_state_dict(backbone_state, strict=False)
+        if unexpected or any(not key.startswith("fc.") for key in missing):
+            raise PretrainedWeightsError(
+                f"The pretrained weights do not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def set_trainable(model, trainable_layers):
+    """Freeze all but the head and the last `trainable_layers` ResNet stages (4 = the whole network)."""
+    stages = ["layer4", "layer3", "layer2", "layer1"][:trainable_layers]
+    if trainable_layers >= 4:
+        stages += ["conv1", "bn1"]
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.startswith("fc.") or name.split(".")[0] in stages
+
+
+def pretrained_state(arch, channel_dir=None, allow_download=False):
+    """ImageNet weights for `arch`: from the `pretrained` channel, else torch's cache, else a download
+    when allowed. Never silently random: with none of these it raises with the ways to fix it."""
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    file_name = os.path.basename(weights.url)
+    if channel_dir is not None and Path(channel_dir).is_dir():
+        files = sorted(p for p in Path(channel_dir).rglob("*") if p.suffix in (".pth", ".pt"))
+        preferred = [p for p in files if p.name == file_name] or files
+        if not preferred:
+            raise PretrainedWeightsError(f"The 'pretrained' channel ({channel_dir}) has no .pth/.pt file.")
+        log.info("Loading pretrained weights from the 'pretrained' channel: %s", preferred[0])
+        state = torch.load(preferred[0], map_location="cpu", weights_only=True)
+        return state.get("model", state) if isinstance(state, dict) else state
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if cached.is_file() or allow_download:
+        log.info("Loading %s weights %s (%s)", arch, weights, "cached" if cached.is_file() else "downloading")
+        try:
+            return weights.get_state_dict(progress=False, check_hash=True)
+        except OSError as error:  # URLError is an OSError
+            raise PretrainedWeightsError(f"Could not download {weights.url}: {error}. {_FIX_HINT}") from None
+    raise PretrainedWeightsError(
+        f"pretrained=true needs the ImageNet weights of {arch} ({file_name}), but they are not cached at "
+        f"{cached}, no 'pretrained' channel was given and weights-download is false. {_FIX_HINT}")
+
+
+_FIX_HINT = ("Fix: give the weights file as a 'pretrained' channel, build the image with "
+             "--build-arg BAKE_WEIGHTS=true, set weights-download=true where the job has internet, "
+             "or train from scratch with pretrained=false.")
+
+
+def _atomic_write(path, write):
+    tmp = Path(f"{path}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_artifact(model_dir, model, config):
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    _atomic_write(model_dir / constants.WEIGHTS_FILE, lambda p: torch.save(state, p))
+    metadata = {
+        "format_version": constants.ARTIFACT_FORMAT_VERSION,
+        **asdict(config),
+        "num_classes": config.num_classes,
+        "resize_size": config.resize_size,
+        "versions": {"image_classifier": __version__, "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "python": platform.python_version()},
+    }
+    _atomic_write(model_dir / constants.METADATA_FILE, lambda p: p.write_text(json.dumps(metadata, indent=2)))
+
+
+def load_artifact(model_dir, device="cpu"):
+    """(model in eval mode on `device`, ModelConfig). Raises ArtifactError with the reason."""
+    model_dir = Path(model_dir)
+    try:
+        metadata = json.loads((model_dir / constants.METADATA_FILE).read_text())
+        if metadata.get("format_version") != constants.ARTIFACT_FORMAT_VERSION:
+            raise ArtifactError(f"unsupported artifact format {metadata.get('format_version')!r}")
+        config = ModelConfig(**{k: metadata[k] for k in ModelConfig.__dataclass_fields__ if k in metadata})
+        state = torch.load(model_dir / constants.WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        model = build_model(config.arch, config.num_classes)
+        model.load_state_dict(state)
+    except ArtifactError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, PretrainedWeightsError) as error:
+        raise ArtifactError(f"Cannot load the model from {model_dir}: {type(error).__name__}: {error}") from None
+    return model.to(device).eval(), config
+
+
+def unwrap(model):
+    """The plain module inside DistributedDataParallel (or the model itself)."""
+    return getattr(model, "module", model)

@@ -1,0 +1,327 @@
+"""The training job: fine-tune a ResNet on image folders, as a SageMaker training job.
+
+Run by sagemaker-training's `train` (through /opt/ml/code/train.py) or directly. Reads the job from
+`TrainingEnvironment`, prints one metric line per epoch and one at the end (format: metrics.py), writes
+`model.pth` + `model.json` to the model folder, checkpoints every epoch (and on SIGTERM) so a restarted
+job resumes where it stopped, and on any error writes a short reason to /opt/ml/output/failure.
+"""
+import copy
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import constants
+from .config import HyperparameterError, Hyperparameters
+from .data import DataError, EpochSampler, PictureDataset, build_transforms, load_splits, make_loader
+from .distributed import Distributed
+from .environment import TrainingEnvironment
+from .metrics import format_metrics
+from .model import (ArtifactError, ModelConfig, PretrainedWeightsError, build_model, pretrained_state,
+                    save_artifact, set_trainable, unwrap)
+
+log = logging.getLogger("image_classifier")
+
+# Errors that are the user's to fix: reported in one line, without a traceback.
+USER_ERRORS = (HyperparameterError, DataError, PretrainedWeightsError, ArtifactError)
+
+
+class StopRequested:
+    """Set by SIGTERM (spot interruption, StopTrainingJob): the loop saves at the next step and exits."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self):
+        signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint at the end of this step, then exiting")
+        self.requested = True
+
+
+def _ignore_sigterm(worker_id):
+    # Data-loading workers leave SIGTERM to the main process, which stops them in order.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(hp, parameters):
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    if hp.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
+    return torch.optim.Adam(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def build_scheduler(hp, optimizer, total_steps):
+    if hp.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    if hp.lr_schedule == "step":  # divide by 10 at 1/2 and 3/4 of the run
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, [total_steps // 2, total_steps * 3 // 4], 0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scaler, progress, stop,
+                    max_steps=0, hook=None):
+    """One pass over `loader`. `progress` holds the running sums (restored from a mid-epoch checkpoint);
+    returns True when the epoch ran to the end, False when a stop was requested."""
+    model.train()
+    amp = scaler is not None
+    for images, labels, bad in loader:
+        progress["bad"] += len(bad)
+        for item in bad:
+            log.warning("Skipping unreadable picture: %s", item)
+        if len(labels):
+            start = time.perf_counter()
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = model(images)
+                loss = criterion(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            if amp:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            progress["loss"] += loss.item() * len(labels)
+            progress["correct"] += (logits.argmax(1) == labels).sum().item()
+            progress["images"] += len(labels)
+            progress["seconds"] += time.perf_counter() - start
+            if hook is not None:
+                hook(loss.item())
+        progress["step"] += 1
+        if stop.requested or (max_steps and progress["step"] >= max_steps):
+            break
+    return not stop.requested
+
+
+@torch.inference_mode()
+def evaluate(model, criterion, loader, device, amp=False):
+    """(loss, accuracy, bad picture count, predictions, labels) over a whole loader."""
+    model.eval()
+    total_loss, correct, count, bad = 0.0, 0, 0, 0
+    predictions, targets = [], []
+    for images, labels, bad_items in loader:
+        bad += len(bad_items)
+        if not len(labels):
+            continue
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(images)
+        total_loss += criterion(logits.float(), labels).item() * len(labels)
+        predicted = logits.argmax(1)
+        correct += (predicted == labels).sum().item()
+        count += len(labels)
+        predictions.append(predicted.cpu())
+        targets.append(labels.cpu())
+    if count == 0:
+        raise DataError("No readable pictures to evaluate on.")
+    return total_loss / count, correct / count, bad, torch.cat(predictions), torch.cat(targets)
+
+
+def _atomic_save(obj, path):
+    tmp = Path(f"{path}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _new_progress():
+    return {"step": 0, "loss": 0.0, "correct": 0, "images": 0, "seconds": 0.0, "bad": 0}
+
+
+def run(env, hp):
+    """The whole job; returns the process exit code."""
+    stop = StopRequested().install()
+    dist = Distributed.from_environment(env)
+    device = dist.device
+    seed_everything(hp.seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    amp = hp.amp and device.type == "cuda"
+
+    splits = load_splits(env.channels, hp.on_bad_image)
+    classes = splits.classes
+    log.info("Classes: %d (%s%s); pictures: %s", len(classes), ", ".join(classes[:5]),
+             ", ..." if len(classes) > 5 else "",
+             ", ".join(f"{split} {len(s)}" for split, s in splits.samples.items()))
+
+    backbone = None
+    if hp.pretrained:
+        backbone = pretrained_state(hp.arch, env.channels.get(constants.PRETRAINED_CHANNEL), hp.weights_download)
+    model = build_model(hp.arch, len(classes), backbone)
+    set_trainable(model, hp.trainable_layers)
+    model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log.info("%s: %.1fM parameters, %.1fM trainable, on %s", hp.arch,
+             sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in trainable) / 1e6, device)
+
+    train_tf, eval_tf = build_transforms(hp.image_size, hp.augment)
+    workers = min(env.num_cpus, 8) if hp.workers < 0 else hp.workers
+    train_set = PictureDataset(splits.samples["train"], train_tf, hp.seed)
+    train_sampler = EpochSampler(len(train_set), hp.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
+    # BatchNorm cannot train on a last batch of one picture.
+    drop_last = len(train_sampler) % hp.batch_size == 1
+    train_loader = make_loader(train_set, train_sampler, hp.batch_size, workers, device.type == "cuda", drop_last)
+    train_loader.worker_init_fn = _ignore_sigterm
+
+    def eval_loader(split):
+        dataset = PictureDataset(splits.samples[split], eval_tf, hp.seed)
+        return make_loader(dataset, EpochSampler(len(dataset), hp.seed, shuffle=False), hp.batch_size, workers,
+                           device.type == "cuda")
+
+    steps_per_epoch = len(train_sampler) // hp.batch_size + (0 if drop_last or not len(train_sampler) % hp.batch_size else 1)
+    if hp.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, hp.max_steps_per_epoch)
+    optimizer = build_optimizer(hp, trainable)
+    scheduler = build_scheduler(hp, optimizer, steps_per_epoch * hp.epochs)
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+    train_model = dist.wrap(model)
+
+    # Resume from the newest checkpoint (a restarted spot job finds it in /opt/ml/checkpoints).
+    checkpoint_path = env.checkpoint_dir / constants.CHECKPOINT_FILE
+    best_path = env.checkpoint_dir / "best.pth"
+    state = {"epoch": 0, "progress": _new_progress(), "history": [], "best_valid_loss": math.inf,
+             "best_epoch": 0, "epochs_without_improvement": 0}
+    if checkpoint_path.is_file():
+        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        _check_resumable(saved, hp, splits.folders, checkpoint_path)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        state = saved["state"]
+        log.info("Resuming from %s: epoch %d, step %d", checkpoint_path, state["epoch"] + 1, state["progress"]["step"])
+
+    def save_checkpoint():
+        if dist.is_master:
+            env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                          "state": state, "hyperparameters": hp.to_strings(), "folders": splits.folders},
+                         checkpoint_path)
+
+    valid_loader = eval_loader("valid")
+    for epoch in range(state["epoch"], hp.epochs):
+        progress = state["progress"]
+        train_sampler.set_epoch(epoch, start=progress["step"] * hp.batch_size)
+        finished = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, scaler,
+                                   progress, stop, steps_per_epoch)
+        if not finished:
+            save_checkpoint()
+            log.warning("Stopped by SIGTERM in epoch %d at step %d; checkpoint saved to %s. "
+                        "Restart the job with the same checkpoint folder to resume.",
+                        epoch + 1, progress["step"], checkpoint_path)
+            return constants.SIGTERM_EXIT_CODE
+        valid_loss, valid_acc, valid_bad, _, _ = evaluate(model, criterion, valid_loader, device, amp)
+        images = max(progress["images"], 1)
+        line = {"epoch": epoch + 1, "train_loss": progress["loss"] / images, "train_acc": progress["correct"] / images,
+                "valid_loss": valid_loss, "valid_acc": valid_acc,
+                "images_per_sec": progress["images"] * dist.world_size / max(progress["seconds"], 1e-9),
+                "bad_images": progress["bad"] + valid_bad}
+        if dist.is_master:
+            print(format_metrics(**line), flush=True)
+        state["history"].append(line)
+        if valid_loss < state["best_valid_loss"]:
+            state.update(best_valid_loss=valid_loss, best_epoch=epoch + 1, epochs_without_improvement=0)
+            if dist.is_master:
+                env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                _atomic_save(unwrap(model).state_dict(), best_path)
+        else:
+            state["epochs_without_improvement"] += 1
+        state.update(epoch=epoch + 1, progress=_new_progress())
+        save_checkpoint()
+        if hp.early_stopping_patience and state["epochs_without_improvement"] >= hp.early_stopping_patience:
+            log.info("Early stopping: valid_loss has not improved for %d epochs", hp.early_stopping_patience)
+            break
+        if stop.requested:
+            log.warning("Stopped by SIGTERM after epoch %d; checkpoint saved.", epoch + 1)
+            return constants.SIGTERM_EXIT_CODE
+
+    if not dist.is_master:
+        return 0
+    # Test once, with the best-valid weights.
+    if best_path.is_file():
+        model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+    metrics = {"best_epoch": state["best_epoch"], "valid_loss": state["best_valid_loss"]}
+    if "test" in splits.samples:
+        test_loss, test_acc, test_bad, predictions, targets = evaluate(model, criterion, eval_loader("test"), device, amp)
+        print(format_metrics(test_loss=test_loss, test_acc=test_acc), flush=True)
+        metrics.update(test_loss=test_loss, test_acc=test_acc)
+        _write_predictions(env.output_data_dir, predictions, targets, classes)
+    else:
+        log.warning("No test split: skipping the final test.")
+    metrics["bad_images"] = sum(len(v) for v in splits.bad_files.values()) + sum(h["bad_images"] for h in state["history"][-1:])
+    config = ModelConfig(arch=hp.arch, classes=classes, image_size=hp.image_size,
+                         hyperparameters=hp.to_strings(), metrics=metrics)
+    save_artifact(env.model_dir, model, config)
+    log.info("Saved the model to %s", env.model_dir)
+    return 0
+
+
+def _write_predictions(folder, predictions, targets, classes):
+    """The test predictions, for reports (confusion matrix, per-class accuracy)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "test_predictions.json").write_text(json.dumps(
+        {"classes": classes, "predicted": predictions.tolist(), "actual": targets.tolist()}))
+
+
+def _check_resumable(saved, hp, folders, path):
+    ignored = {"workers", "epochs", "early-stopping-patience"}  # safe to change across a restart
+    ours = hp.to_strings()
+    changed = [k for k, v in saved["hyperparameters"].items() if k not in ignored and ours.get(k) != v]
+    if changed or saved["folders"] != folders:
+        what = ", ".join(f"{k}: {saved['hyperparameters'][k]} -> {ours.get(k)}" for k in changed) or "the classes"
+        raise DataError(f"The checkpoint {path} belongs to another job ({what} differ). Use a new checkpoint "
+                        "location, or delete it to start over.")
+
+
+def write_failure(env, message):
+    try:
+        env.output_dir.mkdir(parents=True, exist_ok=True)
+        env.failure_file.write_text(message[:constants.FAILURE_MAX_CHARS])
+    except OSError:  # pragma: no cover - nothing more can be done
+        log.exception("Could not write the failure file")
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s")
+    env = TrainingEnvironment.read()
+    try:
+        hp = Hyperparameters.from_strings(env.hyperparameters)
+        log.info("Hyperparameters: %s", " ".join(f"{k}={v}" for k, v in hp.to_strings().items()))
+        return run(env, hp)
+    except USER_ERRORS as error:
+        log.error("%s", error)
+        write_failure(env, str(error))
+        return 2
+    except Exception as error:  # noqa: BLE001 - every failure must reach the failure file
+        traceback.print_exc()
+        write_failure(env, f"{type(error).__name__}: {error}")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

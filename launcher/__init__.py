@@ -1,0 +1,16 @@
+"""The launcher's platform side: local runners that emulate SageMaker, sample data, AWS session helpers.
+
+`launch.py` holds the CLI and the SageMaker recipes; this package holds what they need. It talks to the
+container only through the platform contract (paths, environment, HTTP), never by importing training
+internals, except the shared constants in `image_classifier.metrics` / `image_classifier.constants`.
+"""
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+LOCAL_JOBS_DIR = PROJECT_DIR / "local_jobs"
+SAMPLE_DIR = PROJECT_DIR / "data" / "digits"
+ENTRY_SHIM = PROJECT_DIR / "docker" / "code" / "train.py"
+
+
+class LauncherError(Exception):
+    """A problem the user can fix; launch.py prints it as one line, without a traceback."""
