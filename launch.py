@@ -49,7 +49,11 @@ def cmd_data(args):
 def cmd_train(args):
     if args.local:
         return train_local(args)
-    raise LauncherError("Training on SageMaker is not available in this version; use --local.")
+    return train_sagemaker(args)
+
+
+def train_sagemaker(args):
+    raise LauncherError("train on SageMaker: not implemented yet")  # issue 5 (AWS recipes)
 
 
 def train_local(args):
@@ -77,6 +81,43 @@ def train_local(args):
     print(f"\nTraining job {name} completed. {summary}\nModel artifact: {job.model_tar}\nLog: {job.log_file}")
 
 
+# --------------------------------------------------------------------------------- deploy / predict
+def cmd_deploy(args):
+    if args.local:
+        from launcher import local_serving
+
+        return local_serving.deploy(model=args.model, port=args.port, mode=args.local, detach=args.detach)
+    return deploy_sagemaker(args)
+
+
+def deploy_sagemaker(args):
+    raise LauncherError("deploy on SageMaker: not implemented yet")  # issue 5 (AWS recipes)
+
+
+def cmd_predict(args):
+    if args.local:
+        from launcher import local_serving
+
+        return local_serving.predict(args.images, port=args.port, top_k=args.top_k, as_json=args.json)
+    return predict_sagemaker(args)
+
+
+def predict_sagemaker(args):
+    raise LauncherError("predict on SageMaker: not implemented yet")  # issue 5 (AWS recipes)
+
+
+def cmd_delete(args):
+    if args.local:
+        from launcher import local_serving
+
+        return local_serving.delete(port=args.port)
+    return delete_sagemaker(args)
+
+
+def delete_sagemaker(args):
+    raise LauncherError("delete on SageMaker: not implemented yet")  # issue 5 (AWS recipes)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +140,32 @@ def build_parser():
     train.add_argument("--job-name", help="job name (default: image-classifier-<timestamp>)")
     train.add_argument("--jobs-dir", type=Path, default=LOCAL_JOBS_DIR, help=argparse.SUPPRESS)
     train.set_defaults(func=cmd_train)
+
+    deploy = commands.add_parser("deploy", help="serve a model (locally with --local, or as a SageMaker endpoint)",
+                                 description="Serve a model. With --local it runs the model server on this "
+                                             "machine and waits until the model answers.")
+    deploy.add_argument("--local", nargs="?", const="auto", choices=["auto", "docker", "process"],
+                        help="serve on this machine: in the image (docker), as a plain process, or auto")
+    deploy.add_argument("--model", type=Path,
+                        help="model.tar.gz or model folder (default: the newest successful local job's)")
+    deploy.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
+    deploy.add_argument("--detach", action="store_true", help="return once the server is ready, leave it running")
+    deploy.set_defaults(func=cmd_deploy)
+
+    predict = commands.add_parser("predict", help="send pictures to a served model, print the top-k labels",
+                                  description="Send each picture to the model and print its top-k labels.")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict.add_argument("--local", action="store_true", help="ask the locally served model")
+    predict.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
+    predict.add_argument("--top-k", type=int, default=5, help="labels per picture (default 5)")
+    predict.add_argument("--json", action="store_true", help="print the raw JSON response")
+    predict.set_defaults(func=cmd_predict)
+
+    delete = commands.add_parser("delete", help="stop a served model (local server, or SageMaker endpoint)",
+                                 description="Stop a served model: the local server with --local.")
+    delete.add_argument("--local", action="store_true", help="stop the local model server")
+    delete.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
+    delete.set_defaults(func=cmd_delete)
     return parser
 
 

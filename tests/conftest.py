@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny datasets the tests make, and a tiny real training run."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))  # launch.py and the launcher package
+
+# Small, fast and still learnable: a ResNet-18 from scratch on 16 px coloured pictures.
+TINY_HYPERPARAMETERS = {
+    "arch": "resnet18", "pretrained": "false", "trainable-layers": "4", "image-size": "16",
+    "epochs": "2", "batch-size": "8", "lr": "0.01", "augment": "crop-flip", "workers": "0",
+}
+TINY_CLASSES = ("001.Red_fox", "002.Green_frog", "003.Blue_whale")
+_COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
+
+
+def write_picture(path, colour, size=20, seed=0, fmt=None):
+    """A noisy picture dominated by `colour`, so the classes are easy to tell apart."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(rng.normal(colour, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def make_dataset(root, per_split=None, classes=TINY_CLASSES, nested=True):
+    """dogImages-style tree: root/{train,valid,test}/<class>/<name>.jpg (nested) or one root per split."""
+    per_split = per_split or {"train": 12, "valid": 6, "test": 6}
+    root = Path(root)
+    for split, count in per_split.items():
+        for label, folder in enumerate(classes):
+            base = root / split if nested else root.parent / f"{root.name}_{split}"
+            for i in range(count):
+                ext = ".JPG" if i % 3 == 0 else ".jpg"  # the real set mixes cases
+                write_picture(base / folder / f"{folder.split('.')[-1]}_{i:05d}{ext}", _COLOURS[label % 3],
+                              seed=hash((split, label, i)) % 2**32)
+    return root
+
+
+def train_job(tmp_path, hyperparameters=None, channels=None, name="job", echo=False):
+    """Run the real training job (toolkit `train` subprocess) over an /opt/ml tree; returns the LocalJob."""
+    from launcher import local_training
+
+    if channels is None:
+        channels = {"train": make_dataset(tmp_path / "data")}
+    hps = dict(TINY_HYPERPARAMETERS, **(hyperparameters or {}))
+    job = local_training.prepare_job(tmp_path / "jobs", name, channels, hps)
+    exit_code = local_training.run_process(job, echo=echo)
+    local_training.finish(job)
+    return job, exit_code
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory):
+    """A real model folder (model.pth + model.json) from a tiny training run, shared by the session."""
+    tmp = tmp_path_factory.mktemp("trained")
+    job, exit_code = train_job(tmp, {"epochs": "1"})
+    assert exit_code == 0, job.log_file.read_text()[-3000:]
+    return job.dir / "model"
