@@ -7,6 +7,7 @@ hyperparameters, final metrics, library versions).
 import json
 import logging
 import os
+import pickle
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +53,10 @@ def build_model(arch, num_classes, backbone_state=None):
     model = torchvision.models.get_model(arch, weights=None)
     if backbone_state is not None:
         backbone_state = {k: v for k, v in backbone_state.items() if not k.startswith("fc.")}
-        missing, unexpected = model.load_state_dict(backbone_state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(backbone_state, strict=False)
+        except RuntimeError as error:  # shape mismatches: weights of another architecture
+            raise PretrainedWeightsError(f"The pretrained weights do not fit {arch}: {str(error)[:300]}") from None
         if unexpected or any(not key.startswith("fc.") for key in missing):
             raise PretrainedWeightsError(
                 f"The pretrained weights do not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}.")
@@ -134,7 +138,7 @@ def load_artifact(model_dir, device="cpu"):
         model.load_state_dict(state)
     except ArtifactError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, PretrainedWeightsError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise ArtifactError(f"Cannot load the model from {model_dir}: {type(error).__name__}: {error}") from None
     return model.to(device).eval(), config
 

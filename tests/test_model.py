@@ -1,0 +1,86 @@
+"""The network, pretrained weights and the artifact (model.pth + model.json)."""
+import json
+
+import pytest
+import torch
+import torchvision
+
+from image_classifier.model import (ArtifactError, ModelConfig, PretrainedWeightsError, build_model, load_artifact,
+                                    pretrained_state, save_artifact, set_trainable)
+
+
+def test_artifact_round_trip(tmp_path):
+    model = build_model("resnet18", 3).eval()
+    config = ModelConfig(arch="resnet18", classes=["a", "b", "c"], image_size=32,
+                         hyperparameters={"lr": "0.1"}, metrics={"test_acc": 0.5})
+    save_artifact(tmp_path, model, config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.pth"]
+    assert isinstance(torch.load(tmp_path / "model.pth", weights_only=True), dict)  # a plain state_dict
+    metadata = json.loads((tmp_path / "model.json").read_text())
+    assert metadata["classes"] == ["a", "b", "c"] and metadata["num_classes"] == 3
+    assert metadata["resize_size"] == 37 and metadata["mean"] == [0.485, 0.456, 0.406]
+    assert metadata["versions"]["torch"] == torch.__version__ and metadata["metrics"] == {"test_acc": 0.5}
+    loaded, loaded_config = load_artifact(tmp_path)
+    assert not loaded.training and loaded_config.classes == ["a", "b", "c"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_broken_artifacts_say_why(tmp_path):
+    with pytest.raises(ArtifactError, match="Cannot load the model from .*model.json"):
+        load_artifact(tmp_path)
+    save_artifact(tmp_path, build_model("resnet18", 2), ModelConfig("resnet18", ["a", "b"], 32))
+    (tmp_path / "model.pth").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="Cannot load the model"):
+        load_artifact(tmp_path)
+    metadata = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps(dict(metadata, format_version=99)))
+    with pytest.raises(ArtifactError, match="unsupported artifact format 99"):
+        load_artifact(tmp_path)
+
+
+def test_pretrained_without_weights_fails_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(PretrainedWeightsError) as error:
+        pretrained_state("resnet50")
+    message = str(error.value)
+    assert "resnet50-11ad3fa6.pth" in message and "'pretrained' channel" in message
+    assert "pretrained=false" in message and "BAKE_WEIGHTS" in message
+
+
+def test_pretrained_channel_and_cache_are_used(tmp_path, monkeypatch):
+    source = torchvision.models.resnet18()
+    channel = tmp_path / "pretrained"
+    channel.mkdir()
+    torch.save(source.state_dict(), channel / "weights.pth")
+    state = pretrained_state("resnet18", channel)
+    model = build_model("resnet18", 5, state)
+    assert torch.equal(model.conv1.weight, source.conv1.weight) and model.fc.out_features == 5
+    # torch's own cache, under the file name torchvision expects (what BAKE_WEIGHTS fills)
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    name = torchvision.models.ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]
+    torch.save(source.state_dict(), cache / name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights.DEFAULT.__class__, "get_state_dict",
+                        lambda self, **kw: torch.load(cache / name, weights_only=True))
+    assert torch.equal(pretrained_state("resnet18")["conv1.weight"], source.conv1.weight)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    channel = tmp_path / "pretrained"
+    channel.mkdir()
+    torch.save(torchvision.models.resnet50().state_dict(), channel / "w.pth")
+    with pytest.raises(PretrainedWeightsError, match="do not fit resnet18"):
+        build_model("resnet18", 2, pretrained_state("resnet18", channel))
+
+
+@pytest.mark.parametrize("layers, trainable", [
+    (0, {"fc"}), (1, {"fc", "layer4"}), (2, {"fc", "layer4", "layer3"}),
+    (4, {"fc", "layer4", "layer3", "layer2", "layer1", "conv1", "bn1"}),
+])
+def test_trainable_layers(layers, trainable):
+    model = build_model("resnet18", 2)
+    set_trainable(model, layers)
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == trainable

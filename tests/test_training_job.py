@@ -1,0 +1,134 @@
+"""The real training job: the toolkit's `train` as a subprocess over an /opt/ml tree, and launch.py."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+import torch
+
+from image_classifier.metrics import METRIC_DEFINITIONS, parse_metrics
+from launcher import local_training
+from conftest import PROJECT_DIR, TINY_HYPERPARAMETERS, make_dataset, train_job
+
+pytestmark = pytest.mark.slow
+
+
+def _log_lines(job):
+    return job.log_file.read_text().splitlines()
+
+
+def test_successful_job_writes_the_artifact_and_metric_lines(tmp_path):
+    job, exit_code = train_job(tmp_path, {"epochs": "2"})
+    assert exit_code == 0 and job.succeeded and job.failure_reason is None
+    model_dir = job.dir / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.json", "model.pth"]
+    metadata = json.loads((model_dir / "model.json").read_text())
+    assert metadata["classes"] == ["Red fox", "Green frog", "Blue whale"]
+    assert metadata["arch"] == "resnet18" and metadata["image_size"] == 16
+    assert metadata["hyperparameters"]["lr"] == "0.01"
+    with tarfile.open(job.model_tar) as tar:
+        assert sorted(tar.getnames()) == ["model.json", "model.pth"]
+    # SageMaker's regexes (the launcher's metric_definitions) read the real log lines.
+    metrics = parse_metrics(_log_lines(job))
+    assert metrics["epoch"] == [1.0, 2.0]
+    for name in ("train_loss", "train_acc", "valid_loss", "valid_acc", "images_per_sec", "bad_images"):
+        assert len(metrics[name]) == 2, name
+    assert all(0 <= a <= 1 for a in metrics["valid_acc"]) and all(v > 0 for v in metrics["images_per_sec"])
+    assert metrics["test_acc"] == [pytest.approx(metadata["metrics"]["test_acc"], abs=1e-4)]
+    assert metrics["test_loss"] == [pytest.approx(metadata["metrics"]["test_loss"], abs=1e-4)]
+    assert {d["Name"] for d in METRIC_DEFINITIONS} == set(metrics)
+    predictions = json.loads((job.dir / "output" / "data" / "test_predictions.json").read_text())
+    assert len(predictions["predicted"]) == len(predictions["actual"]) == 18
+
+
+def test_bad_hyperparameter_writes_the_failure_file(tmp_path):
+    job, exit_code = train_job(tmp_path, {"batch-size": "0"})
+    assert exit_code != 0 and not job.succeeded
+    assert job.failure_reason == ("Hyperparameter 'batch-size' = '0' is out of range: "
+                                  "expected an integer from 1 to 4096.")
+    assert not (job.dir / "model" / "model.pth").exists()
+
+
+def test_pretrained_without_weights_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
+    job, exit_code = train_job(tmp_path, {"pretrained": "true"})
+    assert exit_code != 0
+    assert job.failure_reason.startswith("pretrained=true needs the ImageNet weights of resnet18")
+
+
+def test_separate_channels_and_unreadable_pictures(tmp_path):
+    root = make_dataset(tmp_path / "d")
+    (root / "train" / "001.Red_fox" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    channels = {split: root / split for split in ("train", "valid", "test")}
+    job, exit_code = train_job(tmp_path, {"epochs": "1"}, channels, name="skip")
+    assert exit_code == 0
+    assert parse_metrics(_log_lines(job))["bad_images"] == [1.0]
+    assert "Skipping 1 unreadable picture(s) in 'train'" in job.log_file.read_text()
+    job, exit_code = train_job(tmp_path, {"epochs": "1", "on-bad-image": "fail"}, channels, name="fail")
+    assert exit_code != 0 and "broken.jpg" in job.failure_reason and "on-bad-image=fail" in job.failure_reason
+
+
+def test_sigterm_then_restart_gives_exactly_the_uninterrupted_weights(tmp_path):
+    data = make_dataset(tmp_path / "data", {"train": 24, "valid": 4, "test": 4})
+    hps = {"epochs": "3", "augment": "crop-flip"}
+    reference, exit_code = train_job(tmp_path, hps, {"train": data}, name="reference")
+    assert exit_code == 0
+
+    hyperparameters = dict(TINY_HYPERPARAMETERS, **hps)
+    job = local_training.prepare_job(tmp_path / "jobs", "interrupted", {"train": data}, hyperparameters)
+    train = os.path.join(os.path.dirname(sys.executable), "train")
+    process = subprocess.Popen([train], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=local_training.process_environment(job), start_new_session=True)
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("epoch=1 "):  # mid-run: epochs 2 and 3 are still to come
+            os.killpg(process.pid, signal.SIGTERM)
+            break
+    seen += process.stdout.readlines()
+    assert process.wait(timeout=120) != 0
+    local_training._wait_group(process.pid)
+    log = "".join(seen)
+    assert "Stopped by SIGTERM" in log, log[-2000:]
+    assert (job.dir / "checkpoints" / "checkpoint.pth").is_file() and not job.succeeded
+    assert "checkpoint is saved" in job.failure_reason
+
+    job = local_training.prepare_job(tmp_path / "jobs", "interrupted", {"train": data}, hyperparameters)
+    assert local_training.run_process(job, echo=False) == 0 and job.succeeded
+    assert "Resuming from" in job.log_file.read_text()
+    expected = torch.load(reference.dir / "model" / "model.pth", weights_only=True)
+    resumed = torch.load(job.dir / "model" / "model.pth", weights_only=True)
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+
+
+def test_launch_py_trains_a_dogimages_style_folder(tmp_path):
+    data = make_dataset(tmp_path / "dogImages", {"train": 4, "valid": 2, "test": 2})
+    (data / "LICENSE.txt").write_text("stray file at the top")
+    (data / "train" / "002.Green_frog" / "Thumbs.db").write_bytes(b"\0\1")
+    result = subprocess.run(
+        [sys.executable, "launch.py", "train", "--local", "process", "--data", str(data), "--job-name", "cli",
+         "--jobs-dir", str(tmp_path / "jobs")] + [f"--hp={k}={v}" for k, v in TINY_HYPERPARAMETERS.items()]
+        + ["--hp", "epochs=1"],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Training job cli completed." in result.stdout and "test_acc=" in result.stdout
+    assert (tmp_path / "jobs" / "cli" / "model.tar.gz").is_file()
+    assert (tmp_path / "jobs" / "cli" / "train.log").read_text().count("epoch=1 ") == 1
+
+
+def test_launch_py_reports_a_failed_job_in_one_line(tmp_path):
+    data = make_dataset(tmp_path / "d", {"train": 2, "valid": 2})
+    result = subprocess.run(
+        [sys.executable, "launch.py", "train", "--local", "process", "--data", str(data), "--job-name", "bad",
+         "--jobs-dir", str(tmp_path / "jobs"), "--hp", "lr=abc"],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: Training job bad failed \(exit \d+\): Hyperparameter 'lr' = 'abc' is not "
+                        r"valid: expected a number from 1e-07 to 10\.0\.", last_line), last_line
