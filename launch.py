@@ -4,15 +4,25 @@
     python launch.py data --sample digits            # write the embedded sample dataset
     python launch.py train --local                   # train on this machine, in the image or as a process
 
+On SageMaker (after ./build_and_push.sh; each step records what it made for the next, see docs/SAGEMAKER.md):
+
+    python launch.py upload --data dogImages         # the dataset to S3
+    python launch.py tune                            # tuning job over lr and batch-size
+    python launch.py train --from-tuning             # training job with the best values, Debugger, profiler
+    python launch.py deploy                          # endpoint, and one sample prediction
+    python launch.py predict dog.jpg                 # top-k breeds
+    python launch.py delete                          # endpoint, endpoint config and model
+
 Run `python launch.py COMMAND --help` for each command's options.
 """
 import argparse
 import datetime
+import json
 import os
 import sys
 from pathlib import Path
 
-from launcher import LOCAL_JOBS_DIR, SAMPLE_DIR, LauncherError
+from launcher import LOCAL_JOBS_DIR, SAMPLE_DIR, LauncherError, aws
 
 # The demo's training run: digits are tiny, so a small ResNet from scratch at 32 px learns them in a minute.
 DIGITS_HYPERPARAMETERS = {
@@ -45,6 +55,181 @@ def cmd_data(args):
     print(f"Digits sample in {args.dest}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+# ------------------------------------------------------------------------------------ SageMaker recipes
+TRAINING_INSTANCE = "ml.g4dn.xlarge"  # one NVIDIA T4: the cheapest GPU instance
+ENDPOINT_INSTANCE = "ml.m5.large"     # CPU: one picture through a ResNet-50 takes a fraction of a second
+MAX_RUN_SECONDS = 3 * 3600            # a training job is stopped after this; spot jobs may wait as long again
+LAST = "last"                         # `--from-tuning` without a name: the tuning job recorded by `tune`
+
+
+def sagemaker_hyperparameters(overrides):
+    """All hyperparameters as SageMaker passes them: the defaults, overlaid by `overrides` (the best tuning
+    job's values, then --hp). Checked here, so a bad key or value fails before any AWS call."""
+    from image_classifier.config import HyperparameterError, Hyperparameters
+
+    values = Hyperparameters().to_strings()
+    values["weights-download"] = "true"  # SageMaker jobs reach the internet (unless network isolation)
+    values.update(overrides)
+    try:
+        Hyperparameters.from_strings(values)
+    except HyperparameterError as error:
+        raise LauncherError(str(error)) from None
+    return values
+
+
+def training_channels(data_uri, splits=None):
+    """One channel per split of the uploaded dataset: train, valid, test (an S3 prefix each)."""
+    from sagemaker.inputs import TrainingInput
+
+    return {split: TrainingInput(f"{data_uri.rstrip('/')}/{split}") for split in splits or ("train", "valid", "test")}
+
+
+def estimator(connection, hyperparameters, args, tags, watch=None):
+    """Our image as a generic SDK Estimator. `watch` (training jobs only; tuning jobs have no field for it):
+    the job name, to add the Debugger hook, the profiler and checkpoints for spot interruptions."""
+    from sagemaker.debugger import CollectionConfig, DebuggerHookConfig, ProfilerConfig
+    from sagemaker.estimator import Estimator
+
+    from image_classifier.config import Hyperparameters
+    from image_classifier.metrics import METRIC_DEFINITIONS
+
+    spot = not args.no_spot
+    # The tensors' save intervals are the job's own hyperparameters (one definition, also used off SageMaker).
+    job = Hyperparameters.from_strings(hyperparameters)
+    losses_every, tensors_every = str(job.debug_loss_interval), str(job.debug_tensor_interval)
+    debugger = watch and job.debug_hook
+    return Estimator(
+        image_uri=connection.image_uri(),
+        role=connection.role,
+        instance_count=1,
+        instance_type=args.instance_type or TRAINING_INSTANCE,
+        volume_size=50,  # GB: dogImages (1.1 GB), the pretrained weights, checkpoints, tensors
+        hyperparameters=hyperparameters,
+        metric_definitions=METRIC_DEFINITIONS,  # the same regexes the job's metric lines are written for
+        output_path=connection.s3_uri("jobs"),
+        max_run=args.max_run,
+        use_spot_instances=spot,
+        max_wait=2 * args.max_run if spot else None,
+        checkpoint_s3_uri=connection.s3_uri("checkpoints", watch) if watch and spot else None,
+        debugger_hook_config=DebuggerHookConfig(
+            s3_output_path=connection.s3_uri("tensors"),
+            collection_configs=[
+                CollectionConfig("losses", parameters={"save_interval": losses_every}),
+                CollectionConfig("weights", parameters={"save_interval": tensors_every}),
+                CollectionConfig("gradients", parameters={"save_interval": tensors_every}),
+                CollectionConfig("biases", parameters={"save_interval": tensors_every}),
+            ],
+        ) if debugger else False,
+        profiler_config=ProfilerConfig(
+            s3_output_path=connection.s3_uri("profiler"),
+            system_monitor_interval_millis=500,  # CPU, GPU, memory, I/O; torch.profiler runs in the job
+        ) if watch else None,
+        disable_profiler=not watch,
+        rules=builtin_debugger_rules() if watch and args.builtin_rules else None,
+        tags=tags,
+        sagemaker_session=connection.sagemaker,
+    )
+
+
+def builtin_debugger_rules():
+    """SageMaker's own rule containers: only for accounts that still have Debugger (closed to new customers
+    on 2026-07-30). By default the job runs our rules itself (hyperparameter `rules`)."""
+    from sagemaker.debugger import ProfilerRule, Rule, rule_configs
+
+    return [Rule.sagemaker(rule_configs.loss_not_decreasing()), Rule.sagemaker(rule_configs.overfit()),
+            Rule.sagemaker(rule_configs.vanishing_gradient()), Rule.sagemaker(rule_configs.poor_weight_initialization()),
+            ProfilerRule.sagemaker(rule_configs.ProfilerReport())]
+
+
+def best_training_job(connection, tuning_job):
+    description = connection.client("sagemaker").describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=tuning_job)
+    best = description.get("BestTrainingJob")
+    if not best:
+        raise LauncherError(f"tuning job {tuning_job} has no best training job yet "
+                            f"(status {description.get('HyperParameterTuningJobStatus')})")
+    best["TunedHyperParameters"] = {k: v.strip('"') for k, v in best.get("TunedHyperParameters", {}).items()}
+    return best
+
+
+def format_hp(values):
+    return " ".join(f"{k}={v}" for k, v in sorted(values.items()))
+
+
+def sample_picture(local_data):
+    """A picture of the uploaded dataset's test (or valid) split, for deploy's first prediction."""
+    for split in ("test", "valid"):
+        folder = Path(local_data or "/nonexistent") / split
+        if folder.is_dir():
+            from image_classifier.constants import IMAGE_EXTENSIONS
+
+            return next((p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS), None)
+    return None
+
+
+# -------------------------------------------------------------------------------------------- upload
+def cmd_upload(args):
+    """Copy the dataset folder to S3 (only what is new or changed)."""
+    from launcher import s3_upload
+
+    connection = aws.Aws(args)
+    with aws.errors():
+        uri = args.s3 or connection.s3_uri("data", Path(args.data).resolve().name)
+        splits, uploaded, skipped = s3_upload.upload(connection.client("s3"), args.data, uri,
+                                                     parallel=1 if connection.dry_run else s3_upload.PARALLEL_UPLOADS,
+                                                     progress=not connection.dry_run)
+        if connection.dry_run:
+            return connection.finish_dry_run()
+        connection.remember(data_s3_uri=uri, data_splits=splits, local_data=str(Path(args.data).resolve()))
+        print(f"Dataset in {uri} ({', '.join(splits)}): {uploaded} file(s) uploaded, {skipped} already there.")
+
+
+# ---------------------------------------------------------------------------------------------- tune
+def cmd_tune(args):
+    """A hyperparameter tuning job over the learning rate and the batch size (the original project's ranges)."""
+    from sagemaker.tuner import (CategoricalParameter, ContinuousParameter, HyperparameterTuner, WarmStartConfig,
+                                 WarmStartTypes)
+
+    from image_classifier.metrics import METRIC_DEFINITIONS
+
+    connection = aws.Aws(args)
+    with aws.errors():
+        data = connection.recall("data_s3_uri", args.data, "run `python launch.py upload --data DIR` or pass --data s3://...")
+        name = args.job_name or f"ic-tune-{aws.timestamp()}"  # tuning job names: 32 characters at most
+        hyperparameters = sagemaker_hyperparameters(parse_hp(args.hp))
+        tuner = HyperparameterTuner(
+            estimator(connection, hyperparameters, args, tags=aws.tags(data=data)),
+            objective_metric_name=args.objective,
+            objective_type="Minimize" if args.objective.endswith("loss") else "Maximize",
+            hyperparameter_ranges={
+                "lr": ContinuousParameter(0.001, 0.1, scaling_type="Logarithmic"),
+                "batch-size": CategoricalParameter([32, 64, 128, 256, 512]),
+            },
+            metric_definitions=METRIC_DEFINITIONS,
+            strategy=args.strategy,
+            max_jobs=args.max_jobs,
+            max_parallel_jobs=args.max_parallel_jobs,
+            early_stopping_type="Auto",
+            warm_start_config=WarmStartConfig(WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM,
+                                              parents=set(args.warm_start)) if args.warm_start else None,
+            tags=aws.tags(data=data),
+        )
+        tuner.fit(training_channels(data, connection.state.get("data_splits")), job_name=name, wait=False)
+        if connection.dry_run:
+            return connection.finish_dry_run()
+        connection.remember(tuning_job=name)
+        print(f"Tuning job {name} started: {args.max_jobs} training jobs, {args.max_parallel_jobs} at a time, "
+              f"{'maximising' if not args.objective.endswith('loss') else 'minimising'} {args.objective}.", flush=True)
+        if args.no_wait:
+            return print(f"Not waiting. Then: python launch.py train --from-tuning {name}")
+        connection.wait_for_tuning_job(name)
+        best = best_training_job(connection, name)
+        objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {})
+        print(f"Best training job: {best['TrainingJobName']} {objective.get('MetricName', args.objective)}="
+              f"{objective.get('Value', float('nan')):g}\nBest hyperparameters: {format_hp(best['TunedHyperParameters'])}\n"
+              f"Train with them: python launch.py train --from-tuning {name}")
+
+
 # --------------------------------------------------------------------------------------------- train
 def cmd_train(args):
     if args.local:
@@ -53,7 +238,40 @@ def cmd_train(args):
 
 
 def train_sagemaker(args):
-    raise LauncherError("train on SageMaker: not implemented yet")  # issue 5 (AWS recipes)
+    """A training job with the best tuning values, Debugger hook and profiler, on a spot instance."""
+    connection = aws.Aws(args)
+    with aws.errors():
+        if args.data and not args.data.startswith("s3://"):
+            raise LauncherError(f"a SageMaker job reads its data from S3: run `python launch.py upload --data {args.data}`"
+                                " first (or add --local to train on this machine)")
+        data = connection.recall("data_s3_uri", args.data, "run `python launch.py upload --data DIR` or pass --data s3://...")
+        overrides = {}
+        tuning_job = None
+        if args.from_tuning:
+            tuning_job = connection.recall("tuning_job", None if args.from_tuning == LAST else args.from_tuning,
+                                           "run `python launch.py tune` or pass --from-tuning JOB")
+            best = best_training_job(connection, tuning_job)
+            overrides.update(best["TunedHyperParameters"])
+            print(f"From tuning job {tuning_job}: best training job {best['TrainingJobName']} "
+                  f"{format_hp(best['TunedHyperParameters'])}", file=sys.stderr)
+        overrides.update(parse_hp(args.hp))
+        hyperparameters = sagemaker_hyperparameters(overrides)
+        name = args.job_name or job_name()
+        training = estimator(connection, hyperparameters, args, tags=aws.tags(data=data, tuning_job=tuning_job),
+                             watch=name)
+        training.fit(training_channels(data, connection.state.get("data_splits")), job_name=name, wait=False)
+        if connection.dry_run:
+            return connection.finish_dry_run()
+        connection.remember(training_job=name, tuning_job=tuning_job)
+        print(f"Training job {name} started ({args.instance_type or TRAINING_INSTANCE}).", flush=True)
+        if args.no_wait:
+            return print(f"Not waiting. Follow it: {aws.training_job_commands(name, connection.region)[0]}")
+        description = connection.follow_training_job(name)
+        model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
+        connection.remember(model_data=model_data)
+        metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
+        print(f"\nTraining job {name} completed. " + " ".join(f"{k}={v:g}" for k, v in sorted(metrics.items())))
+        print(f"Model data: {model_data}")
 
 
 def train_local(args):
@@ -91,7 +309,50 @@ def cmd_deploy(args):
 
 
 def deploy_sagemaker(args):
-    raise LauncherError("deploy on SageMaker: not implemented yet")  # issue 5 (AWS recipes)
+    """A real-time endpoint serving the model our image, then one sample prediction."""
+    from sagemaker.model import Model
+
+    connection = aws.Aws(args)
+    with aws.errors():
+        training_job = args.job or (None if args.model_data else connection.state.get("training_job"))
+        if args.model_data:
+            model_data = args.model_data
+        elif training_job:
+            description = connection.client("sagemaker").describe_training_job(TrainingJobName=training_job)
+            if description["TrainingJobStatus"] != "Completed":
+                raise LauncherError(f"training job {training_job} is {description['TrainingJobStatus']}: "
+                                    "deploy needs a completed one")
+            model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
+        else:
+            model_data = connection.recall("model_data", None, "run `python launch.py train` or pass --job / --model-data")
+        name = args.endpoint or aws.resource_name()
+        model = Model(
+            image_uri=connection.image_uri(),
+            model_data=model_data,
+            role=connection.role,
+            name=name,
+            sagemaker_session=connection.sagemaker,
+        )
+        model.deploy(
+            initial_instance_count=1,
+            instance_type=args.instance_type or ENDPOINT_INSTANCE,
+            endpoint_name=name,
+            tags=aws.tags(training_job=training_job, model_data=model_data),
+            wait=False,
+        )
+        if connection.dry_run:
+            return connection.finish_dry_run()
+        connection.remember(endpoint=name, model=name)
+        print(f"Endpoint {name} is being created ({args.instance_type or ENDPOINT_INSTANCE}); this takes a few "
+              "minutes.", flush=True)
+        connection.wait_for_endpoint(name)
+        print(f"Endpoint {name} is in service.")
+        sample = args.sample_image or sample_picture(connection.state.get("local_data"))
+        if sample:
+            print("Sample prediction:")
+            invoke_endpoint(connection, name, [Path(sample)], top_k=3)
+        print(f"Query it: python launch.py predict IMAGE --endpoint {name}\n"
+              f"Remove it (it costs money while it runs): python launch.py delete --endpoint {name}")
 
 
 def cmd_predict(args):
@@ -103,7 +364,32 @@ def cmd_predict(args):
 
 
 def predict_sagemaker(args):
-    raise LauncherError("predict on SageMaker: not implemented yet")  # issue 5 (AWS recipes)
+    connection = aws.Aws(args)
+    with aws.errors():
+        endpoint = connection.recall("endpoint", args.endpoint, "run `python launch.py deploy` or pass --endpoint NAME")
+        invoke_endpoint(connection, endpoint, args.images, top_k=args.top_k, as_json=args.json)
+        if connection.dry_run:
+            connection.finish_dry_run()
+
+
+def invoke_endpoint(connection, endpoint, images, top_k, as_json=False):
+    """Each picture's raw bytes as image/jpeg (or its own type), the endpoint's JSON answer back."""
+    from sagemaker.deserializers import JSONDeserializer
+    from sagemaker.predictor import Predictor
+    from sagemaker.serializers import IdentitySerializer
+
+    from launcher.local_serving import content_type_of, format_table
+
+    predictor = Predictor(endpoint, sagemaker_session=connection.sagemaker,
+                          serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
+    for path in map(Path, images):
+        if not path.is_file():
+            raise LauncherError(f"{path}: no such file")
+        answer = predictor.predict(path.read_bytes(), initial_args={"ContentType": content_type_of(path)},
+                                   custom_attributes=f"top_k={top_k}")
+        if connection.dry_run:
+            continue
+        print(json.dumps(answer) if as_json else format_table(path, answer["predictions"][0]))
 
 
 def cmd_delete(args):
@@ -115,10 +401,55 @@ def cmd_delete(args):
 
 
 def delete_sagemaker(args):
-    raise LauncherError("delete on SageMaker: not implemented yet")  # issue 5 (AWS recipes)
+    """The endpoint, its endpoint config and its model(s): everything deploy made."""
+    connection = aws.Aws(args)
+    with aws.errors():
+        endpoint = connection.recall("endpoint", args.endpoint, "pass --endpoint NAME")
+        client = connection.client("sagemaker")
+        try:
+            config_name = client.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+        except client.exceptions.ClientError as error:
+            if "Could not find" not in str(error):
+                raise
+            raise LauncherError(f"endpoint {endpoint} not found in {connection.region} (already deleted?)") from None
+        models = [v["ModelName"] for v in
+                  client.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]]
+        client.delete_endpoint(EndpointName=endpoint)
+        client.delete_endpoint_config(EndpointConfigName=config_name)
+        for model in models:
+            client.delete_model(ModelName=model)
+        if connection.dry_run:
+            return connection.finish_dry_run()
+        if connection.state.get("endpoint") == endpoint:
+            connection.forget("endpoint", "model")
+        print(f"Deleted endpoint {endpoint}, endpoint config {config_name}, model(s) {', '.join(models)}.")
+
+
+# -------------------------------------------------------------------------------------------- report
+def cmd_report(args):
+    from launcher import report
+
+    if args.job:
+        connection = aws.Aws(args)
+        with aws.errors():
+            out = args.out or report.REPORTS_DIR / args.job
+            path, _ = report.build(report.sagemaker_job(args.job, Path(out) / "job", connection.boto), out)
+    else:
+        path = report.report(local=args.local, out=args.out)
+    print(f"Report: {path}")
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def add_job_arguments(parser):
+    """Options of SageMaker training (and tuning) jobs."""
+    parser.add_argument("--instance-type", help=f"SageMaker: training instance (default {TRAINING_INSTANCE})")
+    parser.add_argument("--no-spot", action="store_true", help="SageMaker: on-demand instead of managed spot")
+    parser.add_argument("--max-run", type=int, default=MAX_RUN_SECONDS, metavar="SECONDS",
+                        help=f"SageMaker: stop a job after this long (default {MAX_RUN_SECONDS})")
+    parser.add_argument("--no-wait", action="store_true", help="SageMaker: return once the job is created")
+    aws.add_arguments(parser)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -130,15 +461,44 @@ def build_parser():
     data.add_argument("--dest", type=Path, default=SAMPLE_DIR, help=f"where to write it (default: {SAMPLE_DIR})")
     data.set_defaults(func=cmd_data)
 
+    upload = commands.add_parser("upload", help="copy a dataset folder to S3 (what is new or changed)",
+                                 description="Copy a dataset folder (train/ valid/ test/, one sub-folder per class) "
+                                             "to S3, skipping files already there with the same size and MD5.")
+    upload.add_argument("--data", required=True, help="dataset folder, e.g. dogImages")
+    upload.add_argument("--s3", help="destination (default: s3://BUCKET/image-classifier/data/<folder name>)")
+    aws.add_arguments(upload)
+    upload.set_defaults(func=cmd_upload)
+
+    tune = commands.add_parser("tune", help="hyperparameter tuning job on SageMaker (lr, batch-size)",
+                               description="A SageMaker hyperparameter tuning job over lr (0.001-0.1, log scale) "
+                                           "and batch-size (32-512); prints the best job and its values.")
+    tune.add_argument("--data", help="dataset in S3 (default: the one `upload` recorded)")
+    tune.add_argument("--hp", action="append", metavar="KEY=VALUE", help="fixed hyperparameter, repeatable")
+    tune.add_argument("--objective", choices=["valid_acc", "valid_loss"], default="valid_acc",
+                      help="maximise valid_acc (default) or minimise valid_loss")
+    tune.add_argument("--strategy", choices=["Bayesian", "Random"], default="Bayesian", help="search strategy")
+    tune.add_argument("--max-jobs", type=int, default=8, help="training jobs in all (default 8)")
+    tune.add_argument("--max-parallel-jobs", type=int, default=2, help="training jobs at a time (default 2)")
+    tune.add_argument("--warm-start", nargs="+", metavar="TUNING_JOB", help="start from earlier tuning jobs")
+    tune.add_argument("--job-name", help="tuning job name (default: ic-tune-<timestamp>, 32 characters at most)")
+    add_job_arguments(tune)
+    tune.set_defaults(func=cmd_tune)
+
     train = commands.add_parser("train", help="run the training job (locally with --local)",
                                 description="Run the training job. With --local it runs on this machine over "
                                             "an /opt/ml-shaped tree in local_jobs/<job-name>/.")
     train.add_argument("--local", nargs="?", const="auto", choices=["auto", "docker", "process"],
                        help="run on this machine: in the image (docker), as a plain process, or auto")
-    train.add_argument("--data", help="dataset folder (dogImages layout); default: the digits sample")
+    train.add_argument("--data", help="dataset folder (dogImages layout); default: the digits sample. "
+                                      "On SageMaker: an S3 URI, default: the one `upload` recorded")
     train.add_argument("--hp", action="append", metavar="KEY=VALUE", help="hyperparameter, repeatable")
     train.add_argument("--job-name", help="job name (default: image-classifier-<timestamp>)")
     train.add_argument("--jobs-dir", type=Path, default=LOCAL_JOBS_DIR, help=argparse.SUPPRESS)
+    train.add_argument("--from-tuning", nargs="?", const=LAST, metavar="TUNING_JOB",
+                       help="start from the best values of this tuning job (no name: the one `tune` recorded)")
+    train.add_argument("--builtin-rules", action="store_true",
+                       help="also run SageMaker's built-in Debugger rules (accounts with Debugger access only)")
+    add_job_arguments(train)
     train.set_defaults(func=cmd_train)
 
     deploy = commands.add_parser("deploy", help="serve a model (locally with --local, or as a SageMaker endpoint)",
@@ -150,6 +510,13 @@ def build_parser():
                         help="model.tar.gz or model folder (default: the newest successful local job's)")
     deploy.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
     deploy.add_argument("--detach", action="store_true", help="return once the server is ready, leave it running")
+    deploy.add_argument("--job", help="SageMaker: the training job whose model to deploy (default: the last `train`)")
+    deploy.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
+    deploy.add_argument("--endpoint", help="SageMaker: endpoint (and model) name (default: image-classifier-<timestamp>)")
+    deploy.add_argument("--instance-type", help=f"SageMaker: endpoint instance (default {ENDPOINT_INSTANCE})")
+    deploy.add_argument("--sample-image", type=Path, help="SageMaker: picture for the first prediction "
+                                                          "(default: one of the uploaded dataset's test pictures)")
+    aws.add_arguments(deploy)
     deploy.set_defaults(func=cmd_deploy)
 
     predict = commands.add_parser("predict", help="send pictures to a served model, print the top-k labels",
@@ -159,13 +526,29 @@ def build_parser():
     predict.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
     predict.add_argument("--top-k", type=int, default=5, help="labels per picture (default 5)")
     predict.add_argument("--json", action="store_true", help="print the raw JSON response")
+    predict.add_argument("--endpoint", help="SageMaker endpoint (default: the one `deploy` recorded)")
+    aws.add_arguments(predict)
     predict.set_defaults(func=cmd_predict)
 
     delete = commands.add_parser("delete", help="stop a served model (local server, or SageMaker endpoint)",
                                  description="Stop a served model: the local server with --local.")
     delete.add_argument("--local", action="store_true", help="stop the local model server")
     delete.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
+    delete.add_argument("--endpoint", help="SageMaker endpoint to delete with its config and model "
+                                           "(default: the one `deploy` recorded)")
+    aws.add_arguments(delete)
     delete.set_defaults(func=cmd_delete)
+
+    report = commands.add_parser("report", help="write an HTML report of a finished training job",
+                                 description="One self-contained HTML page plus PNG figures: loss per step, "
+                                             "accuracy per epoch, test confusion matrix, rules, profiler, "
+                                             "hyperparameters.")
+    source = report.add_mutually_exclusive_group(required=True)
+    source.add_argument("--local", metavar="JOB_DIR_OR_NAME", help="a local job: its folder or its name")
+    source.add_argument("--job", metavar="NAME", help="a SageMaker training job (outputs downloaded from S3)")
+    report.add_argument("--out", type=Path, help="output folder (default: reports/<job name>)")
+    aws.add_arguments(report)
+    report.set_defaults(func=cmd_report)
     return parser
 
 

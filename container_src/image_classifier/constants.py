@@ -31,3 +31,14 @@ RESIZE_RATIO = 224 / 256
 
 # Exit code for a job stopped by SIGTERM after saving its checkpoint (128 + SIGTERM, like a shell).
 SIGTERM_EXIT_CODE = 143
+
+# Debugging and profiling outputs (debugging.py, rules.py, profiling.py; read back by the launcher's report).
+# smdebug's tensors go to <output>/tensors, where SageMaker's DebugHookConfig LocalPath also points.
+TENSORS_FOLDER = "tensors"
+SAGEMAKER_TENSORS_DIR = "/opt/ml/output/tensors"
+RULES_FILE = "rules.json"
+PREDICTIONS_FILE = "test_predictions.json"
+PROFILER_TRACE_FILE = "profiler_trace.json"
+PROFILER_OPS_FILE = "profiler_ops.json"
+PROFILER_TABLE_FILE = "profiler_ops.txt"
+SYSTEM_METRICS_FILE = "system_metrics.json"

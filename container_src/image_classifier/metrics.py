@@ -22,6 +22,11 @@ METRIC_DEFINITIONS = [
     {"Name": "epoch", "Regex": r"(?:^|\s)epoch=([0-9]+)\s"}
 ] + [{"Name": name, "Regex": _regex(name)} for name in EPOCH_METRICS + FINAL_METRICS]
 
+# One line per debugging rule at the end of training (rules.py): 1 triggered, 0 passed, -1 not enough data.
+RULE_METRICS = ("rule_loss_not_decreasing", "rule_overfit", "rule_overtraining", "rule_vanishing_gradient",
+                "rule_exploding_tensor", "rule_poor_weight_initialization", "rule_class_imbalance")
+METRIC_DEFINITIONS += [{"Name": name, "Regex": _regex(name)} for name in RULE_METRICS]
+
 
 def format_metrics(**values):
     """One metric line: `key=value` pairs, floats with 4 decimals (images_per_sec with 1)."""

@@ -5,7 +5,7 @@ Run by sagemaker-training's `train` (through /opt/ml/code/train.py) or directly.
 `model.pth` + `model.json` to the model folder, checkpoints every epoch (and on SIGTERM) so a restarted
 job resumes where it stopped, and on any error writes a short reason to /opt/ml/output/failure.
 """
-import copy
+import json
 import logging
 import math
 import os
@@ -23,11 +23,13 @@ from torch import nn
 from . import constants
 from .config import HyperparameterError, Hyperparameters
 from .data import DataError, EpochSampler, PictureDataset, build_transforms, load_splits, make_loader
+from .debugging import TensorRecorder, run_end_of_training_rules
 from .distributed import Distributed
 from .environment import TrainingEnvironment
 from .metrics import format_metrics
 from .model import (ArtifactError, ModelConfig, PretrainedWeightsError, build_model, pretrained_state,
                     save_artifact, set_trainable, unwrap)
+from .profiling import Profiling
 
 log = logging.getLogger("image_classifier")
 
@@ -83,6 +85,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
     returns True when the epoch ran to the end, False when a stop was requested."""
     model.train()
     amp = scaler is not None
+    waiting_since = time.perf_counter()  # the time until the loader yields is time spent waiting for data
     for images, labels, bad in loader:
         progress["bad"] += len(bad)
         for item in bad:
@@ -106,9 +109,10 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
             progress["correct"] += (logits.argmax(1) == labels).sum().item()
             progress["images"] += len(labels)
             progress["seconds"] += time.perf_counter() - start
-            if hook is not None:
-                hook(loss.item())
+            if hook is not None:  # profiling: told each step's data wait and compute time
+                hook(data_seconds=start - waiting_since, compute_seconds=time.perf_counter() - start)
         progress["step"] += 1
+        waiting_since = time.perf_counter()
         if stop.requested or (max_steps and progress["step"] >= max_steps):
             break
     return not stop.requested
@@ -160,6 +164,7 @@ def run(env, hp):
 
     splits = load_splits(env.channels, hp.on_bad_image)
     classes = splits.classes
+    scan_bad = sum(len(files) for files in splits.bad_files.values())  # unreadable, skipped at scan time
     log.info("Classes: %d (%s%s); pictures: %s", len(classes), ", ".join(classes[:5]),
              ", ..." if len(classes) > 5 else "",
              ", ".join(f"{split} {len(s)}" for split, s in splits.samples.items()))
@@ -188,7 +193,7 @@ def run(env, hp):
         return make_loader(dataset, EpochSampler(len(dataset), hp.seed, shuffle=False), hp.batch_size, workers,
                            device.type == "cuda")
 
-    steps_per_epoch = len(train_sampler) // hp.batch_size + (0 if drop_last or not len(train_sampler) % hp.batch_size else 1)
+    steps_per_epoch = len(train_loader)
     if hp.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, hp.max_steps_per_epoch)
     optimizer = build_optimizer(hp, trainable)
@@ -196,6 +201,8 @@ def run(env, hp):
     scaler = torch.amp.GradScaler("cuda") if amp else None
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     train_model = dist.wrap(model)
+    recorder = TensorRecorder.start(env, hp, model, criterion)  # smdebug: losses, weights, gradients
+    profiling = Profiling.start(hp, env.output_data_dir, device)  # None unless profile=true
 
     # Resume from the newest checkpoint (a restarted spot job finds it in /opt/ml/checkpoints).
     checkpoint_path = env.checkpoint_dir / constants.CHECKPOINT_FILE
@@ -225,20 +232,22 @@ def run(env, hp):
     for epoch in range(state["epoch"], hp.epochs):
         progress = state["progress"]
         train_sampler.set_epoch(epoch, start=progress["step"] * hp.batch_size)
+        recorder.set_mode("train")
         finished = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, scaler,
-                                   progress, stop, steps_per_epoch)
+                                   progress, stop, steps_per_epoch, hook=profiling)
         if not finished:
             save_checkpoint()
             log.warning("Stopped by SIGTERM in epoch %d at step %d; checkpoint saved to %s. "
                         "Restart the job with the same checkpoint folder to resume.",
                         epoch + 1, progress["step"], checkpoint_path)
             return constants.SIGTERM_EXIT_CODE
+        recorder.set_mode("eval")
         valid_loss, valid_acc, valid_bad, _, _ = evaluate(model, criterion, valid_loader, device, amp)
         images = max(progress["images"], 1)
         line = {"epoch": epoch + 1, "train_loss": progress["loss"] / images, "train_acc": progress["correct"] / images,
                 "valid_loss": valid_loss, "valid_acc": valid_acc,
                 "images_per_sec": progress["images"] * dist.world_size / max(progress["seconds"], 1e-9),
-                "bad_images": progress["bad"] + valid_bad}
+                "bad_images": scan_bad + progress["bad"] + valid_bad}
         if dist.is_master:
             print(format_metrics(**line), flush=True)
         state["history"].append(line)
@@ -258,31 +267,34 @@ def run(env, hp):
             log.warning("Stopped by SIGTERM after epoch %d; checkpoint saved.", epoch + 1)
             return constants.SIGTERM_EXIT_CODE
 
+    if profiling is not None:
+        profiling.close()
     if not dist.is_master:
+        recorder.close()
         return 0
     # Test once, with the best-valid weights.
     if best_path.is_file():
         model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
-    metrics = {"best_epoch": state["best_epoch"], "valid_loss": state["best_valid_loss"]}
+    metrics = {"best_epoch": state["best_epoch"], "valid_loss": state["best_valid_loss"],
+               "bad_images": state["history"][-1]["bad_images"]}
     if "test" in splits.samples:
+        recorder.set_mode("predict")
         test_loss, test_acc, test_bad, predictions, targets = evaluate(model, criterion, eval_loader("test"), device, amp)
         print(format_metrics(test_loss=test_loss, test_acc=test_acc), flush=True)
-        metrics.update(test_loss=test_loss, test_acc=test_acc)
+        metrics.update(test_loss=test_loss, test_acc=test_acc, bad_images=metrics["bad_images"] + test_bad)
         _write_predictions(env.output_data_dir, predictions, targets, classes)
     else:
         log.warning("No test split: skipping the final test.")
-    metrics["bad_images"] = sum(len(v) for v in splits.bad_files.values()) + sum(h["bad_images"] for h in state["history"][-1:])
     config = ModelConfig(arch=hp.arch, classes=classes, image_size=hp.image_size,
                          hyperparameters=hp.to_strings(), metrics=metrics)
     save_artifact(env.model_dir, model, config)
     log.info("Saved the model to %s", env.model_dir)
+    run_end_of_training_rules(recorder, env, hp, len(classes))
     return 0
 
 
 def _write_predictions(folder, predictions, targets, classes):
     """The test predictions, for reports (confusion matrix, per-class accuracy)."""
-    import json
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "test_predictions.json").write_text(json.dumps(
         {"classes": classes, "predicted": predictions.tolist(), "actual": targets.tolist()}))
@@ -309,10 +321,14 @@ def write_failure(env, message):
 def main():
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s")
     env = TrainingEnvironment.read()
+    env.failure_file.unlink(missing_ok=True)  # left by an interrupted earlier run of this job
     try:
         hp = Hyperparameters.from_strings(env.hyperparameters)
         log.info("Hyperparameters: %s", " ".join(f"{k}={v}" for k, v in hp.to_strings().items()))
-        return run(env, hp)
+        exit_code = run(env, hp)
+        if exit_code == constants.SIGTERM_EXIT_CODE:
+            write_failure(env, "Stopped by SIGTERM; the checkpoint is saved and a restarted job resumes from it.")
+        return exit_code
     except USER_ERRORS as error:
         log.error("%s", error)
         write_failure(env, str(error))

@@ -1,0 +1,167 @@
+"""The smdebug hook of the training job: which tensors are saved, where, and how often.
+
+The hook is created from SageMaker's hook configuration (`debughookconfig.json`) when the job has one,
+else from the hyperparameters (`debug-hook`, `debug-loss-interval`, `debug-tensor-interval`). It saves
+the loss (and the labels, for the class-imbalance rule) every few steps, in TRAIN, EVAL (validation) and
+PREDICT (test) modes, and the weights, gradients and biases only every `debug-tensor-interval` training
+steps: saving all of a ResNet-50 costs about 180 MB and a second. smdebug ignores SAGEMAKER_BASE_DIR, so
+every path it gets is explicit: `<output>/tensors` (SageMaker's LocalPath, /opt/ml/output/tensors).
+"""
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from . import constants
+
+log = logging.getLogger(__name__)
+
+# smdebug logs every parameter it registers at INFO; its warnings are enough (set before it is imported).
+os.environ.setdefault("SMDEBUG_LOG_LEVEL", "warning")
+
+# The loss module's second input is the batch's labels: saved with the loss for the class-imbalance rule.
+LABELS_COLLECTION = "labels"
+LABELS_REGEX = r"CrossEntropyLoss_input_1"
+SPARSE_COLLECTIONS = ("weights", "gradients", "biases")
+MODES = ("train", "eval", "predict")
+
+
+# ------------------------------------------------------------------------------------- numpy shim
+class _TostringArray(np.ndarray):
+    """smdebug 1.0.34 serialises tensors with `ndarray.tostring()`, deprecated since numpy 1.19 and removed
+    in numpy 2.3. A view of this subclass answers it with `tobytes()` (the same bytes, no copy)."""
+
+    def tostring(self, order="C"):
+        return self.tobytes(order)
+
+
+def install_numpy_compat():
+    """Route smdebug's tensor serialisation through `_TostringArray`; idempotent."""
+    from smdebug.core import writer
+    from smdebug.core.tfevent import util
+
+    if getattr(writer.make_tensor_proto, "numpy_compat", False):
+        return
+    original = util.make_tensor_proto
+
+    def make_tensor_proto(nparray_data, tag):
+        return original(np.asarray(nparray_data).view(_TostringArray), tag)
+
+    make_tensor_proto.numpy_compat = True
+    util.make_tensor_proto = writer.make_tensor_proto = make_tensor_proto
+
+
+# ----------------------------------------------------------------------------------------- the hook
+def tensors_dir(env):
+    return env.output_dir / constants.TENSORS_FOLDER
+
+
+def _local_config_file(env):
+    """SageMaker's hook config with its LocalPath moved under this job's base folder (a local run's
+    SAGEMAKER_BASE_DIR is not /opt/ml, and smdebug would write to /opt/ml otherwise)."""
+    config = json.loads(Path(env.debug_hook_config).read_text())
+    local = config.get("LocalPath") or constants.SAGEMAKER_TENSORS_DIR
+    if local.startswith(constants.DEFAULT_BASE_DIR + "/"):
+        local = str(env.base_dir / local[len(constants.DEFAULT_BASE_DIR) + 1:])
+    config["LocalPath"] = local
+    target = env.output_dir / "debughookconfig.effective.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(config))
+    return target, Path(local)
+
+
+def _sparse_save_config(interval):
+    """Every `interval` training steps (step 0 included); never in validation or test."""
+    from smdebug.core.modes import ModeKeys
+    from smdebug.core.save_config import SaveConfig, SaveConfigMode
+
+    never = SaveConfigMode(save_interval=1, end_step=0)
+    return SaveConfig({ModeKeys.TRAIN: SaveConfigMode(save_interval=interval), ModeKeys.EVAL: never,
+                       ModeKeys.PREDICT: never, ModeKeys.GLOBAL: never})
+
+
+def create_hook(env, hp):
+    """The smdebug hook for this job, or None when `debug-hook=false`."""
+    if not hp.debug_hook:
+        if env.debug_hook_config is not None:
+            log.info("debug-hook=false: ignoring the job's Debugger hook configuration")
+        return None
+    install_numpy_compat()
+    import smdebug.pytorch as smd
+
+    if env.debug_hook_config is not None:
+        config_file, out_dir = _local_config_file(env)
+        _clear(out_dir)
+        hook = smd.Hook.create_from_json_file(str(config_file))
+        source = f"the job's Debugger configuration ({env.debug_hook_config})"
+    else:
+        out_dir = tensors_dir(env)
+        _clear(out_dir)
+        hook = smd.Hook(out_dir=str(out_dir), save_config=smd.SaveConfig(save_interval=hp.debug_loss_interval),
+                        include_collections=["losses", *SPARSE_COLLECTIONS])
+        for name in SPARSE_COLLECTIONS:
+            hook.get_collection(name).save_config = _sparse_save_config(hp.debug_tensor_interval)
+        source = (f"hyperparameters (losses every {hp.debug_loss_interval} steps, weights/gradients/biases every "
+                  f"{hp.debug_tensor_interval} training steps)")
+    labels = hook.get_collection(LABELS_COLLECTION)
+    labels.include(LABELS_REGEX)
+    hook.include_collections = list(dict.fromkeys([*hook.include_collections, LABELS_COLLECTION]))
+    log.info("smdebug hook: tensors to %s, from %s", out_dir, source)
+    return hook
+
+
+def _clear(out_dir):
+    # smdebug refuses a folder holding a finished run; a restarted job's tensors start again from step 0.
+    if out_dir.exists():
+        log.warning("Removing the tensors of a previous run in %s", out_dir)
+        shutil.rmtree(out_dir)
+
+
+class TensorRecorder:
+    """What the training loop sees of the hook: register once, switch modes, close. A recorder without a
+    hook (`debug-hook=false`) does nothing, so the loop has no conditionals."""
+
+    def __init__(self, hook=None, out_dir=None):
+        self.hook = hook
+        self.out_dir = Path(out_dir) if out_dir else None
+
+    @classmethod
+    def start(cls, env, hp, model, criterion):
+        hook = create_hook(env, hp)
+        if hook is None:
+            return cls()
+        hook.register_module(model)
+        hook.register_loss(criterion)
+        return cls(hook, hook.out_dir)
+
+    def set_mode(self, mode):
+        """'train', 'eval' (validation) or 'predict' (test)."""
+        if self.hook is not None:
+            from smdebug import modes
+
+            self.hook.set_mode({"train": modes.TRAIN, "eval": modes.EVAL, "predict": modes.PREDICT}[mode])
+
+    def close(self):
+        """Flush and mark the run ended (rules and readers wait for that mark)."""
+        if self.hook is not None:
+            self.hook.close()
+
+
+def run_end_of_training_rules(recorder, env, hp, num_classes):
+    """Close the hook, then run the rules over its tensors (output/data/rules.json, metric lines). A rule
+    that breaks is logged, never fails the job: the model is already saved and the rules only diagnose."""
+    recorder.close()
+    if not hp.rules or recorder.out_dir is None:
+        return None
+    from .rules import report_rules, run_rules
+
+    try:
+        results = run_rules(recorder.out_dir, parameters={"ClassImbalance": {"num_classes": num_classes}})
+    except Exception:  # noqa: BLE001 - see above
+        log.exception("The debugging rules could not run")
+        return None
+    report_rules(results, env.output_data_dir / constants.RULES_FILE, recorder.out_dir)
+    return results

@@ -1,0 +1,238 @@
+"""The SageMaker inference functions: model_fn, input_fn, predict_fn, output_fn.
+
+input_fn decodes a request into upright RGB pictures (raw picture bytes, or a JSON batch of base64
+pictures), predict_fn runs them through the network in batches, output_fn writes the top-k labels as
+JSON. Every client mistake raises an `InferenceError` carrying its HTTP status and a short message;
+the toolkit turns it into the response (see transformer.py).
+"""
+import base64
+import binascii
+import io
+import json
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import torch
+from PIL import Image
+from sagemaker_inference.errors import BaseInferenceToolkitError
+
+from ..data import DECODE_ERRORS, build_transforms
+from ..images import ImageTooLargeError, open_rgb
+from ..model import load_artifact
+from . import settings
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ errors
+class InferenceError(BaseInferenceToolkitError):
+    """A request the server will not answer; `status_code` and `message` go back to the client."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message):
+        super().__init__(self.status.value, message, self.status.phrase)
+
+
+class BadRequest(InferenceError):
+    status = HTTPStatus.BAD_REQUEST
+
+
+class PayloadTooLarge(InferenceError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class UnsupportedContentType(InferenceError):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class NotAcceptable(InferenceError):
+    status = HTTPStatus.NOT_ACCEPTABLE
+
+
+# --------------------------------------------------------------------------------- request headers
+def media_type(header):
+    """`Image/JPEG; charset=x` -> `image/jpeg`; None stays None."""
+    return header.split(";", 1)[0].strip().lower() if header else None
+
+
+def check_content_type(content_type):
+    kind = media_type(content_type)
+    if kind not in settings.ACCEPTED_CONTENT_TYPES:
+        raise UnsupportedContentType(
+            f"Content type {content_type or '(none)'} is not supported: send one picture as "
+            f"{', '.join(settings.RAW_IMAGE_TYPES)}, or a batch as {settings.JSON} "
+            '{"instances": [{"b64": "..."}]}.')
+    return kind
+
+
+def check_accept(accept):
+    """The response is JSON; refuse an Accept header that rules JSON out."""
+    if not accept:
+        return
+    wanted = {media_type(part) for part in accept.split(",")}
+    if not wanted & set(settings.ACCEPTABLE_RESPONSE_TYPES):
+        raise NotAcceptable(f"Accept {accept} is not supported: responses are {settings.JSON}.")
+
+
+def header(context, name):
+    """A request header by case-insensitive name (MMS keeps the client's spelling), or None."""
+    if context is None or not getattr(context, "request_processor", None):
+        return None
+    for key, value in context.get_all_request_header(0).items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def parse_top_k(custom_attributes, default=settings.DEFAULT_TOP_K):
+    """`top_k=3` among SageMaker custom attributes (`a=b,top_k=3` or `;`-separated)."""
+    for part in (custom_attributes or "").replace(";", ",").split(","):
+        key, _, value = part.partition("=")
+        if key.strip().lower() in ("top_k", "top-k"):
+            try:
+                top_k = int(value.strip())
+            except ValueError:
+                raise BadRequest(f"top_k must be a whole number, got {value.strip()!r}.") from None
+            if top_k < 1:
+                raise BadRequest(f"top_k must be at least 1, got {top_k}.")
+            return top_k
+    return default
+
+
+# ------------------------------------------------------------------------------------------- model
+@dataclass
+class LoadedModel:
+    network: torch.nn.Module
+    classes: list
+    transform: object  # PIL image -> normalised tensor
+    device: torch.device
+
+
+def model_fn(model_dir, context=None):
+    """Load the artifact (weights_only) in eval mode, on this worker's GPU when there is one."""
+    threads = settings.env_int(settings.TORCH_THREADS_ENV, 0, minimum=0)
+    if threads:
+        torch.set_num_threads(threads)
+    gpu_id = context.system_properties.get("gpu_id") if context is not None else None
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(gpu_id or 0) % torch.cuda.device_count())
+    else:
+        device = torch.device("cpu")
+    network, config = load_artifact(model_dir, device)
+    _, transform = build_transforms(config.image_size, "none", config.mean, config.std)
+    log.info("Loaded %s (%d classes, %d px) on %s with %d torch threads", config.arch, config.num_classes,
+             config.image_size, device, torch.get_num_threads())
+    return LoadedModel(network, list(config.classes), transform, device)
+
+
+# ------------------------------------------------------------------------------------------- input
+@dataclass
+class PictureRequest:
+    pictures: list  # RGB PIL images
+    top_k: int
+
+
+def decode_picture(data, what="The body"):
+    """Bytes -> upright RGB picture; 400 if unreadable, 413 if too many pixels."""
+    if not data:
+        raise BadRequest(f"{what} is empty: send the bytes of a picture.")
+    max_pixels = settings.env_int(settings.MAX_PIXELS_ENV, settings.DEFAULT_MAX_PIXELS)
+    try:
+        # Read the header only, to refuse formats that are not pictures before any decoder runs.
+        with Image.open(io.BytesIO(data), formats=settings.PICTURE_FORMATS):
+            pass
+        return open_rgb(bytes(data), max_pixels=max_pixels)
+    except (ImageTooLargeError, Image.DecompressionBombError) as error:
+        raise PayloadTooLarge(f"{what} is too large: {error}.") from None
+    except Image.UnidentifiedImageError:
+        raise BadRequest(f"{what} is not a picture in a supported format "
+                         f"({', '.join(settings.PICTURE_FORMATS)}).") from None
+    except DECODE_ERRORS as error:
+        reason = str(error).split("\n")[0][:200]
+        raise BadRequest(f"{what} is not a readable picture: {reason}.") from None
+
+
+def decode_batch(body):
+    """`{"instances": [{"b64": "..."}, ...]}` -> the pictures' bytes."""
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("The JSON body is not UTF-8 text.") from None
+    if not body or not body.strip():
+        raise BadRequest("The body is empty: send {\"instances\": [{\"b64\": \"...\"}]}.")
+    try:
+        document = json.loads(body)
+    except json.JSONDecodeError as error:
+        raise BadRequest(f"The body is not valid JSON: {error}.") from None
+    instances = document.get("instances") if isinstance(document, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest('The JSON body must be {"instances": [{"b64": "<base64 picture>"}, ...]} '
+                         "with at least one instance.")
+    max_batch = settings.env_int(settings.MAX_BATCH_ENV, settings.DEFAULT_MAX_BATCH)
+    if len(instances) > max_batch:
+        raise PayloadTooLarge(f"{len(instances)} pictures in one request; at most {max_batch}.")
+    pictures = []
+    for number, instance in enumerate(instances):
+        encoded = instance.get("b64") if isinstance(instance, dict) else None
+        if not isinstance(encoded, str):
+            raise BadRequest(f'instances[{number}] must be an object {{"b64": "<base64 picture>"}}.')
+        try:
+            pictures.append(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"instances[{number}].b64 is not valid base64.") from None
+    return pictures
+
+
+def input_fn(body, content_type, context=None):
+    """Request body -> PictureRequest. Raw picture types carry one picture, JSON a batch."""
+    kind = check_content_type(content_type)
+    top_k = parse_top_k(header(context, settings.CUSTOM_ATTRIBUTES_HEADER),
+                        settings.env_int(settings.TOP_K_ENV, settings.DEFAULT_TOP_K))
+    if kind == settings.JSON:
+        pictures = [decode_picture(data, f"instances[{n}]") for n, data in enumerate(decode_batch(body))]
+    else:
+        pictures = [decode_picture(body)]
+    return PictureRequest(pictures, top_k)
+
+
+# ----------------------------------------------------------------------------------------- predict
+@dataclass
+class Prediction:
+    probabilities: torch.Tensor  # (pictures, classes), on the CPU
+    classes: list
+    top_k: int
+
+
+def predict_fn(request, model):
+    """Class probabilities for every picture, forward passes of at most FORWARD_BATCH pictures."""
+    batch_size = settings.env_int(settings.FORWARD_BATCH_ENV, settings.DEFAULT_FORWARD_BATCH)
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(request.pictures), batch_size):
+            chunk = request.pictures[start:start + batch_size]
+            inputs = torch.stack([model.transform(picture) for picture in chunk]).to(model.device)
+            outputs.append(torch.softmax(model.network(inputs).float(), dim=1).cpu())
+    return Prediction(torch.cat(outputs), model.classes, request.top_k)
+
+
+# ------------------------------------------------------------------------------------------ output
+def top_labels(probabilities, classes, top_k):
+    values, indices = probabilities.topk(min(top_k, len(classes)))
+    return [{"label": classes[i], "index": i, "probability": round(float(p), 6)}
+            for p, i in zip(values.tolist(), indices.tolist())]
+
+
+def output_fn(prediction, accept, context=None):
+    """JSON: {"predictions": [[{"label", "index", "probability"}, ...top_k], ...one per picture]}."""
+    check_accept(accept)
+    body = {"predictions": [top_labels(row, prediction.classes, prediction.top_k)
+                            for row in prediction.probabilities]}
+    return json.dumps(body), settings.JSON
+
+
+def error_body(message, status):
+    """The JSON body of an error response: short, never a traceback."""
+    return json.dumps({"error": HTTPStatus(status).phrase, "message": message})

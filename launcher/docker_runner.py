@@ -1,0 +1,154 @@
+"""Run the image on this machine exactly as SageMaker starts it: `docker run IMAGE train|serve`.
+
+Training: the job's `/opt/ml` tree (made by `local_training.prepare_job`) is mounted at `/opt/ml`, the
+container's host name is `algo-1` (the name in resourceconfig.json), and the output goes live to the
+job's train.log; SIGTERM/Ctrl-C reaches the job through the docker CLI's signal proxy and tini.
+Serving: the model folder is mounted read-only at `/opt/ml/model` and the container's port 8080 is
+published on 127.0.0.1:PORT; the container is named after the port so `stop(port)` finds it.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+from pathlib import Path
+
+from . import LauncherError
+from .docker_image import configured_image, docker, engine_problem, image_available, image_exists, require_image
+from .local_serving import LOCAL_HOST, READY_TIMEOUT_SECONDS, invoke, probe_picture
+from .local_training import HOST, stream
+
+CONTAINER_BASE_DIR = "/opt/ml"
+CONTAINER_PORT = 8080  # SageMaker's serving port
+SHM_SIZE = "2g"  # DataLoader workers share tensors through /dev/shm (docker's default is 64 MB)
+STOP_TIMEOUT_SECONDS = 30
+# Off AWS there is no instance metadata service: without this, boto-based code waits on it.
+LOCAL_ENV = {"AWS_EC2_METADATA_DISABLED": "true"}
+
+__all__ = ["image_available", "run_training", "serve", "stop", "serving_container"]
+
+
+def _env_args(env):
+    return [arg for key, value in {**LOCAL_ENV, **(env or {})}.items() for arg in ("-e", f"{key}={value}")]
+
+
+def gpu_args():
+    """`--gpus all` where the host has an NVIDIA GPU and docker the NVIDIA runtime, as on GPU instances."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    runtimes = docker("info", "--format", "{{json .Runtimes}}", check=False, timeout=20).stdout
+    return ["--gpus", "all"] if "nvidia" in runtimes else []
+
+
+def _container_name(text):
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", text).lstrip("-_.") or "job"
+
+
+def training_command(job, image, env=None):
+    """The `docker run ... IMAGE train` command for a LocalJob (its channels are symlinks to data
+    folders: each source is mounted read-only at its own path so the links resolve in the container)."""
+    job_dir = Path(job.dir).resolve()
+    command = ["docker", "run", "--rm", "--name", _container_name(f"{job.name}-train"), "--hostname", HOST,
+               "--shm-size", SHM_SIZE, "-v", f"{job_dir}:{CONTAINER_BASE_DIR}"]
+    data_dir = job_dir / "input" / "data"
+    for channel in sorted(data_dir.iterdir()) if data_dir.is_dir() else []:
+        if channel.is_symlink():
+            source = channel.resolve()
+            if not source.exists():
+                raise LauncherError(f"Channel '{channel.name}': {source} does not exist.")
+            command += ["-v", f"{source}:{source}:ro"]
+    if os.getuid() != 0:  # files in the job tree stay the user's (SageMaker itself runs as root)
+        command += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
+    return command + gpu_args() + _env_args(env) + [image, "train"]
+
+
+def run_training(job, image=None, echo=True, env=None):
+    """Run the job in the image; output streams to the terminal and job.log_file. Returns the exit code."""
+    image = require_image(image)
+    command = training_command(job, image, env)
+    print(f"local mode: docker ({image})")
+    return stream(command, job.log_file, echo=echo)
+
+
+# ----------------------------------------------------------------------------------------- serving
+def serving_container(port):
+    return f"image-classifier-serve-{port}"
+
+
+def container_running(name):
+    result = docker("inspect", "--format", "{{.State.Running}}", name, check=False, timeout=30)
+    return result.returncode == 0 and result.stdout.strip() == "true"
+
+
+def serve(model_dir, port=8080, detach=False, image=None, env=None, ready_timeout=READY_TIMEOUT_SECONDS):
+    """Serve `model_dir` (model.pth + model.json) from the image on 127.0.0.1:`port`; returns once a
+    prediction answers when `detach`, else follows the log until Ctrl-C and stops the container."""
+    image = require_image(image)
+    model_dir = Path(model_dir).resolve()
+    if not (model_dir / "model.json").is_file():
+        raise LauncherError(f"{model_dir} is not a model folder (no model.json).")
+    name = serving_container(port)
+    if container_running(name):
+        raise LauncherError(f"The container {name} already serves on port {port}: stop it with "
+                            f"`python launch.py delete --local --port {port}`.")
+    docker("rm", "-f", name, check=False, timeout=60)  # a stopped leftover with the same name
+    command = ["run", "-d", "--name", name, "-p", f"{LOCAL_HOST}:{port}:{CONTAINER_PORT}",
+               "-v", f"{model_dir}:{CONTAINER_BASE_DIR}/model:ro", *gpu_args(), *_env_args(env), image, "serve"]
+    started = docker(*command, check=False, timeout=120)
+    if started.returncode != 0:
+        raise LauncherError(f"docker run failed: {started.stdout.strip()[-1000:]}")
+    print(f"Starting {image} serve as container {name} on port {port} ...")
+    try:
+        wait_until_ready(name, port, ready_timeout)
+    except BaseException:
+        stop(port)
+        raise
+    print(f"Model server ready: http://{LOCAL_HOST}:{port}/invocations (container {name})")
+    if detach:
+        print(f"  stop: python launch.py delete --local --port {port}   (or: docker rm -f {name})")
+        return name
+    print("Serving in the foreground; Ctrl-C stops it.")
+    try:
+        subprocess.run(["docker", "logs", "-f", "--since", "0s", name])
+        raise LauncherError(f"The model server exited; see `docker logs {name}`.")
+    except KeyboardInterrupt:
+        stop(port)
+        print("\nModel server stopped.")
+    return name
+
+
+def wait_until_ready(name, port, timeout):
+    """Until a real prediction answers 200 (MMS answers /ping before the model is loaded)."""
+    picture = probe_picture()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not container_running(name):
+            logs = docker("logs", "--tail", "30", name, check=False, timeout=30).stdout
+            raise LauncherError(f"The model server container {name} exited before it answered:\n{logs}")
+        try:
+            status, _ = invoke(port, picture, "image/png", timeout=60)
+            if status == 200:
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise LauncherError(f"The model server did not answer within {timeout} s; see `docker logs {name}`.")
+
+
+def stop(port):
+    """Stop and remove the serving container on `port` (SIGTERM first, so MMS shuts down cleanly).
+    Returns True when there was one."""
+    name = serving_container(port)
+    if docker("inspect", name, check=False, timeout=30).returncode != 0:
+        return False
+    docker("stop", "--time", str(STOP_TIMEOUT_SECONDS), name, check=False, timeout=STOP_TIMEOUT_SECONDS + 30)
+    docker("rm", "-f", name, check=False, timeout=60)
+    return True
+
+
+if __name__ == "__main__":  # python -m launcher.docker_runner: is the image ready to run here?
+    problem = engine_problem()
+    print(problem or f"{configured_image()}: {'available' if image_exists(configured_image()) else 'not built'}")
+    sys.exit(0 if image_available() else 1)

@@ -1,0 +1,95 @@
+"""Request bodies for the serving tests: pictures in every mode, and the bad inputs clients send."""
+import base64
+import io
+import json
+import os
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+
+def encode(image, fmt, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def rgb_image(size=(24, 24), colour=(200, 30, 30), seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(rng.normal(colour, 30, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def jpeg(size=(24, 24)):
+    return encode(rgb_image(size), "JPEG", quality=90)
+
+
+def png(size=(24, 24)):
+    return encode(rgb_image(size), "PNG")
+
+
+def cmyk_jpeg():
+    return encode(rgb_image().convert("CMYK"), "JPEG")
+
+
+def rgba_png():
+    image = rgb_image().convert("RGBA")
+    image.putalpha(128)
+    return encode(image, "PNG")
+
+
+def palette_png():
+    return encode(rgb_image().convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "PNG")
+
+
+def png_16bit():
+    pixels = np.arange(24 * 24, dtype=np.uint16).reshape(24, 24) * 97
+    image = Image.fromarray(pixels)  # 16-bit grey ("I;16")
+    assert image.mode.startswith("I;16"), image.mode
+    return encode(image, "PNG")
+
+
+def grey_jpeg():
+    return encode(rgb_image().convert("L"), "JPEG")
+
+
+def exif_rotated_jpeg(width=40, height=20):
+    """A landscape JPEG whose EXIF says 'rotate 90°': upright it is `height` wide and `width` tall."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    return encode(rgb_image((width, height)), "JPEG", exif=exif.tobytes())
+
+
+def truncated_jpeg():
+    data = jpeg((64, 64))
+    return data[: len(data) // 2]
+
+
+def random_bytes(size=2000):
+    return os.urandom(size)
+
+
+def bomb_png(side=20_000):
+    """A real decompression bomb: a side x side 1-bit PNG, a few tens of KB, 400 MP once decoded."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + b"\x00" * ((side + 7) // 8)
+    pixels = zlib.compress(row * side, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def batch_json(*pictures):
+    return json.dumps({"instances": [{"b64": base64.b64encode(p).decode()} for p in pictures]})
+
+
+# Pictures the server must answer with 200, by name.
+GOOD_PICTURES = {
+    "rgb-jpeg": ("image/jpeg", jpeg), "rgb-png": ("image/png", png), "x-image": ("application/x-image", png),
+    "cmyk-jpeg": ("image/jpeg", cmyk_jpeg), "rgba-png": ("image/png", rgba_png),
+    "palette-png": ("image/png", palette_png), "16bit-png": ("image/png", png_16bit),
+    "grey-jpeg": ("image/jpeg", grey_jpeg), "exif-rotated-jpeg": ("image/jpeg", exif_rotated_jpeg),
+}

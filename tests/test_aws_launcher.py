@@ -1,0 +1,483 @@
+"""launch.py on SageMaker, against moto in server mode on 127.0.0.1 (a real AWS API emulator, no account).
+
+moto stores and returns the jobs, models and endpoints faithfully, but drops ProfilerConfig, overwrites
+MetricDefinitions, completes jobs at once and fakes the best tuning job: so the tests assert on the requests
+the launcher sends (recorded with boto3's `provide-client-params` event) and use the server for the
+create / describe / delete flow. Where AWS would answer something moto cannot (a failed job, an expired
+token), a boto3 event handler plays that answer.
+"""
+import io
+import json
+import logging
+import re
+import socket
+import urllib.request
+
+import pytest
+from botocore.exceptions import ClientError
+
+import launch
+from conftest import make_dataset
+from image_classifier.config import Hyperparameters
+from image_classifier.metrics import METRIC_DEFINITIONS, format_metrics
+from launcher import aws
+
+ACCOUNT = "123456789012"  # moto's account
+REGION = "us-east-1"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/SageMakerRole"
+BUCKET = "test-bucket"
+IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/image-classifier:latest"
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="session")
+def moto_url():
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def _post(url, payload=b""):
+    urllib.request.urlopen(urllib.request.Request(url, data=payload, method="POST"), timeout=10).read()
+
+
+class Sent:
+    """The API calls the launcher makes, as it passes them to boto3 (before moto sees them)."""
+
+    def __init__(self):
+        self.calls = []
+        self.handlers = []  # (event, handler) added to every session the launcher makes
+
+    def attach(self, boto_session):
+        boto_session.events.register(
+            "provide-client-params",
+            lambda params, model, **_: self.calls.append((model.name, json.loads(json.dumps(params, default=str)))))
+        for event, handler in self.handlers:
+            boto_session.events.register(event, handler)
+
+    def operations(self):
+        return [name for name, _ in self.calls]
+
+    def one(self, operation):
+        found = [params for name, params in self.calls if name == operation]
+        assert len(found) == 1, (operation, self.operations())
+        return found[0]
+
+
+@pytest.fixture
+def cloud(moto_url, tmp_path, monkeypatch):
+    """A fresh emulated account: bucket, ECR repository with the image, launcher settings in the environment."""
+    import boto3
+
+    _post(f"{moto_url}/moto-api/reset")
+    for name in ("IMAGE_URI", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("SAGEMAKER_ROLE_ARN", ROLE)
+    monkeypatch.setenv("SAGEMAKER_BUCKET", BUCKET)
+    monkeypatch.setenv("IMAGE_URI_FILE", str(tmp_path / "no-image-uri"))
+    monkeypatch.setenv("IMAGE_CLASSIFIER_STATE", str(tmp_path / "state.json"))
+    monkeypatch.setenv("LAUNCHER_POLL_SECONDS", "0.01")
+    import sagemaker.session
+
+    # The SDK's log follower sleeps a fixed 5 s before its first look at a job; moto's jobs are done at once.
+    wait_until = sagemaker.session._wait_until
+    monkeypatch.setattr(sagemaker.session, "_wait_until", lambda fn, poll=5: wait_until(fn, poll=0.01))
+
+    session = boto3.Session(region_name=REGION)
+    session.client("s3").create_bucket(Bucket=BUCKET)
+    ecr = session.client("ecr")
+    ecr.create_repository(repositoryName="image-classifier")
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
+                           "digest": "sha256:" + "a" * 64}, "layers": []}
+    ecr.put_image(repositoryName="image-classifier", imageManifest=json.dumps(manifest), imageTag="latest")
+
+    sent = Sent()
+    make_session = aws.new_boto_session
+
+    def recorded_session(region, dry_run):
+        boto_session = make_session(region, dry_run)
+        sent.attach(boto_session)
+        return boto_session
+
+    monkeypatch.setattr(aws, "new_boto_session", recorded_session)
+    return type("Cloud", (), {"url": moto_url, "sent": sent, "boto": session, "tmp": tmp_path})
+
+
+def run(capsys, *argv):
+    """launch.py in-process: (exit code, stdout, stderr)."""
+    code = launch.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def ok(capsys, *argv):
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    return out
+
+
+def fails(capsys, *argv):
+    """The command fails with exactly one line on stderr, no traceback; returns that line."""
+    code, out, err = run(capsys, *argv)
+    assert code == 1, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def state(cloud):
+    return json.loads((cloud.tmp / "state.json").read_text())
+
+
+def playing(cloud, operation, change):
+    """Make the launcher see `change(parsed)` in the answers to `operation` (what moto cannot produce)."""
+    cloud.sent.handlers.append((f"after-call.*.{operation}", lambda parsed, **_: change(parsed)))
+
+
+@pytest.fixture
+def uploaded(cloud, capsys):
+    data = make_dataset(cloud.tmp / "dogImages", per_split={"train": 2, "valid": 1, "test": 1})
+    ok(capsys, "upload", "--data", data)
+    return data
+
+
+def endpoint_answers(answer):
+    """The endpoint's answer to InvokeEndpoint: moto's server cannot take a binary (JPEG) body."""
+    from botocore.awsrequest import AWSResponse
+    from botocore.response import StreamingBody
+
+    def handler(**_):
+        body = json.dumps(answer).encode()
+        return AWSResponse("http://endpoint", 200, {}, None), {
+            "ContentType": "application/json", "Body": StreamingBody(io.BytesIO(body), len(body))}
+
+    return handler
+
+
+def best_job_values(parsed):
+    # moto's best training job has fake hyperparameters; these are what a tuning job returns (strings,
+    # categorical values JSON-quoted by the SDK's framework estimators).
+    parsed["BestTrainingJob"]["TrainingJobName"] = "ic-tune-best-001"
+    parsed["BestTrainingJob"]["TunedHyperParameters"] = {"lr": "0.0123", "batch-size": '"128"'}
+
+
+# -------------------------------------------------------------------------------------------- upload
+def test_upload_copies_the_dataset_layout_and_skips_what_is_there(cloud, capsys, tmp_path):
+    data = make_dataset(tmp_path / "dogImages", per_split={"train": 2, "valid": 1, "test": 1})
+    out = ok(capsys, "upload", "--data", data)
+    assert "12 file(s) uploaded, 0 already there" in out
+    uri = f"s3://{BUCKET}/image-classifier/data/dogImages"
+    keys = {o["Key"] for o in cloud.boto.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert f"image-classifier/data/dogImages/train/001.Red_fox/Red_fox_00000.JPG" in keys
+    assert {k.split("/")[3] for k in keys} == {"train", "valid", "test"}
+    assert state(cloud)["data_s3_uri"] == uri and state(cloud)["data_splits"] == ["train", "valid", "test"]
+    puts = [p for name, p in cloud.sent.calls if name == "PutObject"]
+    assert len(puts) == 12 and all(p["ContentMD5"] for p in puts)  # S3 checks each body's MD5
+
+    # Same size and MD5 -> skipped; a changed picture -> uploaded again.
+    changed = data / "valid" / "002.Green_frog" / "Green_frog_00000.JPG"
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    out = ok(capsys, "upload", "--data", data)
+    assert "1 file(s) uploaded, 11 already there" in out
+
+
+def test_upload_refuses_a_folder_without_train(cloud, capsys, tmp_path):
+    (tmp_path / "pictures").mkdir()
+    assert "has no train/ folder" in fails(capsys, "upload", "--data", tmp_path / "pictures")
+
+
+# ---------------------------------------------------------------------------------------------- tune
+def test_tune_sends_the_ranges_objective_and_early_stopping(cloud, capsys, uploaded):
+    playing(cloud, "DescribeHyperParameterTuningJob", best_job_values)
+    out = ok(capsys, "tune", "--max-jobs", 4, "--max-parallel-jobs", 2, "--hp", "epochs=3",
+             "--job-name", "ic-tune-test", "--warm-start", "ic-tune-parent")
+    request = cloud.sent.one("CreateHyperParameterTuningJob")
+    config = request["HyperParameterTuningJobConfig"]
+    assert config["Strategy"] == "Bayesian" and config["TrainingJobEarlyStoppingType"] == "Auto"
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "valid_acc"}
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 2}
+    ranges = config["ParameterRanges"]
+    assert ranges["ContinuousParameterRanges"] == [
+        {"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1", "ScalingType": "Logarithmic"}]
+    assert ranges["CategoricalParameterRanges"] == [{"Name": "batch-size", "Values": ["32", "64", "128", "256", "512"]}]
+    assert request["WarmStartConfig"] == {"WarmStartType": "IdenticalDataAndAlgorithm",
+                                          "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": "ic-tune-parent"}]}
+    definition = request["TrainingJobDefinition"]
+    assert definition["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert definition["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
+    static = definition["StaticHyperParameters"]
+    assert "lr" not in static and "batch-size" not in static  # the tuner sets those
+    assert static["epochs"] == "3" and static["weights-download"] == "true"
+    assert set(static) | {"lr", "batch-size"} == set(Hyperparameters().to_strings())
+    # A tuning job's API has no Debugger / profiler fields; its trials share no checkpoint folder.
+    assert not {"DebugHookConfig", "ProfilerConfig", "CheckpointConfig"} & set(definition)
+    assert definition["EnableManagedSpotTraining"] is True
+    assert [c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]] == [
+        f"s3://{BUCKET}/image-classifier/data/dogImages/{s}" for s in ("train", "valid", "test")]
+    assert "Best training job: ic-tune-best-001" in out and "batch-size=128 lr=0.0123" in out
+    assert state(cloud)["tuning_job"] == "ic-tune-test"
+    described = cloud.boto.client("sagemaker").describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName="ic-tune-test")
+    assert described["HyperParameterTuningJobConfig"]["Strategy"] == "Bayesian"
+
+
+def test_tune_can_minimise_valid_loss(cloud, capsys, uploaded):
+    ok(capsys, "tune", "--objective", "valid_loss", "--strategy", "Random", "--no-wait")
+    config = cloud.sent.one("CreateHyperParameterTuningJob")["HyperParameterTuningJobConfig"]
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "valid_loss"}
+    assert config["Strategy"] == "Random"
+
+
+# --------------------------------------------------------------------------------------------- train
+def test_train_from_tuning_sends_the_estimator_the_launcher_configures(cloud, capsys, uploaded, monkeypatch):
+    import sagemaker.telemetry.telemetry_logging as telemetry
+
+    telemetry_sent = []
+    monkeypatch.setattr(telemetry, "_send_telemetry_request", lambda *a, **k: telemetry_sent.append(a))
+    playing(cloud, "DescribeHyperParameterTuningJob", best_job_values)
+    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-test")
+    out = ok(capsys, "train", "--from-tuning", "--hp", "epochs=3", "--hp", "lr=0.02", "--job-name", "ic-train-1")
+
+    request = cloud.sent.one("CreateTrainingJob")
+    assert request["TrainingJobName"] == "ic-train-1" and request["RoleArn"] == ROLE
+    assert request["AlgorithmSpecification"]["TrainingImage"] == IMAGE  # derived from STS's account
+    assert request["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
+    # defaults < best tuning job < --hp, all strings
+    expected = Hyperparameters().to_strings()
+    expected.update({"weights-download": "true", "batch-size": "128", "lr": "0.02", "epochs": "3"})
+    assert request["HyperParameters"] == expected
+    assert [(c["ChannelName"], c["DataSource"]["S3DataSource"]["S3Uri"]) for c in request["InputDataConfig"]] == [
+        (s, f"s3://{BUCKET}/image-classifier/data/dogImages/{s}") for s in ("train", "valid", "test")]
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/image-classifier/checkpoints/ic-train-1"}
+    stopping = request["StoppingCondition"]
+    assert stopping["MaxRuntimeInSeconds"] == launch.MAX_RUN_SECONDS
+    assert stopping["MaxWaitTimeInSeconds"] == 2 * launch.MAX_RUN_SECONDS
+    hook = request["DebugHookConfig"]
+    assert hook["S3OutputPath"] == f"s3://{BUCKET}/image-classifier/tensors"
+    intervals = {c["CollectionName"]: c["CollectionParameters"]["save_interval"] for c in hook["CollectionConfigurations"]}
+    defaults = Hyperparameters()
+    assert intervals == {"losses": str(defaults.debug_loss_interval), "weights": str(defaults.debug_tensor_interval),
+                         "gradients": str(defaults.debug_tensor_interval), "biases": str(defaults.debug_tensor_interval)}
+    assert int(intervals["losses"]) < int(intervals["weights"])  # losses often, tensors sparsely
+    assert request["ProfilerConfig"] == {"S3OutputPath": f"s3://{BUCKET}/image-classifier/profiler",
+                                         "DisableProfiler": False, "ProfilingIntervalInMilliseconds": 500}
+    assert "DebugRuleConfigurations" not in request and "ProfilerRuleConfigurations" not in request
+    assert {"Key": "image-classifier:tuning-job", "Value": "ic-tune-test"} in request["Tags"]
+
+    # The job ran (moto completes it at once): the launcher reports it and records it for deploy.
+    model_data = f"s3://{BUCKET}/image-classifier/jobs/ic-train-1/output/model.tar.gz"
+    assert "Training job ic-train-1 completed" in out and f"Model data: {model_data}" in out
+    assert state(cloud)["training_job"] == "ic-train-1" and state(cloud)["model_data"] == model_data
+    tags = cloud.boto.client("sagemaker").list_tags(
+        ResourceArn=f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:training-job/ic-train-1")["Tags"]
+    assert {"Key": "image-classifier:tuning-job", "Value": "ic-tune-test"} in tags
+    assert telemetry_sent == []  # the SDK's telemetry is off
+
+
+def test_train_builtin_rules_only_behind_the_flag(cloud, capsys, uploaded):
+    ok(capsys, "train", "--builtin-rules", "--no-spot", "--no-wait", "--hp", "debug-hook=false")
+    request = cloud.sent.one("CreateTrainingJob")
+    rules = {r["RuleConfigurationName"] for r in request["DebugRuleConfigurations"]}
+    assert {"LossNotDecreasing", "VanishingGradient"} <= rules
+    assert request["ProfilerRuleConfigurations"][0]["RuleConfigurationName"].startswith("ProfilerReport")
+    assert "DebugHookConfig" not in request  # debug-hook=false: no tensors
+    assert not request.get("EnableManagedSpotTraining") and "CheckpointConfig" not in request
+
+
+@pytest.mark.slow  # one tiny real training run (shared with other tests through the session fixture)
+def test_sent_metric_definitions_parse_the_real_training_log(cloud, capsys, uploaded, trained_model_dir):
+    ok(capsys, "train", "--no-wait")
+    definitions = cloud.sent.one("CreateTrainingJob")["AlgorithmSpecification"]["MetricDefinitions"]
+    log = (trained_model_dir.parent / "train.log").read_text().splitlines()
+    found = {}
+    for definition in definitions:  # as SageMaker applies them to the job's log
+        for line in log:
+            match = re.search(definition["Regex"], line)
+            if match:
+                found.setdefault(definition["Name"], []).append(float(match.group(1)))
+    for name in ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "images_per_sec", "test_acc"):
+        assert name in found, (name, log[-20:])
+    assert all(0 <= v <= 1 for v in found["valid_acc"] + found["test_acc"])
+    # and they tell apart keys that end alike, on the formatter's own line
+    line = format_metrics(epoch=2, train_loss=0.5, train_acc=0.75, valid_loss=0.25, valid_acc=0.875)
+    values = {d["Name"]: re.search(d["Regex"], line) for d in definitions}
+    assert float(values["valid_loss"].group(1)) == 0.25 and float(values["train_loss"].group(1)) == 0.5
+
+
+# ------------------------------------------------------------------------------ deploy/predict/delete
+def test_deploy_predict_delete_chain(cloud, capsys, uploaded):
+    ok(capsys, "train", "--job-name", "ic-train-2")
+    answer = {"predictions": [[{"label": "Red fox", "index": 0, "probability": 0.93},
+                               {"label": "Blue whale", "index": 2, "probability": 0.05}]]}
+    cloud.sent.handlers.append(("before-call.*.InvokeEndpoint", endpoint_answers(answer)))
+
+    out = ok(capsys, "deploy", "--endpoint", "ic-endpoint")
+    model = cloud.sent.one("CreateModel")
+    assert model["ModelName"] == "ic-endpoint" and model["ExecutionRoleArn"] == ROLE
+    assert model["PrimaryContainer"]["Image"] == IMAGE
+    assert model["PrimaryContainer"]["ModelDataUrl"] == state(cloud)["model_data"]
+    config = cloud.sent.one("CreateEndpointConfig")
+    assert config["ProductionVariants"][0]["ModelName"] == "ic-endpoint"
+    assert config["ProductionVariants"][0]["InstanceType"] == "ml.m5.large"  # CPU by default
+    endpoint = cloud.sent.one("CreateEndpoint")
+    assert endpoint["EndpointConfigName"] == config["EndpointConfigName"]
+    assert {"Key": "image-classifier:training-job", "Value": "ic-train-2"} in endpoint["Tags"]
+    assert "Endpoint ic-endpoint is in service" in out and "Red fox" in out  # the sample prediction
+    assert state(cloud)["endpoint"] == "ic-endpoint"
+
+    picture = uploaded / "test" / "001.Red_fox" / "Red_fox_00000.JPG"
+    out = ok(capsys, "predict", picture, "--top-k", 2)  # the endpoint comes from the state file
+    invoke = [p for name, p in cloud.sent.calls if name == "InvokeEndpoint"][-1]
+    assert invoke["EndpointName"] == "ic-endpoint" and invoke["ContentType"] == "image/jpeg"
+    assert invoke["Accept"] == "application/json" and invoke["CustomAttributes"] == "top_k=2"
+    assert "Red fox" in out and "93.00%" in out
+
+    out = ok(capsys, "delete")
+    assert "Deleted endpoint ic-endpoint, endpoint config ic-endpoint, model(s) ic-endpoint" in out
+    assert cloud.sent.one("DeleteEndpoint") == {"EndpointName": "ic-endpoint"}
+    assert cloud.sent.one("DeleteEndpointConfig") == {"EndpointConfigName": "ic-endpoint"}
+    assert cloud.sent.one("DeleteModel") == {"ModelName": "ic-endpoint"}
+    client = cloud.boto.client("sagemaker")
+    assert client.list_endpoints()["Endpoints"] == [] and client.list_models()["Models"] == []
+    assert "endpoint" not in state(cloud)
+    assert "not found" in fails(capsys, "delete", "--endpoint", "ic-endpoint")
+
+
+def test_deploy_a_given_model_data_uri(cloud, capsys):
+    uri = f"s3://{BUCKET}/elsewhere/model.tar.gz"
+    ok(capsys, "deploy", "--model-data", uri, "--endpoint", "ep-2", "--instance-type", "ml.g4dn.xlarge")
+    assert cloud.sent.one("CreateModel")["PrimaryContainer"]["ModelDataUrl"] == uri
+    assert cloud.sent.one("CreateEndpointConfig")["ProductionVariants"][0]["InstanceType"] == "ml.g4dn.xlarge"
+    assert "DescribeTrainingJob" not in cloud.sent.operations()
+
+
+# ------------------------------------------------------------------------------------------- dry run
+def test_dry_run_prints_the_calls_and_sends_nothing(cloud, capsys, tmp_path, monkeypatch):
+    # No credentials, and the "AWS" endpoint is a socket nobody may connect to.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "SAGEMAKER_ROLE_ARN", "SAGEMAKER_BUCKET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    data = make_dataset(tmp_path / "dogImages", per_split={"train": 1, "valid": 1, "test": 1})
+    picture = data / "test" / "001.Red_fox" / "Red_fox_00000.JPG"
+    commands = {
+        ("upload", "--data", data): ["ListObjectsV2"] + ["PutObject"] * 9,
+        ("tune", "--data", "s3://b/d"): ["GetCallerIdentity", "DescribeImages", "CreateHyperParameterTuningJob"],
+        ("train", "--data", "s3://b/d", "--from-tuning", "t1"):
+            ["DescribeHyperParameterTuningJob", "GetCallerIdentity", "DescribeImages", "CreateTrainingJob"],
+        ("deploy", "--job", "j1", "--endpoint", "e1"):
+            ["DescribeTrainingJob", "GetCallerIdentity", "DescribeImages", "CreateModel", "CreateEndpointConfig",
+             "CreateEndpoint"],
+        ("predict", picture, "--endpoint", "e1"): ["InvokeEndpoint"],
+        ("delete", "--endpoint", "e1"):
+            ["DescribeEndpoint", "DescribeEndpointConfig", "DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"],
+    }
+    try:
+        for argv, operations in commands.items():
+            out = ok(capsys, *argv, "--dry-run")
+            calls = json.loads(out)
+            assert [c["operation"] for c in calls] == operations, argv
+            assert all(set(c) == {"service", "operation", "params"} for c in calls)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing connected
+    finally:
+        listener.close()
+    assert not (cloud.tmp / "state.json").exists()  # a dry run records nothing
+    created = json.loads(ok(capsys, "train", "--data", "s3://b/d", "--dry-run"))[-1]["params"]
+    assert created["RoleArn"] == aws.DRY_RUN_PLACEHOLDERS["role"]
+    assert created["OutputDataConfig"]["S3OutputPath"] == "s3://your-bucket/image-classifier/jobs"
+
+
+# -------------------------------------------------------------------------------------------- errors
+def test_no_credentials(cloud, capsys, uploaded, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert "no AWS credentials found" in fails(capsys, "train")
+
+
+def test_expired_token(cloud, capsys, uploaded):
+    def expired(**_):
+        raise ClientError({"Error": {"Code": "ExpiredToken", "Message": "The security token included in the "
+                                     "request is expired"}}, "GetCallerIdentity")
+
+    cloud.sent.handlers.append(("before-call.sts.GetCallerIdentity", expired))
+    assert "AWS credentials expired" in fails(capsys, "train")
+
+
+@pytest.mark.parametrize("variable, flag", [("SAGEMAKER_ROLE_ARN", "--role"), ("SAGEMAKER_BUCKET", "--bucket"),
+                                            ("AWS_REGION", "--region")])
+def test_missing_setting_names_flag_and_variable(cloud, capsys, monkeypatch, variable, flag):
+    monkeypatch.delenv(variable)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    line = fails(capsys, "train", "--data", "s3://b/d")
+    assert flag in line and variable in line
+
+
+def test_flags_win_over_the_environment(cloud, capsys, uploaded):
+    role = f"arn:aws:iam::{ACCOUNT}:role/Other"
+    ok(capsys, "train", "--no-wait", "--role", role, "--bucket", "other-bucket", "--image-uri", IMAGE)
+    request = cloud.sent.one("CreateTrainingJob")
+    assert request["RoleArn"] == role and request["OutputDataConfig"]["S3OutputPath"].startswith("s3://other-bucket/")
+    assert "GetCallerIdentity" not in cloud.sent.operations()  # the image URI was given
+
+
+@pytest.mark.parametrize("image, words", [
+    (f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/image-classifier:v9", "not found in ECR"),
+    (f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/no-such-repo:latest", "repository 'no-such-repo' does not exist")])
+def test_image_not_in_ecr_stops_before_any_job(cloud, capsys, uploaded, image, words):
+    line = fails(capsys, "train", "--image-uri", image)
+    assert words in line and "build_and_push.sh" in line
+    assert "CreateTrainingJob" not in cloud.sent.operations()
+
+
+def test_bad_hyperparameter_fails_before_any_aws_call(cloud, capsys, uploaded):
+    calls_before = len(cloud.sent.calls)
+    assert "Unknown hyperparameter 'learning-rate'" in fails(capsys, "train", "--hp", "learning-rate=0.1")
+    assert "out of range" in fails(capsys, "tune", "--hp", "epochs=0")
+    assert len(cloud.sent.calls) == calls_before
+
+
+def test_failed_job_shows_its_failure_reason(cloud, capsys, uploaded):
+    def failed(parsed):
+        parsed.update(TrainingJobStatus="Failed", FailureReason="AlgorithmError: Unknown hyperparameter 'x'")
+
+    playing(cloud, "DescribeTrainingJob", failed)
+    line = fails(capsys, "train", "--job-name", "ic-fails")
+    assert line == "error: training job ic-fails failed: AlgorithmError: Unknown hyperparameter 'x'"
+
+
+def test_ctrl_c_while_waiting_says_the_job_keeps_running(cloud, capsys, uploaded):
+    def interrupt(**_):
+        raise KeyboardInterrupt
+
+    cloud.sent.handlers.append(("before-call.sagemaker.DescribeTrainingJob", interrupt))
+    line = fails(capsys, "train", "--job-name", "ic-long")
+    assert "training job ic-long keeps running" in line
+    assert "aws sagemaker stop-training-job --region us-east-1 --training-job-name ic-long" in line
+    assert "aws logs tail /aws/sagemaker/TrainingJobs" in line
+
+
+def test_steps_need_what_earlier_steps_record(cloud, capsys):
+    assert "python launch.py upload --data DIR" in fails(capsys, "train")
+    assert "python launch.py tune" in fails(capsys, "train", "--data", "s3://b/d", "--from-tuning")
+    assert "--endpoint" in fails(capsys, "predict", __file__)
+    assert "a SageMaker job reads its data from S3" in fails(capsys, "train", "--data", "dogImages")

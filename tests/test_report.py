@@ -1,0 +1,94 @@
+"""`launch.py report` on a real local job: the page, and figures that are real images of the right series."""
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import launch
+from debug_runs import HEALTHY_JOB_HPS, healthy_job
+from image_classifier.metrics import parse_metrics
+from launcher import LauncherError, report
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    return healthy_job(tmp_path_factory.getbasetemp() / "debug-jobs")
+
+
+@pytest.fixture(scope="module")
+def built(job, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return report.build(report.local_job(job.dir), out)
+
+
+def assert_real_image(path):
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert image.format == "PNG" and min(image.size) >= 200
+    assert pixels.std() > 10, f"{path.name} is blank"
+
+
+def test_report_page_embeds_every_figure(built):
+    page_path, figures = built
+    assert set(figures) == {"loss", "accuracy", "confusion", "per_class_accuracy", "system"}
+    page = page_path.read_text()
+    for name, path in figures.items():
+        assert_real_image(path)
+        # self-contained: each PNG is in the page itself
+        assert base64.b64encode(path.read_bytes()).decode() in page, name
+    for section in ("Loss", "Accuracy", "Test confusion matrix", "Most confused pairs", "Rules", "Profiler",
+                    "System metrics", "Hyperparameters", "LossNotDecreasing", "aten::"):
+        assert section in page, section
+    assert "<script" not in page and "http" not in page.split("<body>")[1]  # nothing fetched from outside
+
+
+def test_loss_figure_shows_the_saved_train_and_valid_losses(job):
+    series = report.loss_series(job.dir / "output" / "tensors")
+    epochs = int(HEALTHY_JOB_HPS["epochs"])
+    assert len(series["train"][0]) == 9 * epochs and len(series["valid"][0]) == 5 * epochs
+    figure = report.figure_loss(series)
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert set(lines) == {"train loss", "valid loss"}
+    assert list(lines["train loss"].get_ydata()) == series["train"][1]
+    # validation passes come after each epoch's training steps
+    assert series["valid"][0][0] > series["train"][0][8]
+
+
+def test_accuracy_figure_shows_the_logged_epochs(job):
+    metrics = parse_metrics(job.log_file.read_text().splitlines())
+    figure = report.figure_accuracy(metrics)
+    lines = {line.get_label(): list(line.get_ydata()) for line in figure.axes[0].get_lines()}
+    assert lines == {"train_acc": metrics["train_acc"], "valid_acc": metrics["valid_acc"]}
+    assert len(lines["train_acc"]) == int(HEALTHY_JOB_HPS["epochs"])
+
+
+def test_confusion_matrix_counts_the_test_predictions(job):
+    predictions = json.loads((job.dir / "output" / "data" / "test_predictions.json").read_text())
+    matrix, per_class, pairs = report.confusion(predictions)
+    assert sum(map(sum, matrix)) == len(predictions["actual"]) == 18
+    correct = sum(a == p for a, p in zip(predictions["actual"], predictions["predicted"]))
+    assert sum(matrix[i][i] for i in range(len(matrix))) == correct
+    assert all(0 <= acc <= 1 for acc in per_class)
+    assert sum(n for _, _, n in pairs) <= len(predictions["actual"]) - correct
+
+
+def test_confusion_helpers_on_a_known_case():
+    matrix, per_class, pairs = report.confusion({"classes": ["a", "b", "c"], "actual": [0, 0, 1, 1, 2, 2],
+                                                 "predicted": [0, 1, 1, 1, 0, 0]})
+    assert matrix == [[1, 1, 0], [0, 2, 0], [2, 0, 0]]
+    assert per_class == [0.5, 1.0, 0.0]
+    assert pairs == [("c", "a", 2), ("a", "b", 1)]
+
+
+def test_report_command_by_job_folder(job, tmp_path, capsys):
+    assert launch.main(["report", "--local", str(job.dir), "--out", str(tmp_path)]) == 0
+    assert f"Report: {tmp_path / 'report.html'}" in capsys.readouterr().out
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_report_of_a_missing_job_is_a_clear_error(tmp_path):
+    with pytest.raises(LauncherError, match="No local training job"):
+        report.local_job(tmp_path / "nope")

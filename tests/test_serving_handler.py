@@ -1,0 +1,244 @@
+"""Unit tests of the inference functions, and of the toolkit workflow they run in, without a server."""
+import json
+
+import pytest
+import torch
+from mms.context import Context, RequestProcessor
+from mms.model_loader import ModelLoader
+
+import serving_samples as samples
+from image_classifier.model import ArtifactError, ModelConfig, build_model, save_artifact
+from image_classifier.serving import handler, handler_service, settings
+from image_classifier.serving.transformer import ImageTransformer
+
+CLASSES = ["Red fox", "Green frog", "Blue whale"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A real artifact (random ResNet-18 at 16 px), made without training: only its shape matters here."""
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    save_artifact(folder, build_model("resnet18", len(CLASSES)), ModelConfig("resnet18", CLASSES, 16))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return handler.model_fn(str(model_dir))
+
+
+def mms_context(model_dir, headers):
+    """The context MMS gives the handler for one request (its real classes)."""
+    context = Context("model", str(model_dir), None, 1, None, "1.1.11")
+    context.request_processor = [RequestProcessor(headers)]
+    return context
+
+
+# --------------------------------------------------------------------------------- headers
+@pytest.mark.parametrize("content_type", ["image/jpeg", "image/png", "application/x-image", "application/json",
+                                          "Image/PNG", "application/json; charset=utf-8"])
+def test_supported_content_types(content_type):
+    assert handler.check_content_type(content_type) in settings.ACCEPTED_CONTENT_TYPES
+
+
+@pytest.mark.parametrize("content_type", [None, "", "text/csv", "application/x-npy", "image/svg+xml"])
+def test_unsupported_content_type_is_415(content_type):
+    with pytest.raises(handler.UnsupportedContentType) as error:
+        handler.check_content_type(content_type)
+    assert error.value.status_code == 415 and "application/json" in error.value.message
+
+
+@pytest.mark.parametrize("accept", [None, "application/json", "*/*", "application/*",
+                                    "text/html, application/json;q=0.9"])
+def test_acceptable_accept(accept):
+    handler.check_accept(accept)
+
+
+@pytest.mark.parametrize("accept", ["text/csv", "application/x-npy", "text/html, image/png"])
+def test_unacceptable_accept_is_406(accept):
+    with pytest.raises(handler.NotAcceptable) as error:
+        handler.check_accept(accept)
+    assert error.value.status_code == 406
+
+
+@pytest.mark.parametrize("attributes, expected", [(None, 5), ("", 5), ("top_k=3", 3), ("a=b, top_k=2", 2),
+                                                  ("trace=1;top_k=7", 7), ("TOP_K = 4", 4)])
+def test_parse_top_k(attributes, expected):
+    assert handler.parse_top_k(attributes) == expected
+
+
+@pytest.mark.parametrize("attributes", ["top_k=0", "top_k=-2", "top_k=three", "top_k="])
+def test_bad_top_k_is_400(attributes):
+    with pytest.raises(handler.BadRequest, match="top_k"):
+        handler.parse_top_k(attributes)
+
+
+# ------------------------------------------------------------------------------------ model_fn
+def test_model_fn_loads_the_artifact_in_eval_mode(model):
+    assert model.classes == CLASSES
+    assert not model.network.training
+    assert model.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert tuple(model.transform(samples.rgb_image((40, 30))).shape) == (3, 16, 16)
+
+
+def test_model_fn_applies_the_thread_setting(model_dir, monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv(settings.TORCH_THREADS_ENV, "1")
+    try:
+        handler.model_fn(str(model_dir))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_model_fn_refuses_a_broken_artifact(model_dir, tmp_path):
+    (tmp_path / "model.json").write_text((model_dir / "model.json").read_text())
+    (tmp_path / "model.pth").write_bytes(b"not a state dict")
+    with pytest.raises(ArtifactError, match="Cannot load the model"):
+        handler.model_fn(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------ input_fn
+@pytest.mark.parametrize("name", sorted(samples.GOOD_PICTURES))
+def test_input_fn_decodes_every_picture_mode_to_rgb(name):
+    content_type, make = samples.GOOD_PICTURES[name]
+    request = handler.input_fn(make(), content_type)
+    assert len(request.pictures) == 1 and request.pictures[0].mode == "RGB"
+    assert request.top_k == settings.DEFAULT_TOP_K
+
+
+def test_input_fn_applies_exif_orientation():
+    picture = handler.input_fn(samples.exif_rotated_jpeg(width=40, height=20), "image/jpeg").pictures[0]
+    assert picture.size == (20, 40)
+
+
+def test_input_fn_reads_a_json_batch_as_text_or_bytes():
+    body = samples.batch_json(samples.png(), samples.jpeg(), samples.cmyk_jpeg())
+    assert len(handler.input_fn(body, "application/json").pictures) == 3
+    assert len(handler.input_fn(body.encode(), "application/json; charset=utf-8").pictures) == 3
+
+
+def test_input_fn_reads_top_k_from_the_custom_attributes_header(model_dir):
+    context = mms_context(model_dir, {"x-amzn-sagemaker-custom-attributes": "top_k=2"})
+    assert handler.input_fn(samples.png(), "image/png", context).top_k == 2
+
+
+@pytest.mark.parametrize("body, content_type, error, words", [
+    (b"", "image/jpeg", handler.BadRequest, "empty"),
+    (None, "image/png", handler.BadRequest, "empty"),
+    (samples.random_bytes(), "image/jpeg", handler.BadRequest, "supported format"),
+    (samples.truncated_jpeg(), "image/jpeg", handler.BadRequest, "not a readable picture"),
+    (samples.bomb_png(), "image/png", handler.PayloadTooLarge, "too large"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "application/x-image", handler.BadRequest,
+     "supported format"),
+    (samples.png(), "text/csv", handler.UnsupportedContentType, "not supported"),
+    ("{not json", "application/json", handler.BadRequest, "not valid JSON"),
+    ("", "application/json", handler.BadRequest, "empty"),
+    ('{"pictures": []}', "application/json", handler.BadRequest, "instances"),
+    ('{"instances": []}', "application/json", handler.BadRequest, "at least one"),
+    ('{"instances": ["abc"]}', "application/json", handler.BadRequest, "instances[0]"),
+    ('{"instances": [{"b64": "@@not base64@@"}]}', "application/json", handler.BadRequest, "base64"),
+    ('{"instances": [{"b64": "aGVsbG8="}]}', "application/json", handler.BadRequest, "instances[0]"),
+    (b"\xff\xd8\xff\xe0 binary", "application/json; charset=utf-8", handler.BadRequest, "UTF-8"),
+])
+def test_input_fn_refuses_bad_input(body, content_type, error, words):
+    with pytest.raises(error) as raised:
+        handler.input_fn(body, content_type)
+    assert words in raised.value.message
+    assert "Traceback" not in raised.value.message
+
+
+def test_input_fn_caps_the_batch_size(monkeypatch):
+    monkeypatch.setenv(settings.MAX_BATCH_ENV, "2")
+    with pytest.raises(handler.PayloadTooLarge, match="at most 2"):
+        handler.input_fn(samples.batch_json(*[samples.png()] * 3), "application/json")
+
+
+# ---------------------------------------------------------------------------------- predict_fn
+def test_predict_fn_gives_probabilities_per_picture(model):
+    request = handler.PictureRequest([samples.rgb_image(seed=i) for i in range(3)], top_k=2)
+    prediction = handler.predict_fn(request, model)
+    assert prediction.probabilities.shape == (3, len(CLASSES))
+    assert torch.allclose(prediction.probabilities.sum(dim=1), torch.ones(3), atol=1e-5)
+    assert prediction.top_k == 2 and prediction.classes == CLASSES
+
+
+def test_predict_fn_batches_give_the_same_answers(model, monkeypatch):
+    pictures = [samples.rgb_image(seed=i) for i in range(5)]
+    together = handler.predict_fn(handler.PictureRequest(pictures, 5), model).probabilities
+    monkeypatch.setenv(settings.FORWARD_BATCH_ENV, "2")
+    chunked = handler.predict_fn(handler.PictureRequest(pictures, 5), model).probabilities
+    one = handler.predict_fn(handler.PictureRequest(pictures[3:4], 5), model).probabilities
+    assert torch.allclose(together, chunked, atol=1e-5) and torch.allclose(together[3:4], one, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------- output_fn
+def test_output_fn_writes_sorted_top_k_labels():
+    probabilities = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])
+    body, content_type = handler.output_fn(handler.Prediction(probabilities, CLASSES, 2), "application/json")
+    assert content_type == "application/json"
+    first, second = json.loads(body)["predictions"]
+    assert first == [{"label": "Green frog", "index": 1, "probability": pytest.approx(0.7)},
+                     {"label": "Blue whale", "index": 2, "probability": pytest.approx(0.2)}]
+    assert [item["index"] for item in second] == [0, 2]
+
+
+def test_output_fn_clamps_top_k_to_the_classes():
+    body, _ = handler.output_fn(handler.Prediction(torch.tensor([[0.2, 0.3, 0.5]]), CLASSES, 50), None)
+    assert len(json.loads(body)["predictions"][0]) == len(CLASSES)
+
+
+def test_output_fn_refuses_a_non_json_accept():
+    with pytest.raises(handler.NotAcceptable):
+        handler.output_fn(handler.Prediction(torch.tensor([[1.0, 0, 0]]), CLASSES, 1), "text/csv")
+
+
+# ------------------------------------------------------------ the toolkit workflow (transformer)
+def test_handler_service_defines_exactly_one_class():
+    assert [cls.__name__ for cls in ModelLoader.list_model_services(handler_service)] == ["HandlerService"]
+
+
+@pytest.fixture(scope="module")
+def service(model_dir):
+    service = handler_service.HandlerService()
+    service.initialize(mms_context(model_dir, {}))
+    return service
+
+
+def handle(service, model_dir, body, headers):
+    context = mms_context(model_dir, headers)
+    response = service.handle([{"body": body}], context)
+    processor = context.request_processor[0]
+    return processor.get_response_status_code(), processor.get_response_header("content-type"), response[0]
+
+
+def test_transformer_answers_a_good_request(service, model_dir):
+    status, content_type, body = handle(service, model_dir, samples.png(),
+                                        {"Content-Type": "image/png", "X-Amzn-SageMaker-Custom-Attributes": "top_k=1"})
+    assert (status, content_type) == (200, "application/json")
+    assert len(json.loads(body)["predictions"][0]) == 1
+
+
+@pytest.mark.parametrize("body, headers, status", [
+    (samples.random_bytes(), {"Content-Type": "image/jpeg"}, 400),
+    (samples.png(), {"Content-Type": "text/csv"}, 415),  # binary text/csv: refused before UTF-8 decoding
+    (b"\xff\xfe\x00binary", {"Content-Type": "application/json"}, 400),
+    (samples.png(), {"Content-Type": "image/png", "Accept": "text/csv"}, 406),
+    (samples.bomb_png(), {"Content-Type": "image/png"}, 413),
+])
+def test_transformer_answers_client_mistakes_with_json(service, model_dir, body, headers, status):
+    code, content_type, response = handle(service, model_dir, body, headers)
+    assert (code, content_type) == (status, "application/json")
+    message = json.loads(response)
+    assert set(message) == {"error", "message"} and "Traceback" not in response
+
+
+def test_transformer_hides_server_faults(service, model_dir, monkeypatch):
+    def broken(request, model):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(service._service, "_predict_fn", broken)
+    code, _, response = handle(service, model_dir, samples.png(), {"Content-Type": "image/png"})
+    assert code == 500
+    assert "secret" not in response and "Traceback" not in response and json.loads(response)["message"]
