@@ -4,7 +4,7 @@
     python launch.py data --sample digits            # write the embedded sample dataset
     python launch.py train --local                   # train on this machine, in the image or as a process
 
-On SageMaker (after ./build_and_push.sh; each step records what it made for the next, see docs/SAGEMAKER.md):
+On SageMaker (after ./build_and_push.sh; each step records what it made for the next, see README.md):
 
     python launch.py upload --data dogImages         # the dataset to S3
     python launch.py tune                            # tuning job over lr and batch-size
@@ -18,7 +18,6 @@ Run `python launch.py COMMAND --help` for each command's options.
 import argparse
 import datetime
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -276,6 +275,7 @@ def train_sagemaker(args):
 
 def train_local(args):
     from launcher import local_training
+    from launcher.docker_image import local_mode
 
     data = Path(args.data) if args.data else SAMPLE_DIR
     hyperparameters = dict(DIGITS_HYPERPARAMETERS) if not args.data else {}
@@ -284,14 +284,16 @@ def train_local(args):
         from launcher.sample_data import write_digits
 
         write_digits(SAMPLE_DIR)
-    mode = args.local
-    if mode == "auto":
-        mode = "process"
-        print("local mode: process (no docker image runner in this version)")
+    mode = local_mode(args.local)
     name = args.job_name or job_name()
     job = local_training.prepare_job(args.jobs_dir, name, {"train": data}, hyperparameters)
     print(f"Training job {name} ({mode}) in {job.dir}")
-    exit_code = local_training.run_process(job)
+    if mode == "docker":
+        from launcher import docker_runner
+
+        exit_code = docker_runner.run_training(job)  # `docker run IMAGE train`, /opt/ml mounted
+    else:
+        exit_code = local_training.run_process(job)  # the toolkit's `train` as a process
     metrics = local_training.finish(job)
     summary = " ".join(f"{k}={v:g}" for k, v in metrics.items())
     if not job.succeeded:

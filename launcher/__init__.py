@@ -10,6 +10,8 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 LOCAL_JOBS_DIR = PROJECT_DIR / "local_jobs"
 SAMPLE_DIR = PROJECT_DIR / "data" / "digits"
 ENTRY_SHIM = PROJECT_DIR / "docker" / "code" / "train.py"
+IMAGE_NAME = "image-classifier"  # the image's name: build_and_push.sh's default --name and ECR repository
+IMAGE_URI_FILE = PROJECT_DIR / ".image-uri"  # written by build_and_push.sh ($IMAGE_URI_FILE overrides)
 
 
 class LauncherError(Exception):

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import LOCAL_JOBS_DIR, PROJECT_DIR, LauncherError
+from . import IMAGE_NAME, IMAGE_URI_FILE, LOCAL_JOBS_DIR, LauncherError
 
 # Before the SDK is imported: it prints a v3 deprecation banner otherwise, and logs its config look-ups at
 # INFO to stdout (where a dry run writes its JSON) unless its logger already has a level and a handler.
@@ -29,8 +29,6 @@ _sdk_config_logger.addHandler(logging.StreamHandler(sys.stderr))
 # The tuner asks its estimator for a model it never trains and the SDK warns about that; nothing to act on.
 logging.getLogger("sagemaker.estimator").setLevel(logging.ERROR)
 
-IMAGE_NAME = "image-classifier"          # the ECR repository build_and_push.sh pushes to
-IMAGE_URI_FILE = PROJECT_DIR / ".image-uri"  # written by build_and_push.sh ($IMAGE_URI_FILE overrides)
 S3_PREFIX = "image-classifier"           # everything the launcher writes to S3 goes under s3://BUCKET/S3_PREFIX/
 STATE_FILE = LOCAL_JOBS_DIR / "sagemaker-state.json"  # $IMAGE_CLASSIFIER_STATE overrides
 TAG_PREFIX = "image-classifier:"         # AWS tags that link the steps (e.g. image-classifier:training-job)

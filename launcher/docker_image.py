@@ -11,17 +11,16 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import PROJECT_DIR, LauncherError
+from . import IMAGE_NAME, IMAGE_URI_FILE, PROJECT_DIR, LauncherError
 
-IMAGE_NAME = "image-classifier"  # build_and_push.sh's default --name
 DEFAULT_IMAGE = f"{IMAGE_NAME}:latest"
-IMAGE_URI_FILE = PROJECT_DIR / ".image-uri"  # written by build_and_push.sh
 DOCKERFILE = PROJECT_DIR / "docker" / "Dockerfile"
 # The offline base made by scripts/make_base_image.sh; `BASE_IMAGE` in the environment wins over it.
 BASE_IMAGE_ENV = "BASE_IMAGE"
 OFFLINE_BASE_IMAGE = "image-classifier-base:bookworm"
 # What goes into the image (the .dockerignore allow-list): hashed for the cached tag.
-IMAGE_INPUTS = ("docker/Dockerfile", ".dockerignore", "requirements.lock", "docker/code", "container_src")
+IMAGE_INPUTS = ("docker/Dockerfile", ".dockerignore", "requirements.lock", "docker/code", "docker/entrypoint.sh",
+                "container_src")
 _IGNORED_PARTS = {"__pycache__", "build"}
 # Free disk a build needs: the image is ~6 GB and a build holds several GB more for a while.
 BUILD_FREE_BYTES = 15 * 10**9
@@ -42,7 +41,8 @@ def engine_problem():
     except subprocess.TimeoutExpired:
         return "the docker engine does not answer (`docker version` timed out)"
     if result.returncode != 0:
-        return f"no docker engine is running ({result.stdout.strip().splitlines()[-1:] or ['?']})"
+        last_line = (result.stdout.strip().splitlines() or ["docker version failed"])[-1]
+        return f"no docker engine is running ({last_line})"
     return None
 
 
@@ -59,16 +59,26 @@ def image_exists(image):
 
 def configured_image():
     """The image the launcher runs: the one build_and_push.sh recorded, else `image-classifier:latest`."""
-    if IMAGE_URI_FILE.is_file():
-        recorded = IMAGE_URI_FILE.read_text().strip()
-        if recorded:
-            return recorded
-    return DEFAULT_IMAGE
+    recorded_in = Path(os.environ.get("IMAGE_URI_FILE") or IMAGE_URI_FILE)  # the script's override too
+    recorded = recorded_in.read_text().strip() if recorded_in.is_file() else ""
+    return recorded or DEFAULT_IMAGE
 
 
 def image_available(image=None):
     """True when an engine runs and the image is on this machine (what `--local auto` asks)."""
     return engine_problem() is None and image_exists(image or configured_image())
+
+
+def local_mode(requested):
+    """What `--local` runs on: `docker` or `process` as asked; `auto` prefers the image when an engine runs
+    and the image is on this machine, and says which it picked."""
+    if requested != "auto":
+        return requested
+    if image_available():
+        print(f"local mode: docker ({configured_image()})")
+        return "docker"
+    print("local mode: process (no docker engine or no image; `./build_and_push.sh --no-push` builds it)")
+    return "process"
 
 
 def require_image(image=None):
@@ -138,7 +148,16 @@ def ensure_image(build_args=None, log_file=None):
     if not image_exists(tag):
         seconds = build(tag, build_args, log_file or PROJECT_DIR / "build" / "docker-build.log")
         print(f"built {tag} in {seconds:.0f} s")
+        remove_stale_images(keep=tag)
     return tag
+
+
+def remove_stale_images(keep):
+    """Untag earlier content-hashed builds (each may pin several GB); failures (an image in use) are fine."""
+    listed = docker("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_NAME, check=False, timeout=60).stdout
+    stale = [ref for ref in listed.split() if ref.startswith(f"{IMAGE_NAME}:src-") and ref != keep]
+    if stale:
+        docker("rmi", *stale, check=False, timeout=300)
 
 
 if __name__ == "__main__":  # python -m launcher.docker_image: build (or find) the cached image

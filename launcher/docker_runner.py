@@ -6,18 +6,17 @@ job's train.log; SIGTERM/Ctrl-C reaches the job through the docker CLI's signal 
 Serving: the model folder is mounted read-only at `/opt/ml/model` and the container's port 8080 is
 published on 127.0.0.1:PORT; the container is named after the port so `stop(port)` finds it.
 """
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
 from pathlib import Path
 
 from . import LauncherError
 from .docker_image import configured_image, docker, engine_problem, image_available, image_exists, require_image
-from .local_serving import LOCAL_HOST, READY_TIMEOUT_SECONDS, invoke, probe_picture
+from .local_serving import LOCAL_HOST, READY_TIMEOUT_SECONDS, wait_for_prediction
 from .local_training import HOST, stream
 
 CONTAINER_BASE_DIR = "/opt/ml"
@@ -46,11 +45,17 @@ def _container_name(text):
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", text).lstrip("-_.") or "job"
 
 
+def training_container(job):
+    """Named after the job and its folder: two jobs of the same name elsewhere do not collide."""
+    folder = hashlib.sha1(str(Path(job.dir).resolve()).encode()).hexdigest()[:6]
+    return _container_name(f"{job.name}-train-{folder}")
+
+
 def training_command(job, image, env=None):
     """The `docker run ... IMAGE train` command for a LocalJob (its channels are symlinks to data
     folders: each source is mounted read-only at its own path so the links resolve in the container)."""
     job_dir = Path(job.dir).resolve()
-    command = ["docker", "run", "--rm", "--name", _container_name(f"{job.name}-train"), "--hostname", HOST,
+    command = ["docker", "run", "--rm", "--name", training_container(job), "--hostname", HOST,
                "--shm-size", SHM_SIZE, "-v", f"{job_dir}:{CONTAINER_BASE_DIR}"]
     data_dir = job_dir / "input" / "data"
     for channel in sorted(data_dir.iterdir()) if data_dir.is_dir() else []:
@@ -120,28 +125,20 @@ def serve(model_dir, port=8080, detach=False, image=None, env=None, ready_timeou
 
 
 def wait_until_ready(name, port, timeout):
-    """Until a real prediction answers 200 (MMS answers /ping before the model is loaded)."""
-    picture = probe_picture()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not container_running(name):
-            logs = docker("logs", "--tail", "30", name, check=False, timeout=30).stdout
-            raise LauncherError(f"The model server container {name} exited before it answered:\n{logs}")
-        try:
-            status, _ = invoke(port, picture, "image/png", timeout=60)
-            if status == 200:
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    raise LauncherError(f"The model server did not answer within {timeout} s; see `docker logs {name}`.")
+    def exited():
+        if container_running(name):
+            return None
+        logs = docker("logs", "--tail", "30", name, check=False, timeout=30).stdout
+        return f"The model server container {name} exited before it answered:\n{logs}"
+
+    wait_for_prediction(port, timeout, exited, f"see `docker logs {name}`")
 
 
 def stop(port):
     """Stop and remove the serving container on `port` (SIGTERM first, so MMS shuts down cleanly).
     Returns True when there was one."""
     name = serving_container(port)
-    if docker("inspect", name, check=False, timeout=30).returncode != 0:
+    if shutil.which("docker") is None or docker("inspect", name, check=False, timeout=30).returncode != 0:
         return False
     docker("stop", "--time", str(STOP_TIMEOUT_SECONDS), name, check=False, timeout=STOP_TIMEOUT_SECONDS + 30)
     docker("rm", "-f", name, check=False, timeout=60)

@@ -7,7 +7,6 @@ so `delete` can stop it with all its model-server processes. `predict` talks to 
 """
 import io
 import json
-import mimetypes
 import os
 import shutil
 import signal
@@ -48,11 +47,9 @@ def invocations_url(port):
 
 # ------------------------------------------------------------------------------------------ deploy
 def deploy(model=None, port=8080, mode="auto", detach=False):
-    if mode == "docker":
-        raise LauncherError("deploy --local docker: the image runner is not available yet; "
-                            "use --local process (or --local, which picks process).")
-    if mode == "auto":
-        print("local mode: process (no docker image runner in this version)")
+    from .docker_image import local_mode
+
+    mode = local_mode(mode)
     model = Path(model) if model else newest_model(LOCAL_JOBS_DIR)
     if model is None:
         raise LauncherError(f"No trained model in {LOCAL_JOBS_DIR}: run `python launch.py train --local` "
@@ -67,6 +64,10 @@ def deploy(model=None, port=8080, mode="auto", detach=False):
         raise LauncherError(f"Port {port} is already in use: pick another with --port.")
     base_dir = server_dir(port)
     install_model(model, base_dir / "model")
+    if mode == "docker":
+        from . import docker_runner  # imports this module: not at the top
+
+        return docker_runner.serve(base_dir / "model", port, detach)  # `docker run -p PORT:8080 IMAGE serve`
     process = start_server(base_dir, port)
     print(f"Starting the model server for {model} on port {port} (log: {base_dir / SERVER_LOG}) ...")
     try:
@@ -141,12 +142,23 @@ def probe_picture():
 
 
 def wait_until_ready(process, port, log_file, timeout=READY_TIMEOUT_SECONDS):
+    def exited():
+        if process.poll() is not None:
+            return f"The model server exited (code {process.returncode}) before it answered:\n{tail(log_file)}"
+        return None
+
+    wait_for_prediction(port, timeout, exited, f"see {log_file}")
+
+
+def wait_for_prediction(port, timeout, exited, where_to_look):
+    """Until a real prediction answers 200 (MMS answers /ping before the model is loaded). `exited()`
+    says why the server is gone, or None while it runs."""
     picture = probe_picture()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise LauncherError(f"The model server exited (code {process.returncode}) before it answered:\n"
-                                f"{tail(log_file)}")
+        gone = exited()
+        if gone:
+            raise LauncherError(gone)
         try:
             status, _ = invoke(port, picture, "image/png", timeout=60)
             if status == 200:
@@ -154,7 +166,7 @@ def wait_until_ready(process, port, log_file, timeout=READY_TIMEOUT_SECONDS):
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.5)
-    raise LauncherError(f"The model server did not answer within {timeout} s; see {log_file}.")
+    raise LauncherError(f"The model server did not answer within {timeout} s; {where_to_look}.")
 
 
 def follow_log(process, log_file):
@@ -277,6 +289,11 @@ def stop_process(pid, timeout=STOP_TIMEOUT_SECONDS):
 
 
 def delete(port=8080):
+    from . import docker_runner
+
+    if docker_runner.stop(port):
+        print(f"Stopped the model server container on port {port}.")
+        return
     record = read_record(port)
     if record is None:
         print(f"No local model server is running on port {port}.")

@@ -182,7 +182,7 @@ def test_upload_copies_the_dataset_layout_and_skips_what_is_there(cloud, capsys,
     assert "12 file(s) uploaded, 0 already there" in out
     uri = f"s3://{BUCKET}/image-classifier/data/dogImages"
     keys = {o["Key"] for o in cloud.boto.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]}
-    assert f"image-classifier/data/dogImages/train/001.Red_fox/Red_fox_00000.JPG" in keys
+    assert "image-classifier/data/dogImages/train/001.Red_fox/Red_fox_00000.JPG" in keys
     assert {k.split("/")[3] for k in keys} == {"train", "valid", "test"}
     assert state(cloud)["data_s3_uri"] == uri and state(cloud)["data_splits"] == ["train", "valid", "test"]
     puts = [p for name, p in cloud.sent.calls if name == "PutObject"]

@@ -49,6 +49,7 @@ def image():
             if "no space left on device" in str(error).lower():  # lack of disk never fails the run
                 pytest.skip(f"container tests skipped: the disk filled up during the image build: {error}")
             pytest.fail(str(error))
+        docker_image.remove_stale_images(keep=tag)
     return tag
 
 
@@ -108,6 +109,32 @@ def test_bad_hyperparameter_in_the_image_fails_with_a_reason(image, tmp_path):
     assert not job.succeeded
     assert "lr" in job.failure_reason
     assert not (job.dir / "model" / "model.pth").exists()
+
+
+def test_docker_stop_lets_the_job_save_its_checkpoint(image, tmp_path):
+    """SageMaker stops a job (StopTrainingJob, spot interruption) with SIGTERM to the container: the
+    training script, not only PID 1, must get it and finish its checkpoint before the container ends."""
+    data = make_dataset(tmp_path / "data")
+    job = local_training.prepare_job(tmp_path / "jobs", "stopped", {"train": data},
+                                     dict(TINY_HYPERPARAMETERS, epochs="500"))
+    with open(job.log_file, "wb") as log_out:
+        run = subprocess.Popen(docker_runner.training_command(job, image), stdout=log_out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while "epoch=1 " not in job.log_file.read_text(errors="replace"):
+            assert run.poll() is None and time.monotonic() < deadline, job.log_file.read_text()[-3000:]
+            time.sleep(0.5)
+        docker_image.docker("stop", "--time", "60", docker_runner.training_container(job), timeout=120)
+        exit_code = run.wait(timeout=120)
+    finally:
+        if run.poll() is None:
+            docker_image.docker("rm", "-f", docker_runner.training_container(job), check=False, timeout=60)
+            run.wait(timeout=60)
+    log = job.log_file.read_text(errors="replace")
+    assert exit_code == 143, log[-3000:]  # 128 + SIGTERM
+    assert "SIGTERM received" in log and "checkpoint saved" in log, log[-3000:]
+    assert (job.dir / "checkpoints" / "checkpoint.pth").is_file()
+    assert not job.succeeded
 
 
 # ------------------------------------------------------------------------------ docker run IMAGE serve

@@ -3,14 +3,14 @@ hash, and the `docker run` command the runner builds for a job."""
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from conftest import PROJECT_DIR, TINY_HYPERPARAMETERS, make_dataset
 
 SCRIPT = PROJECT_DIR / "build_and_push.sh"
-SHELL_SCRIPTS = [SCRIPT, PROJECT_DIR / "scripts" / "make_base_image.sh", PROJECT_DIR / ".ci" / "run"]
+SHELL_SCRIPTS = [SCRIPT, PROJECT_DIR / "scripts" / "make_base_image.sh", PROJECT_DIR / ".ci" / "run",
+                 PROJECT_DIR / "docker" / "entrypoint.sh"]
 
 
 def run_script(*args, env=None):
@@ -59,7 +59,7 @@ def test_shell_scripts_are_shellcheck_clean(script):
 def test_dockerfile_needs_no_buildkit_syntax():
     dockerfile = (PROJECT_DIR / "docker" / "Dockerfile").read_text()
     assert "--mount" not in dockerfile and "# syntax=" not in dockerfile
-    assert 'ENTRYPOINT ["/usr/bin/tini", "-g", "--"]' in dockerfile
+    assert 'ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/usr/local/bin/entrypoint.sh"]' in dockerfile
     assert "AWS_EC2_METADATA_DISABLED" not in dockerfile  # off-AWS setting, not for SageMaker
 
 
@@ -93,9 +93,13 @@ def test_configured_image_reads_what_build_and_push_recorded(tmp_path, monkeypat
     from launcher import docker_image
 
     monkeypatch.setattr(docker_image, "IMAGE_URI_FILE", tmp_path / ".image-uri")
+    monkeypatch.delenv("IMAGE_URI_FILE", raising=False)
     assert docker_image.configured_image() == "image-classifier:latest"
     (tmp_path / ".image-uri").write_text("123456789012.dkr.ecr.eu-west-1.amazonaws.com/image-classifier:abc\n")
     assert docker_image.configured_image() == "123456789012.dkr.ecr.eu-west-1.amazonaws.com/image-classifier:abc"
+    (tmp_path / "elsewhere").write_text("image-classifier:t9")
+    monkeypatch.setenv("IMAGE_URI_FILE", str(tmp_path / "elsewhere"))
+    assert docker_image.configured_image() == "image-classifier:t9"
 
 
 def test_training_command_runs_the_job_like_sagemaker(tmp_path, monkeypatch):
@@ -111,7 +115,7 @@ def test_training_command_runs_the_job_like_sagemaker(tmp_path, monkeypatch):
     mounts = [command[i + 1] for i, arg in enumerate(command) if arg == "-v"]
     assert f"{job.dir.resolve()}:/opt/ml" in mounts
     assert f"{data.resolve()}:{data.resolve()}:ro" in mounts  # the channel link resolves in the container
-    assert command[command.index("--name") + 1] == "my_job-train"
+    assert command[command.index("--name") + 1].startswith("my_job-train-")
 
 
 def test_channel_that_vanished_is_a_clear_error(tmp_path):

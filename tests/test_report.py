@@ -1,6 +1,5 @@
 """`launch.py report` on a real local job: the page, and figures that are real images of the right series."""
 import base64
-import io
 import json
 
 import numpy as np

@@ -9,7 +9,6 @@ from mms.model_loader import ModelLoader
 import serving_samples as samples
 from image_classifier.model import ArtifactError, ModelConfig, build_model, save_artifact
 from image_classifier.serving import handler, handler_service, settings
-from image_classifier.serving.transformer import ImageTransformer
 
 CLASSES = ["Red fox", "Green frog", "Blue whale"]
 

@@ -234,6 +234,13 @@ class TestLauncher:
         assert not alive
         assert launch.main(["predict", "--local", "--port", str(port), str(picture)]) == 1
 
-    def test_deploy_docker_is_not_available_yet(self, capsys):
-        assert launch.main(["deploy", "--local", "docker", "--port", str(free_port())]) == 1
-        assert "not available yet" in capsys.readouterr().err
+    def test_deploy_docker_without_the_image_says_how_to_get_it(self, capsys, tmp_path, monkeypatch,
+                                                                  trained_model_dir):
+        recorded = tmp_path / "image-uri"
+        recorded.write_text("image-classifier:no-such-tag")
+        monkeypatch.setenv("IMAGE_URI_FILE", str(recorded))
+        assert launch.main(["deploy", "--local", "docker", "--model", str(trained_model_dir),
+                            "--port", str(free_port())]) == 1
+        error = capsys.readouterr().err
+        assert ("Cannot run the image" in error
+                or "image-classifier:no-such-tag is not on this machine: build it with" in error), error

@@ -120,6 +120,27 @@ def _clear(out_dir):
         shutil.rmtree(out_dir)
 
 
+# Collections saved without a forward hook on every layer: parameters are read at the step's start, gradients
+# by hooks on the parameters, the loss and the labels by the loss module's hook.
+_PARAMETER_COLLECTIONS = {"losses", "weights", "gradients", "biases", LABELS_COLLECTION, "default"}
+
+
+def register_model(hook, model):
+    """`hook.register_module(model)` without the per-layer forward hooks when no saved collection needs
+    layer inputs or outputs: smdebug's hooks time every layer of every step even when they save nothing,
+    which is most of the hook's cost. A configuration that asks for layer outputs gets the full hooks."""
+    if not set(hook.include_collections) <= _PARAMETER_COLLECTIONS:
+        hook.register_module(model)
+        return
+    for name, module in model.named_modules():
+        module._module_name = name  # what smdebug names tensors after
+        hook.module_set.add(module)
+    model._module_name = model._get_name()
+    model.register_forward_pre_hook(hook.forward_pre_hook)  # counts steps, saves the weights on saving steps
+    hook._backward_apply(model)  # the gradients
+    hook.has_registered_module = True
+
+
 class TensorRecorder:
     """What the training loop sees of the hook: register once, switch modes, close. A recorder without a
     hook (`debug-hook=false`) does nothing, so the loop has no conditionals."""
@@ -133,7 +154,7 @@ class TensorRecorder:
         hook = create_hook(env, hp)
         if hook is None:
             return cls()
-        hook.register_module(model)
+        register_model(hook, model)
         hook.register_loss(criterion)
         return cls(hook, hook.out_dir)
 
