@@ -54,8 +54,9 @@ def deploy(model=None, port=8080, mode="auto", detach=False):
     if model is None:
         raise LauncherError(f"No trained model in {LOCAL_JOBS_DIR}: run `python launch.py train --local` "
                             f"first, or give one with --model PATH (model.tar.gz or a model folder).")
-    if not 1 <= port <= MAX_PORT:
-        raise LauncherError(f"--port {port}: the model server (MMS) accepts ports 1 to {MAX_PORT} only.")
+    highest = MAX_PORT if mode == "process" else 65535  # in the image, MMS itself listens on 8080
+    if not 1 <= port <= highest:
+        raise LauncherError(f"--port {port}: the model server (MMS) accepts ports 1 to {highest} only.")
     running = read_record(port)
     if running:
         raise LauncherError(f"A local model server already runs on port {port} (pid {running['pid']}): "
@@ -67,7 +68,8 @@ def deploy(model=None, port=8080, mode="auto", detach=False):
     if mode == "docker":
         from . import docker_runner  # imports this module: not at the top
 
-        return docker_runner.serve(base_dir / "model", port, detach)  # `docker run -p PORT:8080 IMAGE serve`
+        docker_runner.serve(base_dir / "model", port, detach)  # `docker run -p PORT:8080 IMAGE serve`
+        return
     process = start_server(base_dir, port)
     print(f"Starting the model server for {model} on port {port} (log: {base_dir / SERVER_LOG}) ...")
     try:

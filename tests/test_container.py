@@ -161,6 +161,34 @@ def test_serve_in_the_image_answers_ping_and_invocations(image, trained_model_di
     assert not docker_runner.container_running(docker_runner.serving_container(port))
 
 
+# ------------------------------------------------------------------ launch.py --local docker, as in README
+def test_launch_py_trains_deploys_and_predicts_in_the_image(image, tmp_path, monkeypatch, capsys):
+    import launch
+
+    recorded = tmp_path / "image-uri"
+    recorded.write_text(image)  # what build_and_push.sh records
+    monkeypatch.setenv("IMAGE_URI_FILE", str(recorded))
+    data = make_dataset(tmp_path / "data")
+    hps = [f"--hp={key}={value}" for key, value in dict(TINY_HYPERPARAMETERS, epochs="1").items()]
+    assert launch.main(["train", "--local", "--data", str(data), "--job-name", "in-image",
+                        "--jobs-dir", str(tmp_path / "jobs"), *hps]) == 0
+    out = capsys.readouterr().out
+    assert f"local mode: docker ({image})" in out and "Training job in-image completed." in out
+    model = tmp_path / "jobs" / "in-image" / "model.tar.gz"
+    port = free_port()
+    assert launch.main(["deploy", "--local", "docker", "--model", str(model), "--port", str(port), "--detach"]) == 0
+    assert "Model server ready" in capsys.readouterr().out
+    try:
+        picture = tmp_path / "red.png"
+        picture.write_bytes(png_bytes())
+        assert launch.main(["predict", "--local", "--port", str(port), "--top-k", "2", "--json", str(picture)]) == 0
+        assert_top_k(json.loads(capsys.readouterr().out)["predictions"][0], 2)
+    finally:
+        assert launch.main(["delete", "--local", "--port", str(port)]) == 0
+    assert "Stopped the model server container" in capsys.readouterr().out
+    assert not docker_runner.container_running(docker_runner.serving_container(port))
+
+
 # ------------------------------------------------------------------------- the SageMaker SDK's local mode
 def containers_of(image):
     return set(docker_image.docker("ps", "-aq", "--filter", f"ancestor={image}").stdout.split())
