@@ -17,6 +17,7 @@ WEIGHTS_FILE = "model.pth"
 METADATA_FILE = "model.json"
 ARTIFACT_FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pth"
+BEST_WEIGHTS_FILE = "best.pth"  # the best-valid weights so far, beside the checkpoint (tested at the end)
 FAILURE_FILE = "failure"
 FAILURE_MAX_CHARS = 1024  # SageMaker shows the first 1,024 characters as FailureReason
 

@@ -103,7 +103,8 @@ _FIX_HINT = ("Fix: give the weights file as a 'pretrained' channel, build the im
              "or train from scratch with pretrained=false.")
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
+    """`write(tmp)` then rename: a reader (or a restarted job) never sees a half-written file."""
     tmp = Path(f"{path}.tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -113,7 +114,7 @@ def save_artifact(model_dir, model, config):
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    _atomic_write(model_dir / constants.WEIGHTS_FILE, lambda p: torch.save(state, p))
+    atomic_write(model_dir / constants.WEIGHTS_FILE, lambda p: torch.save(state, p))
     metadata = {
         "format_version": constants.ARTIFACT_FORMAT_VERSION,
         **asdict(config),
@@ -122,7 +123,7 @@ def save_artifact(model_dir, model, config):
         "versions": {"image_classifier": __version__, "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "python": platform.python_version()},
     }
-    _atomic_write(model_dir / constants.METADATA_FILE, lambda p: p.write_text(json.dumps(metadata, indent=2)))
+    atomic_write(model_dir / constants.METADATA_FILE, lambda p: p.write_text(json.dumps(metadata, indent=2)))
 
 
 def load_artifact(model_dir, device="cpu"):

@@ -8,13 +8,11 @@ job resumes where it stopped, and on any error writes a short reason to /opt/ml/
 import json
 import logging
 import math
-import os
 import random
 import signal
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,8 +25,8 @@ from .debugging import TensorRecorder, run_end_of_training_rules
 from .distributed import Distributed
 from .environment import TrainingEnvironment
 from .metrics import format_metrics
-from .model import (ArtifactError, ModelConfig, PretrainedWeightsError, build_model, pretrained_state,
-                    save_artifact, set_trainable, unwrap)
+from .model import (ArtifactError, ModelConfig, PretrainedWeightsError, atomic_write, build_model,
+                    pretrained_state, save_artifact, set_trainable, unwrap)
 from .profiling import Profiling
 
 log = logging.getLogger("image_classifier")
@@ -80,9 +78,10 @@ def build_scheduler(hp, optimizer, total_steps):
 
 
 def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scaler, progress, stop,
-                    max_steps=0, hook=None):
+                    max_steps=0, on_step=None):
     """One pass over `loader`. `progress` holds the running sums (restored from a mid-epoch checkpoint);
-    returns True when the epoch ran to the end, False when a stop was requested."""
+    `on_step(data_seconds=, compute_seconds=)` is told each step's timing (the profiler's system monitor).
+    Returns True when the epoch ran to the end, False when a stop was requested."""
     model.train()
     amp = scaler is not None
     waiting_since = time.perf_counter()  # the time until the loader yields is time spent waiting for data
@@ -109,8 +108,8 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
             progress["correct"] += (logits.argmax(1) == labels).sum().item()
             progress["images"] += len(labels)
             progress["seconds"] += time.perf_counter() - start
-            if hook is not None:  # profiling: told each step's data wait and compute time
-                hook(data_seconds=start - waiting_since, compute_seconds=time.perf_counter() - start)
+            if on_step is not None:
+                on_step(data_seconds=start - waiting_since, compute_seconds=time.perf_counter() - start)
         progress["step"] += 1
         waiting_since = time.perf_counter()
         if stop.requested or (max_steps and progress["step"] >= max_steps):
@@ -143,9 +142,7 @@ def evaluate(model, criterion, loader, device, amp=False):
 
 
 def _atomic_save(obj, path):
-    tmp = Path(f"{path}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _new_progress():
@@ -206,7 +203,7 @@ def run(env, hp):
 
     # Resume from the newest checkpoint (a restarted spot job finds it in /opt/ml/checkpoints).
     checkpoint_path = env.checkpoint_dir / constants.CHECKPOINT_FILE
-    best_path = env.checkpoint_dir / "best.pth"
+    best_path = env.checkpoint_dir / constants.BEST_WEIGHTS_FILE
     state = {"epoch": 0, "progress": _new_progress(), "history": [], "best_valid_loss": math.inf,
              "best_epoch": 0, "epochs_without_improvement": 0}
     if checkpoint_path.is_file():
@@ -234,7 +231,7 @@ def run(env, hp):
         train_sampler.set_epoch(epoch, start=progress["step"] * hp.batch_size)
         recorder.set_mode("train")
         finished = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, scaler,
-                                   progress, stop, steps_per_epoch, hook=profiling)
+                                   progress, stop, steps_per_epoch, on_step=profiling)
         if not finished:
             save_checkpoint()
             log.warning("Stopped by SIGTERM in epoch %d at step %d; checkpoint saved to %s. "
