@@ -152,7 +152,7 @@ def _prepare(env, out_dir, resume):
         return
     if resume:
         # smdebug refuses a folder that holds a finished run: the stopped run's end mark goes, its tensors stay.
-        from smdebug.core.config_constants import END_OF_JOB_FILENAME
+        from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
 
         (out_dir / END_OF_JOB_FILENAME).unlink(missing_ok=True)
         return
