@@ -18,6 +18,7 @@ from conftest import TINY_HYPERPARAMETERS, make_dataset
 from image_classifier import constants
 from image_classifier.metrics import METRIC_DEFINITIONS, parse_metrics
 from launcher import LauncherError, local_training
+from training_state import assert_same_training_state, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,6 @@ PER_SPLIT = {"train": 8, "valid": 2, "test": 2}
 RUN_HPS = {"epochs": "3", "profile": "true", "profile-start-step": "1", "profile-steps": "2",
            "debug-tensor-interval": "2"}
 STOP_AT = 5  # global step: epoch 2, step 2 of 3
-TIMING_KEYS = {"seconds", "images_per_sec"}  # wall-clock figures: the only state that may differ
 
 
 def run_job(jobs_dir, name, channels, hyperparameters, env=None):
@@ -44,29 +44,7 @@ def log_of(job):
 
 
 def checkpoint(job, name=constants.CHECKPOINT_FILE):
-    return torch.load(job.dir / "checkpoints" / name, map_location="cpu", weights_only=True)
-
-
-def assert_equal(a, b, where="checkpoint"):
-    """Bit-for-bit equality of nested checkpoint values (tensors, containers, numbers)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            if key not in TIMING_KEYS:
-                assert_equal(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-def assert_same_training_state(resumed, reference):
-    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "step", "debugger", "state", "folders"):
-        assert_equal(resumed[key], reference[key], key)
+    return load_checkpoint(job.dir / "checkpoints" / name)
 
 
 def train_losses(job):
@@ -151,7 +129,7 @@ def test_a_truncated_checkpoint_is_set_aside_and_the_previous_one_resumes(refere
 
 
 def checkpoint_steps(folder):
-    return {p.name: torch.load(p, weights_only=True)["step"] for p in sorted(folder.glob("checkpoint*.pth"))}
+    return {p.name: load_checkpoint(p)["step"] for p in sorted(folder.glob("checkpoint*.pth"))}
 
 
 # ------------------------------------------------------------------- 3. a failure file for every failure
@@ -335,7 +313,7 @@ def test_a_pickle_in_the_checkpoint_is_refused_and_set_aside(tmp_path):
     aside = next((job.dir / "checkpoints").glob("checkpoint.pth.unreadable-*"))
     assert "Resuming" not in log_of(job) and job.succeeded
     assert_armed(aside, marker)
-    assert torch.load(armed, weights_only=True)["step"] == 1  # the job's own checkpoint, written afresh
+    assert load_checkpoint(armed)["step"] == 1  # the job's own checkpoint, written afresh
 
 
 def test_a_pickle_in_the_pretrained_channel_is_refused(tmp_path):
