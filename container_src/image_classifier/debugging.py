@@ -137,9 +137,9 @@ def check_tensors_dir(env, out_dir):
     for folder in _protected_folders(env):
         if out == folder or out in folder.parents or folder in out.parents:
             raise DebuggerConfigError(
-                f"The Debugger LocalPath {out_dir} overlaps {folder}, which holds the job's own files; the "
-                f"tensors folder is emptied when a job starts. Use a folder of its own, such as "
-                f"{constants.SAGEMAKER_TENSORS_DIR}.")
+                f"The Debugger LocalPath {out_dir} {'is' if out == folder else 'overlaps'} {folder}, which holds "
+                f"the job's own files; the tensors folder is emptied when a job starts. Use a folder of its own, "
+                f"such as {constants.SAGEMAKER_TENSORS_DIR}.")
     for folder in (env.base_dir.resolve(), env.output_dir.resolve(), Path(out.anchor)):
         if out == folder:
             raise DebuggerConfigError(f"The Debugger LocalPath {out_dir} is the job's {folder} itself; use a "
