@@ -178,9 +178,10 @@ def test_a_bad_environment_or_channel_writes_the_failure_file(tmp_path, fault, e
 
 
 def test_out_of_memory_writes_a_failure_file_that_says_so(tmp_path):
-    """A real allocation failure: the job's address space is capped at 6 GB (torch alone maps ~3.5 GB),
-    and 1024 px pictures need far more."""
-    job = prepared(tmp_path, hyperparameters={"image-size": "1024", "batch-size": "12", "epochs": "1"})
+    """A real allocation failure: the job's address space is capped at 6 GB (torch alone maps ~3.5 GB), and
+    a training step on 12 pictures of 1024 px needs several GB more for the activations alone."""
+    data = make_dataset(tmp_path / "data", {"train": 4, "valid": 2})
+    job = prepared(tmp_path, {"train": data}, {"image-size": "1024", "batch-size": "12", "epochs": "1"})
     limit = 6 * 2**30
     exit_code = run_prepared(job, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
     assert exit_code != 0, log_of(job)[-3000:]

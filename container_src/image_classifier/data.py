@@ -266,6 +266,8 @@ class EpochSampler(Sampler):
 
 
 def make_loader(dataset, sampler, batch_size, workers, pin_memory=False, drop_last=False):
+    # A generator of its own: each pass would otherwise draw its workers' base seed from the global RNG (which
+    # a resumed job's checkpoint restores), and augmentation is seeded per picture, so that seed is unused.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
-                      persistent_workers=False)
+                      persistent_workers=False, generator=torch.Generator().manual_seed(0))
