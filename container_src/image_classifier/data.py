@@ -10,6 +10,7 @@ file name or path goes into a log line or an error through `quote_for_log`, neve
 import logging
 import os
 import re
+import signal
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,9 +266,16 @@ class EpochSampler(Sampler):
         return len(self._indices()) - self.start
 
 
+def _leave_sigterm_to_the_job(worker_id):
+    # A stop (SIGTERM to the whole process group) is the main process's to handle: it finishes the step,
+    # saves and stops its workers in order. A worker killed by it would fail the job instead, in any loader.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset, sampler, batch_size, workers, pin_memory=False, drop_last=False):
     # A generator of its own: each pass would otherwise draw its workers' base seed from the global RNG (which
     # a resumed job's checkpoint restores), and augmentation is seeded per picture, so that seed is unused.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
-                      persistent_workers=False, generator=torch.Generator().manual_seed(0))
+                      persistent_workers=False, generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=_leave_sigterm_to_the_job)

@@ -70,11 +70,6 @@ class StopRequested:
             os.killpg(os.getpgrp(), signal.SIGTERM)
 
 
-def _ignore_sigterm(worker_id):
-    # Data-loading workers leave SIGTERM to the main process, which stops them in order.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -250,7 +245,6 @@ def _run(env, hp, cleanup):
     # BatchNorm cannot train on a last batch of one picture.
     drop_last = len(train_sampler) % hp.batch_size == 1
     train_loader = make_loader(train_set, train_sampler, hp.batch_size, workers, device.type == "cuda", drop_last)
-    train_loader.worker_init_fn = _ignore_sigterm
 
     def eval_loader(split):
         dataset = PictureDataset(splits.samples[split], eval_tf, hp.seed)
