@@ -4,6 +4,7 @@ This module is the single definition of the format: the training job formats its
 launcher passes METRIC_DEFINITIONS to SageMaker (which scrapes the log with them) and parses local logs
 with the same regexes. It imports nothing heavy, so the launcher can use it without torch.
 """
+import json
 import re
 
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
@@ -36,6 +37,12 @@ def format_metrics(**values):
             value = f"{value:.1f}" if key == "images_per_sec" else f"{value:.4f}"
         parts.append(f"{key}={value}")
     return " ".join(parts)
+
+
+def quote_for_log(text):
+    """Data (a class name, a file name, a path, an error about one) as it goes into a log line: a JSON string
+    with `=` escaped too, so it can never hold the `key=number` these regexes read, nor start a new line."""
+    return json.dumps(str(text)).replace("=", "\\u003d")
 
 
 def parse_metrics(lines):
