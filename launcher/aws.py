@@ -574,6 +574,6 @@ def errors():
 
 def _then(context):
     if context.attach:
-        return (f", then re-attach to the job: {context.attach} (do not run the command again: that would start "
-                "a second job)")
+        return (f", then re-attach to the job: {context.attach} (running the command again would start a second "
+                "job)")
     return ", and run the command again"

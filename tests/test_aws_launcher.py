@@ -584,3 +584,201 @@ def test_tuning_objective_is_a_metric_the_job_prints():
     found = {d["Name"]: re.search(d["Regex"], line) for d in METRIC_DEFINITIONS}
     assert float(found["best_valid_acc"].group(1)) == 0.875 and float(found["best_valid_loss"].group(1)) == 0.25
     assert found["valid_acc"] is None and found["valid_loss"] is None and found["epoch"] is None
+
+
+@pytest.mark.parametrize("image, words", [
+    ("image-classifier:abc", "not an ECR image URI"),  # what `build_and_push.sh --no-push` builds
+    (f"{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/image-classifier:latest", "is in eu-west-1, the jobs run in us-east-1")])
+def test_image_that_sagemaker_cannot_pull_is_refused(cloud, capsys, uploaded, image, words):
+    assert words in fails(capsys, "train", "--image-uri", image)
+    assert "CreateTrainingJob" not in cloud.sent.operations()
+
+
+def test_china_region_image_uri_is_checked_in_ecr(cloud, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_REGION", "cn-north-1")
+    image = f"{ACCOUNT}.dkr.ecr.cn-north-1.amazonaws.com.cn/image-classifier:latest"
+    line = fails(capsys, "deploy", "--model-data", "s3://b/m.tar.gz", "--image-uri", image)
+    assert "repository 'image-classifier' does not exist" in line  # recognised as ECR, asked in its region
+    assert cloud.sent.one("DescribeImages")["repositoryName"] == "image-classifier"
+
+
+def test_bucket_in_another_region_is_refused(cloud, capsys, tmp_path, monkeypatch):
+    import boto3
+
+    boto3.Session(region_name="eu-west-1").client("s3").create_bucket(
+        Bucket="eu-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    monkeypatch.setenv("SAGEMAKER_BUCKET", "eu-bucket")
+    data = make_dataset(tmp_path / "dogImages", per_split={"train": 1})
+    line = fails(capsys, "upload", "--data", data)
+    assert "bucket eu-bucket is in eu-west-1, the jobs run in us-east-1" in line
+    assert "is in eu-west-1" in fails(capsys, "train", "--data", f"s3://{BUCKET}/d")
+    assert "PutObject" not in cloud.sent.operations()
+
+
+@pytest.mark.parametrize("code, message, words", [
+    ("ResourceLimitExceeded", "The account-level service limit 'ml.g4dn.xlarge for spot training job usage' is 0 "
+     "Instances, with current utilization of 0 Instances and a request delta of 1 Instances.",
+     ["quota 'ml.g4dn.xlarge for spot training job usage'", aws.QUOTAS_CONSOLE]),
+    ("ValidationException", f"Could not assume role {ROLE}. Please ensure that the role exists and allows principal "
+     "'sagemaker.amazonaws.com' to assume the role.", ["SageMaker cannot assume the role", "sagemaker.amazonaws.com"]),
+])
+def test_first_time_account_errors_are_one_line(cloud, capsys, uploaded, code, message, words):
+    def refuse(**_):
+        raise ClientError({"Error": {"Code": code, "Message": message}}, "CreateTrainingJob")
+
+    cloud.sent.handlers.append(("before-call.sagemaker.CreateTrainingJob", refuse))
+    line = fails(capsys, "train")
+    assert all(word in line for word in words), line
+
+
+def test_expired_credentials_while_waiting_say_how_to_reattach(cloud, capsys, uploaded):
+    def expired(**_):
+        raise ClientError({"Error": {"Code": "ExpiredToken", "Message": "The security token is expired"}},
+                          "DescribeTrainingJob")
+
+    cloud.sent.handlers.append(("before-call.sagemaker.DescribeTrainingJob", expired))
+    line = fails(capsys, "train", "--job-name", "ic-expires")
+    assert "python launch.py train --attach ic-expires" in line and "and run the command again" not in line
+    cloud.sent.handlers.clear()
+    out = ok(capsys, "train", "--attach", "ic-expires")
+    assert "Training job ic-expires completed" in out and state(cloud)["model_data"].endswith("ic-expires/output/model.tar.gz")
+    assert cloud.sent.operations().count("CreateTrainingJob") == 1  # attaching started nothing
+
+
+def test_expired_credentials_while_tuning_say_how_to_reattach(cloud, capsys, uploaded):
+    def expired(**_):
+        raise ClientError({"Error": {"Code": "ExpiredToken", "Message": "expired"}}, "DescribeHyperParameterTuningJob")
+
+    cloud.sent.handlers.append(("before-call.sagemaker.DescribeHyperParameterTuningJob", expired))
+    assert "python launch.py tune --attach ic-tune-exp" in fails(capsys, "tune", "--job-name", "ic-tune-exp")
+    cloud.sent.handlers[:] = [("after-call.*.DescribeHyperParameterTuningJob", lambda parsed, **_: best_job_values(parsed))]
+    assert "Best training job: ic-tune-best-001" in ok(capsys, "tune", "--attach", "ic-tune-exp")
+    assert cloud.sent.operations().count("CreateHyperParameterTuningJob") == 1
+
+
+# ------------------------------------------------------------------------------------------- endpoints
+def test_a_second_deploy_refuses_while_the_first_endpoint_runs(cloud, capsys):
+    model = f"s3://{BUCKET}/m/model.tar.gz"
+    out = ok(capsys, "deploy", "--model-data", model, "--endpoint", "ep-1")
+    assert "Endpoint ep-1 costs money until you delete it: python launch.py delete --endpoint ep-1" in out
+    for argv in ((), ("--endpoint", "ep-1")):
+        line = fails(capsys, "deploy", "--model-data", model, *argv)
+        assert "endpoint ep-1" in line and "python launch.py delete --endpoint ep-1" in line
+    ok(capsys, "deploy", "--model-data", model, "--endpoint", "ep-2")  # another name: a second endpoint on purpose
+    assert cloud.sent.operations().count("CreateEndpoint") == 2
+
+
+def test_failed_sample_prediction_and_ctrl_c_still_say_what_costs(cloud, capsys, tmp_path):
+    picture = make_dataset(tmp_path / "d", per_split={"test": 1}) / "test" / "001.Red_fox" / "Red_fox_00000.JPG"
+
+    def model_error(**_):
+        raise ClientError({"Error": {"Code": "ModelError", "Message": "Received server error (500)"}}, "InvokeEndpoint")
+
+    cloud.sent.handlers.append(("before-call.*.InvokeEndpoint", model_error))
+    code, out, err = run(capsys, "deploy", "--model-data", f"s3://{BUCKET}/m.tar.gz", "--endpoint", "ep-s",
+                         "--sample-image", picture)
+    assert code == 1 and "ModelError" in err
+    assert "Endpoint ep-s costs money until you delete it" in out
+    assert state(cloud)["endpoint"] == "ep-s"  # recorded before the sample prediction
+
+    def interrupt(**_):
+        raise KeyboardInterrupt
+
+    cloud.sent.handlers[:] = [("before-call.sagemaker.DescribeEndpoint", interrupt)]
+    code, out, err = run(capsys, "deploy", "--model-data", f"s3://{BUCKET}/m.tar.gz", "--endpoint", "ep-c",
+                         "--image-uri", IMAGE)
+    assert code == 1 and "keeps running" in err
+    assert "Endpoint ep-c costs money until you delete it: python launch.py delete --endpoint ep-c" in out
+
+
+def test_delete_all_removes_everything_tagged_after_one_confirmation(cloud, capsys, monkeypatch):
+    model = f"s3://{BUCKET}/m/model.tar.gz"
+    ok(capsys, "deploy", "--model-data", model, "--endpoint", "ep-1")
+    ok(capsys, "deploy", "--model-data", model, "--endpoint", "ep-2")
+    client = cloud.boto.client("sagemaker")
+    client.create_model(ModelName="not-ours", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+    answers = iter(["n", "y"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    out = ok(capsys, "delete", "--all")
+    assert "endpoint: ep-1" in out and "model: ep-2" in out and "not-ours" not in out and "Nothing deleted" in out
+    assert len(client.list_endpoints()["Endpoints"]) == 2
+    out = ok(capsys, "delete", "--all")
+    assert "Deleted 6" in out
+    assert client.list_endpoints()["Endpoints"] == [] and client.list_endpoint_configs()["EndpointConfigs"] == []
+    assert [m["ModelName"] for m in client.list_models()["Models"]] == ["not-ours"]
+    assert "endpoint" not in state(cloud)
+    ok(capsys, "deploy", "--model-data", model, "--endpoint", "ep-3")
+    assert "Deleted 3" in ok(capsys, "delete", "--all", "--yes")  # no question asked (input() would raise)
+
+
+# ----------------------------------------------------------------------------------------- data channels
+def test_upload_delete_removes_what_is_gone_locally(cloud, capsys, tmp_path):
+    data = make_dataset(tmp_path / "dogImages", per_split={"train": 2, "valid": 1, "test": 1})
+    ok(capsys, "upload", "--data", data)
+    gone = data / "train" / "001.Red_fox" / "Red_fox_00001.jpg"
+    gone.unlink()
+    assert ", 0 deleted" not in ok(capsys, "upload", "--data", data)  # off by default: nothing removed
+    keys = lambda: {o["Key"] for o in cloud.boto.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]}  # noqa: E731
+    assert "image-classifier/data/dogImages/train/001.Red_fox/Red_fox_00001.jpg" in keys()
+    assert "11 already there, 1 deleted" in ok(capsys, "upload", "--data", data, "--delete")
+    assert "image-classifier/data/dogImages/train/001.Red_fox/Red_fox_00001.jpg" not in keys() and len(keys()) == 11
+
+
+def test_a_new_dataset_gets_its_own_splits_and_exact_prefixes(cloud, capsys, uploaded):
+    s3 = cloud.boto.client("s3")
+    for key in ("other/train/001.a/x.jpg", "other/train_old/001.a/y.jpg"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    ok(capsys, "train", "--data", f"s3://{BUCKET}/other", "--no-wait")
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in cloud.sent.one("CreateTrainingJob")["InputDataConfig"]}
+    assert channels == {"train": f"s3://{BUCKET}/other/train/"}  # not the splits recorded for dogImages
+    s3.put_object(Bucket=BUCKET, Key="empty/readme.txt", Body=b"x")
+    assert "no train/ folder under" in fails(capsys, "train", "--data", f"s3://{BUCKET}/empty")
+
+
+# ------------------------------------------------------------------------------------ locked-down accounts
+def test_network_options_reach_jobs_tuning_and_endpoints(cloud, capsys, uploaded):
+    network = ["--subnets", "subnet-1", "subnet-2", "--security-groups", "sg-1", "--kms-key", "key-1",
+               "--network-isolation"]
+    code, out, err = run(capsys, "train", "--no-wait", *network)
+    assert code == 0 and "--pretrained-weights" in err and "BAKE_WEIGHTS" in err  # isolated: no weights download
+    request = cloud.sent.one("CreateTrainingJob")
+    assert request["VpcConfig"] == {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
+    assert request["ResourceConfig"]["VolumeKmsKeyId"] == "key-1" and request["OutputDataConfig"]["KmsKeyId"] == "key-1"
+    assert request["EnableNetworkIsolation"] is True and request["HyperParameters"]["weights-download"] == "false"
+    ok(capsys, "tune", "--no-wait", *network)
+    definition = cloud.sent.one("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert definition["VpcConfig"]["Subnets"] == ["subnet-1", "subnet-2"] and definition["EnableNetworkIsolation"]
+    cloud.sent.handlers.append(("before-call.*.InvokeEndpoint", endpoint_answers({"predictions": [[]]})))
+    ok(capsys, "deploy", "--model-data", f"s3://{BUCKET}/m.tar.gz", "--endpoint", "ep-vpc", *network)
+    model = cloud.sent.one("CreateModel")
+    assert model["VpcConfig"] == {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
+    assert model["EnableNetworkIsolation"] is True
+    assert cloud.sent.one("CreateEndpointConfig")["KmsKeyId"] == "key-1"
+
+
+def test_the_sdk_config_file_applies(cloud, capsys, uploaded, monkeypatch, tmp_path):
+    config = tmp_path / "sagemaker-config.yaml"
+    config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  TrainingJob:\n    VpcConfig:\n"
+                      "      SecurityGroupIds: [sg-org]\n      Subnets: [subnet-org]\n")
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(config))
+    ok(capsys, "train", "--no-wait")
+    assert cloud.sent.one("CreateTrainingJob")["VpcConfig"] == {"Subnets": ["subnet-org"], "SecurityGroupIds": ["sg-org"]}
+    config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  TrainingJob:\n    NoSuchField: 1\n")
+    assert "config file is not valid" in fails(capsys, "train", "--no-wait")
+
+
+def test_pretrained_weights_are_sent_as_the_pretrained_channel(cloud, capsys, uploaded, tmp_path):
+    weights = tmp_path / "resnet50-own.pth"
+    weights.write_bytes(b"state dict bytes")
+    ok(capsys, "train", "--no-wait", "--job-name", "ic-own", "--pretrained-weights", weights, "--network-isolation")
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in cloud.sent.one("CreateTrainingJob")["InputDataConfig"]}
+    assert channels["pretrained"] == f"s3://{BUCKET}/image-classifier/pretrained/ic-own/"
+    body = cloud.boto.client("s3").get_object(Bucket=BUCKET, Key="image-classifier/pretrained/ic-own/resnet50-own.pth")
+    assert body["Body"].read() == b"state dict bytes"
+    ok(capsys, "tune", "--no-wait", "--pretrained-weights", "s3://weights/resnet50.pth")
+    definition = cloud.sent.one("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}[
+        "pretrained"] == "s3://weights/resnet50.pth"
+    assert "expected a .pth/.pt state_dict" in fails(capsys, "train", "--pretrained-weights", tmp_path / "nothing")
