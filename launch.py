@@ -18,6 +18,7 @@ Run `python launch.py COMMAND --help` for each command's options.
 import argparse
 import datetime
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -348,7 +349,11 @@ def train_local(args):
         write_digits(SAMPLE_DIR)
     mode = local_mode(args.local)
     name = args.job_name or job_name()
-    job = local_training.prepare_job(args.jobs_dir, name, {"train": data}, hyperparameters)
+    channels = {"train": data}
+    if args.pretrained_weights:
+        channels["pretrained"] = local_pretrained_channel(args.pretrained_weights, Path(args.jobs_dir) / name)
+        hyperparameters["pretrained"] = parse_hp(args.hp).get("pretrained", "true")
+    job = local_training.prepare_job(args.jobs_dir, name, channels, hyperparameters)
     print(f"Training job {name} ({mode}) in {job.dir}")
     if mode == "docker":
         from launcher import docker_runner
@@ -361,6 +366,23 @@ def train_local(args):
     if not job.succeeded:
         raise LauncherError(f"Training job {name} failed (exit {exit_code}): {job.failure_reason or 'see ' + str(job.log_file)}")
     print(f"\nTraining job {name} completed. {summary}\nModel artifact: {job.model_tar}\nLog: {job.log_file}")
+
+
+def local_pretrained_channel(weights, job_dir):
+    """The `pretrained` channel of a local job: a folder holding the .pth file(s), as SageMaker would give it.
+    A single file is copied into the job's own folder (a docker job mounts only its channels)."""
+    from launcher.s3_upload import weights_files
+
+    if str(weights).startswith("s3://"):
+        raise LauncherError("a local job reads its --pretrained-weights from this machine: give a .pth file or folder")
+    files = weights_files(weights)
+    if Path(weights).is_dir():
+        return Path(weights)
+    folder = job_dir / "pretrained-weights"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, path in files.items():
+        shutil.copyfile(path, folder / name)
+    return folder
 
 
 # --------------------------------------------------------------------------------- deploy / predict
