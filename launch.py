@@ -401,7 +401,8 @@ def deploy_sagemaker(args):
     connection = aws.Aws(args)
     with aws.errors():
         recorded = connection.state.get("endpoint")
-        if recorded and args.endpoint in (None, recorded) and connection.endpoint_is_live(recorded):
+        if recorded and args.endpoint in (None, recorded) and not connection.dry_run \
+                and connection.endpoint_is_live(recorded):
             raise LauncherError(f"endpoint {recorded} (recorded by an earlier deploy) is still up and costs money: "
                                 f"remove it first (python launch.py delete --endpoint {recorded}), or pass "
                                 "--endpoint NAME for a second one")

@@ -15,10 +15,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 import launch
-from conftest import make_dataset
+from conftest import make_dataset, train_job
 from moto_server import moto_url, reset  # noqa: F401 - moto_url is a fixture
 from image_classifier.config import Hyperparameters
-from image_classifier.metrics import METRIC_DEFINITIONS, format_metrics
+from image_classifier.metrics import METRIC_DEFINITIONS, format_metrics, parse_metrics
 from launcher import aws
 
 ACCOUNT = "123456789012"  # moto's account
@@ -327,6 +327,18 @@ def test_sent_metric_definitions_parse_the_real_training_log(cloud, capsys, uplo
     line = format_metrics(epoch=2, train_loss=0.5, train_acc=0.75, valid_loss=0.25, valid_acc=0.875)
     values = {d["Name"]: re.search(d["Regex"], line) for d in definitions}
     assert float(values["valid_loss"].group(1)) == 0.25 and float(values["train_loss"].group(1)) == 0.5
+
+
+@pytest.mark.slow  # one tiny real training run of a few epochs
+def test_the_tuning_objective_is_the_value_of_the_model_the_job_saves(tmp_path):
+    job, exit_code = train_job(tmp_path, {"epochs": "4"})
+    assert exit_code == 0, job.log_file.read_text()[-3000:]
+    found = parse_metrics(job.log_file.read_text().splitlines())  # as SageMaker reads the log
+    saved = json.loads((job.dir / "model" / "model.json").read_text())["metrics"]
+    assert len(found["best_valid_acc"]) == len(found["valid_acc"]) == 4  # every epoch: early stopping sees it
+    # The last value (what the tuner ranks by) is the saved (best-valid_loss) epoch's, not the last epoch's.
+    assert found["best_valid_loss"][-1] == pytest.approx(saved["valid_loss"], abs=1e-4)
+    assert found["best_valid_acc"][-1] == found["valid_acc"][saved["best_epoch"] - 1]
 
 
 # ------------------------------------------------------------------------------ deploy/predict/delete

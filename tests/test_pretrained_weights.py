@@ -35,7 +35,8 @@ def test_fine_tune_from_an_earlier_jobs_weights(tmp_path, capsys):
     base = run_local(jobs, data, "base", FROM_SCRATCH)
     weights = base / "model" / "model.pth"
 
-    tuned = run_local(jobs, data, "tuned", dict(FROM_SCRATCH, **{"trainable-layers": "1", "epochs": "1"}),
+    fine_tune = {k: v for k, v in FROM_SCRATCH.items() if k != "pretrained"}  # --pretrained-weights implies it
+    tuned = run_local(jobs, data, "tuned", dict(fine_tune, **{"trainable-layers": "1", "epochs": "1"}),
                       "--pretrained-weights", weights)
     log = (tuned / "train.log").read_text()
     assert "from the 'pretrained' channel" in log

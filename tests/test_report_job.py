@@ -73,7 +73,7 @@ def publish(cloud, job, name, debugger):
     if group not in [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]]:
         logs.create_log_group(logGroupName=group)
     logs.create_log_stream(logGroupName=group, logStreamName=f"{name}/algo-1-1700000000")
-    lines = job.log_file.read_text().splitlines()
+    lines = [line for line in job.log_file.read_text().splitlines() if line]  # CloudWatch has no empty events
     now = int(time.time() * 1000)
     logs.put_log_events(logGroupName=group, logStreamName=f"{name}/algo-1-1700000000",
                         logEvents=[{"timestamp": now + i, "message": line} for i, line in enumerate(lines)])
