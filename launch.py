@@ -94,7 +94,8 @@ def training_channels(data_uri, splits, pretrained=None):
 
 
 def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugger=False):
-    """Our image as a generic SDK Estimator. `checkpoints`: where a spot job's checkpoints go in S3.
+    """Our image as a generic SDK Estimator. `checkpoints`: where a spot job's checkpoints go in S3 (ending in `/`:
+    SageMaker syncs back every object under the prefix, and `run1` would also match `run10`).
     `debugger` (training jobs only; tuning jobs have no field for it): SageMaker's Debugger hook, profiler and
     built-in rules. Without it the job's own tensors travel in its output data (output.tar.gz)."""
     from sagemaker.debugger import CollectionConfig, DebuggerHookConfig, ProfilerConfig
@@ -240,7 +241,7 @@ def cmd_tune(args):
         hyperparameters = sagemaker_hyperparameters({**trial_values, **parse_hp(args.hp)}, args.network_isolation)
         data, splits, pretrained = job_inputs(connection, args, name)
         training = estimator(connection, hyperparameters, args, tags=aws.tags(data=data),
-                             checkpoints=connection.s3_uri("checkpoints", name))  # each trial resumes after spot
+                             checkpoints=connection.s3_uri("checkpoints", name) + "/")  # a trial resumes after spot
         warm_start = None
         if args.warm_start:  # a rebuilt image (or other data) rules out IdenticalDataAndAlgorithm
             changed = connection.parent_differs(args.warm_start, training.image_uri, data)
@@ -314,7 +315,7 @@ def train_sagemaker(args):
         name = args.job_name or job_name()
         data, splits, pretrained = job_inputs(connection, args, name)
         training = estimator(connection, hyperparameters, args, tags=aws.tags(data=data, tuning_job=tuning_job),
-                             checkpoints=connection.s3_uri("checkpoints", name), debugger=not args.no_debugger)
+                             checkpoints=connection.s3_uri("checkpoints", name) + "/", debugger=not args.no_debugger)
         training.fit(training_channels(data, splits, pretrained), job_name=name, wait=False)
         if connection.dry_run:
             return connection.finish_dry_run()

@@ -217,7 +217,7 @@ def test_tune_sends_the_ranges_objective_and_early_stopping(cloud, capsys, uploa
     # Trials save no tensors and run no rules by default (nobody reads them) ...
     assert static["debug-hook"] == "false" and static["rules"] == "false"
     # ... and a spot trial keeps its progress: the training definition carries the checkpoint folder.
-    assert definition["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/image-classifier/checkpoints/ic-tune-test"}
+    assert definition["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/image-classifier/checkpoints/ic-tune-test/"}
     assert not {"DebugHookConfig", "ProfilerConfig"} & set(definition)  # the API has no field for them
     assert definition["EnableManagedSpotTraining"] is True
     assert [c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]] == [
@@ -273,7 +273,7 @@ def test_train_from_tuning_sends_the_estimator_the_launcher_configures(cloud, ca
     assert [(c["ChannelName"], c["DataSource"]["S3DataSource"]["S3Uri"]) for c in request["InputDataConfig"]] == [
         (s, f"s3://{BUCKET}/image-classifier/data/dogImages/{s}/") for s in ("train", "valid", "test")]
     assert request["EnableManagedSpotTraining"] is True
-    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/image-classifier/checkpoints/ic-train-1"}
+    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/image-classifier/checkpoints/ic-train-1/"}
     stopping = request["StoppingCondition"]
     assert stopping["MaxRuntimeInSeconds"] == launch.MAX_RUN_SECONDS
     assert stopping["MaxWaitTimeInSeconds"] == 2 * launch.MAX_RUN_SECONDS
@@ -570,7 +570,7 @@ def test_tune_dry_run_shows_checkpoints_and_no_debugging_in_trials(cloud, capsys
     monkeypatch.delenv("SAGEMAKER_BUCKET")
     calls = json.loads(ok(capsys, "tune", "--data", "s3://b/d", "--job-name", "ic-tune-dry", "--dry-run"))
     definition = calls[-1]["params"]["TrainingJobDefinition"]
-    assert definition["CheckpointConfig"]["S3Uri"] == "s3://your-bucket/image-classifier/checkpoints/ic-tune-dry"
+    assert definition["CheckpointConfig"]["S3Uri"] == "s3://your-bucket/image-classifier/checkpoints/ic-tune-dry/"
     assert definition["StaticHyperParameters"]["debug-hook"] == "false"
 
 
