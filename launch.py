@@ -108,6 +108,7 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
     # The tensors' save intervals are the job's own hyperparameters (one definition, also used off SageMaker).
     job = Hyperparameters.from_strings(hyperparameters)
     losses_every, tensors_every = str(job.debug_loss_interval), str(job.debug_tensor_interval)
+    vpc = vpc_config(args) or {}
     return Estimator(
         image_uri=connection.image_uri(),
         role=connection.role,
@@ -121,8 +122,8 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
         use_spot_instances=spot,
         max_wait=2 * args.max_run if spot else None,
         checkpoint_s3_uri=checkpoints if spot else None,
-        subnets=args.subnets,
-        security_group_ids=args.security_groups,
+        subnets=vpc.get("Subnets"),
+        security_group_ids=vpc.get("SecurityGroupIds"),
         volume_kms_key=args.kms_key,
         output_kms_key=args.kms_key,
         enable_network_isolation=args.network_isolation,
@@ -145,6 +146,13 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
         tags=tags,
         sagemaker_session=connection.sagemaker,
     )
+
+
+def vpc_config(args):
+    """--subnets and --security-groups (SageMaker needs both, or neither)."""
+    if bool(args.subnets) != bool(args.security_groups):
+        raise LauncherError("a VPC needs both --subnets and --security-groups")
+    return {"Subnets": args.subnets, "SecurityGroupIds": args.security_groups} if args.subnets else None
 
 
 def builtin_debugger_rules():
@@ -278,7 +286,7 @@ def attach_tuning_job(connection, name, on_error):
     """Wait for a tuning job (started now or earlier), then print its best training job."""
     on_error.attach = f"python launch.py tune --attach {name}"
     connection.wait_for_tuning_job(name)
-    best, values = connection.winning_hyperparameters(name)
+    best, _ = connection.winning_hyperparameters(name)
     objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {})
     print(f"Best training job: {best['TrainingJobName']} {objective.get('MetricName', '?')}="
           f"{objective.get('Value', float('nan')):g}\nBest hyperparameters: "
@@ -424,7 +432,7 @@ def deploy_sagemaker(args):
             model_data=model_data,
             role=connection.role,
             name=name,
-            vpc_config={"Subnets": args.subnets, "SecurityGroupIds": args.security_groups} if args.subnets else None,
+            vpc_config=vpc_config(args),
             enable_network_isolation=args.network_isolation,
             sagemaker_session=connection.sagemaker,
         )

@@ -767,6 +767,7 @@ def test_network_options_reach_jobs_tuning_and_endpoints(cloud, capsys, uploaded
     assert model["VpcConfig"] == {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
     assert model["EnableNetworkIsolation"] is True
     assert cloud.sent.one("CreateEndpointConfig")["KmsKeyId"] == "key-1"
+    assert "needs both --subnets and --security-groups" in fails(capsys, "train", "--subnets", "subnet-1")
 
 
 def test_the_sdk_config_file_applies(cloud, capsys, uploaded, monkeypatch, tmp_path):
