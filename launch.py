@@ -13,6 +13,9 @@ On SageMaker (after ./build_and_push.sh; each step records what it made for the 
     python launch.py predict dog.jpg                 # top-k breeds
     python launch.py delete                          # endpoint, endpoint config and model
 
+    python launch.py train --attach JOB              # follow a job started earlier (e.g. after credentials expired)
+    python launch.py delete --all                    # everything tagged project=image-classifier, after one question
+
 Run `python launch.py COMMAND --help` for each command's options.
 """
 import argparse
