@@ -10,10 +10,8 @@ import io
 import tarfile
 import time
 
-import boto3
 import pytest
 
-import launch
 from conftest import train_job
 from image_classifier import constants
 from image_classifier.metrics import parse_metrics
