@@ -41,6 +41,9 @@ STOP_AT_STEP_ENV = "IMAGE_CLASSIFIER_STOP_AT_STEP"
 # smdebug's tensors go to <output>/tensors, where SageMaker's DebugHookConfig LocalPath also points.
 TENSORS_FOLDER = "tensors"
 SAGEMAKER_TENSORS_DIR = "/opt/ml/output/tensors"
+# Where the tensors go when SageMaker passes no Debugger hook configuration (default <output>/tensors): the
+# launcher's `train --no-debugger` points it into output/data, which SageMaker uploads as output.tar.gz.
+TENSORS_DIR_ENV = "IMAGE_CLASSIFIER_TENSORS_DIR"
 RULES_FILE = "rules.json"
 PREDICTIONS_FILE = "test_predictions.json"
 PROFILER_TRACE_FILE = "profiler_trace.json"

@@ -60,7 +60,7 @@ def install_numpy_compat():
 
 # ----------------------------------------------------------------------------------------- the hook
 def tensors_dir(env):
-    return env.output_dir / constants.TENSORS_FOLDER
+    return Path(os.environ.get(constants.TENSORS_DIR_ENV) or env.output_dir / constants.TENSORS_FOLDER)
 
 
 def _local_config_file(env):

@@ -12,6 +12,9 @@ _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 # name -> the metric's line prefix context; each regex captures one number.
 EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "images_per_sec", "bad_images")
 FINAL_METRICS = ("test_loss", "test_acc")
+# The model the job saves (the best-valid_loss epoch's weights), printed after each epoch: the last such line
+# is the value of the model it ships, and the tuner's objective (`best_valid_acc` or `best_valid_loss`).
+SAVED_MODEL_METRICS = ("best_valid_loss", "best_valid_acc")
 
 
 def _regex(name):
@@ -21,7 +24,7 @@ def _regex(name):
 
 METRIC_DEFINITIONS = [
     {"Name": "epoch", "Regex": r"(?:^|\s)epoch=([0-9]+)\s"}
-] + [{"Name": name, "Regex": _regex(name)} for name in EPOCH_METRICS + FINAL_METRICS]
+] + [{"Name": name, "Regex": _regex(name)} for name in EPOCH_METRICS + FINAL_METRICS + SAVED_MODEL_METRICS]
 
 # One line per debugging rule at the end of training (rules.py): 1 triggered, 0 passed, -1 not enough data.
 RULE_METRICS = ("rule_loss_not_decreasing", "rule_overfit", "rule_overtraining", "rule_vanishing_gradient",

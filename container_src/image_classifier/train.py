@@ -326,6 +326,9 @@ def _run(env, hp, cleanup):
                 _atomic_save(unwrap(model).state_dict(), best_path)
         else:
             state["epochs_without_improvement"] += 1
+        if dist.is_master:  # the model this job saves (best valid_loss): the tuner's objective reads its last line
+            best = state["history"][state["best_epoch"] - 1]
+            print(format_metrics(best_valid_loss=best["valid_loss"], best_valid_acc=best["valid_acc"]), flush=True)
         state.update(epoch=epoch + 1, progress=_new_progress())
         save_checkpoint()
         if hp.early_stopping_patience and state["epochs_without_improvement"] >= hp.early_stopping_patience:
