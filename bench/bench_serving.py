@@ -124,6 +124,24 @@ def per_core_throughput(model_dir, pictures, cores, count):
     return cores * count / max(seconds)
 
 
+def explore_extras(model_dir, cores, samples_count):
+    """Single optimisations, in-process: JPEG draft decoding, inference_mode against no_grad."""
+    from image_classifier.images import open_rgb
+
+    big = samples.big_jpeg()
+    figures = {"12 MP JPEG decode, full": statistics.median(timed(lambda: open_rgb(big), 10)),
+               "12 MP JPEG decode, drafted": statistics.median(timed(lambda: open_rgb(big, min_side=256), 10))}
+    model = load_model(model_dir, False, cores)
+    inputs = torch.randn(1, 3, 224, 224)
+    for name, mode in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
+        def forward():
+            with mode():
+                model.network(inputs)
+        forward()
+        figures[f"forward under {name}"] = statistics.median(timed(forward, max(50, samples_count // 4)))
+    return figures
+
+
 def measure_floors(model_dir, pictures, cores, samples_count, explore):
     figures = {}
     thread_counts = sorted({1, cores})
@@ -137,7 +155,9 @@ def measure_floors(model_dir, pictures, cores, samples_count, explore):
                                                                        pictures, max(50, samples_count // 4))
     torch.set_num_threads(cores)
     figures["plain batch throughput"] = batch_throughput(load_model(model_dir, False, cores), pictures)
-    figures["plain per-core throughput"] = per_core_throughput(model_dir, pictures, cores, 30)
+    figures["plain per-core throughput"] = per_core_throughput(model_dir, pictures, cores, max(5, samples_count // 7))
+    if explore:
+        figures.update(explore_extras(model_dir, cores, samples_count))
     figures["latency floor"] = min(figures[f"plain {t}t latency"] for t in thread_counts)
     figures["throughput floor"] = max(figures["plain batch throughput"], figures["plain per-core throughput"])
     return figures
@@ -258,6 +278,10 @@ def report(rounds, variants, cores, picture_bytes):
     print(f"- throughput: one process batching {FLOOR_BATCH} at {cores} threads "
           f"{spread(column('plain batch throughput'), digits=2)}/s; {cores} single-thread processes "
           f"{spread(column('plain per-core throughput'), digits=2)}/s")
+    for key in ("12 MP JPEG decode, full", "12 MP JPEG decode, drafted", "forward under no_grad",
+                "forward under inference_mode"):
+        if key in rounds[0]:
+            print(f"- {key}: {spread(column(key), 1000)} ms")
     missed = []
     print("\n| settings | p50 (ms) | p50 / floor | p95 / p99 (ms) | pictures/s | / floor | cold start (s) | "
           "worker RSS (MiB) | bomb refused in (ms) |")

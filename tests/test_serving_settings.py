@@ -16,11 +16,17 @@ SERVE = Path(sys.executable).parent / "serve"
 
 def test_defaults():
     served = settings.load({}, gpus=0, cores=2, load_seconds=5)
-    assert (served.port, served.bind_address, served.workers, served.torch_threads) == (8080, "0.0.0.0", 2, 1)
+    assert (served.port, served.bind_address, served.workers, served.torch_threads) == (8080, "0.0.0.0", 2, 2)
     assert (served.payload_cap_mb, served.max_pixels, served.pixel_budget) == (6, 50_000_000, 100_000_000)
     assert (served.max_batch, served.forward_batch, served.top_k, served.optimize) == (32, 16, 5, True)
     assert served.timeout_seconds == 60
     assert settings.load({}, gpus=4, cores=16).workers == 4
+
+
+@pytest.mark.parametrize("cores, workers, threads", [(1, 1, 1), (2, 2, 2), (2, 1, 2), (16, 16, 2), (16, 4, 8),
+                                                     (16, 1, 16), (4, 8, 1)])
+def test_default_threads_are_twice_a_worker_s_share_of_the_cores(cores, workers, threads):
+    assert settings.default_threads(cores, workers) == threads
 
 
 def test_overrides():
@@ -32,18 +38,12 @@ def test_overrides():
 
 
 @pytest.mark.parametrize("name, value, words", [
-    (settings.TOP_K_ENV, "0", "must be between 1 and 1,000"),
-    (settings.TOP_K_ENV, "five", "is not an integer"),
-    (settings.MAX_BATCH_ENV, "-3", "must be at least 1"),
-    (settings.MAX_PIXELS_ENV, "1e6", "is not an integer"),
-    (settings.PIXEL_BUDGET_ENV, "0", "must be at least 1"),
-    (settings.WORKERS_ENV, "0", "must be between 1 and 256"),
-    (settings.TORCH_THREADS_ENV, "many", "is not an integer"),
-    (settings.PORT_ENV, "40000", "must be between 1 and 32,766"),
-    (settings.PAYLOAD_CAP_ENV, "500", "must be between 1 and 100"),
-    (settings.TIMEOUT_ENV, "0", "must be at least 1"),
-    (settings.FORWARD_BATCH_ENV, "x", "is not an integer"),
-    (settings.OPTIMIZE_ENV, "maybe", "must be true or false"),
+    (settings.TOP_K_ENV, "0", "must be between 1 and 1,000"), (settings.TOP_K_ENV, "five", "is not an integer"),
+    (settings.MAX_BATCH_ENV, "-3", "must be at least 1"), (settings.MAX_PIXELS_ENV, "1e6", "is not an integer"),
+    (settings.PIXEL_BUDGET_ENV, "0", "must be at least 1"), (settings.WORKERS_ENV, "0", "must be between 1 and 256"),
+    (settings.TORCH_THREADS_ENV, "many", "is not an integer"), (settings.PORT_ENV, "40000", "must be between 1 and 32,766"),
+    (settings.PAYLOAD_CAP_ENV, "500", "must be between 1 and 100"), (settings.TIMEOUT_ENV, "0", "must be at least 1"),
+    (settings.FORWARD_BATCH_ENV, "x", "is not an integer"), (settings.OPTIMIZE_ENV, "maybe", "must be true or false"),
 ])
 def test_a_bad_setting_is_named(name, value, words):
     with pytest.raises(settings.SettingsError) as error:

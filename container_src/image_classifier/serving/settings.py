@@ -33,6 +33,7 @@ BIND_ADDRESS_ENV, DEFAULT_BIND_ADDRESS = "IMAGE_CLASSIFIER_BIND_ADDRESS", "0.0.0
 WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"  # default: default_workers()
 TORCH_THREADS_ENV = "IMAGE_CLASSIFIER_TORCH_THREADS"  # default: default_threads()
 MAX_WORKERS = MAX_THREADS = 256
+THREAD_OVERSUBSCRIPTION = 2
 # Seconds, not the toolkit's SAGEMAKER_MODEL_SERVER_TIMEOUT (read as minutes). MMS applies it to model
 # loading too, so the default is well above the load time measured at start.
 TIMEOUT_ENV, MIN_TIMEOUT_SECONDS = "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60
@@ -103,8 +104,10 @@ def default_workers(gpus, cores):
 
 
 def default_threads(cores, workers):
-    """Torch threads per worker so that workers x threads = cores (more only oversubscribes)."""
-    return max(1, cores // workers)
+    """Torch threads per worker: twice its share of the cores, at most all of them. A lone request then
+    runs on two cores (the latency of two threads), while under load the workers share the cores
+    (about the throughput of one thread each); measured on 2 cores in docs/BENCHMARKS.md."""
+    return max(1, min(cores, THREAD_OVERSUBSCRIPTION * cores // workers))
 
 
 def response_timeout(load_seconds):
