@@ -120,7 +120,7 @@ def optimize_for_inference(network, example):
     and use channels_last, which oneDNN's CPU convolutions prefer; both are plain eager fp32 torch."""
     from torch.fx.experimental.optimization import fuse
 
-    network = fuse(network).to(memory_format=torch.channels_last)
+    network = fuse(network).eval().to(memory_format=torch.channels_last)
     with torch.inference_mode():
         network(example.to(memory_format=torch.channels_last))  # first-call set-up happens here, not in a request
     return network
