@@ -217,7 +217,7 @@ def test_a_pixel_bomb_batch_is_refused_by_the_budget_before_any_decoding(model):
 def test_a_big_picture_within_the_budget_is_answered_without_a_full_size_copy(model):
     """One 49 MP picture is under both caps: decoded, reduced at once, answered."""
     assert predict(model, samples.pixel_bomb_webp(), "application/x-image").probabilities.shape == (1, len(CLASSES))
-    # A 12 MP JPEG counts at the 1/8 scale it is decoded at: 64 of them fit a 40 MP budget.
+    # A 12 MP JPEG counts at the 1/8 scale it is decoded at: 32 of them (the batch cap) decode to 6 MP.
     header = read_header(samples.big_jpeg(), min_side=model.decode_side)
     assert header.size == (4000, 3000) and header.decoded_size == (500, 375)
 

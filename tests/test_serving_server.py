@@ -33,7 +33,7 @@ class TestServe:
     def server(self, trained_model_dir, tmp_path_factory):
         base_dir = tmp_path_factory.mktemp("opt_ml")
         shutil.copytree(trained_model_dir, base_dir / "model")
-        server = harness.Server(base_dir)
+        server = harness.Server(base_dir, SAGEMAKER_MODEL_SERVER_WORKERS=2)  # a killed one has a peer
         try:
             server.wait_ready(samples.png())
             yield server

@@ -16,17 +16,18 @@ SERVE = Path(sys.executable).parent / "serve"
 
 def test_defaults():
     served = settings.load({}, gpus=0, cores=2, load_seconds=5)
-    assert (served.port, served.bind_address, served.workers, served.torch_threads) == (8080, "0.0.0.0", 2, 2)
+    assert (served.port, served.bind_address, served.workers, served.torch_threads) == (8080, "0.0.0.0", 1, 2)
     assert (served.payload_cap_mb, served.max_pixels, served.pixel_budget) == (6, 50_000_000, 100_000_000)
     assert (served.max_batch, served.forward_batch, served.top_k, served.optimize) == (32, 16, 5, True)
     assert served.timeout_seconds == 60
     assert settings.load({}, gpus=4, cores=16).workers == 4
 
 
-@pytest.mark.parametrize("cores, workers, threads", [(1, 1, 1), (2, 2, 2), (2, 1, 2), (16, 16, 2), (16, 4, 8),
-                                                     (16, 1, 16), (4, 8, 1)])
-def test_default_threads_are_twice_a_worker_s_share_of_the_cores(cores, workers, threads):
-    assert settings.default_threads(cores, workers) == threads
+@pytest.mark.parametrize("gpus, cores, workers, threads", [(0, 1, 1, 1), (0, 2, 1, 2), (0, 3, 1, 3), (0, 4, 2, 2),
+                                                           (0, 16, 8, 2), (4, 16, 4, 4), (8, 4, 8, 1)])
+def test_default_workers_get_two_cores_each(gpus, cores, workers, threads):
+    served = settings.load({}, gpus=gpus, cores=cores)
+    assert (served.workers, served.torch_threads) == (workers, threads)
 
 
 def test_overrides():

@@ -107,23 +107,29 @@ def parse_top_k(custom_attributes, default=settings.DEFAULT_TOP_K):
 @dataclass
 class LoadedModel:
     network: torch.nn.Module
+    forward: object  # normalised input batch (N, 3, H, W) on `device` -> logits
     classes: list
     transform: object  # RGB PIL image -> normalised tensor
     device: torch.device
     decode_side: int  # pictures are decoded (drafted, reduced) no smaller than this short side
-    memory_format: torch.memory_format
     settings: settings.ServingSettings
 
 
 def optimize_for_inference(network, example):
-    """Fold each batch norm into the convolution before it (the same numbers, a pass less per layer)
-    and use channels_last, which oneDNN's CPU convolutions prefer; both are plain eager fp32 torch."""
+    """(network, forward) for inference, still eager fp32: each batch norm folded into the convolution
+    before it (one pass less over the activations per layer) and channels_last, which oneDNN's CPU
+    convolutions (and GPUs' tensor cores) prefer. Measured in docs/BENCHMARKS.md. (torch.utils.mkldnn
+    and TorchScript freezing were faster still on CPU, but both stand on the deprecated torch.jit.)"""
     from torch.fx.experimental.optimization import fuse
 
     network = fuse(network).eval().to(memory_format=torch.channels_last)
+
+    def forward(inputs):
+        return network(inputs.contiguous(memory_format=torch.channels_last))
+
     with torch.inference_mode():
-        network(example.to(memory_format=torch.channels_last))  # first-call set-up happens here, not in a request
-    return network
+        forward(example)  # first-call set-up happens here, not in a request
+    return network, forward
 
 
 def model_fn(model_dir, context=None):
@@ -136,16 +142,15 @@ def model_fn(model_dir, context=None):
     else:
         device = torch.device("cpu")
     network, config = load_artifact(model_dir, device)
-    memory_format = torch.contiguous_format
+    forward = network
     if served.optimize:
-        network = optimize_for_inference(network, torch.zeros(1, 3, config.image_size, config.image_size,
-                                                              device=device))
-        memory_format = torch.channels_last
+        network, forward = optimize_for_inference(
+            network, torch.zeros(1, 3, config.image_size, config.image_size, device=device))
     _, transform = build_transforms(config.image_size, "none", config.mean, config.std)
     log.info("Loaded %s (%d classes, %d px) on %s with %d torch threads, optimised: %s", config.arch,
              config.num_classes, config.image_size, device, torch.get_num_threads(), served.optimize)
-    return LoadedModel(network, list(config.classes), transform, device, eval_resize(config.image_size),
-                       memory_format, served)
+    return LoadedModel(network, forward, list(config.classes), transform, device,
+                       eval_resize(config.image_size), served)
 
 
 # ------------------------------------------------------------------------------------------- input
@@ -276,8 +281,8 @@ def predict_fn(request, model):
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start:start + batch_size].to(model.device, memory_format=model.memory_format)
-            outputs.append(torch.softmax(model.network(chunk).float(), dim=1).cpu())
+            chunk = inputs[start:start + batch_size].to(model.device)
+            outputs.append(torch.softmax(model.forward(chunk).float(), dim=1).cpu())
     return Prediction(torch.cat(outputs), model.classes, request.top_k)
 
 
