@@ -90,3 +90,14 @@ def test_the_mms_config_keeps_the_management_api_off_tcp(tmp_path):
     assert properties["use_native_io"] == "true"
     # The handler refuses bodies over the cap with a JSON 413; MMS cuts only far above it.
     assert int(properties["max_request_size"]) == 4 * 6 * 1024 * 1024
+
+
+def test_a_local_docker_deploy_passes_this_shell_s_serving_settings(monkeypatch):
+    from launcher import docker_runner
+
+    monkeypatch.setattr(docker_runner, "gpu_args", lambda: [])
+    command = docker_runner.serving_command("c", 28080, "/m", "img", environ={
+        settings.PIXEL_BUDGET_ENV: "2000000", settings.PORT_ENV: "9999", "HOME": "/root"})
+    assert command[-2:] == ["img", "serve"] and "127.0.0.1:28080:8080" in command
+    assert f"{settings.PIXEL_BUDGET_ENV}=2000000" in command
+    assert not any(arg.startswith((settings.PORT_ENV, "HOME")) for arg in command)
