@@ -1,5 +1,6 @@
 """Channels, class names, scanning and loading image-folder datasets."""
 import os
+import signal
 
 import torch
 import pytest
@@ -154,7 +155,16 @@ def test_only_regular_files_inside_the_channel_are_read(tmp_path, caplog):
     inside.symlink_to(root / "valid" / "002.Green_frog" / "Green_frog_00001.jpg")
     (root / "train" / "004.Outside").symlink_to(secret.parent, target_is_directory=True)  # not a class
 
-    splits = load_splits({"train": root})
+    def hung(signum, frame):
+        raise TimeoutError("reading the channel hung: a FIFO was opened")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        splits = load_splits({"train": root})
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     train = [path for path, _ in splits.samples["train"]]
     assert str(inside) in train and len(train) == 7
     assert not any(name in path for path in train for name in ("link-out", "dangling", "fifo", "secret"))
