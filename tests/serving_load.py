@@ -116,13 +116,20 @@ def run_load(server, clients=8, seconds=60, max_requests=100_000, bodies=None, d
     return result
 
 
-def rss_growth(result, settle_fraction=1 / 3):
-    """{worker pid: (RSS once settled, RSS at the end)} for the workers alive at both times. Settled: after
-    the first third of the run, by when every body kind (the 49 MP decode too) has run several times."""
-    settle = result.rss[0][0] + settle_fraction * result.seconds
-    settled = next(sizes for when, sizes in result.rss if when >= settle)
-    end = result.rss[-1][1]
-    return {pid: (settled[pid], end[pid]) for pid in settled if pid in end}
+def rss_growth(result):
+    """{worker pid: (lowest RSS in the middle third of the run, lowest RSS in the last third)} for the
+    workers alive throughout. The lowest, because one sample can fall in the middle of a 49 MP decode
+    (a few hundred MB for a moment); a leak raises the floor between requests. The first third lets
+    every body kind run several times."""
+    start, third = result.rss[0][0], result.seconds / 3
+
+    def lowest(begin, end):
+        windows = [sizes for when, sizes in result.rss if begin <= when - start < end]
+        pids = set.intersection(*(set(sizes) for sizes in windows)) if windows else set()
+        return {pid: min(sizes[pid] for sizes in windows) for pid in pids}
+
+    middle, last = lowest(third, 2 * third), lowest(2 * third, float("inf"))
+    return {pid: (middle[pid], last[pid]) for pid in middle if pid in last}
 
 
 def kill_a_worker(server, at_seconds, report):

@@ -37,7 +37,8 @@ MAX_WORKERS = MAX_THREADS = 256
 # the workers together still keep every core busy. On 2 cores this is the one setting measured to meet
 # both the latency and the throughput target (docs/BENCHMARKS.md): one worker per core with one thread
 # each has twice the latency; two workers of two threads oversubscribe and lose two thirds of the
-# throughput (with OMP_WAIT_POLICY=PASSIVE they lose less, but the wake-ups cost latency).
+# throughput (with OMP_WAIT_POLICY=PASSIVE they are the fastest under load, but the threads' wake-ups
+# bring a lone request to the latency limit).
 CORES_PER_WORKER = 2
 # Seconds, not the toolkit's SAGEMAKER_MODEL_SERVER_TIMEOUT (read as minutes). MMS applies it to model
 # loading too, so the default is well above the load time measured at start.
@@ -54,7 +55,8 @@ MAX_PIXELS_ENV = "IMAGE_CLASSIFIER_MAX_PIXELS"  # per picture, as declared in it
 # memory stays bounded whatever the budget; the budget bounds the CPU a request may take (decoding
 # costs about 10 ms per megapixel here). 100 MP: two pictures at the cap, ~2 s of decoding.
 PIXEL_BUDGET_ENV, DEFAULT_PIXEL_BUDGET = "IMAGE_CLASSIFIER_PIXEL_BUDGET", 100_000_000
-# Pictures per JSON request: 32 ResNet-50 forward passes at 224 px take about 5 s of CPU on one core.
+# Pictures per JSON request: 32 ResNet-50 forward passes at 224 px take about 2.5 s of CPU at one thread
+# here (73 ms each, docs/BENCHMARKS.md); a deeper network needs a lower cap to stay within 10 s.
 MAX_BATCH_ENV, DEFAULT_MAX_BATCH = "IMAGE_CLASSIFIER_MAX_BATCH", 32
 FORWARD_BATCH_ENV, DEFAULT_FORWARD_BATCH = "IMAGE_CLASSIFIER_FORWARD_BATCH", 16  # pictures per forward pass
 TOP_K_ENV, DEFAULT_TOP_K, MAX_TOP_K = "IMAGE_CLASSIFIER_TOP_K", 5, 1000
