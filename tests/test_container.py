@@ -283,7 +283,8 @@ def test_build_and_push_no_push_builds_a_local_image(image, tmp_path):
     try:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert result.stdout.strip().splitlines()[-1] == "image-classifier-test:t1"
-        assert uri_file.read_text().strip() == "image-classifier-test:t1"
+        # A local name is never recorded for the launcher, which would send it to SageMaker (issue 11).
+        assert not uri_file.exists()
         labels = json.loads(docker_image.docker("image", "inspect", "--format", "{{json .Config.Labels}}",
                                                 "image-classifier-test:latest").stdout)
         assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
