@@ -27,6 +27,7 @@ from pathlib import Path
 
 from image_classifier import constants
 from launcher import LOCAL_JOBS_DIR, SAMPLE_DIR, LauncherError, aws
+from launcher.transform import DEFAULT_PORT as TRANSFORM_PORT, TRANSFORM_INSTANCE
 
 # The demo's training run: digits are tiny, so a small ResNet from scratch at 32 px learns them in a minute.
 DIGITS_HYPERPARAMETERS = {
@@ -406,10 +407,37 @@ def cmd_deploy(args):
     return deploy_sagemaker(args)
 
 
-def deploy_sagemaker(args):
-    """A real-time endpoint serving the model our image, then one sample prediction."""
+def model_to_serve(connection, args):
+    """(training job or None, model.tar.gz S3 URI): --model-data, else --job's (or the last `train`'s) model."""
+    training_job = args.job or (None if args.model_data else connection.state.get("training_job"))
+    if args.model_data:
+        return None, args.model_data
+    if training_job:
+        description = connection.client("sagemaker").describe_training_job(TrainingJobName=training_job)
+        if description["TrainingJobStatus"] != "Completed":
+            raise LauncherError(f"training job {training_job} is {description['TrainingJobStatus']}: "
+                                f"{args.command} needs a completed one")
+        return training_job, description["ModelArtifacts"]["S3ModelArtifacts"]
+    return None, connection.recall("model_data", None, "run `python launch.py train` or pass --job / --model-data")
+
+
+def serving_model(connection, model_data, name, args):
+    """Our image serving `model_data`: the one recipe behind endpoints and batch transform jobs."""
     from sagemaker.model import Model
 
+    return Model(
+        image_uri=connection.image_uri(),
+        model_data=model_data,
+        role=connection.role,
+        name=name,
+        vpc_config=vpc_config(args),
+        enable_network_isolation=args.network_isolation,
+        sagemaker_session=connection.sagemaker,
+    )
+
+
+def deploy_sagemaker(args):
+    """A real-time endpoint serving the model our image, then one sample prediction."""
     connection = aws.Aws(args)
     with aws.errors():
         recorded = connection.state.get("endpoint")
@@ -418,27 +446,9 @@ def deploy_sagemaker(args):
             raise LauncherError(f"endpoint {recorded} (recorded by an earlier deploy) is still up and costs money: "
                                 f"remove it first (python launch.py delete --endpoint {recorded}), or pass "
                                 "--endpoint NAME for a second one")
-        training_job = args.job or (None if args.model_data else connection.state.get("training_job"))
-        if args.model_data:
-            model_data = args.model_data
-        elif training_job:
-            description = connection.client("sagemaker").describe_training_job(TrainingJobName=training_job)
-            if description["TrainingJobStatus"] != "Completed":
-                raise LauncherError(f"training job {training_job} is {description['TrainingJobStatus']}: "
-                                    "deploy needs a completed one")
-            model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
-        else:
-            model_data = connection.recall("model_data", None, "run `python launch.py train` or pass --job / --model-data")
+        training_job, model_data = model_to_serve(connection, args)
         name = args.endpoint or aws.resource_name()
-        model = Model(
-            image_uri=connection.image_uri(),
-            model_data=model_data,
-            role=connection.role,
-            name=name,
-            vpc_config=vpc_config(args),
-            enable_network_isolation=args.network_isolation,
-            sagemaker_session=connection.sagemaker,
-        )
+        model = serving_model(connection, model_data, name, args)
         with connection.costs_until_deleted(name):  # says so on every way out, Ctrl-C included
             model.deploy(
                 initial_instance_count=1,
@@ -555,6 +565,60 @@ def delete_everything(connection, yes):
         delete[kind](name)
     connection.forget("endpoint", "model")
     print(f"Deleted {len(found)}: " + ", ".join(f"{kind} {name}" for kind, name in found))
+
+
+# ----------------------------------------------------------------------------------------- transform
+def cmd_transform(args):
+    """Batch transform: one request per picture, one `<picture>.out` answer each (locally with --local)."""
+    from launcher import transform
+
+    if args.summarize:
+        csv_path, counts = transform.summarize(args.summarize, args.csv)
+        print(f"Summary of {sum(counts.values())} picture(s): {csv_path}\nTop-1 labels:")
+        return transform.print_counts(counts)
+    if not args.data:
+        raise LauncherError("transform needs --data (a folder with --local, else an s3:// prefix), or --summarize OUT")
+    if not args.local:
+        return transform_sagemaker(args)
+    out = args.output or Path(args.data).resolve().parent / f"{Path(args.data).resolve().name}-transform"
+    _, bad = transform.local(Path(args.data), Path(out), model=args.model, mode=args.local, port=args.port,
+                             max_concurrent=args.max_concurrent, skip_bad=args.skip_bad)
+    if bad:
+        return 2  # finished, but not every picture has its answer
+
+
+def transform_sagemaker(args):
+    """A batch transform job: the deploy recipe's Model, one picture per request, `<key>.out` per picture."""
+    from launcher import transform
+
+    if not args.data.startswith("s3://"):
+        raise LauncherError(f"a SageMaker transform job reads its pictures from S3: upload {args.data} first, "
+                            "or add --local to run it on this machine")
+    connection = aws.Aws(args)
+    with aws.errors():
+        training_job, model_data = model_to_serve(connection, args)
+        name = args.job_name or aws.resource_name()
+        instance_type = args.instance_type or transform.TRANSFORM_INSTANCE
+        output = str(args.output) if args.output else connection.s3_uri("transform", name)
+        transformer = serving_model(connection, model_data, name, args).transformer(
+            instance_count=args.instance_count,
+            instance_type=instance_type,
+            strategy="SingleRecord",  # one picture per request
+            output_path=output,
+            accept="application/json",
+            max_concurrent_transforms=args.max_concurrent or transform.max_concurrent_transforms(instance_type),
+            max_payload=transform.MAX_PAYLOAD_MB,  # the model server's own cap
+            volume_kms_key=args.kms_key,
+            output_kms_key=args.kms_key,
+            tags=aws.tags(training_job=training_job, model_data=model_data),
+        )
+        transformer.transform(args.data, data_type="S3Prefix", split_type="None", job_name=name, wait=False,
+                              content_type=transform.job_content_type(transform.s3_keys(connection.client("s3"), args.data)))
+        if connection.dry_run:
+            return connection.finish_dry_run()
+        connection.remember(transform_job=name, transform_output=output)
+        print(f"Transform job {name} started ({args.instance_count} x {instance_type}): {args.data} -> {output}\n"
+              f"Then: aws s3 cp --recursive {output} OUT && python launch.py transform --summarize OUT")
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -698,6 +762,37 @@ def build_parser():
     delete.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
     aws.add_arguments(delete)
     delete.set_defaults(func=cmd_delete)
+
+    transform = commands.add_parser(
+        "transform", help="classify a folder of pictures as a batch transform job (locally with --local)",
+        description="Send every file under --data to the model, one request per picture as SageMaker's batch "
+                    "transform does, and write its answer to OUT/<file>.out; then a summary CSV. The first "
+                    "refused picture stops the job unless --skip-bad.")
+    transform.add_argument("--local", nargs="?", const="auto", choices=["auto", "docker", "process"],
+                           help="run on this machine: the model server in the image (docker), as a process, or auto")
+    transform.add_argument("--data", help="folder of pictures with --local, else an s3:// prefix "
+                                          "(every file under it is sent)")
+    transform.add_argument("--output", help="where the .out files go (default: <data>-transform beside it; "
+                                            "SageMaker: s3://BUCKET/image-classifier/transform/<job>)")
+    transform.add_argument("--model", type=Path,
+                           help="model.tar.gz or model folder (default: the newest successful local job's)")
+    transform.add_argument("--port", type=int, default=TRANSFORM_PORT,
+                           help=f"the local model server's port (default {TRANSFORM_PORT})")
+    transform.add_argument("--max-concurrent", type=int, metavar="N",
+                           help="requests in flight (per instance on SageMaker; default: two per model-server worker)")
+    transform.add_argument("--job", help="SageMaker: the training job whose model to use (default: the last `train`)")
+    transform.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
+    transform.add_argument("--job-name", help="SageMaker: transform job (and model) name")
+    transform.add_argument("--instance-type", help=f"SageMaker: instance (default {TRANSFORM_INSTANCE})")
+    transform.add_argument("--instance-count", type=int, default=1, help="SageMaker: instances (default 1)")
+    transform.add_argument("--skip-bad", action="store_true",
+                           help="go on after a refused picture; count and list them at the end (exit code 2)")
+    transform.add_argument("--summarize", type=Path, metavar="OUT",
+                           help="only summarize the .out files in OUT: a CSV and the label counts")
+    transform.add_argument("--csv", type=Path, help="with --summarize: the CSV's path (default OUT/summary.csv)")
+    add_network_arguments(transform)
+    aws.add_arguments(transform)
+    transform.set_defaults(func=cmd_transform)
 
     report = commands.add_parser("report", help="write an HTML report of a finished training job",
                                  description="One self-contained HTML page plus PNG figures: loss per step, "
