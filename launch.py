@@ -27,6 +27,7 @@ from pathlib import Path
 
 from image_classifier import constants
 from launcher import LOCAL_JOBS_DIR, SAMPLE_DIR, LauncherError, aws
+from launcher.scaling import DEFAULT_TARGET_INVOCATIONS
 from launcher.transform import DEFAULT_PORT as TRANSFORM_PORT, TRANSFORM_INSTANCE
 
 # The demo's training run: digits are tiny, so a small ResNet from scratch at 32 px learns them in a minute.
@@ -449,27 +450,72 @@ def deploy_sagemaker(args):
         training_job, model_data = model_to_serve(connection, args)
         name = args.endpoint or aws.resource_name()
         model = serving_model(connection, model_data, name, args)
+        capacity = traffic_options(connection, args)
         with connection.costs_until_deleted(name):  # says so on every way out, Ctrl-C included
             model.deploy(
-                initial_instance_count=1,
-                instance_type=args.instance_type or ENDPOINT_INSTANCE,
+                **capacity,
                 endpoint_name=name,
                 kms_key=args.kms_key,
                 tags=aws.tags(training_job=training_job, model_data=model_data),
                 wait=False,
             )
+            if not connection.dry_run:
+                connection.remember(endpoint=name, model=name)
+                print(f"Endpoint {name} is being created ({describe_capacity(args)}); this takes a few minutes.",
+                      flush=True)
+                connection.wait_for_endpoint(name)
+                print(f"Endpoint {name} is in service.")
+            if args.autoscale:  # Application Auto Scaling takes only an endpoint in service
+                from launcher import scaling
+
+                scaling.enable(connection.client("application-autoscaling"), name, *scaling.parse_autoscale(args.autoscale),
+                               args.target_invocations)
+                if not connection.dry_run:
+                    print(f"Autoscaling {args.autoscale} instances at {args.target_invocations:g} invocations per "
+                          "instance per minute.")
             if connection.dry_run:
                 return connection.finish_dry_run()
-            connection.remember(endpoint=name, model=name)
-            print(f"Endpoint {name} is being created ({args.instance_type or ENDPOINT_INSTANCE}); this takes a few "
-                  "minutes.", flush=True)
-            connection.wait_for_endpoint(name)
-            print(f"Endpoint {name} is in service.")
             sample = args.sample_image or sample_picture(connection.state.get("local_data"))
             if sample:
                 print("Sample prediction:")
                 invoke_endpoint(connection, name, [Path(sample)], top_k=3)
             print(f"Query it: python launch.py predict IMAGE --endpoint {name}")
+
+
+def traffic_options(connection, args):
+    """model.deploy's capacity arguments: instances (--instance-count, or --autoscale's minimum) or a
+    serverless configuration, and data capture. Checked before any endpoint is made."""
+    from sagemaker.model_monitor import DataCaptureConfig
+    from sagemaker.serverless import ServerlessInferenceConfig
+
+    from launcher import scaling
+
+    options = {}
+    if args.serverless:
+        scaling.check_serverless(args.serverless, args.instance_type, args.instance_count, args.autoscale)
+        if args.data_capture is not None:
+            raise LauncherError("--data-capture is not available on serverless endpoints: drop one of them")
+        options["serverless_inference_config"] = ServerlessInferenceConfig(
+            memory_size_in_mb=args.serverless, max_concurrency=args.max_concurrency)
+    else:
+        minimum = scaling.parse_autoscale(args.autoscale)[0] if args.autoscale else 1
+        options.update(initial_instance_count=args.instance_count or minimum,
+                       instance_type=args.instance_type or ENDPOINT_INSTANCE)
+    if args.data_capture is not None:
+        if not 0 < args.data_capture <= 100:
+            raise LauncherError(f"--data-capture {args.data_capture}: a percentage of requests, 1 to 100")
+        connection.require("bucket")
+        options["data_capture_config"] = DataCaptureConfig(
+            enable_capture=True, sampling_percentage=args.data_capture,
+            destination_s3_uri=connection.s3_uri(scaling.CAPTURE_PREFIX), kms_key_id=args.kms_key,
+            sagemaker_session=connection.sagemaker)
+    return options
+
+
+def describe_capacity(args):
+    if args.serverless:
+        return f"serverless, {args.serverless} MB"
+    return f"{args.instance_count or 1} x {args.instance_type or ENDPOINT_INSTANCE}"
 
 
 def cmd_predict(args):
@@ -520,6 +566,8 @@ def cmd_delete(args):
 def delete_sagemaker(args):
     """The endpoint, its endpoint config and its model(s): everything deploy made (--all: everything tagged
     project=image-classifier)."""
+    from launcher import scaling
+
     connection = aws.Aws(args)
     with aws.errors():
         if args.all:
@@ -534,6 +582,7 @@ def delete_sagemaker(args):
             raise LauncherError(f"endpoint {endpoint} not found in {connection.region} (already deleted?)") from None
         models = [v["ModelName"] for v in
                   client.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]]
+        policies = scaling.remove(connection.client("application-autoscaling"), endpoint)
         client.delete_endpoint(EndpointName=endpoint)
         client.delete_endpoint_config(EndpointConfigName=config_name)
         for model in models:
@@ -542,11 +591,15 @@ def delete_sagemaker(args):
             return connection.finish_dry_run()
         if connection.state.get("endpoint") == endpoint:
             connection.forget("endpoint", "model")
-        print(f"Deleted endpoint {endpoint}, endpoint config {config_name}, model(s) {', '.join(models)}.")
+        print(f"Deleted endpoint {endpoint}, endpoint config {config_name}, model(s) {', '.join(models)}"
+              + (f", scaling policy {', '.join(policies)} and its scalable target." if policies is not None else "."))
 
 
 def delete_everything(connection, yes):
-    """Every endpoint, endpoint config and model tagged project=image-classifier, after one confirmation."""
+    """Every endpoint (with its scaling), endpoint config and model tagged project=image-classifier, after one
+    confirmation."""
+    from launcher import scaling
+
     client = connection.client("sagemaker")
     found = connection.project_resources()
     if connection.dry_run or not found:
@@ -558,7 +611,13 @@ def delete_everything(connection, yes):
         print(f"  {kind}: {name}")
     if not yes and input(f"Delete these {len(found)}? [y/N] ").strip().lower() not in ("y", "yes"):
         return print("Nothing deleted.")
-    delete = {"endpoint": lambda n: client.delete_endpoint(EndpointName=n),
+    autoscaling = connection.client("application-autoscaling")
+
+    def delete_endpoint(name):
+        scaling.remove(autoscaling, name)  # its scaling policy and target first, if it has them
+        client.delete_endpoint(EndpointName=name)
+
+    delete = {"endpoint": delete_endpoint,
               "endpoint config": lambda n: client.delete_endpoint_config(EndpointConfigName=n),
               "model": lambda n: client.delete_model(ModelName=n)}
     for kind, name in found:  # endpoints first, then their configs, then the models
@@ -734,6 +793,18 @@ def build_parser():
     deploy.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
     deploy.add_argument("--endpoint", help="SageMaker: endpoint (and model) name (default: image-classifier-<timestamp>)")
     deploy.add_argument("--instance-type", help=f"SageMaker: endpoint instance (default {ENDPOINT_INSTANCE})")
+    deploy.add_argument("--instance-count", type=int, metavar="N", help="SageMaker: instances (default 1)")
+    deploy.add_argument("--autoscale", metavar="MIN:MAX",
+                        help="SageMaker: scale between MIN and MAX instances on invocations per instance")
+    deploy.add_argument("--target-invocations", type=float, default=DEFAULT_TARGET_INVOCATIONS, metavar="N",
+                        help="with --autoscale: invocations per instance per minute to keep (default "
+                             f"{DEFAULT_TARGET_INVOCATIONS}, from the measured throughput: see README)")
+    deploy.add_argument("--serverless", type=int, metavar="MEMORY_MB",
+                        help="SageMaker: a serverless endpoint (CPU) with this memory: 1024, 2048, ... 6144")
+    deploy.add_argument("--max-concurrency", type=int, default=5, metavar="N",
+                        help="with --serverless: concurrent requests at most (default 5)")
+    deploy.add_argument("--data-capture", type=int, metavar="PERCENT",
+                        help="SageMaker: capture this share of requests and answers to s3://BUCKET/image-classifier/capture/")
     deploy.add_argument("--sample-image", type=Path, help="SageMaker: picture for the first prediction "
                                                           "(default: one of the uploaded dataset's test pictures)")
     add_network_arguments(deploy)
