@@ -65,8 +65,9 @@ def out_path(out_dir, data_dir, file):
 class Progress:
     """One line on stderr, rewritten: pictures done, of how many, pictures/s, bad ones so far."""
 
-    def __init__(self, total, stream=sys.stderr):
-        self.total, self.stream, self.started, self.shown = total, stream, time.perf_counter(), 0.0
+    def __init__(self, total, stream=None):
+        self.total, self.started, self.shown = total, time.perf_counter(), 0.0
+        self.stream = stream or sys.stderr  # looked up now: the caller may have redirected it
 
     def rate(self, done):
         return done / max(time.perf_counter() - self.started, 1e-9)
@@ -89,7 +90,7 @@ def transform_one(port, file):
     return local_serving.invoke(port, Path(file).read_bytes(), local_serving.content_type_of(Path(file)))
 
 
-def run(data_dir, out_dir, port, max_concurrent, skip_bad=False, progress_stream=sys.stderr):
+def run(data_dir, out_dir, port, max_concurrent, skip_bad=False, progress_stream=None):
     """Send every file under `data_dir` to the model server on `port`, `max_concurrent` at a time, writing
     `<file>.out` under `out_dir`. Returns (pictures done, [(file, status, message)] of the bad ones).
     Without `skip_bad` the first bad picture stops the job (what is written stays) with its name."""
@@ -167,10 +168,10 @@ def summarize(out_dir, csv_path=None):
     return csv_path, counts
 
 
-def print_counts(counts, stream=sys.stdout):
+def print_counts(counts):
     width = max(len(label) for label in counts)
     for label, count in counts.most_common():
-        print(f"  {label:<{width}}  {count}", file=stream)
+        print(f"  {label:<{width}}  {count}")
 
 
 def local(data_dir, out_dir, model=None, mode="auto", port=DEFAULT_PORT, max_concurrent=None, skip_bad=False):

@@ -48,7 +48,7 @@ def test_transform_of_the_digits_test_split_has_the_jobs_test_accuracy(tmp_path,
     right = 0
     for picture in pictures:
         answer = json.loads((out / picture.relative_to(data / "test")).with_name(picture.name + ".out").read_text())
-        right += answer["predictions"][0]["label"] == class_name(picture.parent.name)
+        right += answer["predictions"][0][0]["label"] == class_name(picture.parent.name)
     assert round(right / len(pictures), 4) == pytest.approx(test_acc, abs=1e-4)
     assert "pictures/s" in err and f"{len(pictures)}/{len(pictures)} pictures" in err
 
