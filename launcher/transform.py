@@ -11,6 +11,7 @@ import collections
 import concurrent.futures
 import csv
 import json
+import shutil
 import sys
 import time
 import urllib.error
@@ -189,6 +190,7 @@ def local(data_dir, out_dir, model=None, mode="auto", port=DEFAULT_PORT, max_con
         seconds = time.perf_counter() - started
     finally:
         local_serving.delete(port)
+        shutil.rmtree(local_serving.server_dir(port) / "model", ignore_errors=True)  # a copy; the log stays
     print(f"{done} picture(s) transformed in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} pictures/s).")
     if bad:
         print(f"{len(bad)} bad picture(s) skipped:")

@@ -18,6 +18,14 @@ from serving_harness import free_port, require_java
 pytestmark = require_java(pytest)
 
 
+@pytest.fixture(autouse=True)
+def serving_dir_in_tmp(tmp_path, monkeypatch):
+    """The local model server's folder (model copy, log) in the test's own tmp_path, not local_jobs/."""
+    from launcher import local_serving
+
+    monkeypatch.setattr(local_serving, "SERVING_DIR", tmp_path / "serving")
+
+
 def run(capsys, *argv):
     code = launch.main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -94,6 +102,8 @@ def test_a_bad_picture_stops_the_job_unless_skip_bad(tmp_path, capsys, trained_m
     assert "2 bad picture(s) skipped:" in stdout
     assert f"{folder / 'broken.jpg'}: 400" in stdout and f"{folder / 'notes' / 'readme.txt'}: 400" in stdout
     assert "3 picture(s) transformed" in stdout
+    [server] = (tmp_path / "serving").iterdir()  # the model copy is gone, the server's log stays
+    assert not (server / "model").exists() and (server / "serve.log").is_file()
     with open(out / transform.SUMMARY_FILE) as stream:
         assert [row["file"] for row in csv.DictReader(stream)] == ["good_0.jpg", "good_1.jpg", "good_2.jpg"]
 
