@@ -27,6 +27,8 @@ from pathlib import Path
 
 from image_classifier import constants
 from launcher import LOCAL_JOBS_DIR, SAMPLE_DIR, LauncherError, aws
+from launcher.scaling import DEFAULT_TARGET_INVOCATIONS
+from launcher.transform import DEFAULT_PORT as TRANSFORM_PORT, TRANSFORM_INSTANCE
 
 # The demo's training run: digits are tiny, so a small ResNet from scratch at 32 px learns them in a minute.
 DIGITS_HYPERPARAMETERS = {
@@ -406,10 +408,37 @@ def cmd_deploy(args):
     return deploy_sagemaker(args)
 
 
-def deploy_sagemaker(args):
-    """A real-time endpoint serving the model our image, then one sample prediction."""
+def model_to_serve(connection, args):
+    """(training job or None, model.tar.gz S3 URI): --model-data, else --job's (or the last `train`'s) model."""
+    training_job = args.job or (None if args.model_data else connection.state.get("training_job"))
+    if args.model_data:
+        return None, args.model_data
+    if training_job:
+        description = connection.client("sagemaker").describe_training_job(TrainingJobName=training_job)
+        if description["TrainingJobStatus"] != "Completed":
+            raise LauncherError(f"training job {training_job} is {description['TrainingJobStatus']}: "
+                                f"{args.command} needs a completed one")
+        return training_job, description["ModelArtifacts"]["S3ModelArtifacts"]
+    return None, connection.recall("model_data", None, "run `python launch.py train` or pass --job / --model-data")
+
+
+def serving_model(connection, model_data, name, args):
+    """Our image serving `model_data`: the one recipe behind endpoints and batch transform jobs."""
     from sagemaker.model import Model
 
+    return Model(
+        image_uri=connection.image_uri(),
+        model_data=model_data,
+        role=connection.role,
+        name=name,
+        vpc_config=vpc_config(args),
+        enable_network_isolation=args.network_isolation,
+        sagemaker_session=connection.sagemaker,
+    )
+
+
+def deploy_sagemaker(args):
+    """A real-time endpoint serving the model our image, then one sample prediction."""
     connection = aws.Aws(args)
     with aws.errors():
         recorded = connection.state.get("endpoint")
@@ -418,48 +447,75 @@ def deploy_sagemaker(args):
             raise LauncherError(f"endpoint {recorded} (recorded by an earlier deploy) is still up and costs money: "
                                 f"remove it first (python launch.py delete --endpoint {recorded}), or pass "
                                 "--endpoint NAME for a second one")
-        training_job = args.job or (None if args.model_data else connection.state.get("training_job"))
-        if args.model_data:
-            model_data = args.model_data
-        elif training_job:
-            description = connection.client("sagemaker").describe_training_job(TrainingJobName=training_job)
-            if description["TrainingJobStatus"] != "Completed":
-                raise LauncherError(f"training job {training_job} is {description['TrainingJobStatus']}: "
-                                    "deploy needs a completed one")
-            model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
-        else:
-            model_data = connection.recall("model_data", None, "run `python launch.py train` or pass --job / --model-data")
+        training_job, model_data = model_to_serve(connection, args)
         name = args.endpoint or aws.resource_name()
-        model = Model(
-            image_uri=connection.image_uri(),
-            model_data=model_data,
-            role=connection.role,
-            name=name,
-            vpc_config=vpc_config(args),
-            enable_network_isolation=args.network_isolation,
-            sagemaker_session=connection.sagemaker,
-        )
+        model = serving_model(connection, model_data, name, args)
+        capacity = traffic_options(connection, args)
         with connection.costs_until_deleted(name):  # says so on every way out, Ctrl-C included
             model.deploy(
-                initial_instance_count=1,
-                instance_type=args.instance_type or ENDPOINT_INSTANCE,
+                **capacity,
                 endpoint_name=name,
                 kms_key=args.kms_key,
                 tags=aws.tags(training_job=training_job, model_data=model_data),
                 wait=False,
             )
+            if not connection.dry_run:
+                connection.remember(endpoint=name, model=name)
+                print(f"Endpoint {name} is being created ({describe_capacity(args)}); this takes a few minutes.",
+                      flush=True)
+                connection.wait_for_endpoint(name)
+                print(f"Endpoint {name} is in service.")
+            if args.autoscale:  # Application Auto Scaling takes only an endpoint in service
+                from launcher import scaling
+
+                scaling.enable(connection.client("application-autoscaling"), name, *scaling.parse_autoscale(args.autoscale),
+                               args.target_invocations)
+                if not connection.dry_run:
+                    print(f"Autoscaling {args.autoscale} instances at {args.target_invocations:g} invocations per "
+                          "instance per minute.")
             if connection.dry_run:
                 return connection.finish_dry_run()
-            connection.remember(endpoint=name, model=name)
-            print(f"Endpoint {name} is being created ({args.instance_type or ENDPOINT_INSTANCE}); this takes a few "
-                  "minutes.", flush=True)
-            connection.wait_for_endpoint(name)
-            print(f"Endpoint {name} is in service.")
             sample = args.sample_image or sample_picture(connection.state.get("local_data"))
             if sample:
                 print("Sample prediction:")
                 invoke_endpoint(connection, name, [Path(sample)], top_k=3)
             print(f"Query it: python launch.py predict IMAGE --endpoint {name}")
+
+
+def traffic_options(connection, args):
+    """model.deploy's capacity arguments: instances (--instance-count, or --autoscale's minimum) or a
+    serverless configuration, and data capture. Checked before any endpoint is made."""
+    from sagemaker.model_monitor import DataCaptureConfig
+    from sagemaker.serverless import ServerlessInferenceConfig
+
+    from launcher import scaling
+
+    options = {}
+    if args.serverless:
+        scaling.check_serverless(args.serverless, args.instance_type, args.instance_count, args.autoscale)
+        if args.data_capture is not None:
+            raise LauncherError("--data-capture is not available on serverless endpoints: drop one of them")
+        options["serverless_inference_config"] = ServerlessInferenceConfig(
+            memory_size_in_mb=args.serverless, max_concurrency=args.max_concurrency)
+    else:
+        minimum = scaling.parse_autoscale(args.autoscale)[0] if args.autoscale else 1
+        options.update(initial_instance_count=args.instance_count or minimum,
+                       instance_type=args.instance_type or ENDPOINT_INSTANCE)
+    if args.data_capture is not None:
+        if not 0 < args.data_capture <= 100:
+            raise LauncherError(f"--data-capture {args.data_capture}: a percentage of requests, 1 to 100")
+        connection.require("bucket")
+        options["data_capture_config"] = DataCaptureConfig(
+            enable_capture=True, sampling_percentage=args.data_capture,
+            destination_s3_uri=connection.s3_uri(scaling.CAPTURE_PREFIX), kms_key_id=args.kms_key,
+            sagemaker_session=connection.sagemaker)
+    return options
+
+
+def describe_capacity(args):
+    if args.serverless:
+        return f"serverless, {args.serverless} MB"
+    return f"{args.instance_count or 1} x {args.instance_type or ENDPOINT_INSTANCE}"
 
 
 def cmd_predict(args):
@@ -510,6 +566,8 @@ def cmd_delete(args):
 def delete_sagemaker(args):
     """The endpoint, its endpoint config and its model(s): everything deploy made (--all: everything tagged
     project=image-classifier)."""
+    from launcher import scaling
+
     connection = aws.Aws(args)
     with aws.errors():
         if args.all:
@@ -524,6 +582,7 @@ def delete_sagemaker(args):
             raise LauncherError(f"endpoint {endpoint} not found in {connection.region} (already deleted?)") from None
         models = [v["ModelName"] for v in
                   client.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]]
+        policies = scaling.remove(connection.client("application-autoscaling"), endpoint)
         client.delete_endpoint(EndpointName=endpoint)
         client.delete_endpoint_config(EndpointConfigName=config_name)
         for model in models:
@@ -532,11 +591,15 @@ def delete_sagemaker(args):
             return connection.finish_dry_run()
         if connection.state.get("endpoint") == endpoint:
             connection.forget("endpoint", "model")
-        print(f"Deleted endpoint {endpoint}, endpoint config {config_name}, model(s) {', '.join(models)}.")
+        print(f"Deleted endpoint {endpoint}, endpoint config {config_name}, model(s) {', '.join(models)}"
+              + (f", scaling policy {', '.join(policies)} and its scalable target." if policies is not None else "."))
 
 
 def delete_everything(connection, yes):
-    """Every endpoint, endpoint config and model tagged project=image-classifier, after one confirmation."""
+    """Every endpoint (with its scaling), endpoint config and model tagged project=image-classifier, after one
+    confirmation."""
+    from launcher import scaling
+
     client = connection.client("sagemaker")
     found = connection.project_resources()
     if connection.dry_run or not found:
@@ -548,13 +611,73 @@ def delete_everything(connection, yes):
         print(f"  {kind}: {name}")
     if not yes and input(f"Delete these {len(found)}? [y/N] ").strip().lower() not in ("y", "yes"):
         return print("Nothing deleted.")
-    delete = {"endpoint": lambda n: client.delete_endpoint(EndpointName=n),
+    autoscaling = connection.client("application-autoscaling")
+
+    def delete_endpoint(name):
+        scaling.remove(autoscaling, name)  # its scaling policy and target first, if it has them
+        client.delete_endpoint(EndpointName=name)
+
+    delete = {"endpoint": delete_endpoint,
               "endpoint config": lambda n: client.delete_endpoint_config(EndpointConfigName=n),
               "model": lambda n: client.delete_model(ModelName=n)}
     for kind, name in found:  # endpoints first, then their configs, then the models
         delete[kind](name)
     connection.forget("endpoint", "model")
     print(f"Deleted {len(found)}: " + ", ".join(f"{kind} {name}" for kind, name in found))
+
+
+# ----------------------------------------------------------------------------------------- transform
+def cmd_transform(args):
+    """Batch transform: one request per picture, one `<picture>.out` answer each (locally with --local)."""
+    from launcher import transform
+
+    if args.summarize:
+        csv_path, counts = transform.summarize(args.summarize, args.csv)
+        print(f"Summary of {sum(counts.values())} picture(s): {csv_path}\nTop-1 labels:")
+        return transform.print_counts(counts)
+    if not args.data:
+        raise LauncherError("transform needs --data (a folder with --local, else an s3:// prefix), or --summarize OUT")
+    if not args.local:
+        return transform_sagemaker(args)
+    out = args.output or Path(args.data).resolve().parent / f"{Path(args.data).resolve().name}-transform"
+    _, bad = transform.local(Path(args.data), Path(out), model=args.model, mode=args.local, port=args.port,
+                             max_concurrent=args.max_concurrent, skip_bad=args.skip_bad)
+    if bad:
+        return 2  # finished, but not every picture has its answer
+
+
+def transform_sagemaker(args):
+    """A batch transform job: the deploy recipe's Model, one picture per request, `<key>.out` per picture."""
+    from launcher import transform
+
+    if not args.data.startswith("s3://"):
+        raise LauncherError(f"a SageMaker transform job reads its pictures from S3: upload {args.data} first, "
+                            "or add --local to run it on this machine")
+    connection = aws.Aws(args)
+    with aws.errors():
+        training_job, model_data = model_to_serve(connection, args)
+        name = args.job_name or aws.resource_name()
+        instance_type = args.instance_type or transform.TRANSFORM_INSTANCE
+        output = str(args.output) if args.output else connection.s3_uri("transform", name)
+        transformer = serving_model(connection, model_data, name, args).transformer(
+            instance_count=args.instance_count,
+            instance_type=instance_type,
+            strategy="SingleRecord",  # one picture per request
+            output_path=output,
+            accept="application/json",
+            max_concurrent_transforms=args.max_concurrent or transform.max_concurrent_transforms(instance_type),
+            max_payload=transform.MAX_PAYLOAD_MB,  # the model server's own cap
+            volume_kms_key=args.kms_key,
+            output_kms_key=args.kms_key,
+            tags=aws.tags(training_job=training_job, model_data=model_data),
+        )
+        transformer.transform(args.data, data_type="S3Prefix", split_type="None", job_name=name, wait=False,
+                              content_type=transform.job_content_type(transform.s3_keys(connection.client("s3"), args.data)))
+        if connection.dry_run:
+            return connection.finish_dry_run()
+        connection.remember(transform_job=name, transform_output=output)
+        print(f"Transform job {name} started ({args.instance_count} x {instance_type}): {args.data} -> {output}\n"
+              f"Then: aws s3 cp --recursive {output} OUT && python launch.py transform --summarize OUT")
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -670,6 +793,18 @@ def build_parser():
     deploy.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
     deploy.add_argument("--endpoint", help="SageMaker: endpoint (and model) name (default: image-classifier-<timestamp>)")
     deploy.add_argument("--instance-type", help=f"SageMaker: endpoint instance (default {ENDPOINT_INSTANCE})")
+    deploy.add_argument("--instance-count", type=int, metavar="N", help="SageMaker: instances (default 1)")
+    deploy.add_argument("--autoscale", metavar="MIN:MAX",
+                        help="SageMaker: scale between MIN and MAX instances on invocations per instance")
+    deploy.add_argument("--target-invocations", type=float, default=DEFAULT_TARGET_INVOCATIONS, metavar="N",
+                        help="with --autoscale: invocations per instance per minute to keep (default "
+                             f"{DEFAULT_TARGET_INVOCATIONS}, from the measured throughput: see README)")
+    deploy.add_argument("--serverless", type=int, metavar="MEMORY_MB",
+                        help="SageMaker: a serverless endpoint (CPU) with this memory: 1024, 2048, ... 6144")
+    deploy.add_argument("--max-concurrency", type=int, default=5, metavar="N",
+                        help="with --serverless: concurrent requests at most (default 5)")
+    deploy.add_argument("--data-capture", type=int, metavar="PERCENT",
+                        help="SageMaker: capture this share of requests and answers to s3://BUCKET/image-classifier/capture/")
     deploy.add_argument("--sample-image", type=Path, help="SageMaker: picture for the first prediction "
                                                           "(default: one of the uploaded dataset's test pictures)")
     add_network_arguments(deploy)
@@ -698,6 +833,37 @@ def build_parser():
     delete.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
     aws.add_arguments(delete)
     delete.set_defaults(func=cmd_delete)
+
+    transform = commands.add_parser(
+        "transform", help="classify a folder of pictures as a batch transform job (locally with --local)",
+        description="Send every file under --data to the model, one request per picture as SageMaker's batch "
+                    "transform does, and write its answer to OUT/<file>.out; then a summary CSV. The first "
+                    "refused picture stops the job unless --skip-bad.")
+    transform.add_argument("--local", nargs="?", const="auto", choices=["auto", "docker", "process"],
+                           help="run on this machine: the model server in the image (docker), as a process, or auto")
+    transform.add_argument("--data", help="folder of pictures with --local, else an s3:// prefix "
+                                          "(every file under it is sent)")
+    transform.add_argument("--output", help="where the .out files go (default: <data>-transform beside it; "
+                                            "SageMaker: s3://BUCKET/image-classifier/transform/<job>)")
+    transform.add_argument("--model", type=Path,
+                           help="model.tar.gz or model folder (default: the newest successful local job's)")
+    transform.add_argument("--port", type=int, default=TRANSFORM_PORT,
+                           help=f"the local model server's port (default {TRANSFORM_PORT})")
+    transform.add_argument("--max-concurrent", type=int, metavar="N",
+                           help="requests in flight (per instance on SageMaker; default: two per model-server worker)")
+    transform.add_argument("--job", help="SageMaker: the training job whose model to use (default: the last `train`)")
+    transform.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
+    transform.add_argument("--job-name", help="SageMaker: transform job (and model) name")
+    transform.add_argument("--instance-type", help=f"SageMaker: instance (default {TRANSFORM_INSTANCE})")
+    transform.add_argument("--instance-count", type=int, default=1, help="SageMaker: instances (default 1)")
+    transform.add_argument("--skip-bad", action="store_true",
+                           help="go on after a refused picture; count and list them at the end (exit code 2)")
+    transform.add_argument("--summarize", type=Path, metavar="OUT",
+                           help="only summarize the .out files in OUT: a CSV and the label counts")
+    transform.add_argument("--csv", type=Path, help="with --summarize: the CSV's path (default OUT/summary.csv)")
+    add_network_arguments(transform)
+    aws.add_arguments(transform)
+    transform.set_defaults(func=cmd_transform)
 
     report = commands.add_parser("report", help="write an HTML report of a finished training job",
                                  description="One self-contained HTML page plus PNG figures: loss per step, "

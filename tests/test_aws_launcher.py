@@ -413,7 +413,8 @@ def test_dry_run_prints_the_calls_and_sends_nothing(cloud, capsys, tmp_path, mon
              "CreateEndpoint"],
         ("predict", picture, "--endpoint", "e1"): ["InvokeEndpoint"],
         ("delete", "--endpoint", "e1"):
-            ["DescribeEndpoint", "DescribeEndpointConfig", "DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"],
+            ["DescribeEndpoint", "DescribeEndpointConfig", "DescribeScalableTargets", "DeleteEndpoint",
+             "DeleteEndpointConfig", "DeleteModel"],
     }
     try:
         for argv, operations in commands.items():

@@ -1,0 +1,85 @@
+"""Endpoints for real traffic: Application Auto Scaling of an endpoint's variant, serverless and data-capture
+settings. Used by launch.py's `deploy` and `delete`.
+
+The default scaling target: SageMaker's metric SageMakerVariantInvocationsPerInstance counts requests per
+instance per minute; AWS's guidance is a target of the measured peak per-instance throughput x 60 x a
+safety factor of 0.5 (room for bursts while new instances start). The throughput is the serving
+benchmark's (docs/BENCHMARKS.md): 8.41 pictures/s on 2 cores, the vCPUs of the default ml.m5.large,
+with the default serving settings (one worker x 2 torch threads). 8.41 x 60 x 0.5 = 252.
+"""
+from . import LauncherError
+
+SERVICE_NAMESPACE = "sagemaker"
+VARIANT = "AllTraffic"  # the SDK's name for an endpoint's only production variant
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+METRIC = "SageMakerVariantInvocationsPerInstance"
+MEASURED_PICTURES_PER_SECOND = 8.41  # per 2-vCPU instance, docs/BENCHMARKS.md (Serving, default settings)
+SAFETY_FACTOR = 0.5
+DEFAULT_TARGET_INVOCATIONS = round(MEASURED_PICTURES_PER_SECOND * 60 * SAFETY_FACTOR)  # per instance per minute
+SCALE_OUT_COOLDOWN_SECONDS = 60    # add instances soon after a rise
+SCALE_IN_COOLDOWN_SECONDS = 300    # remove them only after a calm spell (a new instance takes minutes)
+# Serverless endpoints: memory in 1 GB steps from 1 to 6 GB; CPU only (no GPU can be chosen).
+SERVERLESS_MEMORY_MB = tuple(range(1024, 6145, 1024))
+CAPTURE_PREFIX = "capture"  # s3://BUCKET/image-classifier/capture/
+
+
+def parse_autoscale(text):
+    """`MIN:MAX` -> (min, max) instances."""
+    low, sep, high = str(text).partition(":")
+    try:
+        minimum, maximum = int(low), int(high)
+    except ValueError:
+        minimum = maximum = None
+    if not sep or minimum is None or not 1 <= minimum <= maximum:
+        raise LauncherError(f"--autoscale {text}: expected MIN:MAX instances with 1 <= MIN <= MAX, e.g. 1:4")
+    return minimum, maximum
+
+
+def check_serverless(memory_mb, instance_type, instance_count, autoscale):
+    if memory_mb not in SERVERLESS_MEMORY_MB:
+        raise LauncherError(f"--serverless {memory_mb}: memory must be one of "
+                            f"{', '.join(map(str, SERVERLESS_MEMORY_MB))} MB")
+    if instance_type or instance_count or autoscale:
+        raise LauncherError("--serverless endpoints have no instances: drop --instance-type, --instance-count "
+                            "and --autoscale (serverless runs on CPU and scales by itself)")
+
+
+def resource_id(endpoint):
+    return f"endpoint/{endpoint}/variant/{VARIANT}"
+
+
+def policy_name(endpoint):
+    return f"{endpoint}-invocations-per-instance"
+
+
+def enable(client, endpoint, minimum, maximum, target):
+    """Register the endpoint's variant as a scalable target and track invocations per instance."""
+    common = {"ServiceNamespace": SERVICE_NAMESPACE, "ResourceId": resource_id(endpoint),
+              "ScalableDimension": SCALABLE_DIMENSION}
+    client.register_scalable_target(**common, MinCapacity=minimum, MaxCapacity=maximum)
+    client.put_scaling_policy(
+        PolicyName=policy_name(endpoint), PolicyType="TargetTrackingScaling", **common,
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": float(target),
+            "PredefinedMetricSpecification": {"PredefinedMetricType": METRIC},
+            "ScaleOutCooldown": SCALE_OUT_COOLDOWN_SECONDS,
+            "ScaleInCooldown": SCALE_IN_COOLDOWN_SECONDS,
+        })
+
+
+def remove(client, endpoint):
+    """Delete the endpoint variant's scaling policies and deregister it; returns the policy names removed
+    (None when it was not a scalable target)."""
+    common = {"ServiceNamespace": SERVICE_NAMESPACE, "ResourceId": resource_id(endpoint),
+              "ScalableDimension": SCALABLE_DIMENSION}
+    targets = client.describe_scalable_targets(ServiceNamespace=SERVICE_NAMESPACE, ResourceIds=[resource_id(endpoint)],
+                                               ScalableDimension=SCALABLE_DIMENSION).get("ScalableTargets", [])
+    if not targets:
+        return None
+    policies = [p["PolicyName"] for p in client.describe_scaling_policies(
+        ServiceNamespace=SERVICE_NAMESPACE, ResourceId=resource_id(endpoint),
+        ScalableDimension=SCALABLE_DIMENSION).get("ScalingPolicies", [])]
+    for policy in policies:
+        client.delete_scaling_policy(PolicyName=policy, **common)
+    client.deregister_scalable_target(**common)
+    return policies

@@ -1,0 +1,243 @@
+"""Batch transform on this machine: SageMaker's job over a local folder, and the summary of its output.
+
+SageMaker's batch transform (SplitType None) sends every object under the input prefix as one request
+to `/invocations` and writes the answer to `<output>/<the object's key relative to the prefix>.out`; the
+first refused object fails the job. `run` does the same over a folder, against the real `serve` started
+by `local_serving.deploy` (as a process or in the image), with one worker's requests queued per worker,
+so the same `.out` files come out. `summarize` reads such a folder (local or downloaded from S3) into
+a CSV: file, top-1 label, probability, top-k.
+"""
+import collections
+import concurrent.futures
+import csv
+import json
+import shutil
+import sys
+import time
+import urllib.error
+from pathlib import Path
+
+from image_classifier.serving import settings as serving_settings
+
+from . import LauncherError, local_serving
+
+OUT_SUFFIX = ".out"  # SageMaker's name for a transform's answer: <input file name>.out
+SUMMARY_FILE = "summary.csv"
+SUMMARY_COLUMNS = ("file", "label", "probability", "top_k")
+DEFAULT_PORT = 8090  # not deploy's 8080, so a batch job can run beside a served model
+# Requests in flight per model-server worker: while a worker computes one picture the next waits in
+# MMS's queue, so the worker never idles during an HTTP round trip; more only lengthens the queue.
+REQUESTS_PER_WORKER = 2
+PROGRESS_EVERY_SECONDS = 0.5
+
+
+def concurrent_requests(workers):
+    """Requests to keep in flight against `workers` model-server workers (SageMaker's MaxConcurrentTransforms)."""
+    return REQUESTS_PER_WORKER * workers
+
+
+def local_workers():
+    """The workers a local `serve` starts (SAGEMAKER_MODEL_SERVER_WORKERS, else the serving default on CPU)."""
+    try:
+        default = serving_settings.default_workers(0, serving_settings.cpu_count())
+        return serving_settings.env_int(serving_settings.WORKERS_ENV, default, maximum=serving_settings.MAX_WORKERS)
+    except ValueError as error:
+        raise LauncherError(str(error)) from None
+
+
+def input_files(data_dir):
+    """Every file under `data_dir`, as SageMaker lists every object under a prefix (hidden files excepted:
+    they are this machine's, e.g. the sample's `.complete` marker)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise LauncherError(f"--data {data_dir}: no such folder.")
+    files = sorted(path for path in data_dir.rglob("*") if path.is_file()
+                   and not any(part.startswith(".") for part in path.relative_to(data_dir).parts))
+    if not files:
+        raise LauncherError(f"--data {data_dir}: no files in it.")
+    return files
+
+
+def out_path(out_dir, data_dir, file):
+    relative = Path(file).relative_to(data_dir)
+    return Path(out_dir) / relative.parent / (relative.name + OUT_SUFFIX)
+
+
+class Progress:
+    """One line on stderr, rewritten: pictures done, of how many, pictures/s, bad ones so far."""
+
+    def __init__(self, total, stream=None):
+        self.total, self.started, self.shown = total, time.perf_counter(), 0.0
+        self.stream = stream or sys.stderr  # looked up now: the caller may have redirected it
+
+    def rate(self, done):
+        return done / max(time.perf_counter() - self.started, 1e-9)
+
+    def update(self, done, bad, final=False):
+        now = time.perf_counter()
+        if not final and now - self.shown < PROGRESS_EVERY_SECONDS:
+            return
+        self.shown = now
+        width = 30
+        filled = width * done // max(self.total, 1)
+        bad_note = f", {bad} bad" if bad else ""
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} pictures, "
+                          f"{self.rate(done):.1f} pictures/s{bad_note}" + ("\n" if final else ""))
+        self.stream.flush()
+
+
+def transform_one(port, file):
+    """(status, body) of one picture sent as SageMaker's transform sends it: its bytes, its content type."""
+    return local_serving.invoke(port, Path(file).read_bytes(), local_serving.content_type_of(Path(file)))
+
+
+def run(data_dir, out_dir, port, max_concurrent, skip_bad=False, progress_stream=None):
+    """Send every file under `data_dir` to the model server on `port`, `max_concurrent` at a time, writing
+    `<file>.out` under `out_dir`. Returns (pictures done, [(file, status, message)] of the bad ones).
+    Without `skip_bad` the first bad picture stops the job (what is written stays) with its name."""
+    files = input_files(data_dir)
+    progress = Progress(len(files), progress_stream)
+    done, bad = 0, []
+    pending = iter(files)
+    with concurrent.futures.ThreadPoolExecutor(max_concurrent) as pool:
+        in_flight = {}
+
+        def submit_next():
+            file = next(pending, None)
+            if file is not None:
+                in_flight[pool.submit(transform_one, port, file)] = file
+
+        for _ in range(max_concurrent):
+            submit_next()
+        while in_flight:
+            finished, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                file = in_flight.pop(future)
+                try:
+                    status, body = future.result()
+                except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+                    raise LauncherError(f"{file}: the model server on port {port} did not answer "
+                                        f"({getattr(error, 'reason', error)}).") from None
+                if status == 200:
+                    target = out_path(out_dir, data_dir, file)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(body)
+                    done += 1
+                else:
+                    bad.append((file, status, local_serving.error_message(body)))
+                    if not skip_bad:
+                        progress.update(done, len(bad), final=True)
+                        for other in in_flight:
+                            other.cancel()
+                        raise LauncherError(
+                            f"{file}: refused with {status}: {bad[-1][2]}. The job stops at the first bad "
+                            f"picture, as SageMaker's does ({done} .out file(s) written in {out_dir}); "
+                            "--skip-bad goes on past bad pictures and lists them.")
+                submit_next()
+            progress.update(done + len(bad), len(bad))
+    progress.update(done + len(bad), len(bad), final=True)
+    return done, bad
+
+
+def read_out(path):
+    """The top-k list of one `.out` file (the serving contract's answer for one picture)."""
+    try:
+        return json.loads(Path(path).read_bytes())["predictions"][0]
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise LauncherError(f"{path}: not a prediction ({error}).") from None
+
+
+def summarize(out_dir, csv_path=None):
+    """Write the CSV of every `.out` under `out_dir` (file, top-1 label, probability, top-k as
+    label:probability pairs); returns (csv path, Counter of top-1 labels)."""
+    out_dir = Path(out_dir)
+    outs = sorted(out_dir.rglob("*" + OUT_SUFFIX)) if out_dir.is_dir() else []
+    if not outs:
+        raise LauncherError(f"{out_dir}: no {OUT_SUFFIX} files in it.")
+    csv_path = Path(csv_path) if csv_path else out_dir / SUMMARY_FILE
+    counts = collections.Counter()
+    with open(csv_path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(SUMMARY_COLUMNS)
+        for path in outs:
+            labels = read_out(path)
+            top = labels[0]
+            counts[top["label"]] += 1
+            writer.writerow([str(path.relative_to(out_dir))[:-len(OUT_SUFFIX)], top["label"],
+                             f"{top['probability']:.6f}",
+                             " ".join(f"{item['label']}:{item['probability']:.6f}" for item in labels)])
+    return csv_path, counts
+
+
+def print_counts(counts):
+    width = max(len(label) for label in counts)
+    for label, count in counts.most_common():
+        print(f"  {label:<{width}}  {count}")
+
+
+def local(data_dir, out_dir, model=None, mode="auto", port=DEFAULT_PORT, max_concurrent=None, skip_bad=False):
+    """The whole local job: serve the model, transform the folder, stop the server, summarize."""
+    max_concurrent = max_concurrent or concurrent_requests(local_workers())
+    if max_concurrent < 1:
+        raise LauncherError("--max-concurrent must be at least 1.")
+    files = input_files(data_dir)  # checked before the server starts
+    local_serving.deploy(model=model, port=port, mode=mode, detach=True)
+    try:
+        print(f"Transforming {len(files)} file(s) from {data_dir} into {out_dir}, {max_concurrent} request(s) "
+              "in flight ...", flush=True)
+        started = time.perf_counter()
+        done, bad = run(data_dir, out_dir, port, max_concurrent, skip_bad)
+        seconds = time.perf_counter() - started
+    finally:
+        local_serving.delete(port)
+        shutil.rmtree(local_serving.server_dir(port) / "model", ignore_errors=True)  # a copy; the log stays
+    print(f"{done} picture(s) transformed in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} pictures/s).")
+    if bad:
+        print(f"{len(bad)} bad picture(s) skipped:")
+        for file, status, message in bad:
+            print(f"  {file}: {status}: {message}")
+    if done:
+        csv_path, counts = summarize(out_dir)
+        print(f"Summary: {csv_path}\nTop-1 labels:")
+        print_counts(counts)
+    return done, bad
+
+
+# ------------------------------------------------------------------------------------------ SageMaker
+TRANSFORM_INSTANCE = "ml.m5.xlarge"  # CPU, 4 vCPUs: two model-server workers
+# (vCPUs, GPUs) of the instance types a transform job is likely to run on (AWS's published figures): the
+# model server's workers on them, hence MaxConcurrentTransforms, follow from these.
+INSTANCE_RESOURCES = {
+    "ml.m5.large": (2, 0), "ml.m5.xlarge": (4, 0), "ml.m5.2xlarge": (8, 0), "ml.m5.4xlarge": (16, 0),
+    "ml.c5.large": (2, 0), "ml.c5.xlarge": (4, 0), "ml.c5.2xlarge": (8, 0), "ml.c5.4xlarge": (16, 0),
+    "ml.g4dn.xlarge": (4, 1), "ml.g4dn.2xlarge": (8, 1), "ml.g5.xlarge": (4, 1), "ml.g5.2xlarge": (8, 1),
+}
+# The request body cap a transform job may send: the model server's own cap, so a picture the server
+# would refuse with 413 is refused by SageMaker before it is sent.
+MAX_PAYLOAD_MB = serving_settings.DEFAULT_PAYLOAD_CAP_MB
+
+
+def max_concurrent_transforms(instance_type):
+    """Requests in flight per instance: two per model-server worker, the workers being what `serve`
+    starts on that instance (one per GPU, else one per two vCPUs)."""
+    if instance_type not in INSTANCE_RESOURCES:
+        raise LauncherError(f"--instance-type {instance_type}: its vCPUs and GPUs are not known here, so its "
+                            "model-server workers are not either: pass --max-concurrent N (two per worker)")
+    vcpus, gpus = INSTANCE_RESOURCES[instance_type]
+    return concurrent_requests(serving_settings.default_workers(gpus, vcpus))
+
+
+def job_content_type(keys):
+    """The one ContentType of a transform job: the pictures' own when they all share it, else
+    application/x-image (the server reads any picture format under it)."""
+    types = {local_serving.content_type_of(Path(key)) for key in keys}
+    return types.pop() if len(types) == 1 else local_serving.RAW_PICTURE_TYPE
+
+
+def s3_keys(s3, uri):
+    """Every object key under an s3:// prefix (what the transform job will send)."""
+    from .s3_upload import split_s3_uri
+
+    bucket, prefix = split_s3_uri(uri)
+    return [item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for item in page.get("Contents", [])]

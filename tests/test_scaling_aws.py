@@ -1,0 +1,89 @@
+"""`deploy` for real traffic, against moto in server mode: instance count, autoscaling, serverless, data
+capture, and `delete` removing the scaling policy and target. Assertions on the exact requests sent."""
+import json
+
+import pytest
+
+from launcher import scaling
+from test_aws_launcher import BUCKET, cloud, fails, ok  # noqa: F401 - cloud is a fixture
+from moto_server import moto_url  # noqa: F401 - a fixture
+
+MODEL_DATA = f"s3://{BUCKET}/jobs/j1/output/model.tar.gz"
+
+
+def deploy(capsys, *extra):
+    return ok(capsys, "deploy", "--model-data", MODEL_DATA, "--endpoint", "ep", *extra)
+
+
+def test_autoscale_registers_the_variant_and_tracks_invocations_then_delete_removes_them(cloud, capsys):
+    out = deploy(capsys, "--autoscale", "2:6", "--target-invocations", 300)
+    variant = cloud.sent.one("CreateEndpointConfig")["ProductionVariants"][0]
+    assert variant["InitialInstanceCount"] == 2 and variant["InstanceType"] == "ml.m5.large"
+    target = {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/ep/variant/AllTraffic",
+              "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
+    assert cloud.sent.one("RegisterScalableTarget") == {**target, "MinCapacity": 2, "MaxCapacity": 6}
+    assert cloud.sent.one("PutScalingPolicy") == {
+        **target, "PolicyName": "ep-invocations-per-instance", "PolicyType": "TargetTrackingScaling",
+        "TargetTrackingScalingPolicyConfiguration": {
+            "TargetValue": 300.0,
+            "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+            "ScaleOutCooldown": 60, "ScaleInCooldown": 300}}
+    operations = cloud.sent.operations()
+    assert operations.index("RegisterScalableTarget") > operations.index("DescribeEndpoint")  # once in service
+    assert "Autoscaling 2:6 instances at 300 invocations" in out
+    autoscaling = cloud.boto.client("application-autoscaling")
+    assert len(autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]) == 1
+
+    out = ok(capsys, "delete")
+    assert cloud.sent.one("DeleteScalingPolicy") == {**target, "PolicyName": "ep-invocations-per-instance"}
+    assert cloud.sent.one("DeregisterScalableTarget") == target
+    operations = cloud.sent.operations()
+    assert operations.index("DeregisterScalableTarget") < operations.index("DeleteEndpoint")
+    assert "scaling policy ep-invocations-per-instance and its scalable target" in out
+    assert autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
+
+
+def test_default_target_is_derived_from_the_measured_throughput(cloud, capsys):
+    assert scaling.DEFAULT_TARGET_INVOCATIONS == round(8.41 * 60 * 0.5) == 252
+    deploy(capsys, "--autoscale", "1:3")
+    policy = cloud.sent.one("PutScalingPolicy")["TargetTrackingScalingPolicyConfiguration"]
+    assert policy["TargetValue"] == 252.0
+
+
+def test_instance_count_and_data_capture(cloud, capsys):
+    deploy(capsys, "--instance-count", 3, "--data-capture", 20)
+    config = cloud.sent.one("CreateEndpointConfig")
+    assert config["ProductionVariants"][0]["InitialInstanceCount"] == 3
+    capture = config["DataCaptureConfig"]
+    assert capture["EnableCapture"] is True and capture["InitialSamplingPercentage"] == 20
+    assert capture["DestinationS3Uri"] == f"s3://{BUCKET}/image-classifier/capture"
+    assert capture["CaptureOptions"] == [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]
+    assert "RegisterScalableTarget" not in cloud.sent.operations()
+    ok(capsys, "delete")  # no scalable target: nothing to deregister
+    assert "DeregisterScalableTarget" not in cloud.sent.operations()
+
+
+def test_serverless_endpoint(cloud, capsys):
+    out = deploy(capsys, "--serverless", 3072, "--max-concurrency", 8)
+    variant = cloud.sent.one("CreateEndpointConfig")["ProductionVariants"][0]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 8}
+    assert "InstanceType" not in variant and "InitialInstanceCount" not in variant
+    assert "serverless, 3072 MB" in out
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--serverless", 3000], "1024, 2048"),
+    (["--serverless", 2048, "--instance-type", "ml.g4dn.xlarge"], "no instances"),
+    (["--serverless", 2048, "--data-capture", 10], "not available on serverless"),
+    (["--autoscale", "3:2"], "MIN:MAX"),
+    (["--autoscale", "two"], "MIN:MAX"),
+    (["--data-capture", 0], "1 to 100"),
+])
+def test_bad_traffic_options_fail_before_any_endpoint(cloud, capsys, extra, words):
+    assert words in fails(capsys, "deploy", "--model-data", MODEL_DATA, *extra)
+    assert "CreateEndpointConfig" not in cloud.sent.operations()
+
+
+def test_dry_run_shows_the_scaling_requests(cloud, capsys):
+    calls = json.loads(deploy(capsys, "--autoscale", "1:4", "--dry-run"))
+    assert [c["operation"] for c in calls][-3:] == ["CreateEndpoint", "RegisterScalableTarget", "PutScalingPolicy"]

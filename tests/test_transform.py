@@ -1,0 +1,118 @@
+"""`launch.py transform --local`: SageMaker's batch transform over a folder, against the real `serve`.
+
+One request per picture, one `<picture>.out` per answer, a summary CSV; the first refused picture stops
+the job (naming it) unless --skip-bad, which counts and lists them.
+"""
+import csv
+import json
+
+import pytest
+
+import launch
+from conftest import train_job, write_picture
+from image_classifier.metrics import parse_metrics
+from launcher import transform
+from launcher.sample_data import write_digits
+from serving_harness import free_port, require_java
+
+pytestmark = require_java(pytest)
+
+
+@pytest.fixture(autouse=True)
+def serving_dir_in_tmp(tmp_path, monkeypatch):
+    """The local model server's folder (model copy, log) in the test's own tmp_path, not local_jobs/."""
+    from launcher import local_serving
+
+    monkeypatch.setattr(local_serving, "SERVING_DIR", tmp_path / "serving")
+
+
+def run(capsys, *argv):
+    code = launch.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def class_name(folder):
+    """`003.three` -> `three` (the training job's naming of classes)."""
+    return folder.split(".", 1)[-1].replace("_", " ")
+
+
+@pytest.mark.slow  # a real training run on the digits sample, then its whole test split through serve
+def test_transform_of_the_digits_test_split_has_the_jobs_test_accuracy(tmp_path, capsys):
+    data = tmp_path / "digits"
+    write_digits(data)
+    job, exit_code = train_job(tmp_path, {**launch.DIGITS_HYPERPARAMETERS, "epochs": "2", "workers": "0"},
+                               channels={"train": data})
+    assert exit_code == 0, job.log_file.read_text()[-3000:]
+    test_acc = parse_metrics(job.log_file.read_text().splitlines())["test_acc"][-1]
+
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "transform", "--local", "process", "--data", data / "test", "--output", out,
+                            "--model", job.dir / "model", "--port", free_port(), "--max-concurrent", 3)
+    assert code == 0, err
+    pictures = sorted((data / "test").rglob("*.png"))
+    outs = sorted(out.rglob("*.out"))
+    assert len(outs) == len(pictures) > 200
+    right = 0
+    for picture in pictures:
+        answer = json.loads((out / picture.relative_to(data / "test")).with_name(picture.name + ".out").read_text())
+        right += answer["predictions"][0][0]["label"] == class_name(picture.parent.name)
+    assert round(right / len(pictures), 4) == pytest.approx(test_acc, abs=1e-4)
+    assert "pictures/s" in err and f"{len(pictures)}/{len(pictures)} pictures" in err
+
+    with open(out / transform.SUMMARY_FILE) as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == len(pictures) and set(rows[0]) == set(transform.SUMMARY_COLUMNS)
+    assert sum(row["label"] == class_name(row["file"].split("/")[0]) for row in rows) == right
+    assert "Top-1 labels:" in stdout
+
+    # --summarize alone rewrites the same summary from the .out files.
+    code, stdout, _ = run(capsys, "transform", "--summarize", out, "--csv", tmp_path / "again.csv")
+    assert code == 0 and f"Summary of {len(pictures)} picture(s)" in stdout
+    assert (tmp_path / "again.csv").read_text() == (out / transform.SUMMARY_FILE).read_text()
+
+
+def bad_folder(tmp_path):
+    """Three good pictures, a truncated JPEG and a text file."""
+    folder = tmp_path / "pictures"
+    for index, colour in enumerate(((200, 30, 30), (30, 200, 30), (30, 30, 200))):
+        write_picture(folder / f"good_{index}.jpg", colour, seed=index)
+    whole = write_picture(folder / "broken.jpg", (200, 30, 30), size=64, seed=9).read_bytes()
+    (folder / "broken.jpg").write_bytes(whole[:len(whole) // 2])
+    (folder / "notes" / "readme.txt").parent.mkdir()
+    (folder / "notes" / "readme.txt").write_text("not a picture\n")
+    return folder
+
+
+def test_a_bad_picture_stops_the_job_unless_skip_bad(tmp_path, capsys, trained_model_dir):
+    folder = bad_folder(tmp_path)
+    out = tmp_path / "out"
+    common = ["transform", "--local", "process", "--data", folder, "--model", trained_model_dir,
+              "--port", free_port(), "--max-concurrent", 1]
+
+    code, _, err = run(capsys, *common, "--output", out)
+    assert code == 1
+    assert f"error: {folder / 'broken.jpg'}: refused with 400" in err and "--skip-bad" in err
+    assert not list(out.rglob("*.out"))  # sorted: broken.jpg is the first file sent
+
+    code, stdout, err = run(capsys, *common, "--output", out, "--skip-bad")
+    assert code == 2, err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.out")) == [
+        "good_0.jpg.out", "good_1.jpg.out", "good_2.jpg.out"]
+    assert "2 bad picture(s) skipped:" in stdout
+    assert f"{folder / 'broken.jpg'}: 400" in stdout and f"{folder / 'notes' / 'readme.txt'}: 400" in stdout
+    assert "3 picture(s) transformed" in stdout
+    [server] = (tmp_path / "serving").iterdir()  # the model copy is gone, the server's log stays
+    assert not (server / "model").exists() and (server / "serve.log").is_file()
+    with open(out / transform.SUMMARY_FILE) as stream:
+        assert [row["file"] for row in csv.DictReader(stream)] == ["good_0.jpg", "good_1.jpg", "good_2.jpg"]
+
+
+def test_input_files_skip_hidden_ones_and_name_outputs_as_sagemaker_does(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "a" / "b").mkdir(parents=True)
+    (folder / "a" / "b" / "x.jpg").write_bytes(b"1")
+    (folder / ".complete").write_text("")
+    assert transform.input_files(folder) == [folder / "a" / "b" / "x.jpg"]
+    assert transform.out_path(tmp_path / "o", folder, folder / "a" / "b" / "x.jpg") == tmp_path / "o" / "a" / "b" / "x.jpg.out"
+    assert transform.concurrent_requests(3) == 6
