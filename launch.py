@@ -682,12 +682,12 @@ def transform_sagemaker(args):
 
 # -------------------------------------------------------------------------------------------- report
 def cmd_report(args):
-    from launcher import report
+    from launcher import local_training, report
 
     if args.job:
         connection = aws.Aws(args)
         with aws.errors():
-            out = args.out or report.REPORTS_DIR / args.job
+            out = args.out or local_training.job_dir(report.REPORTS_DIR, args.job)  # one safe path component
             path, _ = report.build(report.sagemaker_job(args.job, Path(out) / "job", connection.boto), out)
     else:
         path = report.report(local=args.local, out=args.out)

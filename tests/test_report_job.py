@@ -17,7 +17,7 @@ from image_classifier import constants
 from image_classifier.metrics import parse_metrics
 from launcher import report
 from moto_server import moto_url  # noqa: F401 - a fixture
-from test_aws_launcher import BUCKET, IMAGE, ROLE, cloud, ok  # noqa: F401 - cloud is a fixture
+from test_aws_launcher import BUCKET, IMAGE, ROLE, cloud, fails, ok  # noqa: F401 - cloud is a fixture
 
 LOG_PAGE = 7  # events per GetLogEvents page here, so that the log takes several pages
 
@@ -122,3 +122,10 @@ def test_s3_keys_cannot_write_outside_the_target_folder(cloud, tmp_path, capsys)
     assert not list(tmp_path.rglob("escaped*"))
     out = capsys.readouterr().out
     assert out.count("would be written outside") == 2
+
+
+def test_report_job_name_is_one_safe_path_component(cloud, capsys):
+    """The job name becomes the report's folder: a name that climbs out of reports/ is refused, nothing written."""
+    line = fails(capsys, "report", "--job", "../escaped")
+    assert "Job name '../escaped' is not allowed" in line
+    assert not (report.REPORTS_DIR.parent / "escaped").exists()
