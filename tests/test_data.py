@@ -4,6 +4,7 @@ import signal
 
 import torch
 import pytest
+from PIL import Image
 
 from image_classifier.data import (DataError, EpochSampler, PictureDataset, build_transforms, check_pictures,
                                    class_name, collate, load_splits, resolve_splits)
@@ -94,6 +95,15 @@ def test_corrupt_pictures_are_skipped_with_a_warning(tmp_path, caplog):
     assert str(bad) not in [p for p, _ in splits.samples["train"]]
     assert splits.bad_files["train"] == [str(bad)]
     assert "Skipping 1 unreadable picture(s) in 'train'" in caplog.text and "broken.jpg" in caplog.text
+
+
+def test_a_picture_in_a_format_outside_the_allowlist_is_skipped_at_scan_time(tmp_path):
+    """An icon named .jpg is a readable picture to Pillow, but not one of the formats the job decodes."""
+    root = make_dataset(tmp_path / "d", {"train": 3, "valid": 2})
+    icon = root / "train" / "002.Green_frog" / "icon.jpg"
+    Image.new("RGB", (16, 16), (30, 200, 30)).save(icon, format="ICO")
+    splits = load_splits({"train": root}, on_bad_image="skip")
+    assert splits.bad_files["train"] == [str(icon)]
 
 
 def test_corrupt_pictures_fail_the_job_when_asked(tmp_path):

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from . import constants
-from .images import open_rgb
+from .images import PICTURE_FORMATS, open_rgb
 from .metrics import quote_for_log
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def check_pictures(samples, policy, split):
     good, bad = [], []
     for path, label in samples:
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=PICTURE_FORMATS) as image:  # the formats training decodes
                 image.verify()
             good.append((path, label))
         except DECODE_ERRORS as error:
