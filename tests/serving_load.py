@@ -132,6 +132,14 @@ def rss_growth(result):
     return {pid: (middle[pid], last[pid]) for pid in middle if pid in last}
 
 
+def idle_rss(server, settle_seconds=2.0):
+    """{worker pid: RSS} once the last answers are out and the workers are idle. Idle, because under load a
+    sample catches whatever request a worker is in (a 49 MP decode is a few hundred MB for a moment); a
+    leak raises what a worker holds between requests."""
+    time.sleep(settle_seconds)
+    return {process.pid: process.memory_info().rss for process in server.workers()}
+
+
 def kill_a_worker(server, at_seconds, report):
     """A `during` hook: SIGKILL one worker after `at_seconds`, then wait for its replacement."""
     def during(result):
