@@ -18,6 +18,7 @@ Run `python launch.py COMMAND --help` for each command's options.
 import argparse
 import datetime
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -100,10 +101,10 @@ def estimator(connection, hyperparameters, args, tags, watch=None):
     return Estimator(
         image_uri=connection.image_uri(),
         role=connection.role,
-        instance_count=1,
+        instance_count=args.instance_count,
         instance_type=args.instance_type or TRAINING_INSTANCE,
         volume_size=50,  # GB: dogImages (1.1 GB), the pretrained weights, checkpoints, tensors
-        hyperparameters=hyperparameters,
+        hyperparameters={**hyperparameters, **distribution(args.instance_count)},
         metric_definitions=METRIC_DEFINITIONS,  # the same regexes the job's metric lines are written for
         output_path=connection.s3_uri("jobs"),
         max_run=args.max_run,
@@ -128,6 +129,26 @@ def estimator(connection, hyperparameters, args, tags, watch=None):
         tags=tags,
         sagemaker_session=connection.sagemaker,
     )
+
+
+def distribution(instance_count):
+    """Several instances: the toolkit's torchrun runner, one process per GPU on each (one instance with several
+    GPUs needs no setting: the job starts torchrun when it sees them). `batch-size` stays per GPU."""
+    from image_classifier.constants import TORCH_DISTRIBUTED_HYPERPARAMETER
+
+    return {TORCH_DISTRIBUTED_HYPERPARAMETER: "true"} if instance_count > 1 else {}
+
+
+def inference_ami(instance_type, requested=None):
+    """The endpoint AMI for a GPU instance type (ml.g*, ml.p*): one whose NVIDIA driver runs the image's CUDA
+    12 build (the default drivers of ml.g4dn/g5/p4d are too old). CPU types take none."""
+    from image_classifier.cuda_check import GPU_INFERENCE_AMI
+
+    if re.match(r"ml\.[gp]\d", instance_type):
+        return requested or GPU_INFERENCE_AMI
+    if requested:
+        raise LauncherError(f"--inference-ami applies to GPU instance types (ml.g*, ml.p*), not {instance_type}")
+    return None
 
 
 def builtin_debugger_rules():
@@ -286,14 +307,25 @@ def train_local(args):
         write_digits(SAMPLE_DIR)
     mode = local_mode(args.local)
     name = args.job_name or job_name()
-    job = local_training.prepare_job(args.jobs_dir, name, {"train": data}, hyperparameters)
-    print(f"Training job {name} ({mode}) in {job.dir}")
-    if mode == "docker":
-        from launcher import docker_runner
+    if args.instance_count > 1:
+        if mode != "process":
+            raise LauncherError("--instance-count above 1 runs locally with --local process (emulated hosts on "
+                                "loopback); in the image, use the SDK's local mode (README, Distributed training)")
+        from launcher import local_hosts
 
-        exit_code = docker_runner.run_training(job)  # `docker run IMAGE train`, /opt/ml mounted
+        jobs = local_hosts.prepare_hosts(args.jobs_dir, name, {"train": data}, hyperparameters, args.instance_count)
+        job = jobs[0]
+        print(f"Training job {name} ({mode}, {args.instance_count} emulated hosts) in {job.dir}")
+        exit_code = local_hosts.run_hosts(jobs)  # each host's `train` at once, the names mapped to loopback
     else:
-        exit_code = local_training.run_process(job)  # the toolkit's `train` as a process
+        job = local_training.prepare_job(args.jobs_dir, name, {"train": data}, hyperparameters)
+        print(f"Training job {name} ({mode}) in {job.dir}")
+        if mode == "docker":
+            from launcher import docker_runner
+
+            exit_code = docker_runner.run_training(job)  # `docker run IMAGE train`, /opt/ml mounted
+        else:
+            exit_code = local_training.run_process(job)  # the toolkit's `train` as a process
     metrics = local_training.finish(job)
     summary = " ".join(f"{k}={v:g}" for k, v in metrics.items())
     if not job.succeeded:
@@ -335,9 +367,11 @@ def deploy_sagemaker(args):
             name=name,
             sagemaker_session=connection.sagemaker,
         )
+        instance_type = args.instance_type or ENDPOINT_INSTANCE
         model.deploy(
             initial_instance_count=1,
-            instance_type=args.instance_type or ENDPOINT_INSTANCE,
+            instance_type=instance_type,
+            inference_ami_version=inference_ami(instance_type, args.inference_ami),
             endpoint_name=name,
             tags=aws.tags(training_job=training_job, model_data=model_data),
             wait=False,
@@ -442,9 +476,17 @@ def cmd_report(args):
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def positive_int(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 up, got {text!r}")
+    return int(text)
+
+
 def add_job_arguments(parser):
     """Options of SageMaker training (and tuning) jobs."""
     parser.add_argument("--instance-type", help=f"SageMaker: training instance (default {TRAINING_INSTANCE})")
+    parser.add_argument("--instance-count", type=positive_int, default=1, metavar="N",
+                        help="instances (data-parallel on every GPU of each); with --local process: emulated hosts")
     parser.add_argument("--no-spot", action="store_true", help="SageMaker: on-demand instead of managed spot")
     parser.add_argument("--max-run", type=int, default=MAX_RUN_SECONDS, metavar="SECONDS",
                         help=f"SageMaker: stop a job after this long (default {MAX_RUN_SECONDS})")
@@ -516,6 +558,9 @@ def build_parser():
     deploy.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
     deploy.add_argument("--endpoint", help="SageMaker: endpoint (and model) name (default: image-classifier-<timestamp>)")
     deploy.add_argument("--instance-type", help=f"SageMaker: endpoint instance (default {ENDPOINT_INSTANCE})")
+    deploy.add_argument("--inference-ami", metavar="VERSION",
+                        help="SageMaker: the endpoint's InferenceAmiVersion on GPU types (default on ml.g*/ml.p*: "
+                             "one whose driver runs the image's CUDA 12, see README)")
     deploy.add_argument("--sample-image", type=Path, help="SageMaker: picture for the first prediction "
                                                           "(default: one of the uploaded dataset's test pictures)")
     aws.add_arguments(deploy)
