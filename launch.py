@@ -308,15 +308,17 @@ def train_local(args):
     mode = local_mode(args.local)
     name = args.job_name or job_name()
     if args.instance_count > 1:
-        if mode != "process":
-            raise LauncherError("--instance-count above 1 runs locally with --local process (emulated hosts on "
-                                "loopback); in the image, use the SDK's local mode (README, Distributed training)")
         from launcher import local_hosts
 
-        jobs = local_hosts.prepare_hosts(args.jobs_dir, name, {"train": data}, hyperparameters, args.instance_count)
+        interface = local_hosts.CONTAINER_INTERFACE if mode == "docker" else local_hosts.LOOPBACK_INTERFACE
+        jobs = local_hosts.prepare_hosts(args.jobs_dir, name, {"train": data}, hyperparameters, args.instance_count,
+                                         interface)
         job = jobs[0]
         print(f"Training job {name} ({mode}, {args.instance_count} emulated hosts) in {job.dir}")
-        exit_code = local_hosts.run_hosts(jobs)  # each host's `train` at once, the names mapped to loopback
+        if mode == "docker":
+            exit_code = local_hosts.run_docker_hosts(jobs)  # one container per host on a docker network
+        else:
+            exit_code = local_hosts.run_hosts(jobs)  # each host's `train` at once, the names mapped to loopback
     else:
         job = local_training.prepare_job(args.jobs_dir, name, {"train": data}, hyperparameters)
         print(f"Training job {name} ({mode}) in {job.dir}")

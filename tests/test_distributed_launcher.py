@@ -78,8 +78,3 @@ def test_cpu_endpoints_send_no_ami_and_refuse_the_flag(dry_run_env, capsys):
     assert launch.main(["deploy", "--model-data", "s3://b/m.tar.gz", "--endpoint", "e1", "--inference-ami",
                         "al2-ami-sagemaker-inference-gpu-3-1", "--dry-run"]) == 1
     assert "applies to GPU instance types" in capsys.readouterr().err
-
-
-def test_local_docker_with_several_instances_points_to_the_sdk_local_mode(tmp_path, capsys):
-    code = launch.main(["train", "--local", "docker", "--instance-count", "2", "--jobs-dir", str(tmp_path)])
-    assert code == 1 and "--local process" in capsys.readouterr().err

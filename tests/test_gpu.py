@@ -38,7 +38,7 @@ def assert_names_driver_cuda_and_fix(message):
     if torch.version.cuda:  # the locked build: CUDA 12.x, driver >= 525
         assert f"a CUDA {torch.version.cuda} build, which needs NVIDIA driver 525 or newer" in message
     assert "Driver 470 runs CUDA 11.4 at most." in message
-    assert cuda_check.GPU_INFERENCE_AMI in message and "TORCH_INDEX_URL=" in message
+    assert cuda_check.GPU_INFERENCE_AMI in message and "IMAGE_CLASSIFIER_ALLOW_CPU=true" in message
     assert len(message) < 1024  # SageMaker shows the first 1,024 characters
 
 

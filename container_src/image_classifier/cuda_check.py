@@ -30,7 +30,6 @@ NEWEST_CUDA_FOR_DRIVER = [(580, "13.0"), (575, "12.9"), (570, "12.8"), (560, "12
                           (450, "11.0")]
 # What SageMaker offers (DESIGN section 5): the endpoint AMI whose driver runs CUDA 12.
 GPU_INFERENCE_AMI = "al2-ami-sagemaker-inference-gpu-3-1"  # driver 550, CUDA 12.4
-OLD_DRIVER_TORCH_INDEX = "https://download.pytorch.org/whl/cu118"  # a CUDA 11.8 build: drivers >= 450
 
 
 class GpuUnusableError(RuntimeError):
@@ -94,9 +93,9 @@ def unusable_message(gpus, torch_version, cuda_version):
     return (f"NVIDIA GPUs are present ({seen}) but torch cannot use them: the image's torch {torch_version} is "
             f"{build}.{why} The job stops rather than run about 10 times slower on the CPU. Fix: on an endpoint, "
             f"set the production variant's InferenceAmiVersion to {GPU_INFERENCE_AMI} (driver 550; `launch.py "
-            f"deploy` does on ml.g*/ml.p*); elsewhere use a host whose driver is newer, or build the image for "
-            f"this driver (./build_and_push.sh -- --build-arg TORCH_INDEX_URL={OLD_DRIVER_TORCH_INDEX}, a CUDA "
-            f"11.8 build for drivers >= 450). To run on the CPU anyway, set {ALLOW_CPU_ENV}=true.")
+            f"deploy` does on ml.g*/ml.p*); elsewhere use a host whose driver runs this CUDA version, or rebuild "
+            f"the image with a torch whose CUDA build this driver runs (requirements.in; TORCH_INDEX_URL picks "
+            f"another build of the locked version). To run on the CPU anyway, set {ALLOW_CPU_ENV}=true.")
 
 
 def require_usable_gpu(environ=None):
