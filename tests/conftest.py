@@ -1,5 +1,6 @@
 """Shared fixtures: tiny datasets the tests make, and a tiny real training run."""
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,11 @@ def write_picture(path, colour, size=20, seed=0, fmt=None):
     return path
 
 
+def stable_seed(*parts):
+    """The same seed in every process (Python's own hash() of a string changes with each process)."""
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
 def make_dataset(root, per_split=None, classes=TINY_CLASSES, nested=True):
     """dogImages-style tree: root/{train,valid,test}/<class>/<name>.jpg (nested) or one root per split."""
     per_split = per_split or {"train": 12, "valid": 6, "test": 6}
@@ -37,7 +43,7 @@ def make_dataset(root, per_split=None, classes=TINY_CLASSES, nested=True):
             for i in range(count):
                 ext = ".JPG" if i % 3 == 0 else ".jpg"  # the real set mixes cases
                 write_picture(base / folder / f"{folder.split('.')[-1]}_{i:05d}{ext}", _COLOURS[label % 3],
-                              seed=hash((split, label, i)) % 2**32)
+                              seed=stable_seed(split, label, i))
     return root
 
 

@@ -1,6 +1,7 @@
 """Runs the debugging tests share: small in-process training runs through the project's own loop
 (train_one_epoch / evaluate / TensorRecorder), each crafted to go wrong in one way, and one real job."""
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -8,6 +9,9 @@ import torch
 from conftest import train_job
 
 CLASS_MEANS = torch.tensor([[2.0, -1.0, -1.0], [-1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])
+# The crafted runs' torch settings, so the rules tests can be run under other ones (scripts/rules_matrix.sh):
+# intra-op threads (default 1: fastest on a busy 2-core machine) and deterministic algorithms on or off.
+THREADS_ENV, DETERMINISTIC_ENV = "RULES_TEST_THREADS", "RULES_TEST_DETERMINISTIC"
 # The real job the hook, rules and report tests read: tiny, 3 epochs, hook and profiler on.
 HEALTHY_JOB_HPS = {"epochs": "3", "batch-size": "4", "augment": "none", "profile": "true",
                    "profile-start-step": "2", "profile-steps": "3"}
@@ -34,18 +38,21 @@ def batches(counts, size=16, batch=4, seed=0, labels_of=None):
 
 
 def crafted_run(out, *, epochs=3, lr=0.001, optimizer="adam", train=(12, 12, 12), valid=(6, 6, 6),
-                valid_labels=None, weight_scale=None, trainable_layers=4, tensor_interval=5):
-    """Train a ResNet-18 (16 px) in this process with the hook on; returns the tensors folder."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same numbers on every machine (and faster on a busy 2-core one)
+                valid_seed=2, valid_labels=None, weight_scale=None, trainable_layers=4, tensor_interval=5):
+    """Train a ResNet-18 (16 px) in this process with the hook on; returns the tensors folder.
+    `valid_seed=1` with `valid=train` validates on the training pictures themselves."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(int(os.environ.get(THREADS_ENV, "1")))
+    torch.use_deterministic_algorithms(os.environ.get(DETERMINISTIC_ENV, "0") == "1")
     try:
-        return _crafted_run(out, epochs, lr, optimizer, train, valid, valid_labels, weight_scale, trainable_layers,
-                            tensor_interval)
+        return _crafted_run(out, epochs, lr, optimizer, train, valid, valid_seed, valid_labels, weight_scale,
+                            trainable_layers, tensor_interval)
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
-def _crafted_run(out, epochs, lr, optimizer, train, valid, valid_labels, weight_scale, trainable_layers,
+def _crafted_run(out, epochs, lr, optimizer, train, valid, valid_seed, valid_labels, weight_scale, trainable_layers,
                  tensor_interval):
     from image_classifier import train as training
     from image_classifier.config import Hyperparameters
@@ -69,7 +76,7 @@ def _crafted_run(out, epochs, lr, optimizer, train, valid, valid_labels, weight_
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = training.build_optimizer(hp, [p for p in model.parameters() if p.requires_grad])
     scheduler = training.build_scheduler(hp, optimizer, 1)
-    train_batches, valid_batches = batches(train, seed=1), batches(valid, seed=2, labels_of=valid_labels)
+    train_batches, valid_batches = batches(train, seed=1), batches(valid, seed=valid_seed, labels_of=valid_labels)
     # Settle the batch-norm statistics first: a tiny run's validation would otherwise be dominated by them.
     with torch.no_grad():
         for images, _, _ in train_batches * 3:

@@ -6,6 +6,10 @@ SageMaker Debugger's built-in rules ran in AWS's rule container and are not in t
 exploding tensor, poor weight initialisation) decide at each saved step; rules about the whole run (loss
 not decreasing, overfit, overtraining, class imbalance) collect per step and decide at the last step.
 
+Each result carries its decisive statistic (at its worst over the run), the threshold it was compared with and
+the margin: how many times past the threshold the statistic went (above 1 the rule fired, below 1 it passed; 2
+means twice as far as needed to fire, 0.5 half-way to firing), so a test or a reader can see how close a call was.
+
 Inside the container they run at the end of training (`report_rules`: output/data/rules.json, a summary in
 the log, one metric line per rule: 1 triggered, 0 passed, -1 no data). From the launcher:
 `python -m image_classifier.rules TENSORS_DIR_OR_S3 [--out rules.json]`.
@@ -37,6 +41,8 @@ class ProjectRule(Rule):
     metric = None  # its name in metrics.RULE_METRICS
     description = ""
     defaults = {}
+    threshold_parameter = None  # the parameter the decisive statistic is compared with
+    fires_above = True          # the rule fires when the statistic reaches the threshold from below (else above)
 
     def __init__(self, base_trial, last_step=None, **parameters):
         super().__init__(base_trial, action_str="")
@@ -46,7 +52,21 @@ class ProjectRule(Rule):
         self.params = {**self.defaults, **parameters}
         self.last_step = last_step
         self.findings, self.violations, self.datapoints = [], 0, 0
+        self.statistic = None  # the decisive statistic at its worst (nearest to firing, or furthest past) so far
         self._steps = {}
+
+    @property
+    def threshold(self):
+        return self.params[self.threshold_parameter]
+
+    def measure(self, value):
+        """Record one value of the decisive statistic and return it; NaN counts as the worst value."""
+        value = float(value)
+        if math.isnan(value):
+            value = math.inf if self.fires_above else -math.inf
+        if self.statistic is None or (value > self.statistic if self.fires_above else value < self.statistic):
+            self.statistic = value
+        return value
 
     def fire(self, step, message):
         self.violations += 1
@@ -58,7 +78,18 @@ class ProjectRule(Rule):
         status = "triggered" if self.violations else ("passed" if self.datapoints else "no data")
         return {"rule": self.rule_name, "metric": self.metric, "status": status, "violations": self.violations,
                 "datapoints": self.datapoints, "description": self.description, "parameters": self.params,
+                "statistic": self.statistic, "threshold": self.threshold, "margin": self.margin(),
                 "findings": self.findings}
+
+    def margin(self):
+        """How many times past the threshold the statistic went (>= 1 fired); None without data."""
+        statistic, threshold = self.statistic, self.threshold
+        if statistic is None:
+            return None
+        high, low = (statistic, threshold) if self.fires_above else (threshold, statistic)
+        if low <= 0:
+            return math.inf if high > low else (1.0 if high == low else 0.0)
+        return max(high / low, 0.0)
 
     # ---- trial helpers
     def names(self, collection):
@@ -120,6 +151,7 @@ class LossNotDecreasing(LossSeriesRule):
     metric = "rule_loss_not_decreasing"
     description = "The training loss of the last part of the run is not clearly below that of the first part."
     defaults = {"min_relative_decrease": 0.1, "fraction": 1 / 3, "min_steps": 6}
+    threshold_parameter, fires_above = "min_relative_decrease", False  # statistic: 1 - last / first
 
     def decide(self, step):
         train = [v for mode, v in self.series if mode == ModeKeys.TRAIN]
@@ -128,10 +160,18 @@ class LossNotDecreasing(LossSeriesRule):
         self.datapoints = len(train)
         k = max(1, int(len(train) * self.params["fraction"]))
         first, last = float(np.mean(train[:k])), float(np.mean(train[-k:]))
-        if not math.isfinite(last) or not last < first * (1 - self.params["min_relative_decrease"]):
+        decrease = 1 - last / first if math.isfinite(first) and math.isfinite(last) and first > 0 else -math.inf
+        if self.measure(decrease) <= self.threshold:
             return self.fire(step, f"train loss {first:.4f} over the first {k} saved steps and {last:.4f} over "
                                    f"the last {k}: not {self.params['min_relative_decrease']:.0%} lower")
         return False
+
+
+def _overfit_change(train0, valid0, train1, valid1):
+    """The smaller of the relative rise of the valid loss and the relative fall of the train loss between two
+    epochs; -inf where a loss is not finite and positive (a diverged run is not an overfit one)."""
+    change = min((valid1 - valid0) / valid0, (train0 - train1) / train0) if min(valid0, train0) > 0 else -math.inf
+    return change if math.isfinite(change) else -math.inf
 
 
 class Overfit(LossSeriesRule):
@@ -139,17 +179,23 @@ class Overfit(LossSeriesRule):
     description = ("The validation loss rises while the training loss falls (each by more than `min_relative_change`), "
                    "for `patience` epochs in a row.")
     defaults = {"patience": 2, "min_relative_change": 0.01}
+    # statistic: the smaller of (relative rise of valid, relative fall of train), at its weakest over the best
+    # `patience` epochs in a row
+    threshold_parameter = "min_relative_change"
 
     def decide(self, step):
         epochs = self.epochs()
         self.datapoints = len(epochs)
-        run = 0
-        for (train0, valid0), (train1, valid1) in zip(epochs, epochs[1:]):
-            change = self.params["min_relative_change"]
-            run = run + 1 if valid1 > valid0 * (1 + change) and train1 < train0 * (1 - change) else 0
-            if run >= self.params["patience"]:
-                return self.fire(step, f"valid loss rose for {run} epochs in a row while train loss fell "
-                                       f"(to train {train1:.4f}, valid {valid1:.4f})")
+        changes = [_overfit_change(*before, *after) for before, after in zip(epochs, epochs[1:])]
+        patience = self.params["patience"]
+        if len(changes) < patience:
+            return False
+        windows = [min(changes[end - patience:end]) for end in range(patience, len(changes) + 1)]
+        strongest = max(range(len(windows)), key=windows.__getitem__)
+        if self.measure(windows[strongest]) > self.threshold:
+            train1, valid1 = epochs[strongest + patience]
+            return self.fire(step, f"valid loss rose and train loss fell by at least {windows[strongest]:.1%} an "
+                                   f"epoch for {patience} epochs in a row (to train {train1:.4f}, valid {valid1:.4f})")
         return False
 
 
@@ -157,17 +203,21 @@ class Overtraining(LossSeriesRule):
     metric = "rule_overtraining"
     description = "Training went on for `patience` epochs or more after the validation loss last improved."
     defaults = {"patience": 3, "min_relative_improvement": 0.0}
+    threshold_parameter = "patience"  # statistic: epochs after the best valid loss
 
     def decide(self, step):
         valid = [v for _, v in self.epochs()]
         self.datapoints = len(valid)
+        if not valid:
+            return False
         best, best_epoch = math.inf, 0
         for epoch, loss in enumerate(valid, 1):
             if loss < best * (1 - self.params["min_relative_improvement"]):
                 best, best_epoch = loss, epoch
-        if valid and best_epoch == 0:
+        if best_epoch == 0:
+            self.measure(math.inf)
             return self.fire(step, f"the valid loss was never finite over {len(valid)} epochs")
-        if valid and len(valid) - best_epoch >= self.params["patience"]:
+        if self.measure(len(valid) - best_epoch) >= self.threshold:
             return self.fire(step, f"best valid loss {best:.4f} at epoch {best_epoch}, then "
                                    f"{len(valid) - best_epoch} more epochs without improvement")
         return False
@@ -177,6 +227,7 @@ class VanishingGradient(ProjectRule):
     metric = "rule_vanishing_gradient"
     description = "At a saved step, at least `min_share` of the gradients have a mean absolute value below `threshold`."
     defaults = {"threshold": 1e-7, "min_share": 0.5}
+    threshold_parameter = "min_share"  # statistic: the share of gradients below `threshold`
 
     def invoke_at_step(self, step):
         means = {n: float(np.abs(self.value(n, step)).mean())
@@ -185,7 +236,7 @@ class VanishingGradient(ProjectRule):
             return False
         self.datapoints += 1
         small = sorted(n for n, m in means.items() if m < self.params["threshold"])
-        if len(small) >= self.params["min_share"] * len(means):
+        if self.measure(len(small) / len(means)) >= self.threshold:
             return self.fire(step, f"{len(small)} of {len(means)} gradients have mean |g| < "
                                    f"{self.params['threshold']:g} (e.g. {', '.join(small[:3])})")
         return False
@@ -195,6 +246,7 @@ class ExplodingTensor(ProjectRule):
     metric = "rule_exploding_tensor"
     description = "A saved loss, weight, gradient or bias is NaN or infinite, or larger than `threshold` in absolute value."
     defaults = {"threshold": 1e8}
+    threshold_parameter = "threshold"  # statistic: the largest |x| (infinite for NaN or inf)
     collections = ("losses", "weights", "gradients", "biases")
 
     def invoke_at_step(self, step):
@@ -206,8 +258,9 @@ class ExplodingTensor(ProjectRule):
             value = self.value(name, step)
             checked += 1
             if not np.all(np.isfinite(value)):
+                self.measure(math.inf)
                 bad.append(f"{name} has NaN/inf")
-            elif value.size and np.abs(value).max() > self.params["threshold"]:
+            elif value.size and self.measure(np.abs(value).max()) > self.threshold:
                 bad.append(f"{name} max |x| {np.abs(value).max():.3g}")
         if checked:
             self.datapoints += 1
@@ -221,6 +274,7 @@ class PoorWeightInitialization(ProjectRule):
     description = ("At the first saved step, a conv/linear weight is constant, or its standard deviation is "
                    "more than `ratio` times outside the range of the usual initialisations (LeCun, Glorot, He).")
     defaults = {"ratio": 10.0}
+    threshold_parameter = "ratio"  # statistic: how many times outside the usual range the worst std is
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -244,8 +298,8 @@ class PoorWeightInitialization(ProjectRule):
             low = min(math.sqrt(1 / (3 * fan_in)), math.sqrt(2 / (fan_in + fan_out)), math.sqrt(2 / fan_out))
             high = max(math.sqrt(2 / fan_in), math.sqrt(2 / fan_out), math.sqrt(1 / fan_in))
             std = float(weight.std())
-            if not math.isfinite(std) or std == 0 or std < low / self.params["ratio"] \
-                    or std > high * self.params["ratio"]:
+            outside = max(std / high, low / std) if math.isfinite(std) and std > 0 else math.inf
+            if self.measure(outside) > self.threshold:
                 bad.append(f"{name} std {std:.3g} (expected {low:.3g}-{high:.3g})")
         if bad:
             return self.fire(step, f"{len(bad)} badly initialised weight(s): " + "; ".join(bad[:3]))
@@ -257,6 +311,7 @@ class ClassImbalance(ProjectRule):
     description = ("In the training labels seen, the most frequent class has more than `threshold` times the "
                    "pictures of the least frequent one (or a class never appears, given `num_classes`).")
     defaults = {"threshold": 10.0, "num_classes": None}
+    threshold_parameter = "threshold"  # statistic: pictures of the most frequent class / of the least
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -274,7 +329,8 @@ class ClassImbalance(ProjectRule):
         counts = {c: self.counts.get(c, 0) for c in classes}
         self.datapoints = sum(counts.values())
         most, least = max(counts, key=counts.get), min(counts, key=counts.get)
-        if counts[least] == 0 or counts[most] > self.params["threshold"] * counts[least]:
+        ratio = counts[most] / counts[least] if counts[least] else math.inf
+        if self.measure(ratio) > self.threshold:
             return self.fire(step, f"class {most} has {counts[most]} training pictures seen, class {least} "
                                    f"{counts[least]} (threshold {self.params['threshold']:g}x)")
         return False
@@ -316,7 +372,11 @@ def report_rules(results, out_file, tensors=None):
     """rules.json, a summary in the log and one metric line per rule."""
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps({"tensors": str(tensors) if tensors else None, "rules": results}, indent=1))
+    # Strict JSON: an infinite statistic or margin (a NaN loss, say) is written as the string "inf" / "-inf".
+    finite = [{key: str(value) if isinstance(value, float) and not math.isfinite(value) else value
+               for key, value in result.items()} for result in results]
+    out_file.write_text(json.dumps({"tensors": str(tensors) if tensors else None, "rules": finite}, indent=1,
+                                   allow_nan=False))
     value = {"triggered": 1, "passed": 0, "no data": -1}
     for result in results:
         detail = f": {result['findings'][0]['message']}" if result["findings"] else ""
