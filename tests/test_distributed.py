@@ -175,12 +175,18 @@ def test_a_dead_or_stuck_rank_fails_the_job_with_a_failure_file(tmp_path, data, 
     started = time.monotonic()
     process = start(job)
     output_until(process, "epoch=1 ")
-    workers(process)[1].send_signal(fault)
-    process.stdout.read()
-    assert process.wait(timeout=300) != 0
-    local_training._wait_group(process.pid)
-    for worker in workers(process).values():  # none should be left; a stopped one would hold the test
-        worker.kill()
+    ranks = workers(process)
+    ranks[1].send_signal(fault)
+    try:
+        process.stdout.read()
+        assert process.wait(timeout=300) != 0
+        local_training._wait_group(process.pid)
+    finally:
+        for worker in ranks.values():  # none should be left; a stopped one would hold the test
+            try:
+                worker.kill()
+            except psutil.NoSuchProcess:
+                pass
     assert time.monotonic() - started < 300
     assert not job.succeeded and job.failure_reason, job.log_file.read_text()[-3000:]
 

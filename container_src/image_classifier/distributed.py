@@ -92,6 +92,13 @@ class Distributed:
         """A stop flag all ranks read alike: each read is one all-reduce, so every rank stops at the same step."""
         return stop if self.world_size == 1 else _AgreedStop(stop, self)
 
+    def sync_buffers(self, model):
+        """Rank 0's buffers (BatchNorm statistics) to every rank: after its last training step each rank
+        holds the statistics of its own batches, and DDP resends rank 0's only at the next forward."""
+        if self.world_size > 1:
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def barrier(self):
         if self.world_size > 1:
             self.sum(0)  # an all-reduce: unlike barrier(), it needs no device guess on NCCL

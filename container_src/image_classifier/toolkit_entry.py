@@ -9,6 +9,7 @@ hyperparameter `sagemaker_torch_distributed_enabled` ("true"/"false") forces the
 Torch-free: it runs in the toolkit's process, which only starts the script.
 """
 import json
+import signal
 
 from sagemaker_training import entry_point, environment, params, runner
 
@@ -29,6 +30,10 @@ def torchrun_wanted(env):
     return len(env.hosts) * processes_per_host(env) > 1
 
 
+def _keep_relaying(signum, frame):
+    print("SIGTERM: waiting for the training processes to save and exit", flush=True)
+
+
 def main():
     env = environment.Environment()
     if not torchrun_wanted(env):
@@ -38,6 +43,9 @@ def main():
         # The toolkit passes (wait, capture_error) positionally to a runner whose run() takes
         # (capture_error, wait): True here means "wait for torchrun", so a failed rank fails the job.
         capture_error = True
+        # The training processes' output reaches the log through this process (torchrun's pipe): it must
+        # outlive a SIGTERM, which torchrun passes on to them, until they have saved and exited.
+        signal.signal(signal.SIGTERM, _keep_relaying)
         print(f"Data-parallel training: {len(env.hosts)} host(s) x {processes_per_host(env)} process(es) "
               f"under torchrun, master {json.dumps(env.master_hostname)}", flush=True)
     entry_point.run(env.module_dir, env.user_entry_point, env.to_cmd_args(), env.to_env_vars(),

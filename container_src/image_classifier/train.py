@@ -122,6 +122,8 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
 def evaluate(model, criterion, loader, device, amp=False, dist=None):
     """(loss, accuracy, bad picture count, predictions, labels) over a whole loader; with `dist`, over
     every rank's shard of it (sums reduced, predictions gathered), the same on every rank."""
+    if dist is not None:
+        dist.sync_buffers(model)  # every rank evaluates rank 0's BatchNorm statistics (those it saves)
     model.eval()
     total_loss, correct, count, bad = 0.0, 0, 0, 0
     predictions, targets = [], []
@@ -204,8 +206,9 @@ def run(env, hp):
     scaler = torch.amp.GradScaler("cuda") if amp else None
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     train_model = dist.wrap(model)
-    recorder = TensorRecorder.start(env, hp, model, criterion)  # smdebug: losses, weights, gradients
-    profiling = Profiling.start(hp, env.output_data_dir, device)  # None unless profile=true
+    # smdebug (losses, weights, gradients) and the profiler (None unless profile=true): rank 0 only.
+    recorder = TensorRecorder.start(env, hp, model, criterion) if dist.is_master else TensorRecorder()
+    profiling = Profiling.start(hp, env.output_data_dir, device) if dist.is_master else None
 
     # Resume from the newest checkpoint (a restarted spot job finds it in /opt/ml/checkpoints).
     checkpoint_path = env.checkpoint_dir / constants.CHECKPOINT_FILE
