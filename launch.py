@@ -13,15 +13,20 @@ On SageMaker (after ./build_and_push.sh; each step records what it made for the 
     python launch.py predict dog.jpg                 # top-k breeds
     python launch.py delete                          # endpoint, endpoint config and model
 
+    python launch.py train --attach JOB              # follow a job started earlier (e.g. after credentials expired)
+    python launch.py delete --all                    # everything tagged project=image-classifier, after one question
+
 Run `python launch.py COMMAND --help` for each command's options.
 """
 import argparse
 import datetime
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
+from image_classifier import constants
 from launcher import LOCAL_JOBS_DIR, SAMPLE_DIR, LauncherError, aws
 
 # The demo's training run: digits are tiny, so a small ResNet from scratch at 32 px learns them in a minute.
@@ -60,15 +65,19 @@ TRAINING_INSTANCE = "ml.g4dn.xlarge"  # one NVIDIA T4: the cheapest GPU instance
 ENDPOINT_INSTANCE = "ml.m5.large"     # CPU: one picture through a ResNet-50 takes a fraction of a second
 MAX_RUN_SECONDS = 3 * 3600            # a training job is stopped after this; spot jobs may wait as long again
 LAST = "last"                         # `--from-tuning` without a name: the tuning job recorded by `tune`
+# Without SageMaker's Debugger hook configuration the job writes its tensors into its output data, which
+# SageMaker uploads as output.tar.gz (`report --job` reads them there).
+TENSORS_IN_OUTPUT_DATA = {constants.TENSORS_DIR_ENV: f"{constants.DEFAULT_BASE_DIR}/output/data/{constants.TENSORS_FOLDER}"}
 
 
-def sagemaker_hyperparameters(overrides):
+def sagemaker_hyperparameters(overrides, network_isolation=False):
     """All hyperparameters as SageMaker passes them: the defaults, overlaid by `overrides` (the best tuning
     job's values, then --hp). Checked here, so a bad key or value fails before any AWS call."""
     from image_classifier.config import HyperparameterError, Hyperparameters
 
     values = Hyperparameters().to_strings()
-    values["weights-download"] = "true"  # SageMaker jobs reach the internet (unless network isolation)
+    # SageMaker jobs reach the internet, unless network isolation cuts them off.
+    values["weights-download"] = "false" if network_isolation else "true"
     values.update(overrides)
     try:
         Hyperparameters.from_strings(values)
@@ -77,27 +86,33 @@ def sagemaker_hyperparameters(overrides):
     return values
 
 
-def training_channels(data_uri, splits=None):
-    """One channel per split of the uploaded dataset: train, valid, test (an S3 prefix each)."""
+def training_channels(data_uri, splits, pretrained=None):
+    """One channel per split of the uploaded dataset (an S3 prefix each, ending in `/` so that `train` does
+    not also match `train_old`), and the `pretrained` channel when weights are given."""
     from sagemaker.inputs import TrainingInput
 
-    return {split: TrainingInput(f"{data_uri.rstrip('/')}/{split}") for split in splits or ("train", "valid", "test")}
+    channels = {split: TrainingInput(f"{data_uri.rstrip('/')}/{split}/") for split in splits}
+    if pretrained:
+        channels["pretrained"] = TrainingInput(pretrained)
+    return channels
 
 
-def estimator(connection, hyperparameters, args, tags, watch=None):
-    """Our image as a generic SDK Estimator. `watch` (training jobs only; tuning jobs have no field for it):
-    the job name, to add the Debugger hook, the profiler and checkpoints for spot interruptions."""
+def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugger=False):
+    """Our image as a generic SDK Estimator. `checkpoints`: where a spot job's checkpoints go in S3 (ending in `/`:
+    SageMaker syncs back every object under the prefix, and `run1` would also match `run10`).
+    `debugger` (training jobs only; tuning jobs have no field for it): SageMaker's Debugger hook, profiler and
+    built-in rules. Without it the job's own tensors travel in its output data (output.tar.gz)."""
     from sagemaker.debugger import CollectionConfig, DebuggerHookConfig, ProfilerConfig
-    from sagemaker.estimator import Estimator
 
     from image_classifier.config import Hyperparameters
     from image_classifier.metrics import METRIC_DEFINITIONS
+    from launcher.sdk import Estimator
 
     spot = not args.no_spot
     # The tensors' save intervals are the job's own hyperparameters (one definition, also used off SageMaker).
     job = Hyperparameters.from_strings(hyperparameters)
     losses_every, tensors_every = str(job.debug_loss_interval), str(job.debug_tensor_interval)
-    debugger = watch and job.debug_hook
+    vpc = vpc_config(args) or {}
     return Estimator(
         image_uri=connection.image_uri(),
         role=connection.role,
@@ -110,7 +125,13 @@ def estimator(connection, hyperparameters, args, tags, watch=None):
         max_run=args.max_run,
         use_spot_instances=spot,
         max_wait=2 * args.max_run if spot else None,
-        checkpoint_s3_uri=connection.s3_uri("checkpoints", watch) if watch and spot else None,
+        checkpoint_s3_uri=checkpoints if spot else None,
+        subnets=vpc.get("Subnets"),
+        security_group_ids=vpc.get("SecurityGroupIds"),
+        volume_kms_key=args.kms_key,
+        output_kms_key=args.kms_key,
+        enable_network_isolation=args.network_isolation,
+        environment=None if debugger else TENSORS_IN_OUTPUT_DATA,
         debugger_hook_config=DebuggerHookConfig(
             s3_output_path=connection.s3_uri("tensors"),
             collection_configs=[
@@ -119,13 +140,13 @@ def estimator(connection, hyperparameters, args, tags, watch=None):
                 CollectionConfig("gradients", parameters={"save_interval": tensors_every}),
                 CollectionConfig("biases", parameters={"save_interval": tensors_every}),
             ],
-        ) if debugger else False,
+        ) if debugger and job.debug_hook else False,
         profiler_config=ProfilerConfig(
             s3_output_path=connection.s3_uri("profiler"),
             system_monitor_interval_millis=500,  # CPU, GPU, memory, I/O; torch.profiler runs in the job
-        ) if watch else None,
-        disable_profiler=not watch,
-        rules=builtin_debugger_rules() if watch and args.builtin_rules else None,
+        ) if debugger else None,
+        disable_profiler=not debugger,
+        rules=builtin_debugger_rules() if debugger and args.builtin_rules else None,
         tags=tags,
         sagemaker_session=connection.sagemaker,
     )
@@ -151,6 +172,13 @@ def inference_ami(instance_type, requested=None):
     return None
 
 
+def vpc_config(args):
+    """--subnets and --security-groups (SageMaker needs both, or neither)."""
+    if bool(args.subnets) != bool(args.security_groups):
+        raise LauncherError("a VPC needs both --subnets and --security-groups")
+    return {"Subnets": args.subnets, "SecurityGroupIds": args.security_groups} if args.subnets else None
+
+
 def builtin_debugger_rules():
     """SageMaker's own rule containers: only for accounts that still have Debugger (closed to new customers
     on 2026-07-30). By default the job runs our rules itself (hyperparameter `rules`)."""
@@ -161,15 +189,36 @@ def builtin_debugger_rules():
             ProfilerRule.sagemaker(rule_configs.ProfilerReport())]
 
 
-def best_training_job(connection, tuning_job):
-    description = connection.client("sagemaker").describe_hyper_parameter_tuning_job(
-        HyperParameterTuningJobName=tuning_job)
-    best = description.get("BestTrainingJob")
-    if not best:
-        raise LauncherError(f"tuning job {tuning_job} has no best training job yet "
-                            f"(status {description.get('HyperParameterTuningJobStatus')})")
-    best["TunedHyperParameters"] = {k: v.strip('"') for k, v in best.get("TunedHyperParameters", {}).items()}
-    return best
+def job_inputs(connection, args, job):
+    """(dataset URI, its splits, the `pretrained` channel's URI or None) for a training or tuning job `job`."""
+    from launcher import s3_upload
+
+    if args.data and not args.data.startswith("s3://"):
+        raise LauncherError(f"a SageMaker job reads its data from S3: run `python launch.py upload --data {args.data}`"
+                            " first (or add --local to train on this machine)")
+    data = connection.recall("data_s3_uri", args.data, "run `python launch.py upload --data DIR` or pass --data s3://...")
+    connection.require("role", "bucket")
+    connection.check_bucket_region()
+    if data == connection.state.get("data_s3_uri") and connection.state.get("data_splits"):
+        splits = connection.state["data_splits"]  # recorded by `upload` for this very dataset
+    else:
+        splits = s3_upload.splits_in_s3(connection.client("s3"), data) or (
+            list(s3_upload.SPLITS) if connection.dry_run else [])
+        if "train" not in splits:
+            raise LauncherError(f"no train/ folder under {data}: expected the dogImages layout (train/ valid/ test/)")
+    pretrained = None
+    if args.pretrained_weights:
+        pretrained = str(args.pretrained_weights)
+        if not pretrained.startswith("s3://"):
+            uri = connection.s3_uri("pretrained", job)
+            s3_upload.sync(connection.client("s3"), s3_upload.weights_files(pretrained), uri, parallel=1,
+                           progress=not connection.dry_run)
+            pretrained = uri + "/"
+    elif args.network_isolation and parse_hp(args.hp).get("pretrained", "true").lower() in ("true", "1"):
+        print("note: with --network-isolation the job cannot download the ImageNet weights: it needs "
+              "--pretrained-weights, or an image built with --build-arg BAKE_WEIGHTS=true, or --hp pretrained=false",
+              file=sys.stderr)
+    return data, splits, pretrained
 
 
 def format_hp(values):
@@ -189,19 +238,21 @@ def sample_picture(local_data):
 
 # -------------------------------------------------------------------------------------------- upload
 def cmd_upload(args):
-    """Copy the dataset folder to S3 (only what is new or changed)."""
+    """Copy the dataset folder to S3 (only what is new or changed; --delete removes what is gone locally)."""
     from launcher import s3_upload
 
     connection = aws.Aws(args)
     with aws.errors():
+        connection.check_bucket_region()
         uri = args.s3 or connection.s3_uri("data", Path(args.data).resolve().name)
-        splits, uploaded, skipped = s3_upload.upload(connection.client("s3"), args.data, uri,
-                                                     parallel=1 if connection.dry_run else s3_upload.PARALLEL_UPLOADS,
-                                                     progress=not connection.dry_run)
+        splits, uploaded, skipped, deleted = s3_upload.upload(
+            connection.client("s3"), args.data, uri, parallel=1 if connection.dry_run else s3_upload.PARALLEL_UPLOADS,
+            progress=not connection.dry_run, delete=args.delete)
         if connection.dry_run:
             return connection.finish_dry_run()
         connection.remember(data_s3_uri=uri, data_splits=splits, local_data=str(Path(args.data).resolve()))
-        print(f"Dataset in {uri} ({', '.join(splits)}): {uploaded} file(s) uploaded, {skipped} already there.")
+        print(f"Dataset in {uri} ({', '.join(splits)}): {uploaded} file(s) uploaded, {skipped} already there"
+              + (f", {deleted} deleted (no longer in {args.data})." if args.delete else "."))
 
 
 # ---------------------------------------------------------------------------------------------- tune
@@ -213,13 +264,24 @@ def cmd_tune(args):
     from image_classifier.metrics import METRIC_DEFINITIONS
 
     connection = aws.Aws(args)
-    with aws.errors():
-        data = connection.recall("data_s3_uri", args.data, "run `python launch.py upload --data DIR` or pass --data s3://...")
+    with aws.errors() as on_error:
+        if args.attach:
+            return attach_tuning_job(connection, args.attach, on_error)
         name = args.job_name or f"ic-tune-{aws.timestamp()}"  # tuning job names: 32 characters at most
-        hyperparameters = sagemaker_hyperparameters(parse_hp(args.hp))
+        # Trials save no tensors and run no rules unless asked: nobody reads them.
+        trial_values = {} if args.trial_debugging else dict(aws.TRIAL_ONLY_HYPERPARAMETERS)
+        hyperparameters = sagemaker_hyperparameters({**trial_values, **parse_hp(args.hp)}, args.network_isolation)
+        data, splits, pretrained = job_inputs(connection, args, name)
+        training = estimator(connection, hyperparameters, args, tags=aws.tags(data=data),
+                             checkpoints=connection.s3_uri("checkpoints", name) + "/")  # a trial resumes after spot
+        warm_start = None
+        if args.warm_start:  # a rebuilt image (or other data) rules out IdenticalDataAndAlgorithm
+            changed = connection.parent_differs(args.warm_start, training.image_uri, data)
+            warm_start = WarmStartConfig(WarmStartTypes.TRANSFER_LEARNING if changed else
+                                         WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM, parents=set(args.warm_start))
         tuner = HyperparameterTuner(
-            estimator(connection, hyperparameters, args, tags=aws.tags(data=data)),
-            objective_metric_name=args.objective,
+            training,
+            objective_metric_name=args.objective,  # the saved model's own value: the job's last line for it
             objective_type="Minimize" if args.objective.endswith("loss") else "Maximize",
             hyperparameter_ranges={
                 "lr": ContinuousParameter(0.001, 0.1, scaling_type="Logarithmic"),
@@ -230,11 +292,10 @@ def cmd_tune(args):
             max_jobs=args.max_jobs,
             max_parallel_jobs=args.max_parallel_jobs,
             early_stopping_type="Auto",
-            warm_start_config=WarmStartConfig(WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM,
-                                              parents=set(args.warm_start)) if args.warm_start else None,
+            warm_start_config=warm_start,
             tags=aws.tags(data=data),
         )
-        tuner.fit(training_channels(data, connection.state.get("data_splits")), job_name=name, wait=False)
+        tuner.fit(training_channels(data, splits, pretrained), job_name=name, wait=False)
         if connection.dry_run:
             return connection.finish_dry_run()
         connection.remember(tuning_job=name)
@@ -242,12 +303,19 @@ def cmd_tune(args):
               f"{'maximising' if not args.objective.endswith('loss') else 'minimising'} {args.objective}.", flush=True)
         if args.no_wait:
             return print(f"Not waiting. Then: python launch.py train --from-tuning {name}")
-        connection.wait_for_tuning_job(name)
-        best = best_training_job(connection, name)
-        objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {})
-        print(f"Best training job: {best['TrainingJobName']} {objective.get('MetricName', args.objective)}="
-              f"{objective.get('Value', float('nan')):g}\nBest hyperparameters: {format_hp(best['TunedHyperParameters'])}\n"
-              f"Train with them: python launch.py train --from-tuning {name}")
+        attach_tuning_job(connection, name, on_error)
+
+
+def attach_tuning_job(connection, name, on_error):
+    """Wait for a tuning job (started now or earlier), then print its best training job."""
+    on_error.attach = f"python launch.py tune --attach {name}"
+    connection.wait_for_tuning_job(name)
+    best, _ = connection.winning_hyperparameters(name)
+    objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {})
+    print(f"Best training job: {best['TrainingJobName']} {objective.get('MetricName', '?')}="
+          f"{objective.get('Value', float('nan')):g}\nBest hyperparameters: "
+          f"{format_hp(best.get('TunedHyperParameters', {}))}\n"
+          f"Train with them: python launch.py train --from-tuning {name}")
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -260,38 +328,45 @@ def cmd_train(args):
 def train_sagemaker(args):
     """A training job with the best tuning values, Debugger hook and profiler, on a spot instance."""
     connection = aws.Aws(args)
-    with aws.errors():
-        if args.data and not args.data.startswith("s3://"):
-            raise LauncherError(f"a SageMaker job reads its data from S3: run `python launch.py upload --data {args.data}`"
-                                " first (or add --local to train on this machine)")
-        data = connection.recall("data_s3_uri", args.data, "run `python launch.py upload --data DIR` or pass --data s3://...")
+    with aws.errors() as on_error:
+        if args.attach:
+            return attach_training_job(connection, args.attach, on_error)
+        if args.builtin_rules and args.no_debugger:
+            raise LauncherError("--builtin-rules needs SageMaker Debugger: drop --no-debugger (or --builtin-rules)")
         overrides = {}
         tuning_job = None
         if args.from_tuning:
             tuning_job = connection.recall("tuning_job", None if args.from_tuning == LAST else args.from_tuning,
                                            "run `python launch.py tune` or pass --from-tuning JOB")
-            best = best_training_job(connection, tuning_job)
-            overrides.update(best["TunedHyperParameters"])
+            best, winning = connection.winning_hyperparameters(tuning_job, args.allow_interim)
+            overrides.update(winning)  # the tuning job's static values and the best trial's tuned ones
             print(f"From tuning job {tuning_job}: best training job {best['TrainingJobName']} "
-                  f"{format_hp(best['TunedHyperParameters'])}", file=sys.stderr)
+                  f"{format_hp(winning)}", file=sys.stderr)
         overrides.update(parse_hp(args.hp))
-        hyperparameters = sagemaker_hyperparameters(overrides)
+        hyperparameters = sagemaker_hyperparameters(overrides, args.network_isolation)
         name = args.job_name or job_name()
+        data, splits, pretrained = job_inputs(connection, args, name)
         training = estimator(connection, hyperparameters, args, tags=aws.tags(data=data, tuning_job=tuning_job),
-                             watch=name)
-        training.fit(training_channels(data, connection.state.get("data_splits")), job_name=name, wait=False)
+                             checkpoints=connection.s3_uri("checkpoints", name) + "/", debugger=not args.no_debugger)
+        training.fit(training_channels(data, splits, pretrained), job_name=name, wait=False)
         if connection.dry_run:
             return connection.finish_dry_run()
         connection.remember(training_job=name, tuning_job=tuning_job)
         print(f"Training job {name} started ({args.instance_type or TRAINING_INSTANCE}).", flush=True)
         if args.no_wait:
-            return print(f"Not waiting. Follow it: {aws.training_job_commands(name, connection.region)[0]}")
-        description = connection.follow_training_job(name)
-        model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
-        connection.remember(model_data=model_data)
-        metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
-        print(f"\nTraining job {name} completed. " + " ".join(f"{k}={v:g}" for k, v in sorted(metrics.items())))
-        print(f"Model data: {model_data}")
+            return print(f"Not waiting. Follow it: python launch.py train --attach {name}")
+        attach_training_job(connection, name, on_error)
+
+
+def attach_training_job(connection, name, on_error):
+    """Follow a training job (started now or earlier) to its end; record its model for deploy."""
+    on_error.attach = f"python launch.py train --attach {name}"
+    description = connection.follow_training_job(name)
+    model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
+    connection.remember(training_job=name, model_data=model_data)
+    metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
+    print(f"\nTraining job {name} completed. " + " ".join(f"{k}={v:g}" for k, v in sorted(metrics.items())))
+    print(f"Model data: {model_data}")
 
 
 def train_local(args):
@@ -307,11 +382,15 @@ def train_local(args):
         write_digits(SAMPLE_DIR)
     mode = local_mode(args.local)
     name = args.job_name or job_name()
+    channels = {"train": data}
+    if args.pretrained_weights:
+        channels["pretrained"] = local_pretrained_channel(args.pretrained_weights, Path(args.jobs_dir) / name)
+        hyperparameters["pretrained"] = parse_hp(args.hp).get("pretrained", "true")
     if args.instance_count > 1:
         from launcher import local_hosts
 
         interface = local_hosts.CONTAINER_INTERFACE if mode == "docker" else local_hosts.LOOPBACK_INTERFACE
-        jobs = local_hosts.prepare_hosts(args.jobs_dir, name, {"train": data}, hyperparameters, args.instance_count,
+        jobs = local_hosts.prepare_hosts(args.jobs_dir, name, channels, hyperparameters, args.instance_count,
                                          interface)
         job = jobs[0]
         print(f"Training job {name} ({mode}, {args.instance_count} emulated hosts) in {job.dir}")
@@ -320,7 +399,7 @@ def train_local(args):
         else:
             exit_code = local_hosts.run_hosts(jobs)  # each host's `train` at once, the names mapped to loopback
     else:
-        job = local_training.prepare_job(args.jobs_dir, name, {"train": data}, hyperparameters)
+        job = local_training.prepare_job(args.jobs_dir, name, channels, hyperparameters)
         print(f"Training job {name} ({mode}) in {job.dir}")
         if mode == "docker":
             from launcher import docker_runner
@@ -333,6 +412,23 @@ def train_local(args):
     if not job.succeeded:
         raise LauncherError(f"Training job {name} failed (exit {exit_code}): {job.failure_reason or 'see ' + str(job.log_file)}")
     print(f"\nTraining job {name} completed. {summary}\nModel artifact: {job.model_tar}\nLog: {job.log_file}")
+
+
+def local_pretrained_channel(weights, job_dir):
+    """The `pretrained` channel of a local job: a folder holding the .pth file(s), as SageMaker would give it.
+    A single file is copied into the job's own folder (a docker job mounts only its channels)."""
+    from launcher.s3_upload import weights_files
+
+    if str(weights).startswith("s3://"):
+        raise LauncherError("a local job reads its --pretrained-weights from this machine: give a .pth file or folder")
+    files = weights_files(weights)
+    if Path(weights).is_dir():
+        return Path(weights)
+    folder = job_dir / "pretrained-weights"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, path in files.items():
+        shutil.copyfile(path, folder / name)
+    return folder
 
 
 # --------------------------------------------------------------------------------- deploy / predict
@@ -350,6 +446,12 @@ def deploy_sagemaker(args):
 
     connection = aws.Aws(args)
     with aws.errors():
+        recorded = connection.state.get("endpoint")
+        if recorded and args.endpoint in (None, recorded) and not connection.dry_run \
+                and connection.endpoint_is_live(recorded):
+            raise LauncherError(f"endpoint {recorded} (recorded by an earlier deploy) is still up and costs money: "
+                                f"remove it first (python launch.py delete --endpoint {recorded}), or pass "
+                                "--endpoint NAME for a second one")
         training_job = args.job or (None if args.model_data else connection.state.get("training_job"))
         if args.model_data:
             model_data = args.model_data
@@ -367,30 +469,33 @@ def deploy_sagemaker(args):
             model_data=model_data,
             role=connection.role,
             name=name,
+            vpc_config=vpc_config(args),
+            enable_network_isolation=args.network_isolation,
             sagemaker_session=connection.sagemaker,
         )
         instance_type = args.instance_type or ENDPOINT_INSTANCE
-        model.deploy(
-            initial_instance_count=1,
-            instance_type=instance_type,
-            inference_ami_version=inference_ami(instance_type, args.inference_ami),
-            endpoint_name=name,
-            tags=aws.tags(training_job=training_job, model_data=model_data),
-            wait=False,
-        )
-        if connection.dry_run:
-            return connection.finish_dry_run()
-        connection.remember(endpoint=name, model=name)
-        print(f"Endpoint {name} is being created ({args.instance_type or ENDPOINT_INSTANCE}); this takes a few "
-              "minutes.", flush=True)
-        connection.wait_for_endpoint(name)
-        print(f"Endpoint {name} is in service.")
-        sample = args.sample_image or sample_picture(connection.state.get("local_data"))
-        if sample:
-            print("Sample prediction:")
-            invoke_endpoint(connection, name, [Path(sample)], top_k=3)
-        print(f"Query it: python launch.py predict IMAGE --endpoint {name}\n"
-              f"Remove it (it costs money while it runs): python launch.py delete --endpoint {name}")
+        with connection.costs_until_deleted(name):  # says so on every way out, Ctrl-C included
+            model.deploy(
+                initial_instance_count=1,
+                instance_type=instance_type,
+                inference_ami_version=inference_ami(instance_type, args.inference_ami),
+                endpoint_name=name,
+                kms_key=args.kms_key,
+                tags=aws.tags(training_job=training_job, model_data=model_data),
+                wait=False,
+            )
+            if connection.dry_run:
+                return connection.finish_dry_run()
+            connection.remember(endpoint=name, model=name)
+            print(f"Endpoint {name} is being created ({args.instance_type or ENDPOINT_INSTANCE}); this takes a few "
+                  "minutes.", flush=True)
+            connection.wait_for_endpoint(name)
+            print(f"Endpoint {name} is in service.")
+            sample = args.sample_image or sample_picture(connection.state.get("local_data"))
+            if sample:
+                print("Sample prediction:")
+                invoke_endpoint(connection, name, [Path(sample)], top_k=3)
+            print(f"Query it: python launch.py predict IMAGE --endpoint {name}")
 
 
 def cmd_predict(args):
@@ -439,10 +544,13 @@ def cmd_delete(args):
 
 
 def delete_sagemaker(args):
-    """The endpoint, its endpoint config and its model(s): everything deploy made."""
+    """The endpoint, its endpoint config and its model(s): everything deploy made (--all: everything tagged
+    project=image-classifier)."""
     connection = aws.Aws(args)
     with aws.errors():
-        endpoint = connection.recall("endpoint", args.endpoint, "pass --endpoint NAME")
+        if args.all:
+            return delete_everything(connection, args.yes)
+        endpoint = connection.recall("endpoint", args.endpoint, "pass --endpoint NAME (or --all)")
         client = connection.client("sagemaker")
         try:
             config_name = client.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
@@ -461,6 +569,28 @@ def delete_sagemaker(args):
         if connection.state.get("endpoint") == endpoint:
             connection.forget("endpoint", "model")
         print(f"Deleted endpoint {endpoint}, endpoint config {config_name}, model(s) {', '.join(models)}.")
+
+
+def delete_everything(connection, yes):
+    """Every endpoint, endpoint config and model tagged project=image-classifier, after one confirmation."""
+    client = connection.client("sagemaker")
+    found = connection.project_resources()
+    if connection.dry_run or not found:
+        if not found and not connection.dry_run:
+            print(f"Nothing tagged {aws.PROJECT_TAG['Key']}={aws.PROJECT_TAG['Value']} in {connection.region}.")
+        return connection.finish_dry_run() if connection.dry_run else None
+    print(f"Tagged {aws.PROJECT_TAG['Key']}={aws.PROJECT_TAG['Value']} in {connection.region}:")
+    for kind, name in found:
+        print(f"  {kind}: {name}")
+    if not yes and input(f"Delete these {len(found)}? [y/N] ").strip().lower() not in ("y", "yes"):
+        return print("Nothing deleted.")
+    delete = {"endpoint": lambda n: client.delete_endpoint(EndpointName=n),
+              "endpoint config": lambda n: client.delete_endpoint_config(EndpointConfigName=n),
+              "model": lambda n: client.delete_model(ModelName=n)}
+    for kind, name in found:  # endpoints first, then their configs, then the models
+        delete[kind](name)
+    connection.forget("endpoint", "model")
+    print(f"Deleted {len(found)}: " + ", ".join(f"{kind} {name}" for kind, name in found))
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -493,7 +623,20 @@ def add_job_arguments(parser):
     parser.add_argument("--max-run", type=int, default=MAX_RUN_SECONDS, metavar="SECONDS",
                         help=f"SageMaker: stop a job after this long (default {MAX_RUN_SECONDS})")
     parser.add_argument("--no-wait", action="store_true", help="SageMaker: return once the job is created")
+    parser.add_argument("--pretrained-weights", metavar="PATH|S3URI",
+                        help="a .pth state_dict (file, folder or s3:// URI) sent as the `pretrained` channel: "
+                             "ImageNet weights for offline or isolated jobs, or your own earlier model")
+    add_network_arguments(parser)
     aws.add_arguments(parser)
+
+
+def add_network_arguments(parser):
+    """Options for locked-down accounts (also settable in the SageMaker SDK's config file)."""
+    parser.add_argument("--subnets", nargs="+", metavar="SUBNET", help="SageMaker: run in these VPC subnets")
+    parser.add_argument("--security-groups", nargs="+", metavar="SG", help="SageMaker: VPC security group ids")
+    parser.add_argument("--kms-key", metavar="KEY", help="SageMaker: KMS key for volumes and outputs")
+    parser.add_argument("--network-isolation", action="store_true",
+                        help="SageMaker: no network access from the container")
 
 
 def build_parser():
@@ -512,6 +655,8 @@ def build_parser():
                                              "to S3, skipping files already there with the same size and MD5.")
     upload.add_argument("--data", required=True, help="dataset folder, e.g. dogImages")
     upload.add_argument("--s3", help="destination (default: s3://BUCKET/image-classifier/data/<folder name>)")
+    upload.add_argument("--delete", action="store_true",
+                        help="also remove the objects under the destination that no longer exist locally")
     aws.add_arguments(upload)
     upload.set_defaults(func=cmd_upload)
 
@@ -520,13 +665,16 @@ def build_parser():
                                            "and batch-size (32-512); prints the best job and its values.")
     tune.add_argument("--data", help="dataset in S3 (default: the one `upload` recorded)")
     tune.add_argument("--hp", action="append", metavar="KEY=VALUE", help="fixed hyperparameter, repeatable")
-    tune.add_argument("--objective", choices=["valid_acc", "valid_loss"], default="valid_acc",
-                      help="maximise valid_acc (default) or minimise valid_loss")
+    tune.add_argument("--objective", choices=["best_valid_acc", "best_valid_loss"], default="best_valid_acc",
+                      help="the saved model's validation accuracy, maximised (default), or its loss, minimised")
     tune.add_argument("--strategy", choices=["Bayesian", "Random"], default="Bayesian", help="search strategy")
     tune.add_argument("--max-jobs", type=int, default=8, help="training jobs in all (default 8)")
     tune.add_argument("--max-parallel-jobs", type=int, default=2, help="training jobs at a time (default 2)")
     tune.add_argument("--warm-start", nargs="+", metavar="TUNING_JOB", help="start from earlier tuning jobs")
     tune.add_argument("--job-name", help="tuning job name (default: ic-tune-<timestamp>, 32 characters at most)")
+    tune.add_argument("--trial-debugging", action="store_true",
+                      help="trials save tensors and run the rules (default: debug-hook=false rules=false)")
+    tune.add_argument("--attach", metavar="TUNING_JOB", help="wait for a tuning job started earlier, print its best")
     add_job_arguments(tune)
     tune.set_defaults(func=cmd_tune)
 
@@ -542,8 +690,14 @@ def build_parser():
     train.add_argument("--jobs-dir", type=Path, default=LOCAL_JOBS_DIR, help=argparse.SUPPRESS)
     train.add_argument("--from-tuning", nargs="?", const=LAST, metavar="TUNING_JOB",
                        help="start from the best values of this tuning job (no name: the one `tune` recorded)")
+    train.add_argument("--allow-interim", action="store_true",
+                       help="--from-tuning while the tuning job still runs (its best so far)")
     train.add_argument("--builtin-rules", action="store_true",
                        help="also run SageMaker's built-in Debugger rules (accounts with Debugger access only)")
+    train.add_argument("--no-debugger", action="store_true",
+                       help="SageMaker: no Debugger hook or profiler configuration (accounts without Debugger); "
+                            "the job's tensors and rules travel in its output data")
+    train.add_argument("--attach", metavar="JOB", help="SageMaker: follow a training job started earlier")
     add_job_arguments(train)
     train.set_defaults(func=cmd_train)
 
@@ -565,6 +719,7 @@ def build_parser():
                              "one whose driver runs the image's CUDA 12, see README)")
     deploy.add_argument("--sample-image", type=Path, help="SageMaker: picture for the first prediction "
                                                           "(default: one of the uploaded dataset's test pictures)")
+    add_network_arguments(deploy)
     aws.add_arguments(deploy)
     deploy.set_defaults(func=cmd_deploy)
 
@@ -585,6 +740,9 @@ def build_parser():
     delete.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
     delete.add_argument("--endpoint", help="SageMaker endpoint to delete with its config and model "
                                            "(default: the one `deploy` recorded)")
+    delete.add_argument("--all", action="store_true",
+                        help="SageMaker: every endpoint, endpoint config and model tagged project=image-classifier")
+    delete.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
     aws.add_arguments(delete)
     delete.set_defaults(func=cmd_delete)
 

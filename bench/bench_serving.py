@@ -1,40 +1,51 @@
 #!/usr/bin/env python3
-"""Serving benchmark: the endpoint against the in-process floor, in one run on one machine.
+"""Serving benchmark: the endpoint at its default settings against in-process floors, in one run.
 
-    .venv/bin/python bench/bench_serving.py [--arch resnet50] [--image-size 224] [--clients 4]
+    flock /tmp/cpu-heavy.lock .venv/bin/python bench/bench_serving.py [--rounds 3] [--samples 200]
+        [--variant NAME:ENV=VALUE,...]...   (extra endpoint settings to measure beside the defaults)
+        [--explore]                          (also time each in-process optimisation at each thread count)
 
-Floor: the same handler functions in this process (decode + preprocess + forward), for one picture and
-for a batch, with torch using every core. Endpoint: the real `serve` (multi-model-server, default
-settings) on a loopback port: sequential latency percentiles, requests/s with N concurrent clients, and
-the cold start from process start to the first successful prediction. Ratios are endpoint / floor.
-Random weights (no training): speed does not depend on them. Prints a Markdown table for
-docs/BENCHMARKS.md. Do not run two model servers or benchmarks at once on a small machine.
+Floors (plain eager fp32 ResNet-50, the same decode + preprocess + forward code in this process):
+- latency: the fastest single-picture median at any torch thread count (1 .. cores);
+- throughput: the higher of one process batching (batch 16, all threads) and one single-thread
+  process per core, all running at once.
+Endpoint: the real `serve` (multi-model-server) on 127.0.0.1 at its default settings (and any
+--variant): cold start to the first prediction, >= 200 sequential requests (p50, p95, p99), the
+throughput of 2 clients per worker, the workers' RSS, and the time to refuse a pixel-bomb batch.
+Each round measures everything; rounds alternate the order (floors first, then endpoint first). The
+figures are the median and the spread (min-max) of the rounds. Targets, at the default settings:
+p50 <= 1.25x the latency floor, throughput >= 0.9x the throughput floor; the script exits 1 when one is
+missed. Random weights: speed does not depend on them. Loopback only; run it under the CPU lock.
 """
 import argparse
+import datetime
 import io
+import multiprocessing
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from image_classifier.model import ModelConfig, build_model, save_artifact
-from image_classifier.serving import handler
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR / "tests"))  # the serving test harness: start, wait, invoke, stop
 
-SERVE = Path(sys.executable).parent / "serve"
-PORT = 28080  # below 32767: MMS refuses higher ports
+import serving_harness as harness  # noqa: E402
+import serving_samples as samples  # noqa: E402
+from image_classifier.model import ModelConfig, build_model, save_artifact  # noqa: E402
+from image_classifier.serving import handler, settings  # noqa: E402
+
 CLASSES = 133  # the dog-breed set
+FLOOR_BATCH = 16
+LATENCY_TARGET, THROUGHPUT_TARGET = 1.25, 0.9
 
 
 def photo_jpeg(seed, size=(500, 375)):
@@ -57,70 +68,126 @@ def timed(function, repeats):
     return times
 
 
-def percentile(values, q):
-    return float(np.percentile(values, q))
-
-
-def measure_floor(model_dir, pictures, batch, repeats):
-    model = handler.model_fn(str(model_dir))
-
-    def one():
-        handler.predict_fn(handler.input_fn(pictures[0], "image/jpeg"), model)
-
-    def many():
-        decoded = [handler.decode_picture(p) for p in pictures[:batch]]
-        handler.predict_fn(handler.PictureRequest(decoded, 5), model)
-
-    results = {}
-    for threads in sorted({1, torch.get_num_threads()}):  # the floor is the faster of the two
-        torch.set_num_threads(threads)
-        one(), many()  # warm-up
-        results[threads] = (statistics.median(timed(one, repeats)),
-                            batch / statistics.median(timed(many, max(3, repeats // 8))))
-    single_threads = min(results, key=lambda t: results[t][0])
-    batch_threads = max(results, key=lambda t: results[t][1])
-    return {"single_p50": results[single_threads][0], "single_threads": single_threads,
-            "batch_per_s": results[batch_threads][1], "batch_threads": batch_threads,
-            "all": results}
-
-
-def post(picture, timeout=300):
-    request = urllib.request.Request(f"http://127.0.0.1:{PORT}/invocations", data=picture,
-                                     headers={"Content-Type": "image/jpeg"}, method="POST")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        response.read()
-        return response.status
-
-
-def measure_endpoint(base_dir, pictures, requests, clients, concurrent_requests):
-    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base_dir), SAGEMAKER_BIND_TO_PORT=str(PORT),
-               IMAGE_CLASSIFIER_BIND_ADDRESS="127.0.0.1", IMAGE_CLASSIFIER_RUNTIME_DIR=str(base_dir))
-    start = time.perf_counter()
-    process = subprocess.Popen([str(SERVE)], env=env, stdout=open(base_dir / "serve.log", "wb"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
+# ------------------------------------------------------------------------------------- in-process
+def load_model(model_dir, optimize, threads):
+    """The handler's own model_fn, plain (optimize=False) or as served; the environment is left as it was
+    (the endpoint inherits it and must run at its defaults)."""
+    saved = dict(os.environ)
+    os.environ[settings.OPTIMIZE_ENV] = "true" if optimize else "false"
+    os.environ[settings.TORCH_THREADS_ENV] = str(threads)
     try:
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"serve exited: see {base_dir / 'serve.log'}")
-            try:
-                if post(pictures[0], timeout=600) == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        cold_start = time.perf_counter() - start
-        for picture in pictures[:4]:  # warm every worker's first-call paths
-            post(picture)
-        sequential = [t for t in timed(lambda: post(pictures[1]), requests)]
+        return handler.model_fn(str(model_dir))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
-        counter = iter(range(concurrent_requests))
-        lock = threading.Lock()
 
-        def client(index):
+def answer(model, picture):
+    return handler.predict_fn(handler.input_fn(picture, "image/jpeg"), model)
+
+
+def single_latency(model, pictures, samples_count):
+    answer(model, pictures[0])  # warm-up
+    return statistics.median(timed(lambda: answer(model, pictures[1]), samples_count))
+
+
+def batch_throughput(model, pictures, repeats=3):
+    body = samples.batch_json(*pictures[:FLOOR_BATCH])
+    request = handler.input_fn(body, "application/json")
+    handler.predict_fn(request, model)
+    return FLOOR_BATCH / statistics.median(timed(lambda: handler.predict_fn(handler.input_fn(body, "application/json"),
+                                                                            model), repeats))
+
+
+def per_core_process(model_dir, pictures, count, barrier, results):
+    torch.set_num_threads(1)
+    model = load_model(model_dir, optimize=False, threads=1)
+    answer(model, pictures[0])
+    barrier.wait()
+    started = time.perf_counter()
+    for index in range(count):
+        answer(model, pictures[index % len(pictures)])
+    results.put(time.perf_counter() - started)
+
+
+def per_core_throughput(model_dir, pictures, cores, count):
+    """`cores` single-thread processes answering `count` pictures each, all at once."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(cores), context.Queue()
+    processes = [context.Process(target=per_core_process, args=(model_dir, pictures, count, barrier, results))
+                 for _ in range(cores)]
+    for process in processes:
+        process.start()
+    seconds = [results.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join()
+    return cores * count / max(seconds)
+
+
+def explore_extras(model_dir, cores, samples_count):
+    """Single optimisations, in-process: JPEG draft decoding, inference_mode against no_grad."""
+    from image_classifier.images import open_rgb
+
+    big = samples.big_jpeg()
+    figures = {"12 MP JPEG decode, full": statistics.median(timed(lambda: open_rgb(big), 10)),
+               "12 MP JPEG decode, drafted": statistics.median(timed(lambda: open_rgb(big, min_side=256), 10))}
+    model = load_model(model_dir, False, cores)
+    inputs = torch.randn(1, 3, 224, 224)
+    for name, mode in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
+        def forward():
+            with mode():
+                model.network(inputs)
+        forward()
+        figures[f"forward under {name}"] = statistics.median(timed(forward, max(50, samples_count // 4)))
+    return figures
+
+
+def measure_floors(model_dir, pictures, cores, samples_count, explore):
+    figures = {}
+    thread_counts = sorted({1, cores})
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        figures[f"plain {threads}t latency"] = single_latency(load_model(model_dir, False, threads), pictures,
+                                                              samples_count)
+        if explore:
+            for name, optimize in (("served", True),):
+                figures[f"{name} {threads}t latency"] = single_latency(load_model(model_dir, optimize, threads),
+                                                                       pictures, max(50, samples_count // 4))
+    torch.set_num_threads(cores)
+    figures["plain batch throughput"] = batch_throughput(load_model(model_dir, False, cores), pictures)
+    figures["plain per-core throughput"] = per_core_throughput(model_dir, pictures, cores, max(5, samples_count // 7))
+    if explore:
+        figures.update(explore_extras(model_dir, cores, samples_count))
+    figures["latency floor"] = min(figures[f"plain {t}t latency"] for t in thread_counts)
+    figures["throughput floor"] = max(figures["plain batch throughput"], figures["plain per-core throughput"])
+    return figures
+
+
+# ------------------------------------------------------------------------------------------ endpoint
+def measure_endpoint(base_dir, pictures, samples_count, env):
+    server = harness.Server(base_dir, **env)
+    try:
+        cold_start = server.wait_ready(pictures[0], "image/jpeg", timeout=900)
+        workers = server.workers()
+        for picture in pictures[:2 * len(workers)]:  # every worker's first-call paths
+            harness.invoke(server.port, picture, "image/jpeg")
+
+        def post(picture):
+            status = harness.invoke(server.port, picture, "image/jpeg")[0]
+            if status != 200:
+                raise RuntimeError(f"the endpoint answered {status}")
+
+        sequential = timed(lambda: post(pictures[1]), samples_count)
+        clients, requests = 2 * len(workers), max(60, 20 * len(workers))
+        counter, lock = iter(range(requests)), threading.Lock()
+
+        def client(offset):
             while True:
                 with lock:
-                    if next(counter, None) is None:
-                        return
-                post(pictures[index % len(pictures)])
+                    index = next(counter, None)
+                if index is None:
+                    return
+                post(pictures[(offset + index) % len(pictures)])
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
         began = time.perf_counter()
@@ -128,51 +195,122 @@ def measure_endpoint(base_dir, pictures, requests, clients, concurrent_requests)
             thread.start()
         for thread in threads:
             thread.join()
-        throughput = concurrent_requests / (time.perf_counter() - began)
+        throughput = requests / (time.perf_counter() - began)
+        rss = sum(worker.memory_info().rss for worker in server.workers())
+        bomb = samples.batch_json(*[samples.pixel_bomb_webp()] * 30)
+        refusals = timed(lambda: harness.invoke(server.port, bomb, "application/json"), 5)
+        if harness.invoke(server.port, bomb, "application/json")[0] != 413:
+            raise RuntimeError("the pixel-bomb batch was not refused")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-    return {"cold_start": cold_start, "p50": percentile(sequential, 50), "p95": percentile(sequential, 95),
-            "p99": percentile(sequential, 99), "requests_per_s": throughput}
+        server.stop()
+    return {"cold start": cold_start, "p50": float(np.percentile(sequential, 50)),
+            "p95": float(np.percentile(sequential, 95)), "p99": float(np.percentile(sequential, 99)),
+            "throughput": throughput, "clients": clients, "workers": len(workers), "worker rss": rss,
+            "refusal": statistics.median(refusals)}
+
+
+# ------------------------------------------------------------------------------------------- report
+def spread(values, scale=1.0, digits=0):
+    values = [v * scale for v in values]
+    return (f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+            if len(values) > 1 else f"{values[0]:.{digits}f}")
+
+
+def parse_variant(text):
+    name, _, assignments = text.partition(":")
+    return name, dict(item.split("=", 1) for item in assignments.split(",") if item)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=16, help="pictures per forward pass for the floor")
-    parser.add_argument("--requests", type=int, default=60, help="sequential requests")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
-    parser.add_argument("--concurrent-requests", type=int, default=80)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=200, help="sequential samples per latency figure")
+    parser.add_argument("--variant", action="append", default=[], type=parse_variant)
+    parser.add_argument("--explore", action="store_true", help="also time the served (optimised) model in-process")
     args = parser.parse_args()
+    if args.samples < 200 or args.rounds < 3:
+        print("note: fewer than 200 samples or 3 rounds: figures for exploring, not for the record")
 
+    cores = settings.cpu_count()
+    variants = [("default", {})] + args.variant
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    rounds = []
     try:
         torch.manual_seed(0)
-        config = ModelConfig(args.arch, [f"class {i}" for i in range(CLASSES)], args.image_size)
-        save_artifact(work / "model", build_model(args.arch, CLASSES), config)
-        pictures = [photo_jpeg(seed) for seed in range(args.batch)]
-        floor = measure_floor(work / "model", pictures, args.batch, args.requests // 2)
-        endpoint = measure_endpoint(work, pictures, args.requests, args.clients, args.concurrent_requests)
+        save_artifact(work / "model", build_model("resnet50", CLASSES),
+                      ModelConfig("resnet50", [f"class {i}" for i in range(CLASSES)], 224))
+        pictures = [photo_jpeg(seed) for seed in range(FLOOR_BATCH)]
+        for number in range(args.rounds):
+            figures = {}
+
+            def floors():
+                figures.update(measure_floors(work / "model", pictures, cores, args.samples, args.explore))
+
+            def endpoints():
+                for name, env in variants:
+                    figures[name] = measure_endpoint(work, pictures, args.samples, env)
+
+            for step in ((floors, endpoints) if number % 2 == 0 else (endpoints, floors)):
+                step()
+            rounds.append(figures)
+            default = figures["default"]
+            print(f"round {number + 1}: floor {figures['latency floor'] * 1000:.0f} ms, "
+                  f"{figures['throughput floor']:.2f}/s; endpoint p50 {default['p50'] * 1000:.0f} ms, "
+                  f"{default['throughput']:.2f}/s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return report(rounds, variants, cores, len(pictures[0]))
 
-    ms = lambda seconds: f"{seconds * 1000:.0f} ms"  # noqa: E731
-    latency_ratio = endpoint["p50"] / floor["single_p50"]
-    throughput_ratio = endpoint["requests_per_s"] / floor["batch_per_s"]
-    print(f"\n{args.arch} {args.image_size} px, {CLASSES} classes, {len(pictures[0]) // 1024} KB JPEG "
-          f"(500x375); {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}")
-    print("floor by torch threads: " + ", ".join(f"{t} thread(s): one picture {ms(one)}, batch {rate:.2f}/s"
-                                                 for t, (one, rate) in floor["all"].items()))
-    print("| measure | floor (in-process) | endpoint (serve) | endpoint / floor | target |")
-    print("|---|---|---|---|---|")
-    print(f"| one picture, p50 latency | {ms(floor['single_p50'])} ({floor['single_threads']} thread(s)) | "
-          f"{ms(endpoint['p50'])} | {latency_ratio:.2f}x | <= 1.25x |")
-    print(f"| endpoint p95 / p99 latency | | {ms(endpoint['p95'])} / {ms(endpoint['p99'])} | | |")
-    print(f"| throughput, pictures/s | {floor['batch_per_s']:.2f} (batch {args.batch}, {floor['batch_threads']} thread(s)) | "
-          f"{endpoint['requests_per_s']:.2f} ({args.clients} clients) | {throughput_ratio:.2f}x | >= 0.8x |")
-    print(f"| cold start to first prediction | | {endpoint['cold_start']:.1f} s | | |")
+
+def report(rounds, variants, cores, picture_bytes):
+    column = lambda key, *path: [r[key] if not path else r[key][path[0]] for r in rounds]  # noqa: E731
+    print(f"\nResNet-50 224 px, {CLASSES} classes, random weights; a 500x375 JPEG of {picture_bytes // 1024} KB "
+          f"per request; {cores} cores, {platform.processor() or platform.machine()}, torch {torch.__version__}; "
+          f"{datetime.date.today()}; {len(rounds)} rounds, median (min-max)")
+    thread_counts = sorted({1, cores})
+    print("\nIn-process (plain eager fp32" + (", and as served: conv+BN folded, channels_last" if "served 1t latency"
+                                              in rounds[0] else "") + "), one picture, median latency:")
+    for threads in thread_counts:
+        line = f"- {threads} thread(s): plain {spread(column(f'plain {threads}t latency'), 1000)} ms"
+        if f"served {threads}t latency" in rounds[0]:
+            line += f", served {spread(column(f'served {threads}t latency'), 1000)} ms"
+        print(line)
+    print(f"- throughput: one process batching {FLOOR_BATCH} at {cores} threads "
+          f"{spread(column('plain batch throughput'), digits=2)}/s; {cores} single-thread processes "
+          f"{spread(column('plain per-core throughput'), digits=2)}/s")
+    for key in ("12 MP JPEG decode, full", "12 MP JPEG decode, drafted", "forward under no_grad",
+                "forward under inference_mode"):
+        if key in rounds[0]:
+            print(f"- {key}: {spread(column(key), 1000)} ms")
+    missed = []
+    print("\n| settings | p50 (ms) | p50 / floor | p95 / p99 (ms) | pictures/s | / floor | cold start (s) | "
+          "worker RSS (MiB) | bomb refused in (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, _ in variants:
+        latency = [r[name]["p50"] / r["latency floor"] for r in rounds]
+        throughput = [r[name]["throughput"] / r["throughput floor"] for r in rounds]
+        first = rounds[0][name]
+        print(f"| {name} ({first['workers']} workers, {first['clients']} clients) | {spread(column(name, 'p50'), 1000)} | "
+              f"{spread(latency, digits=2)}x | {spread(column(name, 'p95'), 1000)} / {spread(column(name, 'p99'), 1000)} | "
+              f"{spread(column(name, 'throughput'), digits=2)} | {spread(throughput, digits=2)}x | "
+              f"{spread(column(name, 'cold start'), digits=1)} | {spread(column(name, 'worker rss'), 1 / 2**20)} | "
+              f"{spread(column(name, 'refusal'), 1000)} |")
+        if name == "default":
+            if statistics.median(latency) > LATENCY_TARGET:
+                missed.append(f"p50 {statistics.median(latency):.2f}x the latency floor (target <= {LATENCY_TARGET}x)")
+            if statistics.median(throughput) < THROUGHPUT_TARGET:
+                missed.append(f"throughput {statistics.median(throughput):.2f}x the floor "
+                              f"(target >= {THROUGHPUT_TARGET}x)")
+            stretch = statistics.median(column("default", "p50")) < statistics.median(column("latency floor"))
+    print(f"\nFloors: latency {spread(column('latency floor'), 1000)} ms, throughput "
+          f"{spread(column('throughput floor'), digits=2)} pictures/s. Stretch (default p50 below the plain "
+          f"floor): {'met' if stretch else 'not met'}.")
+    for line in missed:
+        print(f"TARGET MISSED: {line}")
+    if not missed:
+        print("Both targets met at the default settings.")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,8 +33,16 @@ S3_PREFIX = "image-classifier"           # everything the launcher writes to S3 
 STATE_FILE = LOCAL_JOBS_DIR / "sagemaker-state.json"  # $IMAGE_CLASSIFIER_STATE overrides
 TAG_PREFIX = "image-classifier:"         # AWS tags that link the steps (e.g. image-classifier:training-job)
 PROJECT_TAG = {"Key": "project", "Value": "image-classifier"}
-# The SDK's own config (instead of its files): telemetry off.
+# An ECR image URI (China regions end in .amazonaws.com.cn): account, region, repository, tag, digest.
+ECR_IMAGE = re.compile(r"(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+)(?::([^@]+))?(?:@(.+))?")
+# Hyperparameters a tuning job adds to its trials, and those the launcher sets for trials only (`tune`
+# turns Debugger tensors and rules off in trials): `train --from-tuning` takes neither.
+PLATFORM_HYPERPARAMETER_PREFIXES = ("_tuning_objective_metric", "sagemaker_")
+TRIAL_ONLY_HYPERPARAMETERS = {"debug-hook": "false", "rules": "false"}
+# Laid over the SDK's own config files (/etc/xdg/sagemaker/config.yaml, the user's, or the files named by
+# SAGEMAKER_ADMIN_CONFIG_OVERRIDE / SAGEMAKER_USER_CONFIG_OVERRIDE): telemetry off.
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
+QUOTAS_CONSOLE = "https://console.aws.amazon.com/servicequotas/home/services/sagemaker/quotas"
 POLL_SECONDS = 20.0                      # between status checks while waiting ($LAUNCHER_POLL_SECONDS overrides)
 
 # Dry runs need no account: these stand in for values that would come from the user or from AWS.
@@ -191,9 +199,28 @@ class DryRun:
 
 
 # -------------------------------------------------------------------------------------------- session
+_validated_config = None  # the config of this command's session, checked once against the schema
+
+
+def sdk_config():
+    """The SDK's config files (an organisation's defaults: VPC, KMS keys, tags...) with our settings laid over,
+    checked against the SDK's schema once. The SDK re-checks its config on every look-up (20+ per job, about
+    0.85 s each): `_validate_config_once` skips the re-check for this dict only."""
+    global _validated_config
+    from botocore.utils import merge_dicts
+    from sagemaker.config import load_sagemaker_config
+
+    try:
+        config = load_sagemaker_config()  # validates each file it reads
+    except Exception as error:  # noqa: BLE001 - jsonschema, yaml and file errors alike
+        raise LauncherError(f"the SageMaker SDK's config file is not valid: {str(error).splitlines()[0]}") from None
+    merge_dicts(config, json.loads(json.dumps(SDK_CONFIG)))
+    _validated_config = config
+    _validate_config_once()
+    return config
+
+
 def _validate_config_once():
-    """The SDK checks its config against its 100 KB JSON schema on every config look-up (20+ per job, about
-    0.5 s each here); the config is our constant, so check it once (Session() does) and skip the rest."""
     import sagemaker.utils
 
     validate = sagemaker.utils.validate_sagemaker_config
@@ -201,7 +228,7 @@ def _validate_config_once():
         return
 
     def validate_unless_ours(config=None):
-        if config != SDK_CONFIG:
+        if config is None or config != _validated_config:
             validate(config)
 
     validate_unless_ours.skips_our_config = True
@@ -241,18 +268,23 @@ class Aws:
     def bucket(self):
         return self.settings.require("bucket")
 
+    def require(self, *names):
+        """Fail now, before any AWS call, when a setting this command uses is missing."""
+        for name in names:
+            self.settings.require(name)
+
     def s3_uri(self, *parts):
         return "s3://" + "/".join([self.bucket, S3_PREFIX, *parts])
 
     @property
     def sagemaker(self):
-        """The SDK session: role and bucket are always passed explicitly, telemetry is off."""
+        """The SDK session: role and bucket are passed explicitly where they are used (commands that do not
+        use them do not ask for them), the SDK's config files apply, telemetry is off."""
         if self._sagemaker is None:
             import sagemaker
 
-            _validate_config_once()
-            self._sagemaker = sagemaker.Session(boto_session=self.boto, default_bucket=self.bucket,
-                                                sagemaker_config=SDK_CONFIG)
+            self._sagemaker = sagemaker.Session(boto_session=self.boto, default_bucket=self.settings.bucket,
+                                                sagemaker_config=sdk_config())
         return self._sagemaker
 
     def client(self, service):
@@ -299,11 +331,16 @@ class Aws:
         return uri
 
     def _check_image(self, uri):
-        match = re.fullmatch(r"(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+)(?::([^@]+))?(?:@(.+))?",
-                             uri)
+        match = ECR_IMAGE.fullmatch(uri)
         if not match:
-            return  # not an ECR image: nothing we can check
+            raise LauncherError(f"image {uri!r} is not an ECR image URI (ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME:TAG): "
+                                "SageMaker pulls from ECR only; run ./build_and_push.sh (without --no-push) or pass "
+                                "--image-uri")
         account, region, repository, tag, digest = match.groups()
+        if region != self.region:
+            raise LauncherError(f"image {uri} is in {region}, the jobs run in {self.region}: SageMaker pulls from its "
+                                f"own region; push the image there (./build_and_push.sh --region {self.region}) or "
+                                f"pass --region {region}")
         image_id = {"imageDigest": digest} if digest else {"imageTag": tag or "latest"}
         ecr = self.boto.client("ecr", region_name=region)
         try:
@@ -313,6 +350,99 @@ class Aws:
                                 f"{account}/{region} (run ./build_and_push.sh)") from None
         except ecr.exceptions.ImageNotFoundException:
             raise LauncherError(f"image {uri} not found in ECR (run ./build_and_push.sh, or pass --image-uri)") from None
+
+    def check_bucket_region(self):
+        """Jobs read and write S3 in their own region: a bucket elsewhere fails late (or costs transfer)."""
+        if self.dry_run:
+            return
+        s3 = self.client("s3")
+        try:
+            location = s3.get_bucket_location(Bucket=self.bucket).get("LocationConstraint")
+        except s3.exceptions.NoSuchBucket:
+            raise LauncherError(f"bucket {self.bucket} does not exist: create it in {self.region} "
+                                f"(aws s3 mb s3://{self.bucket} --region {self.region}) or pass --bucket") from None
+        region = {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location)
+        if region != self.region:
+            raise LauncherError(f"bucket {self.bucket} is in {region}, the jobs run in {self.region}: use a bucket in "
+                                f"{self.region} (--bucket) or pass --region {region}")
+
+    # --- tuning jobs
+    def winning_hyperparameters(self, tuning_job, allow_interim=False):
+        """(best training job's name, its hyperparameters): the tuning job's static values and the best job's
+        tuned ones, without the platform's own keys. A running tuning job's best is only the best so far."""
+        description = self.client("sagemaker").describe_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName=tuning_job)
+        status = description.get("HyperParameterTuningJobStatus")
+        best = description.get("BestTrainingJob")
+        if not best:
+            raise LauncherError(f"tuning job {tuning_job} has no best training job yet (status {status})")
+        if status in ("InProgress", "Stopping") and not allow_interim:
+            raise LauncherError(f"tuning job {tuning_job} is {status}: its best training job so far is an interim "
+                                f"best; wait for it (python launch.py tune --attach {tuning_job}) or pass "
+                                "--allow-interim")
+        static = description.get("TrainingJobDefinition", {}).get("StaticHyperParameters", {})
+        values = {k: v for k, v in static.items() if k not in TRIAL_ONLY_HYPERPARAMETERS}
+        best["TunedHyperParameters"] = {k: v.strip('"') for k, v in best.get("TunedHyperParameters", {}).items()
+                                        if not k.startswith(PLATFORM_HYPERPARAMETER_PREFIXES)}
+        values.update(best["TunedHyperParameters"])
+        values = {k: v for k, v in values.items() if not k.startswith(PLATFORM_HYPERPARAMETER_PREFIXES)}
+        return best, values
+
+    def parent_differs(self, parents, image_uri, data_uri):
+        """Whether any parent tuning job ran another image or other data (then only TransferLearning applies)."""
+        client = self.client("sagemaker")
+        for parent in parents:
+            definition = client.describe_hyper_parameter_tuning_job(
+                HyperParameterTuningJobName=parent).get("TrainingJobDefinition", {})
+            image = definition.get("AlgorithmSpecification", {}).get("TrainingImage")
+            data = {c.get("DataSource", {}).get("S3DataSource", {}).get("S3Uri", "").rstrip("/").rsplit("/", 1)[0]
+                    for c in definition.get("InputDataConfig", [])}
+            if image != image_uri or data - {data_uri.rstrip("/")}:
+                return True
+        return False
+
+    # --- endpoints
+    def project_resources(self):
+        """[(kind, name)] of the endpoints, endpoint configs and models tagged project=image-classifier."""
+        client = self.client("sagemaker")
+        kinds = (("endpoint", "list_endpoints", "Endpoints", "EndpointName", "EndpointArn"),
+                 ("endpoint config", "list_endpoint_configs", "EndpointConfigs", "EndpointConfigName",
+                  "EndpointConfigArn"),
+                 ("model", "list_models", "Models", "ModelName", "ModelArn"))
+        found = []
+        for kind, operation, key, name_key, arn_key in kinds:
+            for page in client.get_paginator(operation).paginate():
+                for item in page.get(key, []):
+                    tags = client.list_tags(ResourceArn=item[arn_key]).get("Tags", [])
+                    if PROJECT_TAG in tags:
+                        found.append((kind, item[name_key]))
+        return found
+
+    @contextlib.contextmanager
+    def costs_until_deleted(self, endpoint):
+        """From the CreateEndpoint request on, every way out (success, error, Ctrl-C) says that the endpoint
+        costs money until it is deleted, and how."""
+        created = []
+        events = self.client("sagemaker").meta.events
+        handler_id = f"costs-{endpoint}"
+        events.register("before-call.sagemaker.CreateEndpoint", lambda **_: created.append(True), unique_id=handler_id)
+        try:
+            yield
+        finally:
+            events.unregister("before-call.sagemaker.CreateEndpoint", unique_id=handler_id)
+            if created and not self.dry_run:
+                print(f"Endpoint {endpoint} costs money until you delete it: python launch.py delete --endpoint "
+                      f"{endpoint}", flush=True)
+
+    def endpoint_is_live(self, name):
+        client = self.client("sagemaker")
+        try:
+            status = client.describe_endpoint(EndpointName=name)["EndpointStatus"]
+        except client.exceptions.ClientError as error:
+            if "Could not find" in str(error):
+                return False
+            raise
+        return status not in ("Deleting", "Failed")
 
     # --- waiting
     def poll_seconds(self):
@@ -394,27 +524,45 @@ _BAD_CREDENTIALS = {"InvalidClientTokenId", "UnrecognizedClientException", "Inva
                     "SignatureDoesNotMatch", "AuthFailure"}
 
 
+class ErrorContext:
+    """What the one-line error should add: `attach`, once a job exists, is the command that re-attaches to it
+    (running the command again would start a second job)."""
+    attach = None
+
+
 @contextlib.contextmanager
 def errors():
     """Turn what AWS and the SDK raise into one-line LauncherErrors."""
     import botocore.exceptions as bx
 
+    context = ErrorContext()
     try:
-        yield
+        yield context
     except bx.NoCredentialsError:
         raise LauncherError("no AWS credentials found: run `aws configure` (or `aws sso login`), or set "
                             "AWS_PROFILE / AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; or try --dry-run") from None
     except (bx.TokenRetrievalError, bx.SSOTokenLoadError, bx.UnauthorizedSSOTokenError) as error:
-        raise LauncherError(f"AWS credentials expired or unusable ({error}): log in again, e.g. `aws sso login`") from None
+        raise LauncherError(f"AWS credentials expired or unusable ({error}): log in again, e.g. `aws sso login`"
+                            + _then(context)) from None
     except bx.ClientError as error:
         info = error.response.get("Error", {})
         code, message = info.get("Code", "?"), info.get("Message", str(error))
         operation = getattr(error, "operation_name", "?")
         if code in _EXPIRED:
-            raise LauncherError("AWS credentials expired: refresh them (e.g. `aws sso login`, or new "
-                                "temporary keys) and run the command again") from None
+            raise LauncherError("AWS credentials expired: refresh them (e.g. `aws sso login`, or new temporary keys)"
+                                + _then(context)) from None
         if code in _BAD_CREDENTIALS:
             raise LauncherError(f"AWS rejected the credentials ({code}): check AWS_PROFILE / the access keys") from None
+        if code == "ResourceLimitExceeded":
+            quota = re.search(r"'([^']+)'", message)
+            raise LauncherError(f"{operation}: the account's SageMaker quota "
+                                f"{repr(quota.group(1)) if quota else '(see the message)'} is too low ({message}). "
+                                f"Request an increase in the Service Quotas console ({QUOTAS_CONSOLE}) or choose "
+                                "another --instance-type; spot and on-demand have separate quotas (--no-spot)") from None
+        if code == "ValidationException" and re.search(r"assume (the )?role", message, re.IGNORECASE):
+            raise LauncherError(f"SageMaker cannot assume the role ({message}): the role's trust policy must allow "
+                                "the principal sagemaker.amazonaws.com (sts:AssumeRole); see README, Run on SageMaker")\
+                from None
         if code in ("AccessDenied", "AccessDeniedException"):
             raise LauncherError(f"access denied for {operation}: {message}") from None
         raise LauncherError(f"{operation} failed: {code}: {message}") from None
@@ -422,3 +570,10 @@ def errors():
         raise LauncherError(f"cannot reach AWS ({error}): check the network, --region and AWS_ENDPOINT_URL") from None
     except bx.ParamValidationError as error:
         raise LauncherError(f"invalid request: {error}") from None
+
+
+def _then(context):
+    if context.attach:
+        return (f", then re-attach to the job: {context.attach} (running the command again would start a second "
+                "job)")
+    return ", and run the command again"

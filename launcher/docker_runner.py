@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from image_classifier.serving import settings as serving_settings
+
 from . import LauncherError
 from .docker_image import configured_image, docker, engine_problem, image_available, image_exists, require_image
 from .local_serving import LOCAL_HOST, READY_TIMEOUT_SECONDS, wait_for_prediction
@@ -25,6 +27,13 @@ SHM_SIZE = "2g"  # DataLoader workers share tensors through /dev/shm (docker's d
 STOP_TIMEOUT_SECONDS = 30
 # Off AWS there is no instance metadata service: without this, boto-based code waits on it.
 LOCAL_ENV = {"AWS_EC2_METADATA_DISABLED": "true"}
+# Serving settings a local `deploy --local docker` passes from this shell into the container, as a
+# process-mode server inherits them (not the port or the address: the container serves on 0.0.0.0:8080).
+SERVING_SETTINGS_ENV = (serving_settings.WORKERS_ENV, serving_settings.TORCH_THREADS_ENV,
+                        serving_settings.TIMEOUT_ENV, serving_settings.PAYLOAD_CAP_ENV,
+                        serving_settings.MAX_PIXELS_ENV, serving_settings.PIXEL_BUDGET_ENV,
+                        serving_settings.MAX_BATCH_ENV, serving_settings.FORWARD_BATCH_ENV,
+                        serving_settings.TOP_K_ENV, serving_settings.OPTIMIZE_ENV, serving_settings.JVM_ARGS_ENV)
 
 __all__ = ["image_available", "run_training", "serve", "stop", "serving_container"]
 
@@ -82,6 +91,15 @@ def serving_container(port):
     return f"image-classifier-serve-{port}"
 
 
+def serving_command(name, port, model_dir, image, env=None, environ=None):
+    """`docker run -d ... IMAGE serve` arguments: the port published on loopback, the model read-only,
+    and the serving settings of this shell (`environ`) passed in, as a process-mode server inherits them."""
+    environ = os.environ if environ is None else environ
+    env = {**{key: environ[key] for key in SERVING_SETTINGS_ENV if key in environ}, **(env or {})}
+    return ["run", "-d", "--name", name, "-p", f"{LOCAL_HOST}:{port}:{CONTAINER_PORT}",
+            "-v", f"{model_dir}:{CONTAINER_BASE_DIR}/model:ro", *gpu_args(), *_env_args(env), image, "serve"]
+
+
 def container_running(name):
     result = docker("inspect", "--format", "{{.State.Running}}", name, check=False, timeout=30)
     return result.returncode == 0 and result.stdout.strip() == "true"
@@ -99,9 +117,7 @@ def serve(model_dir, port=8080, detach=False, image=None, env=None, ready_timeou
         raise LauncherError(f"The container {name} already serves on port {port}: stop it with "
                             f"`python launch.py delete --local --port {port}`.")
     docker("rm", "-f", name, check=False, timeout=60)  # a stopped leftover with the same name
-    command = ["run", "-d", "--name", name, "-p", f"{LOCAL_HOST}:{port}:{CONTAINER_PORT}",
-               "-v", f"{model_dir}:{CONTAINER_BASE_DIR}/model:ro", *gpu_args(), *_env_args(env), image, "serve"]
-    started = docker(*command, check=False, timeout=120)
+    started = docker(*serving_command(name, port, model_dir, image, env), check=False, timeout=120)
     if started.returncode != 0:
         raise LauncherError(f"docker run failed: {started.stdout.strip()[-1000:]}")
     print(f"Starting {image} serve as container {name} on port {port} ...")

@@ -6,6 +6,7 @@ SageMaker writes; `run_process` runs the toolkit's `train` over it (SAGEMAKER_BA
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,8 @@ from image_classifier.metrics import parse_metrics
 from . import ENTRY_SHIM, LauncherError
 
 HOST = "algo-1"
+# A local job's folder name: one path component, SageMaker's job-name characters plus `.` and `_`.
+JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,18 @@ class LocalJob:
         return failure.read_text().strip() if failure.is_file() else None
 
 
+def job_dir(jobs_dir, name):
+    """`jobs_dir/name`, for a name that is a single safe path component (never `..`, `/`, or empty):
+    the job tree is created, and parts of it replaced, under that folder."""
+    if not isinstance(name, str) or not JOB_NAME_PATTERN.fullmatch(name):
+        raise LauncherError(f"Job name {name!r} is not allowed: use 1-128 letters, digits, '-', '_' or '.', "
+                            "starting with a letter or digit.")
+    return Path(jobs_dir) / name
+
+
 def prepare_job(jobs_dir, name, channels, hyperparameters):
     """Create (or reuse, for a restart) the job tree. `channels`: {name: local folder}."""
-    job = LocalJob(name, Path(jobs_dir) / name)
+    job = LocalJob(name, job_dir(jobs_dir, name))
     config = job.dir / "input" / "config"
     for folder in (config, job.dir / "input" / "data", job.dir / "model", job.dir / "output" / "data",
                    job.dir / "checkpoints", job.dir / "code"):

@@ -57,7 +57,9 @@ def local_job(job):
 
 
 def sagemaker_job(name, work_dir, session=None):
-    """Download a SageMaker job's output data and tensors (paths from DescribeTrainingJob) into work_dir."""
+    """Download a SageMaker job's output data and tensors (paths from DescribeTrainingJob) into work_dir.
+    The tensors are where the job put them: under the Debugger hook's S3 path, or (a job without Debugger,
+    `train --no-debugger`) inside its output.tar.gz."""
     import boto3
 
     session = session or boto3.Session()
@@ -76,12 +78,12 @@ def sagemaker_job(name, work_dir, session=None):
         try:
             s3.download_file(bucket, key, str(archive))
             with tarfile.open(archive) as tar:
-                tar.extractall(data_dir, filter="data")
+                tar.extractall(data_dir, filter="data")  # refuses members that would land outside data_dir
         except Exception as error:  # noqa: BLE001 - a job without output data still has a report
             print(f"note: no output data at s3://{bucket}/{key} ({error})")
-    tensors_dir = None
+    tensors_dir = data_dir / constants.TENSORS_FOLDER if (data_dir / constants.TENSORS_FOLDER).is_dir() else None
     hook_output = job.get("DebugHookConfig", {}).get("S3OutputPath")
-    if hook_output:
+    if hook_output and tensors_dir is None:
         # SageMaker syncs LocalPath to <S3OutputPath>/<job name>/debug-output.
         prefix = f"{hook_output.rstrip('/')}/{name}/debug-output"
         tensors_dir = _download_prefix(s3, prefix, Path(work_dir) / "output" / constants.TENSORS_FOLDER)
@@ -95,27 +97,47 @@ def _split_s3(uri):
 
 
 def _download_prefix(s3, uri, target):
+    """Every object under the prefix into `target`, keeping the layout; a key that would land outside
+    `target` (`../` in it, or an absolute part) is skipped with a note."""
     bucket, prefix = _split_s3(uri)
+    target = Path(target).resolve()
     count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
         for item in page.get("Contents", []):
-            path = target / item["Key"][len(prefix) + 1:]
+            relative = item["Key"][len(prefix) + 1:]
+            path = (target / relative).resolve()
+            if not relative or not path.is_relative_to(target) or path == target:
+                print(f"note: skipped s3://{bucket}/{item['Key']}: it would be written outside {target}")
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, item["Key"], str(path))
             count += 1
     return target if count else None
 
 
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+
+
 def _cloudwatch_lines(session, name):
-    """The job's log (for the per-epoch metric lines); empty when it cannot be read."""
+    """The job's log (for the per-epoch metric lines), every page of every stream; empty when it cannot be
+    read. GetLogEvents pages forward until the token it returns is the one it was given."""
     try:
         logs = session.client("logs")
         lines = []
-        streams = logs.describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix=name)
-        for stream in streams.get("logStreams", []):
-            events = logs.get_log_events(logGroupName="/aws/sagemaker/TrainingJobs",
-                                         logStreamName=stream["logStreamName"], startFromHead=True)
-            lines += [e["message"] for e in events.get("events", [])]
+        for page in logs.get_paginator("describe_log_streams").paginate(logGroupName=LOG_GROUP,
+                                                                       logStreamNamePrefix=name):
+            for stream in page.get("logStreams", []):
+                token = None
+                while True:
+                    request = {"logGroupName": LOG_GROUP, "logStreamName": stream["logStreamName"], "startFromHead": True}
+                    if token:
+                        request["nextToken"] = token
+                    events = logs.get_log_events(**request)
+                    lines += [e["message"] for e in events.get("events", [])]
+                    # A page can be empty while more follow: only a repeated token means the end.
+                    if events.get("nextForwardToken") in (None, token):
+                        break
+                    token = events["nextForwardToken"]
         return lines
     except Exception as error:  # noqa: BLE001 - the report is still useful without the accuracy curve
         print(f"note: cannot read the job's log from CloudWatch ({error}); no accuracy per epoch")

@@ -1,8 +1,10 @@
 """Copy a local dataset folder to S3, skipping files already there with the same size and MD5.
 
 The layout in S3 is the folder's own (`train/<class>/<picture>`, `valid/...`, `test/...`), so the training
-job's channels are `<uri>/train`, `<uri>/valid`, `<uri>/test`. Objects are written with `PutObject` and a
-`Content-MD5` (S3 checks it on arrival), so their ETag is the MD5 and a second upload can compare it.
+job's channels are `<uri>/train/`, `<uri>/valid/`, `<uri>/test/` (with the slash: an S3 prefix `train`
+would also match `train_old`). Objects are written with `PutObject` and a `Content-MD5` (S3 checks it on
+arrival), so their ETag is the MD5 and a second upload can compare it. `delete=True` also removes the
+objects under the prefix that no longer exist locally.
 """
 import base64
 import hashlib
@@ -13,6 +15,8 @@ from . import LauncherError
 
 SPLITS = ("train", "valid", "test")
 PARALLEL_UPLOADS = 8
+WEIGHTS_SUFFIXES = (".pth", ".pt")  # what the job's `pretrained` channel reads
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 
 
 def split_s3_uri(uri):
@@ -50,18 +54,38 @@ def _md5(path):
 def existing_objects(s3, bucket, prefix):
     """{key: (size, etag)} under the prefix."""
     found = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
         for item in page.get("Contents", []):
             found[item["Key"]] = (item["Size"], item["ETag"].strip('"'))
     return found
 
 
-def upload(s3, root, uri, parallel=PARALLEL_UPLOADS, progress=True):
-    """Sync `root` to `uri`; returns (splits, uploaded count, skipped count)."""
+def upload(s3, root, uri, parallel=PARALLEL_UPLOADS, progress=True, delete=False):
+    """Sync the dataset folder `root` to `uri`; returns (splits, uploaded count, skipped count, deleted count)."""
+    splits, files = dataset_files(root)
+    return (splits, *sync(s3, files, uri, parallel, progress, delete))
+
+
+def weights_files(path):
+    """{name: Path} of the weights to send as the `pretrained` channel: a .pth/.pt file, or those in a folder."""
+    path = Path(path)
+    if path.is_file() and path.suffix in WEIGHTS_SUFFIXES:
+        return {path.name: path}
+    if path.is_dir():
+        found = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*"))
+                 if p.is_file() and p.suffix in WEIGHTS_SUFFIXES}
+        if found:
+            return found
+    raise LauncherError(f"--pretrained-weights {path}: expected a .pth/.pt state_dict file, a folder holding one, "
+                        "or an s3:// URI")
+
+
+def sync(s3, files, uri, parallel=PARALLEL_UPLOADS, progress=True, delete=False):
+    """Upload {relative path: Path} under `uri` (what is new or changed); with `delete`, remove the objects
+    under it that are not in `files`. Returns (uploaded count, skipped count, deleted count)."""
     from tqdm import tqdm
 
     bucket, prefix = split_s3_uri(uri)
-    splits, files = dataset_files(root)
     there = existing_objects(s3, bucket, prefix)
     key_of = {rel: f"{prefix}/{rel}" if prefix else rel for rel in files}
 
@@ -84,4 +108,18 @@ def upload(s3, root, uri, parallel=PARALLEL_UPLOADS, progress=True):
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             for size in pool.map(put, todo):
                 bar.update(size)
-    return splits, len(todo), len(files) - len(todo)
+    stale = sorted(set(there) - set(key_of.values())) if delete else []
+    for start in range(0, len(stale), DELETE_BATCH):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[start:start + DELETE_BATCH]],
+                                                 "Quiet": True})
+    return len(todo), len(files) - len(todo), len(stale)
+
+
+def splits_in_s3(s3, uri):
+    """Which of train/ valid/ test/ exist under the dataset URI (one listing, by common prefix)."""
+    bucket, prefix = split_s3_uri(uri)
+    base = f"{prefix}/" if prefix else ""
+    found = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base, Delimiter="/"):
+        found.update(p["Prefix"][len(base):].rstrip("/") for p in page.get("CommonPrefixes", []))
+    return [split for split in SPLITS if split in found]

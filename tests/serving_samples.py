@@ -1,5 +1,6 @@
 """Request bodies for the serving tests: pictures in every mode, and the bad inputs clients send."""
 import base64
+import functools
 import io
 import json
 import os
@@ -80,6 +81,26 @@ def bomb_png(side=20_000):
     pixels = zlib.compress(row * side, 9)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
             + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+@functools.lru_cache(maxsize=None)
+def pixel_bomb_webp(side=7_000):
+    """A lossless WebP of a few KB that decodes to side x side pixels (49 MP by default, under the cap)."""
+    return encode(Image.new("RGB", (side, side), (90, 120, 40)), "WEBP", lossless=True)
+
+
+def big_jpeg(size=(4_000, 3_000)):
+    """A phone-camera-sized JPEG (12 MP) that the server decodes at 1/8 scale."""
+    return encode(Image.new("RGB", size, (30, 90, 160)), "JPEG", quality=80)
+
+
+def ico():
+    """A real picture in a format Pillow reads but the allowlist refuses."""
+    return encode(rgb_image((32, 32)), "ICO")
+
+
+def nested_json(depth=100_000):
+    return "[" * depth + "]" * depth
 
 
 def batch_json(*pictures):

@@ -8,18 +8,17 @@ token), a boto3 event handler plays that answer.
 """
 import io
 import json
-import logging
 import re
 import socket
-import urllib.request
 
 import pytest
 from botocore.exceptions import ClientError
 
 import launch
-from conftest import make_dataset
+from conftest import make_dataset, train_job
+from moto_server import moto_url, reset  # noqa: F401 - moto_url is a fixture
 from image_classifier.config import Hyperparameters
-from image_classifier.metrics import METRIC_DEFINITIONS, format_metrics
+from image_classifier.metrics import METRIC_DEFINITIONS, format_metrics, parse_metrics
 from launcher import aws
 
 ACCOUNT = "123456789012"  # moto's account
@@ -30,22 +29,6 @@ IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/image-classifier:latest"
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="session")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-def _post(url, payload=b""):
-    urllib.request.urlopen(urllib.request.Request(url, data=payload, method="POST"), timeout=10).read()
-
-
 class Sent:
     """The API calls the launcher makes, as it passes them to boto3 (before moto sees them)."""
 
@@ -74,7 +57,7 @@ def cloud(moto_url, tmp_path, monkeypatch):
     """A fresh emulated account: bucket, ECR repository with the image, launcher settings in the environment."""
     import boto3
 
-    _post(f"{moto_url}/moto-api/reset")
+    reset(moto_url)
     for name in ("IMAGE_URI", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
@@ -97,12 +80,7 @@ def cloud(moto_url, tmp_path, monkeypatch):
 
     session = boto3.Session(region_name=REGION)
     session.client("s3").create_bucket(Bucket=BUCKET)
-    ecr = session.client("ecr")
-    ecr.create_repository(repositoryName="image-classifier")
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
-                           "digest": "sha256:" + "a" * 64}, "layers": []}
-    ecr.put_image(repositoryName="image-classifier", imageManifest=json.dumps(manifest), imageTag="latest")
+    session.client("ecr").create_repository(repositoryName="image-classifier")
 
     sent = Sent()
     make_session = aws.new_boto_session
@@ -113,7 +91,18 @@ def cloud(moto_url, tmp_path, monkeypatch):
         return boto_session
 
     monkeypatch.setattr(aws, "new_boto_session", recorded_session)
-    return type("Cloud", (), {"url": moto_url, "sent": sent, "boto": session, "tmp": tmp_path})
+    cloud = type("Cloud", (), {"url": moto_url, "sent": sent, "boto": session, "tmp": tmp_path})
+    push_image(cloud, "latest")
+    return cloud
+
+
+def push_image(cloud, tag):
+    """An image in the emulated ECR repository (a manifest is all DescribeImages needs)."""
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
+                           "digest": "sha256:" + tag.encode().hex().ljust(64, "0")[:64]}, "layers": []}
+    cloud.boto.client("ecr").put_image(repositoryName="image-classifier", imageManifest=json.dumps(manifest),
+                                       imageTag=tag)
 
 
 def run(capsys, *argv):
@@ -203,12 +192,14 @@ def test_upload_refuses_a_folder_without_train(cloud, capsys, tmp_path):
 # ---------------------------------------------------------------------------------------------- tune
 def test_tune_sends_the_ranges_objective_and_early_stopping(cloud, capsys, uploaded):
     playing(cloud, "DescribeHyperParameterTuningJob", best_job_values)
+    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-parent")  # same image and data: identical warm start
     out = ok(capsys, "tune", "--max-jobs", 4, "--max-parallel-jobs", 2, "--hp", "epochs=3",
              "--job-name", "ic-tune-test", "--warm-start", "ic-tune-parent")
-    request = cloud.sent.one("CreateHyperParameterTuningJob")
+    request = [p for name, p in cloud.sent.calls if name == "CreateHyperParameterTuningJob"][-1]
     config = request["HyperParameterTuningJobConfig"]
     assert config["Strategy"] == "Bayesian" and config["TrainingJobEarlyStoppingType"] == "Auto"
-    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "valid_acc"}
+    # The saved model's own value (its epoch's line is printed after each epoch; the last one is the model's).
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "best_valid_acc"}
     assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 2}
     ranges = config["ParameterRanges"]
     assert ranges["ContinuousParameterRanges"] == [
@@ -223,11 +214,14 @@ def test_tune_sends_the_ranges_objective_and_early_stopping(cloud, capsys, uploa
     assert "lr" not in static and "batch-size" not in static  # the tuner sets those
     assert static["epochs"] == "3" and static["weights-download"] == "true"
     assert set(static) | {"lr", "batch-size"} == set(Hyperparameters().to_strings())
-    # A tuning job's API has no Debugger / profiler fields; its trials share no checkpoint folder.
-    assert not {"DebugHookConfig", "ProfilerConfig", "CheckpointConfig"} & set(definition)
+    # Trials save no tensors and run no rules by default (nobody reads them) ...
+    assert static["debug-hook"] == "false" and static["rules"] == "false"
+    # ... and a spot trial keeps its progress: the training definition carries the checkpoint folder.
+    assert definition["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/image-classifier/checkpoints/ic-tune-test/"}
+    assert not {"DebugHookConfig", "ProfilerConfig"} & set(definition)  # the API has no field for them
     assert definition["EnableManagedSpotTraining"] is True
     assert [c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]] == [
-        f"s3://{BUCKET}/image-classifier/data/dogImages/{s}" for s in ("train", "valid", "test")]
+        f"s3://{BUCKET}/image-classifier/data/dogImages/{s}/" for s in ("train", "valid", "test")]
     assert "Best training job: ic-tune-best-001" in out and "batch-size=128 lr=0.0123" in out
     assert state(cloud)["tuning_job"] == "ic-tune-test"
     described = cloud.boto.client("sagemaker").describe_hyper_parameter_tuning_job(
@@ -235,10 +229,26 @@ def test_tune_sends_the_ranges_objective_and_early_stopping(cloud, capsys, uploa
     assert described["HyperParameterTuningJobConfig"]["Strategy"] == "Bayesian"
 
 
+def test_tune_trial_debugging_and_warm_start_after_a_rebuild(cloud, capsys, uploaded):
+    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-parent")
+    rebuilt = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/image-classifier:rebuilt"
+    push_image(cloud, "rebuilt")
+    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-child", "--warm-start", "ic-tune-parent",
+       "--image-uri", rebuilt, "--trial-debugging", "--no-spot")
+    request = [p for name, p in cloud.sent.calls if name == "CreateHyperParameterTuningJob"][-1]
+    # IdenticalDataAndAlgorithm requires the parent's image: a rebuilt one can only transfer what was learnt.
+    assert request["WarmStartConfig"]["WarmStartType"] == "TransferLearning"
+    static = request["TrainingJobDefinition"]["StaticHyperParameters"]
+    assert static["debug-hook"] == "true" and static["rules"] == "true"
+    # Trials have no Debugger configuration: their tensors travel in their output data.
+    assert request["TrainingJobDefinition"]["Environment"] == launch.TENSORS_IN_OUTPUT_DATA
+    assert "CheckpointConfig" not in request["TrainingJobDefinition"]  # on-demand: nothing interrupts it
+
+
 def test_tune_can_minimise_valid_loss(cloud, capsys, uploaded):
-    ok(capsys, "tune", "--objective", "valid_loss", "--strategy", "Random", "--no-wait")
+    ok(capsys, "tune", "--objective", "best_valid_loss", "--strategy", "Random", "--no-wait")
     config = cloud.sent.one("CreateHyperParameterTuningJob")["HyperParameterTuningJobConfig"]
-    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "valid_loss"}
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "best_valid_loss"}
     assert config["Strategy"] == "Random"
 
 
@@ -261,9 +271,9 @@ def test_train_from_tuning_sends_the_estimator_the_launcher_configures(cloud, ca
     expected.update({"weights-download": "true", "batch-size": "128", "lr": "0.02", "epochs": "3"})
     assert request["HyperParameters"] == expected
     assert [(c["ChannelName"], c["DataSource"]["S3DataSource"]["S3Uri"]) for c in request["InputDataConfig"]] == [
-        (s, f"s3://{BUCKET}/image-classifier/data/dogImages/{s}") for s in ("train", "valid", "test")]
+        (s, f"s3://{BUCKET}/image-classifier/data/dogImages/{s}/") for s in ("train", "valid", "test")]
     assert request["EnableManagedSpotTraining"] is True
-    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/image-classifier/checkpoints/ic-train-1"}
+    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/image-classifier/checkpoints/ic-train-1/"}
     stopping = request["StoppingCondition"]
     assert stopping["MaxRuntimeInSeconds"] == launch.MAX_RUN_SECONDS
     assert stopping["MaxWaitTimeInSeconds"] == 2 * launch.MAX_RUN_SECONDS
@@ -317,6 +327,18 @@ def test_sent_metric_definitions_parse_the_real_training_log(cloud, capsys, uplo
     line = format_metrics(epoch=2, train_loss=0.5, train_acc=0.75, valid_loss=0.25, valid_acc=0.875)
     values = {d["Name"]: re.search(d["Regex"], line) for d in definitions}
     assert float(values["valid_loss"].group(1)) == 0.25 and float(values["train_loss"].group(1)) == 0.5
+
+
+@pytest.mark.slow  # one tiny real training run of a few epochs
+def test_the_tuning_objective_is_the_value_of_the_model_the_job_saves(tmp_path):
+    job, exit_code = train_job(tmp_path, {"epochs": "4"})
+    assert exit_code == 0, job.log_file.read_text()[-3000:]
+    found = parse_metrics(job.log_file.read_text().splitlines())  # as SageMaker reads the log
+    saved = json.loads((job.dir / "model" / "model.json").read_text())["metrics"]
+    assert len(found["best_valid_acc"]) == len(found["valid_acc"]) == 4  # every epoch: early stopping sees it
+    # The last value (what the tuner ranks by) is the saved (best-valid_loss) epoch's, not the last epoch's.
+    assert found["best_valid_loss"][-1] == pytest.approx(saved["valid_loss"], abs=1e-4)
+    assert found["best_valid_acc"][-1] == found["valid_acc"][saved["best_epoch"] - 1]
 
 
 # ------------------------------------------------------------------------------ deploy/predict/delete
@@ -381,9 +403,11 @@ def test_dry_run_prints_the_calls_and_sends_nothing(cloud, capsys, tmp_path, mon
     picture = data / "test" / "001.Red_fox" / "Red_fox_00000.JPG"
     commands = {
         ("upload", "--data", data): ["ListObjectsV2"] + ["PutObject"] * 9,
-        ("tune", "--data", "s3://b/d"): ["GetCallerIdentity", "DescribeImages", "CreateHyperParameterTuningJob"],
+        ("tune", "--data", "s3://b/d"):
+            ["ListObjectsV2", "GetCallerIdentity", "DescribeImages", "CreateHyperParameterTuningJob"],
         ("train", "--data", "s3://b/d", "--from-tuning", "t1"):
-            ["DescribeHyperParameterTuningJob", "GetCallerIdentity", "DescribeImages", "CreateTrainingJob"],
+            ["DescribeHyperParameterTuningJob", "ListObjectsV2", "GetCallerIdentity", "DescribeImages",
+             "CreateTrainingJob"],
         ("deploy", "--job", "j1", "--endpoint", "e1"):
             ["DescribeTrainingJob", "GetCallerIdentity", "DescribeImages", "CreateModel", "CreateEndpointConfig",
              "CreateEndpoint"],
@@ -434,6 +458,7 @@ def test_missing_setting_names_flag_and_variable(cloud, capsys, monkeypatch, var
 
 def test_flags_win_over_the_environment(cloud, capsys, uploaded):
     role = f"arn:aws:iam::{ACCOUNT}:role/Other"
+    cloud.boto.client("s3").create_bucket(Bucket="other-bucket")
     ok(capsys, "train", "--no-wait", "--role", role, "--bucket", "other-bucket", "--image-uri", IMAGE)
     request = cloud.sent.one("CreateTrainingJob")
     assert request["RoleArn"] == role and request["OutputDataConfig"]["S3OutputPath"].startswith("s3://other-bucket/")
@@ -481,3 +506,292 @@ def test_steps_need_what_earlier_steps_record(cloud, capsys):
     assert "python launch.py tune" in fails(capsys, "train", "--data", "s3://b/d", "--from-tuning")
     assert "--endpoint" in fails(capsys, "predict", __file__)
     assert "a SageMaker job reads its data from S3" in fails(capsys, "train", "--data", "dogImages")
+
+
+# ------------------------------------------------------------------- issue 11: a real account's demands
+def test_from_tuning_reproduces_the_winning_trial(cloud, capsys, uploaded):
+    """The tuning job's static values (epochs=10 here) and the best trial's tuned ones, then --hp."""
+    def best(parsed):
+        best_job_values(parsed)
+        parsed["BestTrainingJob"]["TunedHyperParameters"]["_tuning_objective_metric"] = "best_valid_acc"
+
+    playing(cloud, "DescribeHyperParameterTuningJob", best)
+    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-10", "--hp", "epochs=10", "--hp", "augment=crop")
+    ok(capsys, "train", "--from-tuning", "--no-wait", "--hp", "lr=0.02")
+    sent = cloud.sent.one("CreateTrainingJob")["HyperParameters"]
+    assert sent["epochs"] == "10" and sent["augment"] == "crop"  # static values of the tuning job
+    assert sent["batch-size"] == "128" and sent["lr"] == "0.02"  # tuned value, then --hp
+    # Not the platform's keys, and not the trials' debugging defaults: the training job saves its tensors.
+    assert not [k for k in sent if k.startswith(("_", "sagemaker_"))]
+    assert sent["debug-hook"] == "true" and sent["rules"] == "true"
+
+
+def test_from_tuning_refuses_an_interim_best(cloud, capsys, uploaded):
+    playing(cloud, "DescribeHyperParameterTuningJob",
+            lambda parsed: (best_job_values(parsed), parsed.update(HyperParameterTuningJobStatus="InProgress")))
+    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-running")
+    line = fails(capsys, "train", "--from-tuning")
+    assert "ic-tune-running is InProgress" in line and "interim" in line and "--allow-interim" in line
+    assert "CreateTrainingJob" not in cloud.sent.operations()
+    ok(capsys, "train", "--from-tuning", "--allow-interim", "--no-wait")
+    assert cloud.sent.one("CreateTrainingJob")["HyperParameters"]["batch-size"] == "128"
+
+
+def test_no_debugger_sends_neither_hook_nor_profiler(cloud, capsys, uploaded):
+    ok(capsys, "train", "--no-debugger", "--no-wait", "--job-name", "ic-plain")
+    request = cloud.sent.one("CreateTrainingJob")
+    assert not {"DebugHookConfig", "ProfilerConfig", "DebugRuleConfigurations", "ProfilerRuleConfigurations"} & set(request)
+    # The job's own tensors go into its output data (output.tar.gz), its rules run in the job.
+    assert request["Environment"] == {"IMAGE_CLASSIFIER_TENSORS_DIR": "/opt/ml/output/data/tensors"}
+    assert request["HyperParameters"]["debug-hook"] == "true" and request["HyperParameters"]["rules"] == "true"
+    assert "--builtin-rules needs SageMaker Debugger" in fails(capsys, "train", "--no-debugger", "--builtin-rules")
+
+
+def test_train_dry_run_no_debugger(cloud, capsys):
+    calls = json.loads(ok(capsys, "train", "--data", "s3://b/d", "--no-debugger", "--dry-run"))
+    created = calls[-1]["params"]
+    assert calls[-1]["operation"] == "CreateTrainingJob"
+    assert "DebugHookConfig" not in created and "ProfilerConfig" not in created
+
+
+def test_builtin_rules_send_each_collection_once(cloud, capsys, uploaded):
+    ok(capsys, "train", "--builtin-rules", "--no-wait")
+    hook = cloud.sent.one("CreateTrainingJob")["DebugHookConfig"]
+    names = [c["CollectionName"] for c in hook["CollectionConfigurations"]]
+    assert len(names) == len(set(names)), names  # the SDK sent `losses` twice, with different intervals
+    intervals = {c["CollectionName"]: c["CollectionParameters"].get("save_interval")
+                 for c in hook["CollectionConfigurations"]}
+    defaults = Hyperparameters()
+    assert intervals["losses"] == str(defaults.debug_loss_interval)  # the job's own interval wins
+    assert intervals["gradients"] == str(defaults.debug_tensor_interval)
+
+
+def test_tune_dry_run_shows_checkpoints_and_no_debugging_in_trials(cloud, capsys, monkeypatch):
+    monkeypatch.delenv("SAGEMAKER_BUCKET")
+    calls = json.loads(ok(capsys, "tune", "--data", "s3://b/d", "--job-name", "ic-tune-dry", "--dry-run"))
+    definition = calls[-1]["params"]["TrainingJobDefinition"]
+    assert definition["CheckpointConfig"]["S3Uri"] == "s3://your-bucket/image-classifier/checkpoints/ic-tune-dry/"
+    assert definition["StaticHyperParameters"]["debug-hook"] == "false"
+
+
+def test_predict_and_delete_need_no_bucket_and_report_no_role(cloud, capsys, uploaded, monkeypatch):
+    cloud.sent.handlers.append(("before-call.*.InvokeEndpoint", endpoint_answers(
+        {"predictions": [[{"label": "Red fox", "index": 0, "probability": 0.9}]]})))
+    ok(capsys, "deploy", "--model-data", f"s3://{BUCKET}/m/model.tar.gz", "--endpoint", "ep-nobucket")
+    monkeypatch.delenv("SAGEMAKER_BUCKET")
+    monkeypatch.delenv("SAGEMAKER_ROLE_ARN")
+    picture = uploaded / "test" / "001.Red_fox" / "Red_fox_00000.JPG"
+    assert "Red fox" in ok(capsys, "predict", picture)
+    assert "Deleted endpoint ep-nobucket" in ok(capsys, "delete")
+    for argv in (("predict", picture, "--endpoint", "e1"), ("delete", "--endpoint", "e1")):
+        assert json.loads(ok(capsys, *argv, "--dry-run"))  # no --bucket, no placeholder needed
+
+
+def test_tuning_objective_is_a_metric_the_job_prints():
+    names = {d["Name"] for d in METRIC_DEFINITIONS}
+    for objective in launch.build_parser()._subparsers._group_actions[0].choices["tune"]._option_string_actions[
+            "--objective"].choices:
+        assert objective in names
+    line = format_metrics(best_valid_loss=0.25, best_valid_acc=0.875)
+    found = {d["Name"]: re.search(d["Regex"], line) for d in METRIC_DEFINITIONS}
+    assert float(found["best_valid_acc"].group(1)) == 0.875 and float(found["best_valid_loss"].group(1)) == 0.25
+    assert found["valid_acc"] is None and found["valid_loss"] is None and found["epoch"] is None
+
+
+@pytest.mark.parametrize("image, words", [
+    ("image-classifier:abc", "not an ECR image URI"),  # what `build_and_push.sh --no-push` builds
+    (f"{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/image-classifier:latest", "is in eu-west-1, the jobs run in us-east-1")])
+def test_image_that_sagemaker_cannot_pull_is_refused(cloud, capsys, uploaded, image, words):
+    assert words in fails(capsys, "train", "--image-uri", image)
+    assert "CreateTrainingJob" not in cloud.sent.operations()
+
+
+def test_china_region_image_uri_is_checked_in_ecr(cloud, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_REGION", "cn-north-1")
+    image = f"{ACCOUNT}.dkr.ecr.cn-north-1.amazonaws.com.cn/image-classifier:latest"
+    line = fails(capsys, "deploy", "--model-data", "s3://b/m.tar.gz", "--image-uri", image)
+    assert "repository 'image-classifier' does not exist" in line  # recognised as ECR, asked in its region
+    assert cloud.sent.one("DescribeImages")["repositoryName"] == "image-classifier"
+
+
+def test_bucket_in_another_region_is_refused(cloud, capsys, tmp_path, monkeypatch):
+    import boto3
+
+    boto3.Session(region_name="eu-west-1").client("s3").create_bucket(
+        Bucket="eu-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    monkeypatch.setenv("SAGEMAKER_BUCKET", "eu-bucket")
+    data = make_dataset(tmp_path / "dogImages", per_split={"train": 1})
+    line = fails(capsys, "upload", "--data", data)
+    assert "bucket eu-bucket is in eu-west-1, the jobs run in us-east-1" in line
+    assert "is in eu-west-1" in fails(capsys, "train", "--data", f"s3://{BUCKET}/d")
+    assert "PutObject" not in cloud.sent.operations()
+
+
+@pytest.mark.parametrize("code, message, words", [
+    ("ResourceLimitExceeded", "The account-level service limit 'ml.g4dn.xlarge for spot training job usage' is 0 "
+     "Instances, with current utilization of 0 Instances and a request delta of 1 Instances.",
+     ["quota 'ml.g4dn.xlarge for spot training job usage'", aws.QUOTAS_CONSOLE]),
+    ("ValidationException", f"Could not assume role {ROLE}. Please ensure that the role exists and allows principal "
+     "'sagemaker.amazonaws.com' to assume the role.", ["SageMaker cannot assume the role", "sagemaker.amazonaws.com"]),
+])
+def test_first_time_account_errors_are_one_line(cloud, capsys, uploaded, code, message, words):
+    def refuse(**_):
+        raise ClientError({"Error": {"Code": code, "Message": message}}, "CreateTrainingJob")
+
+    cloud.sent.handlers.append(("before-call.sagemaker.CreateTrainingJob", refuse))
+    line = fails(capsys, "train")
+    assert all(word in line for word in words), line
+
+
+def test_expired_credentials_while_waiting_say_how_to_reattach(cloud, capsys, uploaded):
+    def expired(**_):
+        raise ClientError({"Error": {"Code": "ExpiredToken", "Message": "The security token is expired"}},
+                          "DescribeTrainingJob")
+
+    cloud.sent.handlers.append(("before-call.sagemaker.DescribeTrainingJob", expired))
+    line = fails(capsys, "train", "--job-name", "ic-expires")
+    assert "python launch.py train --attach ic-expires" in line and "and run the command again" not in line
+    cloud.sent.handlers.clear()
+    out = ok(capsys, "train", "--attach", "ic-expires")
+    assert "Training job ic-expires completed" in out and state(cloud)["model_data"].endswith("ic-expires/output/model.tar.gz")
+    assert cloud.sent.operations().count("CreateTrainingJob") == 1  # attaching started nothing
+
+
+def test_expired_credentials_while_tuning_say_how_to_reattach(cloud, capsys, uploaded):
+    def expired(**_):
+        raise ClientError({"Error": {"Code": "ExpiredToken", "Message": "expired"}}, "DescribeHyperParameterTuningJob")
+
+    cloud.sent.handlers.append(("before-call.sagemaker.DescribeHyperParameterTuningJob", expired))
+    assert "python launch.py tune --attach ic-tune-exp" in fails(capsys, "tune", "--job-name", "ic-tune-exp")
+    cloud.sent.handlers[:] = [("after-call.*.DescribeHyperParameterTuningJob", lambda parsed, **_: best_job_values(parsed))]
+    assert "Best training job: ic-tune-best-001" in ok(capsys, "tune", "--attach", "ic-tune-exp")
+    assert cloud.sent.operations().count("CreateHyperParameterTuningJob") == 1
+
+
+# ------------------------------------------------------------------------------------------- endpoints
+def test_a_second_deploy_refuses_while_the_first_endpoint_runs(cloud, capsys):
+    model = f"s3://{BUCKET}/m/model.tar.gz"
+    out = ok(capsys, "deploy", "--model-data", model, "--endpoint", "ep-1")
+    assert "Endpoint ep-1 costs money until you delete it: python launch.py delete --endpoint ep-1" in out
+    for argv in ((), ("--endpoint", "ep-1")):
+        line = fails(capsys, "deploy", "--model-data", model, *argv)
+        assert "endpoint ep-1" in line and "python launch.py delete --endpoint ep-1" in line
+    ok(capsys, "deploy", "--model-data", model, "--endpoint", "ep-2")  # another name: a second endpoint on purpose
+    assert cloud.sent.operations().count("CreateEndpoint") == 2
+
+
+def test_failed_sample_prediction_and_ctrl_c_still_say_what_costs(cloud, capsys, tmp_path):
+    picture = make_dataset(tmp_path / "d", per_split={"test": 1}) / "test" / "001.Red_fox" / "Red_fox_00000.JPG"
+
+    def model_error(**_):
+        raise ClientError({"Error": {"Code": "ModelError", "Message": "Received server error (500)"}}, "InvokeEndpoint")
+
+    cloud.sent.handlers.append(("before-call.*.InvokeEndpoint", model_error))
+    code, out, err = run(capsys, "deploy", "--model-data", f"s3://{BUCKET}/m.tar.gz", "--endpoint", "ep-s",
+                         "--sample-image", picture)
+    assert code == 1 and "ModelError" in err
+    assert "Endpoint ep-s costs money until you delete it" in out
+    assert state(cloud)["endpoint"] == "ep-s"  # recorded before the sample prediction
+
+    def interrupt(**_):
+        raise KeyboardInterrupt
+
+    cloud.sent.handlers[:] = [("before-call.sagemaker.DescribeEndpoint", interrupt)]
+    code, out, err = run(capsys, "deploy", "--model-data", f"s3://{BUCKET}/m.tar.gz", "--endpoint", "ep-c",
+                         "--image-uri", IMAGE)
+    assert code == 1 and "keeps running" in err
+    assert "Endpoint ep-c costs money until you delete it: python launch.py delete --endpoint ep-c" in out
+
+
+def test_delete_all_removes_everything_tagged_after_one_confirmation(cloud, capsys, monkeypatch):
+    model = f"s3://{BUCKET}/m/model.tar.gz"
+    ok(capsys, "deploy", "--model-data", model, "--endpoint", "ep-1")
+    ok(capsys, "deploy", "--model-data", model, "--endpoint", "ep-2")
+    client = cloud.boto.client("sagemaker")
+    client.create_model(ModelName="not-ours", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+    answers = iter(["n", "y"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    out = ok(capsys, "delete", "--all")
+    assert "endpoint: ep-1" in out and "model: ep-2" in out and "not-ours" not in out and "Nothing deleted" in out
+    assert len(client.list_endpoints()["Endpoints"]) == 2
+    out = ok(capsys, "delete", "--all")
+    assert "Deleted 6" in out
+    assert client.list_endpoints()["Endpoints"] == [] and client.list_endpoint_configs()["EndpointConfigs"] == []
+    assert [m["ModelName"] for m in client.list_models()["Models"]] == ["not-ours"]
+    assert "endpoint" not in state(cloud)
+    ok(capsys, "deploy", "--model-data", model, "--endpoint", "ep-3")
+    assert "Deleted 3" in ok(capsys, "delete", "--all", "--yes")  # no question asked (input() would raise)
+
+
+# ----------------------------------------------------------------------------------------- data channels
+def test_upload_delete_removes_what_is_gone_locally(cloud, capsys, tmp_path):
+    data = make_dataset(tmp_path / "dogImages", per_split={"train": 2, "valid": 1, "test": 1})
+    ok(capsys, "upload", "--data", data)
+    gone = data / "train" / "001.Red_fox" / "Red_fox_00001.jpg"
+    gone.unlink()
+    assert ", 0 deleted" not in ok(capsys, "upload", "--data", data)  # off by default: nothing removed
+    keys = lambda: {o["Key"] for o in cloud.boto.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]}  # noqa: E731
+    assert "image-classifier/data/dogImages/train/001.Red_fox/Red_fox_00001.jpg" in keys()
+    assert "11 already there, 1 deleted" in ok(capsys, "upload", "--data", data, "--delete")
+    assert "image-classifier/data/dogImages/train/001.Red_fox/Red_fox_00001.jpg" not in keys() and len(keys()) == 11
+
+
+def test_a_new_dataset_gets_its_own_splits_and_exact_prefixes(cloud, capsys, uploaded):
+    s3 = cloud.boto.client("s3")
+    for key in ("other/train/001.a/x.jpg", "other/train_old/001.a/y.jpg"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    ok(capsys, "train", "--data", f"s3://{BUCKET}/other", "--no-wait")
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in cloud.sent.one("CreateTrainingJob")["InputDataConfig"]}
+    assert channels == {"train": f"s3://{BUCKET}/other/train/"}  # not the splits recorded for dogImages
+    s3.put_object(Bucket=BUCKET, Key="empty/readme.txt", Body=b"x")
+    assert "no train/ folder under" in fails(capsys, "train", "--data", f"s3://{BUCKET}/empty")
+
+
+# ------------------------------------------------------------------------------------ locked-down accounts
+def test_network_options_reach_jobs_tuning_and_endpoints(cloud, capsys, uploaded):
+    network = ["--subnets", "subnet-1", "subnet-2", "--security-groups", "sg-1", "--kms-key", "key-1",
+               "--network-isolation"]
+    code, out, err = run(capsys, "train", "--no-wait", *network)
+    assert code == 0 and "--pretrained-weights" in err and "BAKE_WEIGHTS" in err  # isolated: no weights download
+    request = cloud.sent.one("CreateTrainingJob")
+    assert request["VpcConfig"] == {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
+    assert request["ResourceConfig"]["VolumeKmsKeyId"] == "key-1" and request["OutputDataConfig"]["KmsKeyId"] == "key-1"
+    assert request["EnableNetworkIsolation"] is True and request["HyperParameters"]["weights-download"] == "false"
+    ok(capsys, "tune", "--no-wait", *network)
+    definition = cloud.sent.one("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert definition["VpcConfig"]["Subnets"] == ["subnet-1", "subnet-2"] and definition["EnableNetworkIsolation"]
+    cloud.sent.handlers.append(("before-call.*.InvokeEndpoint", endpoint_answers({"predictions": [[]]})))
+    ok(capsys, "deploy", "--model-data", f"s3://{BUCKET}/m.tar.gz", "--endpoint", "ep-vpc", *network)
+    model = cloud.sent.one("CreateModel")
+    assert model["VpcConfig"] == {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
+    assert model["EnableNetworkIsolation"] is True
+    assert cloud.sent.one("CreateEndpointConfig")["KmsKeyId"] == "key-1"
+    assert "needs both --subnets and --security-groups" in fails(capsys, "train", "--subnets", "subnet-1")
+
+
+def test_the_sdk_config_file_applies(cloud, capsys, uploaded, monkeypatch, tmp_path):
+    config = tmp_path / "sagemaker-config.yaml"
+    config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  TrainingJob:\n    VpcConfig:\n"
+                      "      SecurityGroupIds: [sg-org]\n      Subnets: [subnet-org]\n")
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(config))
+    ok(capsys, "train", "--no-wait")
+    assert cloud.sent.one("CreateTrainingJob")["VpcConfig"] == {"Subnets": ["subnet-org"], "SecurityGroupIds": ["sg-org"]}
+    config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  TrainingJob:\n    NoSuchField: 1\n")
+    assert "config file is not valid" in fails(capsys, "train", "--no-wait")
+
+
+def test_pretrained_weights_are_sent_as_the_pretrained_channel(cloud, capsys, uploaded, tmp_path):
+    weights = tmp_path / "resnet50-own.pth"
+    weights.write_bytes(b"state dict bytes")
+    ok(capsys, "train", "--no-wait", "--job-name", "ic-own", "--pretrained-weights", weights, "--network-isolation")
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in cloud.sent.one("CreateTrainingJob")["InputDataConfig"]}
+    assert channels["pretrained"] == f"s3://{BUCKET}/image-classifier/pretrained/ic-own/"
+    body = cloud.boto.client("s3").get_object(Bucket=BUCKET, Key="image-classifier/pretrained/ic-own/resnet50-own.pth")
+    assert body["Body"].read() == b"state dict bytes"
+    ok(capsys, "tune", "--no-wait", "--pretrained-weights", "s3://weights/resnet50.pth")
+    definition = cloud.sent.one("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}[
+        "pretrained"] == "s3://weights/resnet50.pth"
+    assert "expected a .pth/.pt state_dict" in fails(capsys, "train", "--pretrained-weights", tmp_path / "nothing")

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from PIL import Image
 
 from conftest import PROJECT_DIR, TINY_CLASSES, TINY_HYPERPARAMETERS, make_dataset
 from launcher import LauncherError, docker_image, docker_runner, local_training
+from training_state import assert_same_training_state, load_checkpoint
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -111,19 +113,24 @@ def test_bad_hyperparameter_in_the_image_fails_with_a_reason(image, tmp_path):
     assert not (job.dir / "model" / "model.pth").exists()
 
 
-def test_docker_stop_lets_the_job_save_its_checkpoint(image, tmp_path):
+def test_docker_stop_then_restart_on_the_same_opt_ml_resumes_bit_for_bit(image, tmp_path):
     """SageMaker stops a job (StopTrainingJob, spot interruption) with SIGTERM to the container: the
-    training script, not only PID 1, must get it and finish its checkpoint before the container ends."""
-    data = make_dataset(tmp_path / "data")
-    job = local_training.prepare_job(tmp_path / "jobs", "stopped", {"train": data},
-                                     dict(TINY_HYPERPARAMETERS, epochs="500"))
+    training script, not only PID 1, must get it and finish its checkpoint before the container ends. A new
+    container on the same /opt/ml then resumes from the step it stopped at and ends with exactly the state of
+    an uninterrupted run in the image."""
+    data = make_dataset(tmp_path / "data", {"train": 60, "valid": 2, "test": 2})
+    hps = dict(TINY_HYPERPARAMETERS, epochs="6", workers="2", **{"image-size": "64"})  # ~23 steps per epoch
+    reference = local_training.prepare_job(tmp_path / "jobs", "reference", {"train": data}, hps)
+    assert docker_runner.run_training(reference, image=image, echo=False) == 0, reference.log_file.read_text()[-3000:]
+
+    job = local_training.prepare_job(tmp_path / "jobs", "stopped", {"train": data}, hps)
     with open(job.log_file, "wb") as log_out:
         run = subprocess.Popen(docker_runner.training_command(job, image), stdout=log_out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
         while "epoch=1 " not in job.log_file.read_text(errors="replace"):
             assert run.poll() is None and time.monotonic() < deadline, job.log_file.read_text()[-3000:]
-            time.sleep(0.5)
+            time.sleep(0.2)
         docker_image.docker("stop", "--time", "60", docker_runner.training_container(job), timeout=120)
         exit_code = run.wait(timeout=120)
     finally:
@@ -133,8 +140,18 @@ def test_docker_stop_lets_the_job_save_its_checkpoint(image, tmp_path):
     log = job.log_file.read_text(errors="replace")
     assert exit_code == 143, log[-3000:]  # 128 + SIGTERM
     assert "SIGTERM received" in log and "checkpoint saved" in log, log[-3000:]
-    assert (job.dir / "checkpoints" / "checkpoint.pth").is_file()
+    stopped_at = re.search(r"Stopped by SIGTERM in epoch (\d+) at step (\d+) \(global step (\d+)\)", log)
+    assert stopped_at and stopped_at.group(1) != "1", log[-3000:]
     assert not job.succeeded
+
+    job = local_training.prepare_job(tmp_path / "jobs", "stopped", {"train": data}, hps)  # the same tree
+    assert docker_runner.run_training(job, image=image, echo=False) == 0, job.log_file.read_text()[-3000:]
+    assert job.succeeded
+    epoch, step, global_step = stopped_at.groups()
+    assert re.search(rf"Resuming from /opt/ml/checkpoints/checkpoint\.pth at global step {global_step} "
+                     rf"\(epoch {epoch}, step {step} of \d+\)", job.log_file.read_text(errors="replace"))
+    assert_same_training_state(load_checkpoint(job.dir / "checkpoints" / "checkpoint.pth"),
+                               load_checkpoint(reference.dir / "checkpoints" / "checkpoint.pth"))
 
 
 # ------------------------------------------------------------------------------ docker run IMAGE serve

@@ -1,4 +1,6 @@
 """Channels, class names, scanning and loading image-folder datasets."""
+import os
+
 import torch
 import pytest
 
@@ -51,8 +53,8 @@ def test_splits_have_sorted_classes_and_all_pictures(tmp_path):
 def test_mismatched_classes_are_refused(tmp_path):
     root = make_dataset(tmp_path / "d", {"train": 2, "valid": 2})
     (root / "valid" / "003.Blue_whale").rename(root / "valid" / "004.Grey_seal")
-    with pytest.raises(DataError, match=r"'valid' classes do not match 'train': missing \['003.Blue_whale'\], "
-                                        r"extra \['004.Grey_seal'\]"):
+    with pytest.raises(DataError, match=r"'valid' classes do not match 'train': missing \[\"003.Blue_whale\"\], "
+                                        r"extra \[\"004.Grey_seal\"\]"):
         load_splits({"train": root})
 
 
@@ -60,7 +62,7 @@ def test_empty_training_class_is_refused(tmp_path):
     root = make_dataset(tmp_path / "d", {"train": 2, "valid": 2})
     (root / "train" / "004.Empty").mkdir()
     (root / "valid" / "004.Empty").mkdir()
-    with pytest.raises(DataError, match="Class folders with no pictures in 'train': 004.Empty"):
+    with pytest.raises(DataError, match='Class folders with no pictures in .train.: "004.Empty"'):
         load_splits({"train": root})
 
 
@@ -136,3 +138,43 @@ def test_epoch_sampler_is_a_fixed_permutation_and_resumes_mid_epoch():
     assert [i for _, i in sampler] != [i for _, i in full]
     shards = [list(EpochSampler(10, 3, True, rank=r, world_size=2)) for r in (0, 1)]
     assert sorted(i for shard in shards for _, i in shard) == list(range(10))
+
+
+def test_only_regular_files_inside_the_channel_are_read(tmp_path, caplog):
+    """A symlink out of the channel, a FIFO named *.jpg (opening it would hang the job) and a dangling link
+    are skipped with a count; a link that stays inside the channel is read."""
+    root = make_dataset(tmp_path / "d", {"train": 2, "valid": 2})
+    secret = write_picture(tmp_path / "outside" / "secret.jpg", (1, 2, 3))
+    frog = root / "train" / "002.Green_frog"
+    (frog / "link-out.jpg").symlink_to(secret)
+    (frog / "dangling.jpg").symlink_to(tmp_path / "nothing.jpg")
+    os.mkfifo(frog / "fifo.jpg")
+    (frog / "linked-folder").symlink_to(secret.parent, target_is_directory=True)
+    inside = frog / "link-in.jpg"
+    inside.symlink_to(root / "valid" / "002.Green_frog" / "Green_frog_00001.jpg")
+    (root / "train" / "004.Outside").symlink_to(secret.parent, target_is_directory=True)  # not a class
+
+    splits = load_splits({"train": root})
+    train = [path for path, _ in splits.samples["train"]]
+    assert str(inside) in train and len(train) == 7
+    assert not any(name in path for path in train for name in ("link-out", "dangling", "fifo", "secret"))
+    assert splits.folders == ["001.Red_fox", "002.Green_frog", "003.Blue_whale"]
+    assert "Skipped 4 entries in 'train' that are not regular files inside the channel" in caplog.text
+
+
+def test_a_link_out_of_a_separate_channel_is_skipped(tmp_path, caplog):
+    root = make_dataset(tmp_path / "d", {"train": 2, "valid": 2})
+    (root / "valid" / "001.Red_fox" / "up.jpg").symlink_to(root / "train" / "001.Red_fox" / "Red_fox_00001.jpg")
+    splits = load_splits({"train": root / "train", "valid": root / "valid"})
+    assert len(splits.samples["valid"]) == 6 and "Skipped 1 entries in 'valid'" in caplog.text
+    nested = load_splits({"train": root})  # the same link stays inside one channel holding both splits
+    assert len(nested.samples["valid"]) == 7
+
+
+def test_names_and_paths_are_quoted_in_messages(tmp_path, caplog):
+    root = make_dataset(tmp_path / "d", {"train": 2, "valid": 2}, classes=("001.a", "002.b epoch=3 c"))
+    (root / "train" / "002.b epoch=3 c" / "x\nvalid_acc=1.jpg").write_bytes(b"broken")
+    load_splits({"train": root})
+    message = next(r.getMessage() for r in caplog.records if "unreadable" in r.getMessage())
+    assert "\n" not in message and "=" not in message.split(":", 1)[1]
+    assert '002.b epoch\\u003d3 c/x\\nvalid_acc\\u003d1.jpg"' in message

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from conftest import PROJECT_DIR, TINY_HYPERPARAMETERS, make_dataset
+from moto_server import moto_url, reset  # noqa: F401 - moto_url is a fixture
 
 SCRIPT = PROJECT_DIR / "build_and_push.sh"
 SHELL_SCRIPTS = [SCRIPT, PROJECT_DIR / "scripts" / "make_base_image.sh", PROJECT_DIR / ".ci" / "run",
@@ -21,7 +22,7 @@ def run_script(*args, env=None):
 def test_help_lists_every_option():
     result = run_script("--help")
     assert result.returncode == 0
-    for option in ("--name", "--tag", "--region", "--no-push", "BAKE_WEIGHTS", "TORCH_INDEX_URL"):
+    for option in ("--name", "--tag", "--region", "--platform", "--no-push", "BAKE_WEIGHTS", "TORCH_INDEX_URL"):
         assert option in result.stdout
 
 
@@ -47,6 +48,45 @@ def test_missing_docker_is_reported(tmp_path):
                             env={"PATH": str(bin_dir), "HOME": str(tmp_path)})
     assert result.returncode == 1
     assert "docker not found" in result.stderr
+
+
+@pytest.fixture
+def docker_log(tmp_path):
+    """A `docker` command that records its arguments (the build itself is what the container tests run):
+    (environment for the script, log file)."""
+    bin_dir = tmp_path / "fake-docker"
+    bin_dir.mkdir()
+    log = tmp_path / "docker.log"
+    (bin_dir / "docker").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    (bin_dir / "docker").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "IMAGE_URI_FILE": str(tmp_path / ".image-uri")}, log
+
+
+def test_build_is_for_sagemakers_platform_and_no_push_keeps_the_ecr_uri(docker_log, tmp_path):
+    env, log = docker_log
+    ecr_uri = "123456789012.dkr.ecr.us-east-1.amazonaws.com/image-classifier:pushed"
+    (tmp_path / ".image-uri").write_text(ecr_uri + "\n")
+    result = run_script("--no-push", "--tag", "t1", env=env)
+    assert result.returncode == 0, result.stderr
+    build = [line for line in log.read_text().splitlines() if line.startswith("build ")]
+    assert build == ["build --platform linux/amd64 -f docker/Dockerfile -t image-classifier:t1 "
+                     "-t image-classifier:latest ."]  # an Apple-silicon build would be arm64 otherwise
+    # The launcher sends .image-uri to CreateTrainingJob: a local name there would fail every job.
+    assert (tmp_path / ".image-uri").read_text().strip() == ecr_uri
+    assert result.stdout.strip().splitlines()[-1] == "image-classifier:t1"
+
+
+@pytest.mark.skipif(shutil.which("aws") is None, reason="the AWS CLI is not installed (pip install awscli)")
+def test_push_to_a_china_region_uses_its_registry_domain(docker_log, moto_url, tmp_path):
+    env, log = docker_log
+    reset(moto_url)
+    env.update(AWS_ENDPOINT_URL=moto_url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    result = run_script("--region", "cn-north-1", "--tag", "t2", "--platform", "linux/arm64", env=env)
+    assert result.returncode == 0, result.stderr
+    uri = "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/image-classifier:t2"
+    assert (tmp_path / ".image-uri").read_text().strip() == uri
+    assert f"build --platform linux/arm64 -f docker/Dockerfile -t {uri} " in log.read_text()
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt-get install shellcheck)")

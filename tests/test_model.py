@@ -1,12 +1,13 @@
 """The network, pretrained weights and the artifact (model.pth + model.json)."""
 import json
+import os
 
 import pytest
 import torch
 import torchvision
 
-from image_classifier.model import (ArtifactError, ModelConfig, PretrainedWeightsError, build_model, load_artifact,
-                                    pretrained_state, save_artifact, set_trainable)
+from image_classifier.model import (ArtifactError, ModelConfig, PretrainedWeightsError, atomic_write, build_model,
+                                    load_artifact, pretrained_state, save_artifact, set_trainable)
 
 
 def test_artifact_round_trip(tmp_path):
@@ -84,3 +85,34 @@ def test_trainable_layers(layers, trainable):
     model = build_model("resnet18", 2)
     set_trainable(model, layers)
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == trainable
+
+
+def test_atomic_write_syncs_a_unique_temporary_file_and_keeps_the_previous(tmp_path, monkeypatch):
+    target, previous = tmp_path / "checkpoint.pth", tmp_path / "checkpoint.previous.pth"
+    target.write_text("old")
+    (tmp_path / "checkpoint.pth.tmp").mkdir()  # a fixed temporary name would collide with this
+    synced, written = [], []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+
+    def write(tmp):
+        written.append(tmp)
+        tmp.write_text("new")
+
+    atomic_write(target, write, keep_previous=previous)
+    assert target.read_text() == "new" and previous.read_text() == "old"
+    assert written[0].parent == tmp_path and written[0].name not in ("checkpoint.pth.tmp", "checkpoint.pth")
+    assert synced == [str(written[0]), str(tmp_path)]  # the file before the rename, the folder after it
+
+
+def test_atomic_write_that_fails_leaves_the_old_file_and_no_debris(tmp_path):
+    target = tmp_path / "model.pth"
+    target.write_text("good")
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken, keep_previous=tmp_path / "previous.pth")
+    assert target.read_text() == "good" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]

@@ -1,5 +1,7 @@
 """Unit tests of the inference functions, and of the toolkit workflow they run in, without a server."""
+import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -7,6 +9,7 @@ from mms.context import Context, RequestProcessor
 from mms.model_loader import ModelLoader
 
 import serving_samples as samples
+from image_classifier.images import read_header
 from image_classifier.model import ArtifactError, ModelConfig, build_model, save_artifact
 from image_classifier.serving import handler, handler_service, settings
 
@@ -78,6 +81,7 @@ def test_model_fn_loads_the_artifact_in_eval_mode(model):
     assert model.classes == CLASSES
     assert not model.network.training
     assert model.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert model.decode_side == 18  # 16 px / (224 / 256)
     assert tuple(model.transform(samples.rgb_image((40, 30))).shape) == (3, 16, 16)
 
 
@@ -98,18 +102,24 @@ def test_model_fn_refuses_a_broken_artifact(model_dir, tmp_path):
         handler.model_fn(str(tmp_path))
 
 
+def test_the_optimised_model_gives_the_plain_model_s_answers(model, model_dir, monkeypatch):
+    monkeypatch.setenv(settings.OPTIMIZE_ENV, "false")
+    plain = handler.model_fn(str(model_dir))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.network.modules())  # folded
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.network.modules())
+    request = handler.input_fn(samples.batch_json(*(samples.jpeg((30 + i, 20)) for i in range(4))),
+                               "application/json")
+    optimised = handler.predict_fn(request, model).probabilities
+    assert torch.allclose(optimised, handler.predict_fn(request, plain).probabilities, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------ input_fn
 @pytest.mark.parametrize("name", sorted(samples.GOOD_PICTURES))
-def test_input_fn_decodes_every_picture_mode_to_rgb(name):
+def test_every_picture_mode_becomes_an_rgb_tensor(model, name):
     content_type, make = samples.GOOD_PICTURES[name]
     request = handler.input_fn(make(), content_type)
-    assert len(request.pictures) == 1 and request.pictures[0].mode == "RGB"
-    assert request.top_k == settings.DEFAULT_TOP_K
-
-
-def test_input_fn_applies_exif_orientation():
-    picture = handler.input_fn(samples.exif_rotated_jpeg(width=40, height=20), "image/jpeg").pictures[0]
-    assert picture.size == (20, 40)
+    assert len(request.pictures) == 1 and request.top_k == settings.DEFAULT_TOP_K
+    assert tuple(handler.to_tensor(request.pictures[0], model).shape) == (3, 16, 16)
 
 
 def test_input_fn_reads_a_json_batch_as_text_or_bytes():
@@ -127,20 +137,31 @@ def test_input_fn_reads_top_k_from_the_custom_attributes_header(model_dir):
     (b"", "image/jpeg", handler.BadRequest, "empty"),
     (None, "image/png", handler.BadRequest, "empty"),
     (samples.random_bytes(), "image/jpeg", handler.BadRequest, "supported format"),
-    (samples.truncated_jpeg(), "image/jpeg", handler.BadRequest, "not a readable picture"),
     (samples.bomb_png(), "image/png", handler.PayloadTooLarge, "too large"),
     (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "application/x-image", handler.BadRequest,
      "supported format"),
+    (samples.ico(), "application/x-image", handler.BadRequest, "supported format"),
     (samples.png(), "text/csv", handler.UnsupportedContentType, "not supported"),
     ("{not json", "application/json", handler.BadRequest, "not valid JSON"),
     ("", "application/json", handler.BadRequest, "empty"),
+    (samples.nested_json(), "application/json", handler.BadRequest, "nested too deeply"),
+    ('{"instances": ' + samples.nested_json(500) + "}", "application/json", handler.BadRequest, "instances[0]"),
     ('{"pictures": []}', "application/json", handler.BadRequest, "instances"),
+    ('[{"b64": "aGVsbG8="}]', "application/json", handler.BadRequest, "instances"),
+    ('"instances"', "application/json", handler.BadRequest, "instances"),
+    ('{"instances": {"b64": "aGVsbG8="}}', "application/json", handler.BadRequest, "instances"),
     ('{"instances": []}', "application/json", handler.BadRequest, "at least one"),
     ('{"instances": ["abc"]}', "application/json", handler.BadRequest, "instances[0]"),
+    ('{"instances": [null]}', "application/json", handler.BadRequest, "instances[0]"),
+    ('{"instances": [{"b64": 5}]}', "application/json", handler.BadRequest, "got int"),
+    ('{"instances": [{"b64": ["aGVsbG8="]}]}', "application/json", handler.BadRequest, "got list"),
     ('{"instances": [{"b64": "@@not base64@@"}]}', "application/json", handler.BadRequest, "base64"),
     ('{"instances": [{"b64": "aGVsbG8="}]}', "application/json", handler.BadRequest, "instances[0]"),
     (b"\xff\xd8\xff\xe0 binary", "application/json; charset=utf-8", handler.BadRequest, "UTF-8"),
-])
+], ids=["empty", "none", "random-bytes", "decompression-bomb", "eps", "ico", "wrong-type", "bad-json",
+        "empty-json", "deep-json", "nested-instances", "no-instances", "top-level-list", "top-level-string",
+        "instances-object", "no-instance", "string-instance", "null-instance", "int-b64", "list-b64",
+        "bad-base64", "not-a-picture", "binary-json"])
 def test_input_fn_refuses_bad_input(body, content_type, error, words):
     with pytest.raises(error) as raised:
         handler.input_fn(body, content_type)
@@ -154,22 +175,64 @@ def test_input_fn_caps_the_batch_size(monkeypatch):
         handler.input_fn(samples.batch_json(*[samples.png()] * 3), "application/json")
 
 
+def test_input_fn_caps_the_pixels_of_one_picture(monkeypatch):
+    monkeypatch.setenv(settings.MAX_PIXELS_ENV, "1000")
+    with pytest.raises(handler.PayloadTooLarge, match="40x30 pixels, more than 1,000"):
+        handler.input_fn(samples.png((40, 30)), "image/png")
+
+
 # ---------------------------------------------------------------------------------- predict_fn
+def predict(model, body, content_type="application/json"):
+    return handler.predict_fn(handler.input_fn(body, content_type), model)
+
+
 def test_predict_fn_gives_probabilities_per_picture(model):
-    request = handler.PictureRequest([samples.rgb_image(seed=i) for i in range(3)], top_k=2)
-    prediction = handler.predict_fn(request, model)
+    prediction = predict(model, samples.batch_json(*(samples.jpeg((24 + i, 24)) for i in range(3))))
     assert prediction.probabilities.shape == (3, len(CLASSES))
     assert torch.allclose(prediction.probabilities.sum(dim=1), torch.ones(3), atol=1e-5)
-    assert prediction.top_k == 2 and prediction.classes == CLASSES
+    assert prediction.top_k == 5 and prediction.classes == CLASSES
 
 
 def test_predict_fn_batches_give_the_same_answers(model, monkeypatch):
-    pictures = [samples.rgb_image(seed=i) for i in range(5)]
-    together = handler.predict_fn(handler.PictureRequest(pictures, 5), model).probabilities
-    monkeypatch.setenv(settings.FORWARD_BATCH_ENV, "2")
-    chunked = handler.predict_fn(handler.PictureRequest(pictures, 5), model).probabilities
-    one = handler.predict_fn(handler.PictureRequest(pictures[3:4], 5), model).probabilities
+    pictures = [samples.encode(samples.rgb_image(seed=i), "PNG") for i in range(5)]
+    together = predict(model, samples.batch_json(*pictures)).probabilities
+    monkeypatch.setattr(model, "settings", dataclasses.replace(model.settings, forward_batch=2))
+    chunked = predict(model, samples.batch_json(*pictures)).probabilities
+    one = predict(model, pictures[3], "image/png").probabilities
     assert torch.allclose(together, chunked, atol=1e-5) and torch.allclose(together[3:4], one, atol=1e-5)
+
+
+def test_a_pixel_bomb_batch_is_refused_by_the_budget_before_any_decoding(model):
+    """The attack of issue 12: dozens of 2 KB lossless WebPs, each 49 MP decoded (~200 MB apiece)."""
+    body = samples.batch_json(*[samples.pixel_bomb_webp()] * 30)
+    assert len(body) < 200_000
+    started = time.process_time()
+    with pytest.raises(handler.PayloadTooLarge) as raised:
+        predict(model, body)
+    assert "1,470,000,000 pixels" in raised.value.message and "100,000,000" in raised.value.message
+    assert settings.PIXEL_BUDGET_ENV in raised.value.message
+    assert time.process_time() - started < 5  # headers only: well under a second on any machine
+
+
+def test_a_big_picture_within_the_budget_is_answered_without_a_full_size_copy(model):
+    """One 49 MP picture is under both caps: decoded, reduced at once, answered."""
+    assert predict(model, samples.pixel_bomb_webp(), "application/x-image").probabilities.shape == (1, len(CLASSES))
+    # A 12 MP JPEG counts at the 1/8 scale it is decoded at: 32 of them (the batch cap) decode to 6 MP.
+    header = read_header(samples.big_jpeg(), min_side=model.decode_side)
+    assert header.size == (4000, 3000) and header.decoded_size == (500, 375)
+
+
+def test_the_budget_counts_all_pictures_of_a_request(model, monkeypatch):
+    monkeypatch.setattr(model, "settings", dataclasses.replace(model.settings, pixel_budget=2 * 40 * 30))
+    predict(model, samples.batch_json(samples.png((40, 30)), samples.png((40, 30))))
+    with pytest.raises(handler.PayloadTooLarge, match="3,600 pixels, more than the budget of 2,400"):
+        predict(model, samples.batch_json(*[samples.png((40, 30))] * 3))
+
+
+def test_a_picture_that_fails_to_decode_is_a_400_naming_it(model):
+    body = samples.batch_json(samples.png(), samples.truncated_jpeg())
+    with pytest.raises(handler.BadRequest, match=r"instances\[1\] is not a readable picture"):
+        predict(model, body)
 
 
 # ----------------------------------------------------------------------------------- output_fn
@@ -225,7 +288,11 @@ def test_transformer_answers_a_good_request(service, model_dir):
     (b"\xff\xfe\x00binary", {"Content-Type": "application/json"}, 400),
     (samples.png(), {"Content-Type": "image/png", "Accept": "text/csv"}, 406),
     (samples.bomb_png(), {"Content-Type": "image/png"}, 413),
-])
+    (samples.batch_json(*[samples.pixel_bomb_webp()] * 30).encode(), {"Content-Type": "application/json"}, 413),
+    (samples.nested_json().encode(), {"Content-Type": "application/json"}, 400),
+    (samples.truncated_jpeg(), {"Content-Type": "image/jpeg"}, 400),
+], ids=["random-bytes", "binary-csv", "binary-json", "bad-accept", "bomb", "pixel-budget", "deep-json",
+        "truncated"])
 def test_transformer_answers_client_mistakes_with_json(service, model_dir, body, headers, status):
     code, content_type, response = handle(service, model_dir, body, headers)
     assert (code, content_type) == (status, "application/json")
@@ -241,3 +308,11 @@ def test_transformer_hides_server_faults(service, model_dir, monkeypatch):
     code, _, response = handle(service, model_dir, samples.png(), {"Content-Type": "image/png"})
     assert code == 500
     assert "secret" not in response and "Traceback" not in response and json.loads(response)["message"]
+
+
+def test_transformer_refuses_a_body_over_the_payload_cap(service, model_dir, monkeypatch):
+    monkeypatch.setenv(settings.PAYLOAD_CAP_ENV, "1")
+    body = samples.random_bytes(1024 * 1024 + 1)
+    code, content_type, response = handle(service, model_dir, body, {"Content-Type": "image/jpeg"})
+    assert (code, content_type) == (413, "application/json")
+    assert "1,048,577 bytes, more than the payload cap of 1,048,576" in json.loads(response)["message"]

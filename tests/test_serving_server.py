@@ -1,98 +1,27 @@
 """Integration: the real `serve` (multi-model-server under Java) on a free loopback port, and the launcher's
 local deploy / predict / delete. One server per test class; every process a test starts is stopped."""
-import http.client
 import json
 import os
-import random
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tarfile
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 import launch
-from image_classifier.serving.settings import MAX_PORT
+import serving_harness as harness
 import serving_samples as samples
 from launcher import local_serving
+from serving_harness import SERVE, free_port, invoke, request
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-                                reason="multi-model-server needs Java 17 (apt-get install openjdk-17-jre-headless)")
-
-SERVE = Path(sys.executable).parent / "serve"
-READY_SECONDS = 300
-REQUEST_SECONDS = 120
-
-
-def free_port():
-    """A free loopback port MMS accepts (below 32767, so not one of Linux's ephemeral ports)."""
-    for port in random.sample(range(20000, MAX_PORT), 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    pytest.fail("no free port below 32767")
-
-
-def request(port, method, path, body=None, headers=None):
-    """(status, content type, body text) of one HTTP request to the local server."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_SECONDS)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, response.getheader("Content-Type"), response.read().decode("utf-8", "replace")
-    finally:
-        connection.close()
-
-
-def invoke(port, body, content_type, **headers):
-    all_headers = {"Content-Type": content_type} if content_type else {}
-    all_headers.update({key.replace("_", "-"): value for key, value in headers.items()})
-    return request(port, "POST", "/invocations", body, all_headers)
-
-
-def serve_process(base_dir, port, **extra_env):
-    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base_dir), SAGEMAKER_BIND_TO_PORT=str(port),
-               IMAGE_CLASSIFIER_BIND_ADDRESS="127.0.0.1", IMAGE_CLASSIFIER_RUNTIME_DIR=str(base_dir), **extra_env)
-    return subprocess.Popen([str(SERVE)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def wait_ready(process, port):
-    deadline = time.monotonic() + READY_SECONDS
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read().decode(errors="replace")[-3000:]
-        try:
-            if invoke(port, samples.png(), "image/png")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"serve did not answer within {READY_SECONDS} s")
-
-
-def stop(process):
-    """SIGTERM serve like SageMaker does; returns the processes of its tree still alive afterwards."""
-    if process.poll() is not None:
-        return process.returncode, []
-    tree = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
-    process.send_signal(signal.SIGTERM)
-    exit_code = process.wait(timeout=60)
-    _, alive = psutil.wait_procs(tree, timeout=10)
-    for leftover in alive:
-        leftover.kill()
-    return exit_code, alive
+pytestmark = harness.require_java(pytest)
 
 
 def assert_clean_error(status, content_type, body, expected):
     assert status == expected, body
+    assert content_type.startswith("application/json"), content_type
     assert "Traceback" not in body and 'File "' not in body
     message = json.loads(body)
     assert message.get("message"), body
@@ -101,17 +30,20 @@ def assert_clean_error(status, content_type, body, expected):
 @pytest.mark.slow
 class TestServe:
     @pytest.fixture(scope="class")
-    def port(self, trained_model_dir, tmp_path_factory):
+    def server(self, trained_model_dir, tmp_path_factory):
         base_dir = tmp_path_factory.mktemp("opt_ml")
         shutil.copytree(trained_model_dir, base_dir / "model")
-        port = free_port()
-        process = serve_process(base_dir, port)
+        server = harness.Server(base_dir, SAGEMAKER_MODEL_SERVER_WORKERS=2)  # a killed one has a peer
         try:
-            wait_ready(process, port)
-            yield port
+            server.wait_ready(samples.png())
+            yield server
         finally:
-            exit_code, alive = stop(process)
+            exit_code, alive = server.stop()
         assert exit_code == 0 and not alive, f"serve exit {exit_code}, left running: {alive}"
+
+    @pytest.fixture(scope="class")
+    def port(self, server):
+        return server.port
 
     def test_ping(self, port):
         assert request(port, "GET", "/ping")[0] == 200
@@ -154,33 +86,78 @@ class TestServe:
         assert_clean_error(*invoke(port, body, content_type, **headers), expected)
         assert invoke(port, samples.jpeg(), "image/jpeg")[0] == 200
 
-    def test_body_over_the_payload_cap_is_413(self, port):
-        status, _, body = invoke(port, os.urandom(7 * 1024 * 1024), "image/jpeg")
-        assert status == 413 and "Traceback" not in body
+    @pytest.mark.parametrize("megabytes", [7, 20])
+    def test_a_body_over_the_payload_cap_sent_whole_is_a_json_413(self, port, megabytes):
+        assert_clean_error(*invoke(port, os.urandom(megabytes * 1024 * 1024), "image/jpeg"), 413)
         assert invoke(port, samples.jpeg(), "image/jpeg")[0] == 200
 
-    def test_a_killed_worker_loses_no_later_request(self, port):
-        java = [p for p in psutil.process_iter(["cmdline"])
-                if "com.amazonaws.ml.mms.ModelServer" in (p.info["cmdline"] or [])
-                and f"127.0.0.1:{port}" in " ".join(_config_of(p))]
-        assert len(java) == 1
-        # MMS runs one listener process per model; it forks one worker per connection from the frontend.
-        [listener] = [p for p in java[0].children() if "model_service_worker.py" in " ".join(p.cmdline())]
-        workers = listener.children()
+    def test_a_body_far_over_the_cap_is_cut_by_mms_and_the_server_keeps_serving(self, port):
+        """Over 4x the cap MMS refuses the body itself (a bare 413, or a reset while the client is still
+        sending); SageMaker's front end refuses anything over 6 MB before it reaches the container."""
+        try:
+            status = invoke(port, os.urandom(30 * 1024 * 1024), "image/jpeg")[0]
+        except (ConnectionResetError, BrokenPipeError):
+            status = 413
+        assert status == 413
+        assert invoke(port, samples.jpeg(), "image/jpeg")[0] == 200
+
+    @pytest.mark.parametrize("body, content_type, words", [
+        (samples.nested_json(), "application/json", "nested too deeply"),
+        ('{"instances": [{"b64": 5}, 1]}', "application/json", "instances[0]"),
+        ('{"instances": "all of them"}', "application/json", "instances"),
+        (samples.ico(), "application/x-image", "supported format"),
+    ], ids=["deep-json", "wrong-types", "instances-string", "ico"])
+    def test_more_client_mistakes_are_json_400s(self, port, body, content_type, words):
+        status, content, response = invoke(port, body, content_type)
+        assert_clean_error(status, content, response, 400)
+        assert words in json.loads(response)["message"]
+
+    def test_a_pixel_bomb_batch_is_a_413_in_seconds_and_every_worker_lives(self, server):
+        """Issue 12's attack: ~30 tiny lossless WebPs that decode to 49 MP each, in one 80 KB request."""
+        workers = {p.pid for p in server.workers()}
+        started = time.monotonic()
+        status, content, response = invoke(server.port, samples.batch_json(*[samples.pixel_bomb_webp()] * 30),
+                                           "application/json")
+        assert time.monotonic() - started < 10
+        assert_clean_error(status, content, response, 413)
+        assert "budget" in json.loads(response)["message"]
+        assert invoke(server.port, samples.jpeg(), "image/jpeg")[0] == 200
+        assert {p.pid for p in server.workers()} == workers
+
+    def test_one_49_megapixel_picture_is_answered_and_every_worker_lives(self, server):
+        workers = {p.pid for p in server.workers()}
+        status, _, response = invoke(server.port, samples.pixel_bomb_webp(), "application/x-image")
+        assert status == 200, response
+        assert {p.pid for p in server.workers()} == workers
+
+    @pytest.mark.parametrize("method, path", [("POST", "/models?url=/tmp/model&model_name=other"),
+                                              ("DELETE", "/models/model"),
+                                              ("PUT", "/models/model?min_worker=0&synchronous=true"),
+                                              ("GET", "/models")])
+    def test_the_management_api_is_not_on_the_inference_port(self, server, method, path):
+        status, _, body = request(server.port, method, path)
+        assert status in (404, 405), body
+        assert invoke(server.port, samples.png(), "image/png")[0] == 200
+        # It exists, on serve's private unix socket, where it still sees our model and its workers.
+        status, body = server.management("GET", "/models/model")
+        assert status == 200
+        description = json.loads(body)
+        description = description[0] if isinstance(description, list) else description  # MMS versions differ
+        assert description["modelName"] == "model" and len(description["workers"]) == len(server.workers())
+
+    def test_a_killed_worker_is_replaced_and_no_later_request_is_lost(self, server):
+        workers = server.workers()
         assert workers  # one per CPU core by default
-        workers[0].kill()  # like the OOM killer
-        psutil.wait_procs(workers[:1], timeout=10)
-        answers = [invoke(port, samples.png(), "image/png")[0] for _ in range(4)]
+        victim = workers[0]
+        victim.kill()  # like the OOM killer
+        psutil.wait_procs([victim], timeout=10)
+        answers = [invoke(server.port, samples.png(), "image/png")[0] for _ in range(4)]
         assert answers == [200] * 4
-
-
-def _config_of(java):
-    """The MMS config file a Java frontend was started with, as text (to tell this test's server apart)."""
-    cmdline = java.cmdline()
-    try:
-        return [Path(cmdline[cmdline.index("-f") + 1]).read_text()]
-    except (ValueError, IndexError, OSError):
-        return []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(server.workers()) < len(workers):
+            time.sleep(0.5)
+        replaced = {p.pid for p in server.workers()}
+        assert len(replaced) == len(workers) and victim.pid not in replaced
 
 
 def test_serve_refuses_a_broken_artifact(tmp_path):

@@ -1,17 +1,14 @@
-"""The real training job: the toolkit's `train` as a subprocess over an /opt/ml tree, and launch.py."""
+"""The real training job: the toolkit's `train` as a subprocess over an /opt/ml tree, and launch.py.
+(Stop and resume, and the job under faults: test_training_faults.py.)"""
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import tarfile
 
 import pytest
-import torch
 
 from image_classifier.metrics import METRIC_DEFINITIONS, parse_metrics
-from launcher import local_training
 from conftest import PROJECT_DIR, TINY_HYPERPARAMETERS, make_dataset, train_job
 
 pytestmark = pytest.mark.slow
@@ -70,40 +67,6 @@ def test_separate_channels_and_unreadable_pictures(tmp_path):
     assert "Skipping 1 unreadable picture(s) in 'train'" in job.log_file.read_text()
     job, exit_code = train_job(tmp_path, {"epochs": "1", "on-bad-image": "fail"}, channels, name="fail")
     assert exit_code != 0 and "broken.jpg" in job.failure_reason and "on-bad-image=fail" in job.failure_reason
-
-
-def test_sigterm_then_restart_gives_exactly_the_uninterrupted_weights(tmp_path):
-    data = make_dataset(tmp_path / "data", {"train": 24, "valid": 4, "test": 4})
-    hps = {"epochs": "3", "augment": "crop-flip"}
-    reference, exit_code = train_job(tmp_path, hps, {"train": data}, name="reference")
-    assert exit_code == 0
-
-    hyperparameters = dict(TINY_HYPERPARAMETERS, **hps)
-    job = local_training.prepare_job(tmp_path / "jobs", "interrupted", {"train": data}, hyperparameters)
-    train = os.path.join(os.path.dirname(sys.executable), "train")
-    process = subprocess.Popen([train], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=local_training.process_environment(job), start_new_session=True)
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if line.startswith("epoch=1 "):  # mid-run: epochs 2 and 3 are still to come
-            os.killpg(process.pid, signal.SIGTERM)
-            break
-    seen += process.stdout.readlines()
-    assert process.wait(timeout=120) != 0
-    local_training._wait_group(process.pid)
-    log = "".join(seen)
-    assert "Stopped by SIGTERM" in log, log[-2000:]
-    assert (job.dir / "checkpoints" / "checkpoint.pth").is_file() and not job.succeeded
-    assert "checkpoint is saved" in job.failure_reason
-
-    job = local_training.prepare_job(tmp_path / "jobs", "interrupted", {"train": data}, hyperparameters)
-    assert local_training.run_process(job, echo=False) == 0 and job.succeeded
-    assert "Resuming from" in job.log_file.read_text()
-    expected = torch.load(reference.dir / "model" / "model.pth", weights_only=True)
-    resumed = torch.load(job.dir / "model" / "model.pth", weights_only=True)
-    assert expected.keys() == resumed.keys()
-    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
 
 
 def test_launch_py_trains_a_dogimages_style_folder(tmp_path):

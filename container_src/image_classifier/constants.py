@@ -17,9 +17,10 @@ WEIGHTS_FILE = "model.pth"
 METADATA_FILE = "model.json"
 ARTIFACT_FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pth"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.previous.pth"  # the one before, kept in case the newest does not load
 BEST_WEIGHTS_FILE = "best.pth"  # the best-valid weights so far, beside the checkpoint (tested at the end)
 FAILURE_FILE = "failure"
-FAILURE_MAX_CHARS = 1024  # SageMaker shows the first 1,024 characters as FailureReason
+FAILURE_MAX_BYTES = 1024  # SageMaker shows the first 1 KB as FailureReason
 
 # Pictures the data loader accepts, compared lower-case (the dog set mixes .jpg and .JPG).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -32,11 +33,17 @@ RESIZE_RATIO = 224 / 256
 
 # Exit code for a job stopped by SIGTERM after saving its checkpoint (128 + SIGTERM, like a shell).
 SIGTERM_EXIT_CODE = 143
+# Fault injection for tests: the job sends itself (its process group, as a platform stop does) SIGTERM right
+# after this global training step. Read once by TrainingEnvironment.
+STOP_AT_STEP_ENV = "IMAGE_CLASSIFIER_STOP_AT_STEP"
 
 # Debugging and profiling outputs (debugging.py, rules.py, profiling.py; read back by the launcher's report).
 # smdebug's tensors go to <output>/tensors, where SageMaker's DebugHookConfig LocalPath also points.
 TENSORS_FOLDER = "tensors"
 SAGEMAKER_TENSORS_DIR = "/opt/ml/output/tensors"
+# Where the tensors go when SageMaker passes no Debugger hook configuration (default <output>/tensors): the
+# launcher's `train --no-debugger` points it into output/data, which SageMaker uploads as output.tar.gz.
+TENSORS_DIR_ENV = "IMAGE_CLASSIFIER_TENSORS_DIR"
 RULES_FILE = "rules.json"
 PREDICTIONS_FILE = "test_predictions.json"
 PROFILER_TRACE_FILE = "profiler_trace.json"

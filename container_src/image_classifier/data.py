@@ -2,10 +2,16 @@
 
 A split is a folder of class folders (`train/001.Affenpinscher/Affenpinscher_00001.jpg`). The classes
 are the sorted folder names of `train`; `valid` and `test` must have the same ones.
+
+The channels are data from elsewhere: only regular files that resolve inside their channel are read
+(a symlink out of it, a FIFO or a device named `*.jpg` is skipped and counted), and every class name,
+file name or path goes into a log line or an error through `quote_for_log`, never as log syntax.
 """
 import logging
 import os
 import re
+import signal
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +22,7 @@ from torchvision import transforms
 
 from . import constants
 from .images import open_rgb
+from .metrics import quote_for_log
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,9 @@ def resolve_splits(channels):
     if constants.TRAIN_CHANNEL not in channels:
         raise DataError(f"No '{constants.TRAIN_CHANNEL}' channel: give the job a training data channel "
                         f"(got: {', '.join(sorted(channels)) or 'none'}).")
+    for split in constants.SPLIT_FOLDERS:
+        if split in channels and not Path(channels[split]).is_dir():
+            raise DataError(f"The '{split}' channel {quote_for_log(channels[split])} is not a folder that can be read.")
     train_root = Path(channels[constants.TRAIN_CHANNEL])
     nested = {split: train_root / folder for split, folder in constants.SPLIT_FOLDERS.items()}
     if constants.VALID_CHANNEL not in channels and nested[constants.VALID_CHANNEL].is_dir() \
@@ -54,39 +64,81 @@ def _is_picture(name):
     return not name.startswith(".") and name.lower().endswith(constants.IMAGE_EXTENSIONS)
 
 
-def list_classes(root):
+def _inside(path, channel_real):
+    real = os.path.realpath(path)
+    return real == channel_real or real.startswith(channel_real.rstrip(os.sep) + os.sep)
+
+
+def _names(names):
+    return ", ".join(quote_for_log(name) for name in names)
+
+
+def list_classes(root, channel=None):
+    """The sorted class folders of `root`; a folder that resolves outside `channel` (default: `root`)
+    is not one."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"Data folder {root} does not exist.")
-    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        raise DataError(f"Data folder {quote_for_log(root)} does not exist.")
+    channel_real = os.path.realpath(channel if channel is not None else root)
+    try:
+        folders = sorted(e.name for e in os.scandir(root)
+                         if e.is_dir() and not e.name.startswith(".") and _inside(e.path, channel_real))
+    except OSError as error:
+        raise DataError(f"Cannot read the data folder {quote_for_log(root)}: {error.strerror or error}.") from None
     if not folders:
-        raise DataError(f"{root} has no class folders: expected {root}/<class>/<picture>.jpg.")
+        raise DataError(f"{quote_for_log(root)} has no class folders: expected <split>/<class>/<picture>.jpg.")
     return folders
 
 
-def scan_split(root, folders, split):
-    """All (path, label) pairs of a split, in a fixed order; stray non-picture files are ignored."""
+def _picture_files(folder, channel_real):
+    """(regular picture files under `folder` resolving inside the channel, in a fixed order; what was
+    skipped: symlinks out of the channel, FIFOs, devices, dangling links, linked sub-folders)."""
+    files, skipped = [], []
+    def unreadable(error):
+        raise DataError(f"Cannot read the data folder {quote_for_log(error.filename)}: {error.strerror or error}.")
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):  # does not descend into links
+        dirnames.sort()
+        skipped += [Path(dirpath) / name for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
+        for name in sorted(filenames):
+            if not _is_picture(name):
+                continue
+            path = Path(dirpath) / name
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except OSError:  # a dangling link, or gone
+                regular = False
+            (files if regular and _inside(path, channel_real) else skipped).append(path)
+    return files, skipped
+
+
+def scan_split(root, folders, split, channel=None):
+    """All (path, label) pairs of a split, in a fixed order; stray non-picture files are ignored, and
+    anything that is not a regular file inside `channel` (default: `root`) is skipped with a count."""
     root = Path(root)
-    found = list_classes(root)
+    channel_real = os.path.realpath(channel if channel is not None else root)
+    found = list_classes(root, channel_real)
     if found != folders:
         missing, extra = sorted(set(folders) - set(found)), sorted(set(found) - set(folders))
-        raise DataError(f"The '{split}' classes do not match 'train': missing {missing[:5] or 'none'}, "
-                        f"extra {extra[:5] or 'none'} ({len(found)} folders vs {len(folders)}).")
-    samples, empty = [], []
+        raise DataError(f"The '{split}' classes do not match 'train': missing [{_names(missing[:5]) or 'none'}], "
+                        f"extra [{_names(extra[:5]) or 'none'}] ({len(found)} folders vs {len(folders)}).")
+    samples, empty, skipped = [], [], []
     for label, folder in enumerate(folders):
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root / folder):
-            dirnames.sort()
-            files += [Path(dirpath) / name for name in sorted(filenames) if _is_picture(name)]
+        files, not_read = _picture_files(root / folder, channel_real)
+        skipped += not_read
         if not files:
             empty.append(folder)
         samples += [(str(path), label) for path in files]
+    if skipped:
+        log.warning("Skipped %d entries in '%s' that are not regular files inside the channel (links out of it, "
+                    "FIFOs, devices, linked folders): %s%s", len(skipped), split, _names(skipped[:10]),
+                    ", ..." if len(skipped) > 10 else "")
     if empty and split == constants.TRAIN_CHANNEL:
-        raise DataError(f"Class folders with no pictures in '{split}': {', '.join(empty[:10])}.")
+        raise DataError(f"Class folders with no pictures in '{split}': {_names(empty[:10])}.")
     if empty:
-        log.warning("Class folders with no pictures in '%s': %s", split, ", ".join(empty[:10]))
+        log.warning("Class folders with no pictures in '%s': %s", split, _names(empty[:10]))
     if not samples:
-        raise DataError(f"No pictures in '{split}' ({root}): expected files ending in "
+        raise DataError(f"No pictures in '{split}' ({quote_for_log(root)}): expected files ending in "
                         f"{', '.join(constants.IMAGE_EXTENSIONS)}.")
     return samples
 
@@ -108,7 +160,7 @@ def check_pictures(samples, policy, split):
 def report_bad_pictures(bad, policy, split):
     if not bad:
         return
-    listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:20])
+    listing = "; ".join(f"{quote_for_log(path)} ({quote_for_log(reason)})" for path, reason in bad[:20])
     more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
     if policy == "fail":
         raise DataError(f"{len(bad)} unreadable picture(s) in '{split}' (on-bad-image=fail): {listing}{more}")
@@ -125,10 +177,14 @@ class Splits:
 
 def load_splits(channels, on_bad_image="skip"):
     paths = resolve_splits(channels)
-    folders = list_classes(paths[constants.TRAIN_CHANNEL])
+    # The channel each split lives in: its own, or the `train` channel holding train/ valid/ test/.
+    channel_of = {split: channels[split] if Path(channels.get(split, "")) == path else channels[constants.TRAIN_CHANNEL]
+                  for split, path in paths.items()}
+    folders = list_classes(paths[constants.TRAIN_CHANNEL], channel_of[constants.TRAIN_CHANNEL])
     samples, bad_files = {}, {}
     for split, root in paths.items():
-        samples[split], bad_files[split] = check_pictures(scan_split(root, folders, split), on_bad_image, split)
+        scanned = scan_split(root, folders, split, channel_of[split])
+        samples[split], bad_files[split] = check_pictures(scanned, on_bad_image, split)
     if not samples[constants.TRAIN_CHANNEL]:
         raise DataError("No readable training pictures.")
     return Splits([class_name(f) for f in folders], folders, samples, bad_files)
@@ -168,7 +224,7 @@ class PictureDataset(Dataset):
         try:
             image = open_rgb(path)
         except DECODE_ERRORS as error:
-            return BadPicture(f"{path} ({error})")
+            return BadPicture(f"{quote_for_log(path)} ({quote_for_log(error)})")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
             return self.transform(image), label
@@ -212,7 +268,16 @@ class EpochSampler(Sampler):
         return len(self._indices()) - self.start
 
 
+def _leave_sigterm_to_the_job(worker_id):
+    # A stop (SIGTERM to the whole process group) is the main process's to handle: it finishes the step,
+    # saves and stops its workers in order. A worker killed by it would fail the job instead, in any loader.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset, sampler, batch_size, workers, pin_memory=False, drop_last=False):
+    # A generator of its own: each pass would otherwise draw its workers' base seed from the global RNG (which
+    # a resumed job's checkpoint restores), and augmentation is seeded per picture, so that seed is unused.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
-                      persistent_workers=False)
+                      persistent_workers=False, generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=_leave_sigterm_to_the_job)

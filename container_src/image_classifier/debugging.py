@@ -6,6 +6,10 @@ the loss (and the labels, for the class-imbalance rule) every few steps, in TRAI
 PREDICT (test) modes, and the weights, gradients and biases only every `debug-tensor-interval` training
 steps: saving all of a ResNet-50 costs about 180 MB and a second. smdebug ignores SAGEMAKER_BASE_DIR, so
 every path it gets is explicit: `<output>/tensors` (SageMaker's LocalPath, /opt/ml/output/tensors).
+
+A fresh job empties its tensors folder first (smdebug refuses one holding a finished run); a LocalPath that
+would hold the job's input, model, checkpoints or code is refused rather than emptied. A resumed job keeps
+the tensors and goes on numbering steps where the checkpoint left off, so the rules see the whole run.
 """
 import json
 import logging
@@ -56,7 +60,7 @@ def install_numpy_compat():
 
 # ----------------------------------------------------------------------------------------- the hook
 def tensors_dir(env):
-    return env.output_dir / constants.TENSORS_FOLDER
+    return Path(os.environ.get(constants.TENSORS_DIR_ENV) or env.output_dir / constants.TENSORS_FOLDER)
 
 
 def _local_config_file(env):
@@ -83,8 +87,13 @@ def _sparse_save_config(interval):
                        ModeKeys.PREDICT: never, ModeKeys.GLOBAL: never})
 
 
-def create_hook(env, hp):
-    """The smdebug hook for this job, or None when `debug-hook=false`."""
+class DebuggerConfigError(ValueError):
+    """The Debugger hook configuration cannot be used as given; the message says why."""
+
+
+def create_hook(env, hp, resume=None):
+    """The smdebug hook for this job, or None when `debug-hook=false`. `resume`: the hook's position saved
+    in the checkpoint (`TensorRecorder.position`); the saved tensors are then kept and continued."""
     if not hp.debug_hook:
         if env.debug_hook_config is not None:
             log.info("debug-hook=false: ignoring the job's Debugger hook configuration")
@@ -94,30 +103,69 @@ def create_hook(env, hp):
 
     if env.debug_hook_config is not None:
         config_file, out_dir = _local_config_file(env)
-        _clear(out_dir)
-        hook = smd.Hook.create_from_json_file(str(config_file))
         source = f"the job's Debugger configuration ({env.debug_hook_config})"
     else:
-        out_dir = tensors_dir(env)
-        _clear(out_dir)
+        config_file, out_dir = None, tensors_dir(env)
+        source = (f"hyperparameters (losses every {hp.debug_loss_interval} steps, weights/gradients/biases every "
+                  f"{hp.debug_tensor_interval} training steps)")
+    _prepare(env, out_dir, resume)
+    if config_file is not None:
+        hook = smd.Hook.create_from_json_file(str(config_file))
+    else:
         hook = smd.Hook(out_dir=str(out_dir), save_config=smd.SaveConfig(save_interval=hp.debug_loss_interval),
                         include_collections=["losses", *SPARSE_COLLECTIONS])
         for name in SPARSE_COLLECTIONS:
             hook.get_collection(name).save_config = _sparse_save_config(hp.debug_tensor_interval)
-        source = (f"hyperparameters (losses every {hp.debug_loss_interval} steps, weights/gradients/biases every "
-                  f"{hp.debug_tensor_interval} training steps)")
     labels = hook.get_collection(LABELS_COLLECTION)
     labels.include(LABELS_REGEX)
     hook.include_collections = list(dict.fromkeys([*hook.include_collections, LABELS_COLLECTION]))
-    log.info("smdebug hook: tensors to %s, from %s", out_dir, source)
+    if resume:
+        _restore_position(hook, resume)
+    log.info("smdebug hook: tensors to %s, from %s%s", out_dir, source,
+             f"; resumed after step {resume['step']}" if resume else "")
     return hook
 
 
-def _clear(out_dir):
-    # smdebug refuses a folder holding a finished run; a restarted job's tensors start again from step 0.
-    if out_dir.exists():
-        log.warning("Removing the tensors of a previous run in %s", out_dir)
-        shutil.rmtree(out_dir)
+def _protected_folders(env):
+    """What a tensors folder must never be, hold or sit in: the job's input, model, checkpoints and code."""
+    return [Path(p).resolve() for p in (env.input_dir, env.model_dir, env.checkpoint_dir, env.base_dir / "code")]
+
+
+def check_tensors_dir(env, out_dir):
+    """Refuse a tensors folder that overlaps the job's own data: it is emptied at the start of a job."""
+    out = Path(out_dir).resolve()
+    for folder in _protected_folders(env):
+        if out == folder or out in folder.parents or folder in out.parents:
+            raise DebuggerConfigError(
+                f"The Debugger LocalPath {out_dir} {'is' if out == folder else 'overlaps'} {folder}, which holds "
+                f"the job's own files; the tensors folder is emptied when a job starts. Use a folder of its own, "
+                f"such as {constants.SAGEMAKER_TENSORS_DIR}.")
+    for folder in (env.base_dir.resolve(), env.output_dir.resolve(), Path(out.anchor)):
+        if out == folder:
+            raise DebuggerConfigError(f"The Debugger LocalPath {out_dir} is the job's {folder} itself; use a "
+                                      f"folder of its own, such as {constants.SAGEMAKER_TENSORS_DIR}.")
+
+
+def _prepare(env, out_dir, resume):
+    check_tensors_dir(env, out_dir)
+    if not out_dir.exists():
+        return
+    if resume:
+        # smdebug refuses a folder that holds a finished run: the stopped run's end mark goes, its tensors stay.
+        from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
+
+        (out_dir / END_OF_JOB_FILENAME).unlink(missing_ok=True)
+        return
+    # A fresh job: the tensors of an earlier run in this folder would mix with this one's.
+    log.warning("Removing the tensors of a previous run in %s", out_dir)
+    shutil.rmtree(out_dir)
+
+
+def _restore_position(hook, position):
+    from smdebug.core.modes import ModeKeys
+
+    hook.step = position["step"]  # init_step stays: a mode first used after the restart starts at 0
+    hook.mode_steps = {ModeKeys[mode]: step for mode, step in position["mode_steps"].items()}
 
 
 # Collections saved without a forward hook on every layer: parameters are read at the step's start, gradients
@@ -148,15 +196,22 @@ class TensorRecorder:
     def __init__(self, hook=None, out_dir=None):
         self.hook = hook
         self.out_dir = Path(out_dir) if out_dir else None
+        self.closed = False
 
     @classmethod
-    def start(cls, env, hp, model, criterion):
-        hook = create_hook(env, hp)
+    def start(cls, env, hp, model, criterion, resume=None):
+        hook = create_hook(env, hp, resume)
         if hook is None:
             return cls()
         register_model(hook, model)
         hook.register_loss(criterion)
         return cls(hook, hook.out_dir)
+
+    def position(self):
+        """The hook's step counters, saved in the checkpoint so a resumed job continues the numbering."""
+        if self.hook is None:
+            return None
+        return {"step": self.hook.step, "mode_steps": {mode.name: step for mode, step in self.hook.mode_steps.items()}}
 
     def set_mode(self, mode):
         """'train', 'eval' (validation) or 'predict' (test)."""
@@ -166,23 +221,7 @@ class TensorRecorder:
             self.hook.set_mode({"train": modes.TRAIN, "eval": modes.EVAL, "predict": modes.PREDICT}[mode])
 
     def close(self):
-        """Flush and mark the run ended (rules and readers wait for that mark)."""
-        if self.hook is not None:
+        """Flush and mark the run ended (rules and readers wait for that mark); idempotent."""
+        if self.hook is not None and not self.closed:
+            self.closed = True
             self.hook.close()
-
-
-def run_end_of_training_rules(recorder, env, hp, num_classes):
-    """Close the hook, then run the rules over its tensors (output/data/rules.json, metric lines). A rule
-    that breaks is logged, never fails the job: the model is already saved and the rules only diagnose."""
-    recorder.close()
-    if not hp.rules or recorder.out_dir is None:
-        return None
-    from .rules import report_rules, run_rules
-
-    try:
-        results = run_rules(recorder.out_dir, parameters={"ClassImbalance": {"num_classes": num_classes}})
-    except Exception:  # noqa: BLE001 - see above
-        log.exception("The debugging rules could not run")
-        return None
-    report_rules(results, env.output_data_dir / constants.RULES_FILE, recorder.out_dir)
-    return results

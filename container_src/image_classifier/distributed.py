@@ -109,9 +109,18 @@ class Distributed:
 
 
 class _AgreedStop:
+    """Reads of `requested` are agreed over ranks; every other attribute is the local stop flag's."""
+
     def __init__(self, local, dist):
-        self._local, self._dist = local, dist
+        object.__setattr__(self, "_local", local)
+        object.__setattr__(self, "_dist", dist)
 
     @property
     def requested(self):
         return self._dist.any(self._local.requested)
+
+    def __getattr__(self, name):
+        return getattr(self._local, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._local, name, value)

@@ -2,7 +2,8 @@
 
 Like sagemaker-training's `Environment`: SageMaker (or the toolkit's `train`) describes the job with
 `SM_*` variables and JSON files under /opt/ml. Each value is taken from its `SM_*` variable when set,
-else from the files under `SAGEMAKER_BASE_DIR`, so the job also runs as a plain process.
+else from the files under `SAGEMAKER_BASE_DIR`, so the job also runs as a plain process. A value that
+cannot be read raises EnvironmentConfigError naming it (the job reports it in its failure file).
 """
 import json
 import os
@@ -12,11 +13,49 @@ from pathlib import Path
 from . import constants
 
 
+class EnvironmentConfigError(ValueError):
+    """A malformed SM_* variable or /opt/ml/input/config file; the message names it."""
+
+
 def _json_file(path, default):
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return default
+    except (OSError, ValueError) as error:
+        raise EnvironmentConfigError(f"Cannot read {path}: {error}") from None
+
+
+def _json_value(name, text):
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise EnvironmentConfigError(f"{name} is not valid JSON ({error}): {text[:200]!r}") from None
+
+
+def _integer(name, text, minimum=0):
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value < minimum:
+        raise EnvironmentConfigError(f"{name} must be an integer >= {minimum}, got {str(text)[:100]!r}")
+    return value
+
+
+def _hosts(hosts, current, source):
+    if not (isinstance(hosts, list) and hosts and all(isinstance(h, str) and h for h in hosts)):
+        raise EnvironmentConfigError(f"{source}: hosts must be a non-empty list of host names, got {str(hosts)[:200]}")
+    if current not in hosts:
+        raise EnvironmentConfigError(f"{source}: the current host {str(current)[:100]!r} is not one of the hosts "
+                                     f"{hosts[:8]}")
+    return tuple(hosts)
+
+
+def failure_file(environ=None):
+    """Where the job's failure reason goes; needs only SAGEMAKER_BASE_DIR, so every failure can reach it."""
+    env = os.environ if environ is None else environ
+    return Path(env.get(constants.BASE_DIR_ENV, constants.DEFAULT_BASE_DIR)) / "output" / constants.FAILURE_FILE
 
 
 @dataclass(frozen=True)
@@ -33,6 +72,7 @@ class TrainingEnvironment:
     num_gpus: int = 0
     num_cpus: int = 1
     debug_hook_config: Path | None = None
+    stop_at_step: int = 0  # fault injection for tests: SIGTERM to the job after this global step (0 = never)
 
     @property
     def is_master(self):
@@ -41,6 +81,10 @@ class TrainingEnvironment:
     @property
     def failure_file(self):
         return self.output_dir / constants.FAILURE_FILE
+
+    @property
+    def input_dir(self):
+        return self.base_dir / "input"
 
     @classmethod
     def read(cls, environ=None):
@@ -62,8 +106,15 @@ class TrainingEnvironment:
             channels = {name: data_dir / name for name in names}
 
         resources = _json_file(config_dir / "resourceconfig.json", {})
-        hosts = json.loads(env["SM_HOSTS"]) if "SM_HOSTS" in env else resources.get("hosts", ["algo-1"])
-        current = env.get("SM_CURRENT_HOST", resources.get("current_host", hosts[0]))
+        if not isinstance(resources, dict):
+            raise EnvironmentConfigError(f"{config_dir / 'resourceconfig.json'} must hold a JSON object")
+        if "SM_HOSTS" in env:
+            hosts, source = _json_value("SM_HOSTS", env["SM_HOSTS"]), "SM_HOSTS"
+        else:
+            hosts, source = resources.get("hosts", ["algo-1"]), str(config_dir / "resourceconfig.json")
+        current = env.get("SM_CURRENT_HOST", resources.get("current_host", hosts[0] if isinstance(hosts, list)
+                                                            and hosts else None))
+        hosts = _hosts(hosts, current, source)
 
         try:
             import torch  # only for the GPU count; already imported by the job itself
@@ -81,10 +132,18 @@ class TrainingEnvironment:
             checkpoint_dir=Path(env.get("SM_CHECKPOINT_DIR", base / "checkpoints")),
             channels=channels,
             # The raw file, not SM_HPS: it keeps SageMaker's strings, which config.py parses and checks.
-            hyperparameters=_json_file(config_dir / "hyperparameters.json", {}),
-            hosts=tuple(hosts),
+            hyperparameters=_hyperparameters(config_dir / "hyperparameters.json"),
+            hosts=hosts,
             current_host=current,
-            num_gpus=int(env.get("SM_NUM_GPUS", default_gpus)),
-            num_cpus=int(env.get("SM_NUM_CPUS", os.cpu_count() or 1)),
+            num_gpus=_integer("SM_NUM_GPUS", env.get("SM_NUM_GPUS", default_gpus)),
+            num_cpus=_integer("SM_NUM_CPUS", env.get("SM_NUM_CPUS", os.cpu_count() or 1), minimum=1),
             debug_hook_config=hook_config if hook_config.is_file() else None,
+            stop_at_step=_integer(constants.STOP_AT_STEP_ENV, env.get(constants.STOP_AT_STEP_ENV, 0)),
         )
+
+
+def _hyperparameters(path):
+    values = _json_file(path, {})
+    if not isinstance(values, dict):
+        raise EnvironmentConfigError(f"{path} must hold a JSON object of hyperparameters")
+    return values

@@ -1,20 +1,50 @@
 """Decoding pictures into RGB, the same way for training and serving.
 
 Pictures come in every mode (CMYK JPEGs, palette or RGBA PNGs, 16-bit and grey scans) and often with an
-EXIF orientation; the network wants upright 8-bit RGB. Pillow's decompression-bomb guard is raised to an
-error so a huge picture fails fast instead of filling memory.
+EXIF orientation; the network wants upright 8-bit RGB. Only the formats in PICTURE_FORMATS are ever
+opened (Pillow would otherwise try every plugin it has, EPS and PDF included), and the size in the header
+is checked before any pixel is decoded: a 1 KB lossless WebP can declare 49 megapixels.
+
+For serving, `min_side` makes a big picture cheap: a JPEG is decoded at 1/2, 1/4 or 1/8 scale
+(`Image.draft`, DCT scaling) and other formats are box-reduced right after decoding, in both cases only
+as far as the short side stays at least `min_side` (what the evaluation transform resizes to next).
 """
 import io
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
+# Formats decoded from datasets and requests; anything else (EPS, PDF, ICO...) is refused unread.
+PICTURE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 # A dog photo is a few megapixels; 50 MP is generous and still far below a decompression bomb.
 DEFAULT_MAX_PIXELS = 50_000_000
+# Modes Pillow's `reduce` handles; others (palette, 1-bit, 16-bit) are converted at full size first,
+# to a mode that keeps what to_rgb needs (16-bit values, transparency).
+REDUCIBLE_MODES = ("L", "LA", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F")
+MODE_BEFORE_REDUCE = {"1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
 
 
 class ImageTooLargeError(ValueError):
     """The picture has more pixels than allowed."""
+
+
+@dataclass(frozen=True)
+class PictureHeader:
+    format: str
+    size: tuple  # (width, height) as declared
+    decoded_size: tuple  # (width, height) the decoder will produce (smaller for a drafted JPEG)
+
+    @property
+    def decoded_pixels(self):
+        return self.decoded_size[0] * self.decoded_size[1]
+
+
+def eval_resize(image_size):
+    """The short side the evaluation transform resizes to before its centre crop (torchvision's 256/224)."""
+    from .constants import RESIZE_RATIO
+
+    return round(image_size / RESIZE_RATIO)
 
 
 def to_rgb(image):
@@ -36,18 +66,70 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def open_rgb(source, max_pixels=DEFAULT_MAX_PIXELS):
-    """Open a path or bytes and decode it fully into RGB; raises ValueError subclasses on bad input."""
-    if isinstance(source, (bytes, bytearray)):
+def _open(source):
+    if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(source) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageTooLargeError(f"picture is {width}x{height} pixels, more than {max_pixels:,}")
-                image.load()
-                return to_rgb(image)
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-            raise ImageTooLargeError(str(error)) from None
+    return Image.open(source, formats=PICTURE_FORMATS)
+
+
+def _check_size(image, max_pixels):
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"picture is {width}x{height} pixels, more than {max_pixels:,}")
+
+
+def _draft(image, min_side):
+    """Ask a JPEG decoder for a reduced scale that keeps the short side >= min_side (header only)."""
+    if min_side and image.format == "JPEG":
+        image.draft(image.mode, (min_side, min_side))
+
+
+def _reduce(image, min_side):
+    """Box-reduce a decoded picture by a whole factor, keeping its short side >= min_side."""
+    factor = min(image.size) // min_side if min_side else 1
+    if factor < 2:
+        return image
+    if image.mode not in REDUCIBLE_MODES:
+        image = image.convert(MODE_BEFORE_REDUCE.get(image.mode)
+                              or ("RGBA" if "transparency" in image.info else "RGB"))
+    return image.reduce(factor)
+
+
+def _guarded(function):
+    """Pillow's decompression-bomb warning (and error) become ImageTooLargeError."""
+    def guarded(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                return function(*args, **kwargs)
+            except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+                raise ImageTooLargeError(str(error)) from None
+    guarded.__doc__ = function.__doc__
+    return guarded
+
+
+@_guarded
+def read_header(source, max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
+    """Format and sizes from the header alone (nothing decoded); refuses other formats and big pictures."""
+    with _open(source) as image:
+        _check_size(image, max_pixels)
+        size = image.size
+        _draft(image, min_side)
+        return PictureHeader(image.format, size, image.size)
+
+
+@_guarded
+def open_rgb(source, max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
+    """Open a path or bytes and decode it into upright RGB; raises ValueError subclasses (and OSError,
+    SyntaxError from Pillow) on bad input. With `min_side`, a big picture is decoded or reduced to a
+    smaller size whose short side is still at least `min_side`, and no full-size copy is kept."""
+    with _open(source) as image:
+        _check_size(image, max_pixels)
+        _draft(image, min_side)
+        image.load()
+        # EXIF orientation survives `reduce` only through the source's info: read it before reducing.
+        exif = image.getexif()
+        small = _reduce(image, min_side)
+    if small is not image and exif:
+        small.info["exif"] = exif.tobytes()
+    return to_rgb(small)

@@ -4,6 +4,7 @@ This module is the single definition of the format: the training job formats its
 launcher passes METRIC_DEFINITIONS to SageMaker (which scrapes the log with them) and parses local logs
 with the same regexes. It imports nothing heavy, so the launcher can use it without torch.
 """
+import json
 import re
 
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
@@ -11,6 +12,9 @@ _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 # name -> the metric's line prefix context; each regex captures one number.
 EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "images_per_sec", "bad_images")
 FINAL_METRICS = ("test_loss", "test_acc")
+# The model the job saves (the best-valid_loss epoch's weights), printed after each epoch: the last such line
+# is the value of the model it ships, and the tuner's objective (`best_valid_acc` or `best_valid_loss`).
+SAVED_MODEL_METRICS = ("best_valid_loss", "best_valid_acc")
 
 
 def _regex(name):
@@ -20,7 +24,7 @@ def _regex(name):
 
 METRIC_DEFINITIONS = [
     {"Name": "epoch", "Regex": r"(?:^|\s)epoch=([0-9]+)\s"}
-] + [{"Name": name, "Regex": _regex(name)} for name in EPOCH_METRICS + FINAL_METRICS]
+] + [{"Name": name, "Regex": _regex(name)} for name in EPOCH_METRICS + FINAL_METRICS + SAVED_MODEL_METRICS]
 
 # One line per debugging rule at the end of training (rules.py): 1 triggered, 0 passed, -1 not enough data.
 RULE_METRICS = ("rule_loss_not_decreasing", "rule_overfit", "rule_overtraining", "rule_vanishing_gradient",
@@ -36,6 +40,12 @@ def format_metrics(**values):
             value = f"{value:.1f}" if key == "images_per_sec" else f"{value:.4f}"
         parts.append(f"{key}={value}")
     return " ".join(parts)
+
+
+def quote_for_log(text):
+    """Data (a class name, a file name, a path, an error about one) as it goes into a log line: a JSON string
+    with `=` escaped too, so it can never hold the `key=number` these regexes read, nor start a new line."""
+    return json.dumps(str(text)).replace("=", "\\u003d")
 
 
 def parse_metrics(lines):

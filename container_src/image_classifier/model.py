@@ -9,6 +9,8 @@ import logging
 import os
 import pickle
 import platform
+import re
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,10 @@ class PretrainedWeightsError(RuntimeError):
 
 class ArtifactError(RuntimeError):
     """The model folder does not hold a usable artifact."""
+
+
+class UnsafePickleError(ArtifactError):
+    """A weights file whose pickle references code (a function or class): refused, never unpickled."""
 
 
 @dataclass
@@ -84,7 +90,7 @@ def pretrained_state(arch, channel_dir=None, allow_download=False):
         if not preferred:
             raise PretrainedWeightsError(f"The 'pretrained' channel ({channel_dir}) has no .pth/.pt file.")
         log.info("Loading pretrained weights from the 'pretrained' channel: %s", preferred[0])
-        state = torch.load(preferred[0], map_location="cpu", weights_only=True)
+        state = load_weights(preferred[0])
         return state.get("model", state) if isinstance(state, dict) else state
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
     if cached.is_file() or allow_download:
@@ -103,11 +109,47 @@ _FIX_HINT = ("Fix: give the weights file as a 'pretrained' channel, build the im
              "or train from scratch with pretrained=false.")
 
 
-def atomic_write(path, write):
-    """`write(tmp)` then rename: a reader (or a restarted job) never sees a half-written file."""
-    tmp = Path(f"{path}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def atomic_write(path, write, keep_previous=None):
+    """`write(tmp)` to a unique temporary file beside `path`, fsync it, rename it over `path`, fsync the
+    folder: a reader (or a restarted job) sees the old file or the new one, never half of one, even after a
+    crash or a power cut. `keep_previous`: a path to move the current file to first (the last good one)."""
+    path = Path(path)
+    descriptor, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        _fsync(tmp)
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+
+
+def _fsync(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def load_weights(path):
+    """`torch.load` that never runs code: tensors and plain containers only (`weights_only=True`, passed
+    explicitly so that TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off). A pickle that names anything
+    else (a function, a class) is refused with UnsafePickleError, before any of it runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found is None:  # not a pickle that asks for code: a damaged file, reported as such by the caller
+            raise
+        raise UnsafePickleError(f"Refused to load {path}: it is not a plain weights file (its pickle asks for "
+                                f"{found.group(1)}), and loading it could run code. Only tensors and plain "
+                                "containers are read.") from None
 
 
 def save_artifact(model_dir, model, config):
@@ -134,7 +176,7 @@ def load_artifact(model_dir, device="cpu"):
         if metadata.get("format_version") != constants.ARTIFACT_FORMAT_VERSION:
             raise ArtifactError(f"unsupported artifact format {metadata.get('format_version')!r}")
         config = ModelConfig(**{k: metadata[k] for k in ModelConfig.__dataclass_fields__ if k in metadata})
-        state = torch.load(model_dir / constants.WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        state = load_weights(model_dir / constants.WEIGHTS_FILE)
         model = build_model(config.arch, config.num_classes)
         model.load_state_dict(state)
     except ArtifactError:

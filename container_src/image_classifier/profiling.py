@@ -135,6 +135,7 @@ class Profiling:
         self.out_dir = out_dir
         self.window = TorchProfilerWindow(out_dir, start_step, steps, cuda)
         self.monitor = SystemMonitor(cuda)
+        self.closed = False
 
     @classmethod
     def start(cls, hp, out_dir, device):
@@ -150,7 +151,11 @@ class Profiling:
         self.window.step()
 
     def close(self):
-        """Stop both and write system_metrics.json; returns the monitor's summary."""
+        """Stop both and write system_metrics.json; returns the monitor's summary. Idempotent: every exit of
+        the job closes it (a SIGTERM stop or an error too), the normal end first, before the test."""
+        if self.closed:
+            return None
+        self.closed = True
         self.window.stop()
         self.monitor.stop()
         summary = self.monitor.summary()

@@ -4,10 +4,17 @@ Run by sagemaker-training's `train` (through /opt/ml/code/train.py) or directly.
 `TrainingEnvironment`, prints one metric line per epoch and one at the end (format: metrics.py), writes
 `model.pth` + `model.json` to the model folder, checkpoints every epoch (and on SIGTERM) so a restarted
 job resumes where it stopped, and on any error writes a short reason to /opt/ml/output/failure.
+
+A checkpoint holds everything the rest of the run depends on (model, optimizer, scheduler, AMP scaler, RNG
+states, the global step and the smdebug hook's step counters), so on CPU a stopped and resumed job ends with
+exactly the weights of an uninterrupted one. Checkpoints are written durably (model.atomic_write) beside the
+previous good one; a restart sets aside one that does not load and falls back to the previous.
 """
+import contextlib
 import json
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -22,25 +29,32 @@ from . import constants
 from .config import HyperparameterError, Hyperparameters
 from .cuda_check import GpuUnusableError
 from .data import DataError, EpochSampler, PictureDataset, build_transforms, load_splits, make_loader
-from .debugging import TensorRecorder, run_end_of_training_rules
+from .debugging import DebuggerConfigError, TensorRecorder
 from .distributed import Distributed
-from .environment import TrainingEnvironment
-from .metrics import format_metrics
-from .model import (ArtifactError, ModelConfig, PretrainedWeightsError, atomic_write, build_model,
+from .environment import EnvironmentConfigError, TrainingEnvironment, failure_file
+from .metrics import format_metrics, quote_for_log
+from .model import (ArtifactError, ModelConfig, PretrainedWeightsError, atomic_write, build_model, load_weights,
                     pretrained_state, save_artifact, set_trainable, unwrap)
 from .profiling import Profiling
 
 log = logging.getLogger("image_classifier")
 
 # Errors that are the user's to fix: reported in one line, without a traceback.
-USER_ERRORS = (HyperparameterError, DataError, PretrainedWeightsError, ArtifactError, GpuUnusableError)
+USER_ERRORS = (HyperparameterError, DataError, PretrainedWeightsError, ArtifactError, EnvironmentConfigError,
+               DebuggerConfigError, GpuUnusableError)
+# What a checkpoint must hold to resume from it.
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "rng", "step", "state", "hyperparameters", "folders"}
 
 
 class StopRequested:
-    """Set by SIGTERM (spot interruption, StopTrainingJob): the loop saves at the next step and exits."""
+    """Set by SIGTERM (spot interruption, StopTrainingJob): the loop saves at the next step and exits.
+    `stop_at_step` (tests): after that global step the job sends the SIGTERM itself, to its process group
+    as the platform does, so a stop lands exactly where a test wants it."""
 
-    def __init__(self):
+    def __init__(self, stop_at_step=0):
         self.requested = False
+        self.stop_at_step = stop_at_step
+        self.epoch_first_step = 0  # the global step number before the current epoch's first step
 
     def install(self):
         signal.signal(signal.SIGTERM, self._handle)
@@ -50,10 +64,11 @@ class StopRequested:
         log.warning("SIGTERM received: saving a checkpoint at the end of this step, then exiting")
         self.requested = True
 
-
-def _ignore_sigterm(worker_id):
-    # Data-loading workers leave SIGTERM to the main process, which stops them in order.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    def step_done(self, step_in_epoch):
+        if self.stop_at_step and self.epoch_first_step + step_in_epoch == self.stop_at_step:
+            log.warning("%s=%d: sending SIGTERM to the job", constants.STOP_AT_STEP_ENV, self.stop_at_step)
+            self.requested = True  # the handler sets it too; this makes the stop step exact
+            os.killpg(os.getpgrp(), signal.SIGTERM)
 
 
 def seed_everything(seed):
@@ -88,7 +103,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
     waiting_since = time.perf_counter()  # the time until the loader yields is time spent waiting for data
     for images, labels, bad in loader:
         progress["bad"] += len(bad)
-        for item in bad:
+        for item in bad:  # already quoted for the log (data.BadPicture)
             log.warning("Skipping unreadable picture: %s", item)
         if len(labels):
             start = time.perf_counter()
@@ -112,6 +127,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
             if on_step is not None:
                 on_step(data_seconds=start - waiting_since, compute_seconds=time.perf_counter() - start)
         progress["step"] += 1
+        stop.step_done(progress["step"])
         waiting_since = time.perf_counter()
         if stop.requested or (max_steps and progress["step"] >= max_steps):
             break
@@ -148,17 +164,62 @@ def evaluate(model, criterion, loader, device, amp=False, dist=None):
     return total_loss / count, correct / count, bad, torch.tensor(predictions), torch.tensor(targets)
 
 
-def _atomic_save(obj, path):
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+def _atomic_save(obj, path, keep_previous=None):
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), keep_previous)
 
 
 def _new_progress():
     return {"step": 0, "loss": 0.0, "correct": 0, "images": 0, "seconds": 0.0, "bad": 0}
 
 
+def rng_states():
+    """Every random generator the job could draw from (tensors and plain values only: weights_only loads it)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached)}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_checkpoint(folder):
+    """(the newest checkpoint in `folder` that loads, its path), or (None, None). One that does not load
+    (cut short, damaged, not a checkpoint, or a pickle that asks for code) is set aside with a warning,
+    and the previous one is tried."""
+    for path in (folder / constants.CHECKPOINT_FILE, folder / constants.PREVIOUS_CHECKPOINT_FILE):
+        if not path.is_file():
+            continue
+        try:
+            saved = load_weights(path)
+            if not isinstance(saved, dict) or not CHECKPOINT_KEYS <= saved.keys():
+                raise ValueError("not a checkpoint of this job (keys missing)")
+            return saved, path
+        except Exception as error:  # noqa: BLE001 - whatever the damage, the file is set aside, not fatal
+            aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, aside)
+            log.warning("The checkpoint %s does not load (%s); set aside as %s.", path,
+                        quote_for_log(f"{type(error).__name__}: {error}"[:300]), aside.name)
+    return None, None
+
+
 def run(env, hp):
-    """The whole job; returns the process exit code."""
-    stop = StopRequested().install()
+    """The whole job; returns the process exit code. Every way out closes the profiler and the tensor
+    recorder (a SIGTERM stop and an error too), so system metrics and the tensors' end mark are written."""
+    with contextlib.ExitStack() as cleanup:
+        return _run(env, hp, cleanup)
+
+
+def _run(env, hp, cleanup):
+    stop = StopRequested(env.stop_at_step).install()
     dist = Distributed.from_environment(env)
     stop = dist.agreed(stop)  # every rank stops at the same step
     device = dist.device
@@ -170,7 +231,8 @@ def run(env, hp):
     splits = load_splits(env.channels, hp.on_bad_image)
     classes = splits.classes
     scan_bad = sum(len(files) for files in splits.bad_files.values())  # unreadable, skipped at scan time
-    log.info("Classes: %d (%s%s); pictures: %s", len(classes), ", ".join(classes[:5]),
+    # Class names are data: quoted, so no folder name can write a metric line of its own.
+    log.info("Classes: %d (%s%s); pictures: %s", len(classes), ", ".join(quote_for_log(c) for c in classes[:5]),
              ", ..." if len(classes) > 5 else "",
              ", ".join(f"{split} {len(s)}" for split, s in splits.samples.items()))
 
@@ -191,7 +253,6 @@ def run(env, hp):
     # BatchNorm cannot train on a last batch of one picture.
     drop_last = len(train_sampler) % hp.batch_size == 1
     train_loader = make_loader(train_set, train_sampler, hp.batch_size, workers, device.type == "cuda", drop_last)
-    train_loader.worker_init_fn = _ignore_sigterm
 
     def eval_loader(split):
         dataset = PictureDataset(splits.samples[split], eval_tf, hp.seed)
@@ -206,9 +267,6 @@ def run(env, hp):
     scaler = torch.amp.GradScaler("cuda") if amp else None
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     train_model = dist.wrap(model)
-    # smdebug (losses, weights, gradients) and the profiler (None unless profile=true): rank 0 only.
-    recorder = TensorRecorder.start(env, hp, model, criterion) if dist.is_master else TensorRecorder()
-    profiling = Profiling.start(hp, env.output_data_dir, device) if dist.is_master else None
 
     # Resume from the newest checkpoint (a restarted spot job finds it in /opt/ml/checkpoints).
     checkpoint_path = env.checkpoint_dir / constants.CHECKPOINT_FILE
@@ -216,39 +274,52 @@ def run(env, hp):
     state = {"epoch": 0, "progress": _new_progress(), "history": [], "best_valid_loss": math.inf,
              "best_epoch": 0, "epochs_without_improvement": 0}
     # Read on the first host, sent to every rank (other hosts may have no copy).
-    saved = dist.from_master(lambda: torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-                             if checkpoint_path.is_file() else None)
+    saved, saved_path = dist.from_master(lambda: load_checkpoint(env.checkpoint_dir))
     if saved is not None:
-        _check_resumable(saved, hp, splits.folders, checkpoint_path)
+        _check_resumable(saved, hp, splits.folders, saved_path)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
+        restore_rng_states(saved["rng"])
         state = saved["state"]
-        log.info("Resuming from %s: epoch %d, step %d", checkpoint_path, state["epoch"] + 1, state["progress"]["step"])
+        log.info("Resuming from %s at global step %d (epoch %d, step %d of %d)", saved_path, saved["step"],
+                 state["epoch"] + 1, state["progress"]["step"], steps_per_epoch)
+
+    # smdebug: losses, weights, gradients (a resumed job continues the saved tensors); it and the profiler
+    # (None unless profile=true) on rank 0 only.
+    recorder = (TensorRecorder.start(env, hp, model, criterion, saved.get("debugger") if saved else None)
+                if dist.is_master else TensorRecorder())
+    cleanup.callback(recorder.close)
+    profiling = Profiling.start(hp, env.output_data_dir, device) if dist.is_master else None
+    if profiling is not None:
+        cleanup.callback(profiling.close)
 
     def save_checkpoint():
         if dist.is_master:
             env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             _atomic_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                          "state": state, "hyperparameters": hp.to_strings(), "folders": splits.folders},
-                         checkpoint_path)
+                          "rng": rng_states(), "step": state["epoch"] * steps_per_epoch + state["progress"]["step"],
+                          "debugger": recorder.position(), "state": state, "hyperparameters": hp.to_strings(),
+                          "folders": splits.folders},
+                         checkpoint_path, keep_previous=env.checkpoint_dir / constants.PREVIOUS_CHECKPOINT_FILE)
         dist.barrier()  # no rank runs ahead (or exits) while rank 0 writes
 
     valid_loader = eval_loader("valid")
     for epoch in range(state["epoch"], hp.epochs):
         progress = state["progress"]
         train_sampler.set_epoch(epoch, start=progress["step"] * hp.batch_size)
+        stop.epoch_first_step = epoch * steps_per_epoch
         recorder.set_mode("train")
         finished = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, scaler,
                                    progress, stop, steps_per_epoch, on_step=profiling)
         if not finished:
             save_checkpoint()
-            log.warning("Stopped by SIGTERM in epoch %d at step %d; checkpoint saved to %s. "
+            log.warning("Stopped by SIGTERM in epoch %d at step %d (global step %d); checkpoint saved to %s. "
                         "Restart the job with the same checkpoint folder to resume.",
-                        epoch + 1, progress["step"], checkpoint_path)
+                        epoch + 1, progress["step"], epoch * steps_per_epoch + progress["step"], checkpoint_path)
             return constants.SIGTERM_EXIT_CODE
         recorder.set_mode("eval")
         valid_loss, valid_acc, valid_bad, _, _ = evaluate(model, criterion, valid_loader, device, amp, dist)
@@ -269,6 +340,9 @@ def run(env, hp):
                 _atomic_save(unwrap(model).state_dict(), best_path)
         else:
             state["epochs_without_improvement"] += 1
+        if dist.is_master:  # the model this job saves (best valid_loss): the tuner's objective reads its last line
+            best = state["history"][state["best_epoch"] - 1]
+            print(format_metrics(best_valid_loss=best["valid_loss"], best_valid_acc=best["valid_acc"]), flush=True)
         state.update(epoch=epoch + 1, progress=_new_progress())
         save_checkpoint()
         if hp.early_stopping_patience and state["epochs_without_improvement"] >= hp.early_stopping_patience:
@@ -279,10 +353,9 @@ def run(env, hp):
             return constants.SIGTERM_EXIT_CODE
 
     if profiling is not None:
-        profiling.close()
+        profiling.close()  # the system metrics cover training, not the final test
     # Test once, with the best-valid weights (saved on the first host), each rank on its shard.
-    best = dist.from_master(lambda: torch.load(best_path, map_location="cpu", weights_only=True)
-                            if best_path.is_file() else None)
+    best = dist.from_master(lambda: load_weights(best_path) if best_path.is_file() else None)
     if best is not None:
         model.load_state_dict(best)
     metrics = {"best_epoch": state["best_epoch"], "valid_loss": state["best_valid_loss"],
@@ -293,7 +366,6 @@ def run(env, hp):
         test_loss, test_acc, test_bad, predictions, targets = evaluate(model, criterion, eval_loader("test"), device,
                                                                        amp, dist)
     if not dist.is_master:  # only rank 0 writes the metric lines and the model
-        recorder.close()
         return 0
     if tested:
         print(format_metrics(test_loss=test_loss, test_acc=test_acc), flush=True)
@@ -307,6 +379,23 @@ def run(env, hp):
     log.info("Saved the model to %s", env.model_dir)
     run_end_of_training_rules(recorder, env, hp, len(classes))
     return 0
+
+
+def run_end_of_training_rules(recorder, env, hp, num_classes):
+    """Close the hook, then run the rules over its tensors (output/data/rules.json, metric lines). A rule
+    that breaks is logged, never fails the job: the model is already saved and the rules only diagnose."""
+    recorder.close()
+    if not hp.rules or recorder.out_dir is None:
+        return None
+    from .rules import report_rules, run_rules  # smdebug's rule machinery: only when used
+
+    try:
+        results = run_rules(recorder.out_dir, parameters={"ClassImbalance": {"num_classes": num_classes}})
+    except Exception:  # noqa: BLE001 - see above
+        log.exception("The debugging rules could not run")
+        return None
+    report_rules(results, env.output_data_dir / constants.RULES_FILE, recorder.out_dir)
+    return results
 
 
 def _write_predictions(folder, predictions, targets, classes):
@@ -326,32 +415,45 @@ def _check_resumable(saved, hp, folders, path):
                         "location, or delete it to start over.")
 
 
-def write_failure(env, message):
+def write_failure(path, message):
+    """The reason SageMaker shows (FailureReason): its first 1 KB, cut on a character boundary."""
     try:
-        env.output_dir.mkdir(parents=True, exist_ok=True)
-        env.failure_file.write_text(message[:constants.FAILURE_MAX_CHARS])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(message.encode("utf-8")[:constants.FAILURE_MAX_BYTES].decode("utf-8", "ignore").encode())
     except OSError:  # pragma: no cover - nothing more can be done
         log.exception("Could not write the failure file")
 
 
+def out_of_memory(error):
+    """A reason for an allocation failure (CPU or GPU), else None."""
+    text = str(error)
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+            isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text
+                                                 or "is killed by signal: Killed" in text)):
+        return (f"Out of memory ({type(error).__name__}: {text[:300]}). Lower batch-size, image-size or workers, "
+                "or use an instance type with more memory.")
+    return None
+
+
 def main():
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s")
-    env = TrainingEnvironment.read()
-    env.failure_file.unlink(missing_ok=True)  # left by an interrupted earlier run of this job
+    failure = failure_file()  # from SAGEMAKER_BASE_DIR alone: reachable whatever else is malformed
     try:
+        failure.unlink(missing_ok=True)  # left by an interrupted earlier run of this job
+        env = TrainingEnvironment.read()
         hp = Hyperparameters.from_strings(env.hyperparameters)
         log.info("Hyperparameters: %s", " ".join(f"{k}={v}" for k, v in hp.to_strings().items()))
         exit_code = run(env, hp)
         if exit_code == constants.SIGTERM_EXIT_CODE:
-            write_failure(env, "Stopped by SIGTERM; the checkpoint is saved and a restarted job resumes from it.")
+            write_failure(failure, "Stopped by SIGTERM; the checkpoint is saved and a restarted job resumes from it.")
         return exit_code
     except USER_ERRORS as error:
         log.error("%s", error)
-        write_failure(env, str(error))
+        write_failure(failure, str(error))
         return 2
     except Exception as error:  # noqa: BLE001 - every failure must reach the failure file
         traceback.print_exc()
-        write_failure(env, f"{type(error).__name__}: {error}")
+        write_failure(failure, out_of_memory(error) or f"{type(error).__name__}: {error}")
         return 1
 
 

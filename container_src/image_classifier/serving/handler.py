@@ -1,15 +1,17 @@
 """The SageMaker inference functions: model_fn, input_fn, predict_fn, output_fn.
 
-input_fn decodes a request into upright RGB pictures (raw picture bytes, or a JSON batch of base64
-pictures), predict_fn runs them through the network in batches, output_fn writes the top-k labels as
-JSON. Every client mistake raises an `InferenceError` carrying its HTTP status and a short message;
-the toolkit turns it into the response (see transformer.py).
+input_fn parses a request (raw picture bytes, or a JSON batch of base64 pictures) and checks each
+picture's header (allowed format, declared size); predict_fn checks the request's decoded-pixel budget,
+then decodes the pictures one at a time straight into model-size tensors and runs them through the
+network in batches; output_fn writes the top-k labels as JSON. Every client mistake raises an
+`InferenceError` carrying its HTTP status and a short message; the toolkit turns it into the response
+(see transformer.py).
 """
 import base64
 import binascii
-import io
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -18,7 +20,7 @@ from PIL import Image
 from sagemaker_inference.errors import BaseInferenceToolkitError
 
 from ..data import DECODE_ERRORS, build_transforms
-from ..images import ImageTooLargeError, open_rgb
+from ..images import ImageTooLargeError, eval_resize, open_rgb, read_header
 from ..model import load_artifact
 from . import settings
 
@@ -105,46 +107,72 @@ def parse_top_k(custom_attributes, default=settings.DEFAULT_TOP_K):
 @dataclass
 class LoadedModel:
     network: torch.nn.Module
+    forward: object  # normalised input batch (N, 3, H, W) on `device` -> logits
     classes: list
-    transform: object  # PIL image -> normalised tensor
+    transform: object  # RGB PIL image -> normalised tensor
     device: torch.device
+    decode_side: int  # pictures are decoded (drafted, reduced) no smaller than this short side
+    settings: settings.ServingSettings
+
+
+def optimize_for_inference(network, example):
+    """(network, forward) for inference, still eager fp32: each batch norm folded into the convolution
+    before it (one pass less over the activations per layer) and channels_last, which oneDNN's CPU
+    convolutions (and GPUs' tensor cores) prefer. Measured in docs/BENCHMARKS.md. (torch.utils.mkldnn
+    and TorchScript freezing were faster still on CPU, but both stand on the deprecated torch.jit.)"""
+    from torch.fx.experimental.optimization import fuse
+
+    network = fuse(network).eval().to(memory_format=torch.channels_last)
+
+    def forward(inputs):
+        return network(inputs.contiguous(memory_format=torch.channels_last))
+
+    with torch.inference_mode():
+        forward(example)  # first-call set-up happens here, not in a request
+    return network, forward
 
 
 def model_fn(model_dir, context=None):
     """Load the artifact (weights_only) in eval mode, on this worker's GPU when there is one."""
-    threads = settings.env_int(settings.TORCH_THREADS_ENV, 0, minimum=0)
-    if threads:
-        torch.set_num_threads(threads)
+    served = settings.load(gpus=torch.cuda.device_count())
+    torch.set_num_threads(served.torch_threads)
     gpu_id = context.system_properties.get("gpu_id") if context is not None else None
     if torch.cuda.is_available():
         device = torch.device("cuda", int(gpu_id or 0) % torch.cuda.device_count())
     else:
         device = torch.device("cpu")
     network, config = load_artifact(model_dir, device)
+    forward = network
+    if served.optimize:
+        network, forward = optimize_for_inference(
+            network, torch.zeros(1, 3, config.image_size, config.image_size, device=device))
     _, transform = build_transforms(config.image_size, "none", config.mean, config.std)
-    log.info("Loaded %s (%d classes, %d px) on %s with %d torch threads", config.arch, config.num_classes,
-             config.image_size, device, torch.get_num_threads())
-    return LoadedModel(network, list(config.classes), transform, device)
+    log.info("Loaded %s (%d classes, %d px) on %s with %d torch threads, optimised: %s", config.arch,
+             config.num_classes, config.image_size, device, torch.get_num_threads(), served.optimize)
+    return LoadedModel(network, forward, list(config.classes), transform, device,
+                       eval_resize(config.image_size), served)
 
 
 # ------------------------------------------------------------------------------------------- input
 @dataclass
+class EncodedPicture:
+    """One picture of a request, checked from its header only (format, declared size), not decoded."""
+    data: bytes
+    what: str  # how the messages name it: "The body", "instances[3]"
+
+
+@dataclass
 class PictureRequest:
-    pictures: list  # RGB PIL images
+    pictures: list  # EncodedPicture
     top_k: int
 
 
-def decode_picture(data, what="The body"):
-    """Bytes -> upright RGB picture; 400 if unreadable, 413 if too many pixels."""
-    if not data:
-        raise BadRequest(f"{what} is empty: send the bytes of a picture.")
-    max_pixels = settings.env_int(settings.MAX_PIXELS_ENV, settings.DEFAULT_MAX_PIXELS)
+@contextmanager
+def client_errors(what):
+    """Pillow's errors for one picture -> 400 (unreadable, not an allowed format) or 413 (too big)."""
     try:
-        # Read the header only, to refuse formats that are not pictures before any decoder runs.
-        with Image.open(io.BytesIO(data), formats=settings.PICTURE_FORMATS):
-            pass
-        return open_rgb(bytes(data), max_pixels=max_pixels)
-    except (ImageTooLargeError, Image.DecompressionBombError) as error:
+        yield
+    except ImageTooLargeError as error:
         raise PayloadTooLarge(f"{what} is too large: {error}.") from None
     except Image.UnidentifiedImageError:
         raise BadRequest(f"{what} is not a picture in a supported format "
@@ -154,8 +182,17 @@ def decode_picture(data, what="The body"):
         raise BadRequest(f"{what} is not a readable picture: {reason}.") from None
 
 
-def decode_batch(body):
-    """`{"instances": [{"b64": "..."}, ...]}` -> the pictures' bytes."""
+def check_picture(data, what="The body", max_pixels=settings.DEFAULT_MAX_PIXELS):
+    """Bytes -> EncodedPicture after reading the header: 400 if empty or not an allowed format, 413 if it
+    declares more pixels than the cap. No pixel is decoded here."""
+    if not data:
+        raise BadRequest(f"{what} is empty: send the bytes of a picture.")
+    with client_errors(what):
+        read_header(data, max_pixels)
+    return EncodedPicture(bytes(data), what)
+
+
+def load_json(body):
     if isinstance(body, (bytes, bytearray)):
         try:
             body = bytes(body).decode("utf-8")
@@ -164,21 +201,29 @@ def decode_batch(body):
     if not body or not body.strip():
         raise BadRequest("The body is empty: send {\"instances\": [{\"b64\": \"...\"}]}.")
     try:
-        document = json.loads(body)
+        return json.loads(body)
     except json.JSONDecodeError as error:
         raise BadRequest(f"The body is not valid JSON: {error}.") from None
+    except RecursionError:
+        raise BadRequest("The JSON body is nested too deeply: send "
+                         "{\"instances\": [{\"b64\": \"...\"}]}.") from None
+
+
+def decode_batch(body, max_batch=settings.DEFAULT_MAX_BATCH):
+    """`{"instances": [{"b64": "..."}, ...]}` -> the pictures' bytes."""
+    document = load_json(body)
     instances = document.get("instances") if isinstance(document, dict) else None
     if not isinstance(instances, list) or not instances:
         raise BadRequest('The JSON body must be {"instances": [{"b64": "<base64 picture>"}, ...]} '
                          "with at least one instance.")
-    max_batch = settings.env_int(settings.MAX_BATCH_ENV, settings.DEFAULT_MAX_BATCH)
     if len(instances) > max_batch:
         raise PayloadTooLarge(f"{len(instances)} pictures in one request; at most {max_batch}.")
     pictures = []
     for number, instance in enumerate(instances):
         encoded = instance.get("b64") if isinstance(instance, dict) else None
         if not isinstance(encoded, str):
-            raise BadRequest(f'instances[{number}] must be an object {{"b64": "<base64 picture>"}}.')
+            raise BadRequest(f'instances[{number}] must be an object {{"b64": "<base64 picture>"}}, '
+                             f"got {type(encoded if isinstance(instance, dict) else instance).__name__}.")
         try:
             pictures.append(base64.b64decode(encoded, validate=True))
         except (binascii.Error, ValueError):
@@ -188,13 +233,14 @@ def decode_batch(body):
 
 def input_fn(body, content_type, context=None):
     """Request body -> PictureRequest. Raw picture types carry one picture, JSON a batch."""
+    served = settings.load()
     kind = check_content_type(content_type)
-    top_k = parse_top_k(header(context, settings.CUSTOM_ATTRIBUTES_HEADER),
-                        settings.env_int(settings.TOP_K_ENV, settings.DEFAULT_TOP_K))
+    top_k = parse_top_k(header(context, settings.CUSTOM_ATTRIBUTES_HEADER), served.top_k)
     if kind == settings.JSON:
-        pictures = [decode_picture(data, f"instances[{n}]") for n, data in enumerate(decode_batch(body))]
+        pictures = [check_picture(data, f"instances[{n}]", served.max_pixels)
+                    for n, data in enumerate(decode_batch(body, served.max_batch))]
     else:
-        pictures = [decode_picture(body)]
+        pictures = [check_picture(body, max_pixels=served.max_pixels)]
     return PictureRequest(pictures, top_k)
 
 
@@ -206,15 +252,37 @@ class Prediction:
     top_k: int
 
 
+def check_pixel_budget(pictures, model):
+    """413 before anything is decoded when the pictures would decode to more pixels than the budget
+    (a JPEG counts at the reduced scale it will be decoded at)."""
+    budget, total = model.settings.pixel_budget, 0
+    for picture in pictures:
+        with client_errors(picture.what):
+            total += read_header(picture.data, model.settings.max_pixels, model.decode_side).decoded_pixels
+    if total > budget:
+        raise PayloadTooLarge(f"The request's pictures decode to {total:,} pixels, more than the budget of "
+                              f"{budget:,} pixels per request ({settings.PIXEL_BUDGET_ENV}): send fewer or "
+                              f"smaller pictures.")
+
+
+def to_tensor(picture, model):
+    """Decode one picture (no smaller than the model needs) straight into its model-size tensor; the
+    decoded picture is dropped at once, so a request never holds more than one at full size."""
+    with client_errors(picture.what):
+        image = open_rgb(picture.data, model.settings.max_pixels, model.decode_side)
+    return model.transform(image)
+
+
 def predict_fn(request, model):
-    """Class probabilities for every picture, forward passes of at most FORWARD_BATCH pictures."""
-    batch_size = settings.env_int(settings.FORWARD_BATCH_ENV, settings.DEFAULT_FORWARD_BATCH)
+    """Class probabilities for every picture, forward passes of at most forward_batch pictures."""
+    check_pixel_budget(request.pictures, model)
+    inputs = torch.stack([to_tensor(picture, model) for picture in request.pictures])
+    batch_size = model.settings.forward_batch
     outputs = []
     with torch.inference_mode():
-        for start in range(0, len(request.pictures), batch_size):
-            chunk = request.pictures[start:start + batch_size]
-            inputs = torch.stack([model.transform(picture) for picture in chunk]).to(model.device)
-            outputs.append(torch.softmax(model.network(inputs).float(), dim=1).cpu())
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start:start + batch_size].to(model.device)
+            outputs.append(torch.softmax(model.forward(chunk).float(), dim=1).cpu())
     return Prediction(torch.cat(outputs), model.classes, request.top_k)
 
 

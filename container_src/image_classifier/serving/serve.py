@@ -2,9 +2,12 @@
 
 1. Loads the artifact once: MMS answers /ping with 200 even when every worker fails to load the
    model, so a broken artifact must stop here, with a clear message and a non-zero exit.
-2. Writes the multi-model-server config (workers, threads, timeout, payload cap, port) into a private
-   runtime folder, not /etc: it works where /etc or /opt/ml is read-only, and with its own pid file
-   and worker sockets (both follow the temp folder) it does not collide with another MMS on the host.
+   Before that, every setting is checked (settings.load): a bad one stops serve with a message naming it.
+2. Writes the multi-model-server config (workers, threads, timeout, body limit, port) into a private
+   runtime folder (mode 0700), not /etc: it works where /etc or /opt/ml is read-only, and with its own
+   pid file and worker sockets (both follow the temp folder) it does not collide with another MMS on
+   the host. MMS's management API (register, unregister, scale models) listens on a unix socket in
+   that folder, not on the inference port, where anyone who reaches the endpoint could use it.
 3. Runs MMS in the foreground, in its own process group, with the sagemaker-inference handler
    service; SIGTERM or Ctrl-C stops the whole group (frontend and every worker), then serve exits 0.
 
@@ -29,26 +32,25 @@ from . import settings
 
 log = logging.getLogger("serve")
 
+MAX_SOCKET_PATH = 107  # Linux's sun_path
+MODEL_NAME = "model"  # the name MMS registers the model under (its URLs: /models/model)
+
 
 class ServeError(Exception):
     """serve cannot start; the message says why."""
 
 
 @dataclass(frozen=True)
-class ServerSettings:
+class Server:
+    """What one MMS run is started with."""
     model_dir: Path
-    port: int
-    bind_address: str
     gpus: int
-    workers: int
-    torch_threads: int
-    timeout_seconds: int
-    payload_cap_mb: int
-    jvm_args: str
+    settings: settings.ServingSettings
+    runtime_dir: Path
 
     @property
-    def address(self):
-        return f"http://{self.bind_address}:{self.port}"
+    def management_address(self):
+        return f"unix:{self.runtime_dir / settings.MANAGEMENT_SOCKET}"
 
 
 def check_artifact(model_dir):
@@ -70,43 +72,31 @@ def check_artifact(model_dir):
     return time.monotonic() - started, torch.cuda.device_count()
 
 
-def resolve_settings(model_dir, load_seconds, gpus, environ=None):
-    env = os.environ if environ is None else environ
+def check_settings(environ=None, **facts):
+    """Every serving setting, checked (ServeError naming each bad one)."""
     try:
-        cores = settings.cpu_count()
-        workers = settings.env_int(settings.WORKERS_ENV, settings.default_workers(gpus, cores), environ=env)
-        return ServerSettings(
-            model_dir=Path(model_dir),
-            port=settings.env_int(settings.PORT_ENV, settings.DEFAULT_PORT, environ=env,
-                                  maximum=settings.MAX_PORT),
-            bind_address=env.get(settings.BIND_ADDRESS_ENV) or settings.DEFAULT_BIND_ADDRESS,
-            gpus=gpus,
-            workers=workers,
-            torch_threads=settings.env_int(settings.TORCH_THREADS_ENV,
-                                           settings.threads_per_worker(cores, workers), environ=env),
-            timeout_seconds=settings.env_int(settings.TIMEOUT_ENV, settings.response_timeout(load_seconds),
-                                             environ=env),
-            payload_cap_mb=settings.env_int(settings.PAYLOAD_CAP_ENV, settings.DEFAULT_PAYLOAD_CAP_MB,
-                                            environ=env),
-            jvm_args=env.get(settings.JVM_ARGS_ENV) or settings.DEFAULT_JVM_ARGS,
-        )
-    except ValueError as error:
+        return settings.load(environ, **facts)
+    except settings.SettingsError as error:
         raise ServeError(str(error)) from None
 
 
 def mms_properties(server):
     """The MMS config: the toolkit's defaults plus the settings (same keys the toolkit writes)."""
+    served = server.settings
     lines = {
         "enable_envvars_config": "true",
         "decode_input_request": "false",  # bodies reach the handler as bytes
         "load_models": "ALL",
         "default_service_handler": settings.HANDLER_SERVICE,
-        "default_workers_per_model": server.workers,
-        "default_response_timeout_seconds": server.timeout_seconds,
-        "inference_address": server.address,
-        "management_address": server.address,
-        "max_request_size": server.payload_cap_mb * 1024 * 1024,
-        "vmargs": server.jvm_args,
+        "default_workers_per_model": served.workers,
+        "default_response_timeout_seconds": served.timeout_seconds,
+        "inference_address": served.address,
+        # Not the inference port (the toolkit's default): a unix socket only serve's user can reach.
+        "management_address": server.management_address,
+        "use_native_io": "true",  # unix sockets need netty's native transport (MMS's default, made explicit)
+        # Above the payload cap, so that the handler answers a body somewhat over it with a JSON 413.
+        "max_request_size": served.payload_cap_bytes * settings.MMS_BODY_LIMIT_FACTOR,
+        "vmargs": served.jvm_args,
     }
     if server.gpus:
         lines["number_of_gpu"] = server.gpus
@@ -117,19 +107,20 @@ def mms_command(server, config_file):
     log_config = importlib.resources.files("sagemaker_inference") / "etc" / "log4j2.xml"
     return [str(Path(sys.executable).parent / "multi-model-server"), "--start", "--foreground",
             "--model-store", "/", "--mms-config", str(config_file), "--log-config", str(log_config),
-            "--models", f"model={server.model_dir}"]
+            "--models", f"{MODEL_NAME}={server.model_dir}"]
 
 
-def mms_environment(server, runtime_dir):
+def mms_environment(server):
     env = dict(os.environ)
+    threads = str(server.settings.torch_threads)
     env.update({
-        "TEMP": str(runtime_dir),  # java.io.tmpdir: the workers' unix sockets
-        "TMPDIR": str(runtime_dir),  # MMS's pid file
-        "LOG_LOCATION": str(runtime_dir / "logs"),
-        "METRICS_LOCATION": str(runtime_dir / "logs"),
-        settings.TORCH_THREADS_ENV: str(server.torch_threads),
-        "OMP_NUM_THREADS": str(server.torch_threads),
-        "MKL_NUM_THREADS": str(server.torch_threads),
+        "TEMP": str(server.runtime_dir),  # java.io.tmpdir: the workers' unix sockets
+        "TMPDIR": str(server.runtime_dir),  # MMS's pid file
+        "LOG_LOCATION": str(server.runtime_dir / "logs"),
+        "METRICS_LOCATION": str(server.runtime_dir / "logs"),
+        settings.TORCH_THREADS_ENV: threads,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
     })
     return env
 
@@ -161,19 +152,26 @@ def run(environ=None):
     env = os.environ if environ is None else environ
     model_dir = Path(env.get(constants.BASE_DIR_ENV, constants.DEFAULT_BASE_DIR)) / "model"
     require_usable_gpu(env)  # GPUs that torch cannot use: fail now, not serve slowly from the CPU
+    check_settings(env)  # before the slow steps: a bad setting must not wait for the model to load
     if not java_available():
         raise ServeError("Java was not found: multi-model-server needs a Java 17 runtime "
                          "(Debian: apt-get install openjdk-17-jre-headless, or set JAVA_HOME).")
     load_seconds, gpus = check_artifact(model_dir)
-    server = resolve_settings(model_dir, load_seconds, gpus, env)
+    served = check_settings(env, gpus=gpus, load_seconds=load_seconds)
     runtime_root = env.get(settings.RUNTIME_DIR_ENV) or None
     runtime_dir = Path(tempfile.mkdtemp(prefix="image-classifier-serve-", dir=runtime_root))
+    server = Server(model_dir, gpus, served, runtime_dir)
+    if len(server.management_address) - len("unix:") > MAX_SOCKET_PATH:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        raise ServeError(f"The runtime folder {runtime_dir} is too deep for a unix socket: set "
+                         f"{settings.RUNTIME_DIR_ENV} to a shorter folder.")
     config_file = runtime_dir / "mms.properties"
     config_file.write_text(mms_properties(server))
     log.info("Starting multi-model-server on %s: %d worker(s) x %d torch thread(s), timeout %d s, "
-             "payload cap %d MB, runtime folder %s", server.address, server.workers, server.torch_threads,
-             server.timeout_seconds, server.payload_cap_mb, runtime_dir)
-    process = subprocess.Popen(mms_command(server, config_file), env=mms_environment(server, runtime_dir),
+             "payload cap %d MB, pixel budget %s per request, management API on %s", served.address,
+             served.workers, served.torch_threads, served.timeout_seconds, served.payload_cap_mb,
+             f"{served.pixel_budget:,}", server.management_address)
+    process = subprocess.Popen(mms_command(server, config_file), env=mms_environment(server),
                                cwd=runtime_dir, start_new_session=True)
     stopping, keep_logs = [], []
 

@@ -1,42 +1,74 @@
 """The model server's settings: every default in one place, each overridable by an environment variable.
 
 SageMaker's own variables are used where one exists (port, workers, timeout, payload cap); the rest are
-ours, prefixed `IMAGE_CLASSIFIER_`. Importing this module is cheap (no torch, no toolkit).
+ours, prefixed `IMAGE_CLASSIFIER_`. `load()` reads and checks them all at once: `serve` calls it before
+it starts anything, so a bad value stops the server with a message naming the variable, instead of every
+request failing with a 500 while `/ping` says 200. Importing this module is cheap (no torch, no toolkit).
 """
 import math
 import os
+from dataclasses import dataclass
+
+from ..images import DEFAULT_MAX_PIXELS, PICTURE_FORMATS  # noqa: F401  (one definition, used by the handler)
 
 # Content types of the serving contract (DESIGN section 4).
 JSON = "application/json"
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 ACCEPTED_CONTENT_TYPES = RAW_IMAGE_TYPES + (JSON,)
 ACCEPTABLE_RESPONSE_TYPES = (JSON, "application/*", "*/*")
-# Picture formats Pillow may decode from a request; anything else (EPS, PDF...) is refused unread.
-PICTURE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+# Deeper JSON than {"instances": [{"b64": ...}]} needs is refused before parsing (Python's parser
+# would raise RecursionError on a few thousand levels).
+MAX_JSON_DEPTH = 16
 
 # The handler service module MMS loads in each worker (it must define exactly one class).
 HANDLER_SERVICE = "image_classifier.serving.handler_service"
+# MMS's management API listens on this unix socket in serve's private runtime folder, never on TCP:
+# whoever reaches the inference port must not be able to register, unregister or scale models.
+MANAGEMENT_SOCKET = "management.sock"
 
 PORT_ENV, DEFAULT_PORT = "SAGEMAKER_BIND_TO_PORT", 8080
 MAX_PORT = 32766  # MMS 1.1.11 refuses ports >= 32767 ("Invalid port number"), e.g. Linux's ephemeral ones
 BIND_ADDRESS_ENV, DEFAULT_BIND_ADDRESS = "IMAGE_CLASSIFIER_BIND_ADDRESS", "0.0.0.0"  # SageMaker needs all
-WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"  # default: one per GPU, else one per CPU core
-TORCH_THREADS_ENV = "IMAGE_CLASSIFIER_TORCH_THREADS"  # default: cores / workers
+WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"  # default: default_workers()
+TORCH_THREADS_ENV = "IMAGE_CLASSIFIER_TORCH_THREADS"  # default: default_threads()
+MAX_WORKERS = MAX_THREADS = 256
+# On CPU each worker gets two cores (two torch threads): a lone request runs at two-thread latency and
+# the workers together still keep every core busy. On 2 cores this is the one setting measured to meet
+# both the latency and the throughput target (docs/BENCHMARKS.md): one worker per core with one thread
+# each has twice the latency; two workers of two threads oversubscribe and lose two thirds of the
+# throughput (with OMP_WAIT_POLICY=PASSIVE they lose less, but the wake-ups cost latency).
+CORES_PER_WORKER = 2
 # Seconds, not the toolkit's SAGEMAKER_MODEL_SERVER_TIMEOUT (read as minutes). MMS applies it to model
 # loading too, so the default is well above the load time measured at start.
 TIMEOUT_ENV, MIN_TIMEOUT_SECONDS = "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60
-# SageMaker's real-time endpoints accept 6 MB bodies; MMS itself refuses bigger ones with 413.
-PAYLOAD_CAP_ENV, DEFAULT_PAYLOAD_CAP_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6
-MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS = "IMAGE_CLASSIFIER_MAX_PIXELS", 50_000_000
-MAX_BATCH_ENV, DEFAULT_MAX_BATCH = "IMAGE_CLASSIFIER_MAX_BATCH", 64  # pictures per JSON request
+# SageMaker's real-time endpoints accept 6 MB bodies (its front end answers bigger ones itself). The
+# handler refuses bodies over the cap with a JSON 413; MMS is told to take bodies up to
+# MMS_BODY_LIMIT_FACTOR x the cap so that a client sending a body a little too big gets that answer
+# (MMS's own refusal resets the connection while the client is still sending).
+PAYLOAD_CAP_ENV, DEFAULT_PAYLOAD_CAP_MB, MAX_PAYLOAD_CAP_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, 100
+MMS_BODY_LIMIT_FACTOR = 4
+MAX_PIXELS_ENV = "IMAGE_CLASSIFIER_MAX_PIXELS"  # per picture, as declared in its header
+# Decoded pixels per request, all pictures together (a drafted JPEG counts at its reduced size). A
+# worker holds one full-size picture at a time (<= MAX_PIXELS: about 0.2-0.6 GB while converting), so
+# memory stays bounded whatever the budget; the budget bounds the CPU a request may take (decoding
+# costs about 10 ms per megapixel here). 100 MP: two pictures at the cap, ~2 s of decoding.
+PIXEL_BUDGET_ENV, DEFAULT_PIXEL_BUDGET = "IMAGE_CLASSIFIER_PIXEL_BUDGET", 100_000_000
+# Pictures per JSON request: 32 ResNet-50 forward passes at 224 px take about 5 s of CPU on one core.
+MAX_BATCH_ENV, DEFAULT_MAX_BATCH = "IMAGE_CLASSIFIER_MAX_BATCH", 32
 FORWARD_BATCH_ENV, DEFAULT_FORWARD_BATCH = "IMAGE_CLASSIFIER_FORWARD_BATCH", 16  # pictures per forward pass
-TOP_K_ENV, DEFAULT_TOP_K = "IMAGE_CLASSIFIER_TOP_K", 5
+TOP_K_ENV, DEFAULT_TOP_K, MAX_TOP_K = "IMAGE_CLASSIFIER_TOP_K", 5, 1000
+# Inference optimisations (conv+batch-norm folding, channels_last); `false` serves the plain eager model.
+OPTIMIZE_ENV, DEFAULT_OPTIMIZE = "IMAGE_CLASSIFIER_OPTIMIZE", True
 JVM_ARGS_ENV, DEFAULT_JVM_ARGS = "SAGEMAKER_MODEL_SERVER_VMARGS", "-XX:-UseContainerSupport"
-# Where serve keeps its MMS config, logs, pid file and worker sockets (a fresh folder under it).
+# Where serve keeps its MMS config, logs, pid file and sockets (a fresh folder under it).
 RUNTIME_DIR_ENV = "IMAGE_CLASSIFIER_RUNTIME_DIR"
 # How long serve waits for MMS to stop on SIGTERM before killing it.
 STOP_GRACE_SECONDS = 10
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; the message names each variable and what it must be."""
 
 
 def env_int(name, default, minimum=1, environ=None, maximum=None):
@@ -45,13 +77,23 @@ def env_int(name, default, minimum=1, environ=None, maximum=None):
     if value is None or value.strip() == "":
         return default
     try:
-        number = int(value)
+        number = int(value.strip().replace("_", ""))
     except ValueError:
         raise ValueError(f"{name}={value!r} is not an integer") from None
     if number < minimum or (maximum is not None and number > maximum):
-        limit = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        limit = f"between {minimum:,} and {maximum:,}" if maximum is not None else f"at least {minimum:,}"
         raise ValueError(f"{name}={value!r} must be {limit}")
     return number
+
+
+def env_bool(name, default, environ=None):
+    value = (os.environ if environ is None else environ).get(name)
+    if value is None or value.strip() == "":
+        return default
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if value.strip().lower() not in words:
+        raise ValueError(f"{name}={value!r} must be true or false")
+    return words[value.strip().lower()]
 
 
 def cpu_count():
@@ -63,10 +105,11 @@ def cpu_count():
 
 
 def default_workers(gpus, cores):
-    return gpus if gpus > 0 else cores
+    """One per GPU; on CPU one per CORES_PER_WORKER cores (one worker on 2 cores)."""
+    return gpus if gpus > 0 else max(1, cores // CORES_PER_WORKER)
 
 
-def threads_per_worker(cores, workers):
+def default_threads(cores, workers):
     """Torch threads per worker so that workers x threads = cores (more only oversubscribes)."""
     return max(1, cores // workers)
 
@@ -74,3 +117,62 @@ def threads_per_worker(cores, workers):
 def response_timeout(load_seconds):
     """Seconds MMS waits for a worker: above the load time, with margin for a slow, busy host."""
     return max(MIN_TIMEOUT_SECONDS, math.ceil(3 * load_seconds) + 30)
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    port: int
+    bind_address: str
+    workers: int
+    torch_threads: int
+    timeout_seconds: int
+    payload_cap_mb: int
+    max_pixels: int
+    pixel_budget: int
+    max_batch: int
+    forward_batch: int
+    top_k: int
+    optimize: bool
+    jvm_args: str
+
+    @property
+    def payload_cap_bytes(self):
+        return self.payload_cap_mb * 1024 * 1024
+
+    @property
+    def address(self):
+        return f"http://{self.bind_address}:{self.port}"
+
+
+def load(environ=None, gpus=0, cores=None, load_seconds=0.0):
+    """Every setting, checked; SettingsError lists all the bad ones at once."""
+    env = os.environ if environ is None else environ
+    cores = cores or cpu_count()
+    problems, values = [], {}
+
+    def read(key, function, *args, **kwargs):
+        try:
+            values[key] = function(*args, environ=env, **kwargs)
+        except ValueError as error:
+            problems.append(str(error))
+            values[key] = args[1] if len(args) > 1 else None
+
+    read("port", env_int, PORT_ENV, DEFAULT_PORT, maximum=MAX_PORT)
+    read("workers", env_int, WORKERS_ENV, default_workers(gpus, cores), maximum=MAX_WORKERS)
+    read("torch_threads", env_int, TORCH_THREADS_ENV, default_threads(cores, values["workers"]),
+         maximum=MAX_THREADS)
+    read("timeout_seconds", env_int, TIMEOUT_ENV, response_timeout(load_seconds))
+    read("payload_cap_mb", env_int, PAYLOAD_CAP_ENV, DEFAULT_PAYLOAD_CAP_MB, maximum=MAX_PAYLOAD_CAP_MB)
+    read("max_pixels", env_int, MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
+    read("pixel_budget", env_int, PIXEL_BUDGET_ENV, DEFAULT_PIXEL_BUDGET)
+    read("max_batch", env_int, MAX_BATCH_ENV, DEFAULT_MAX_BATCH)
+    read("forward_batch", env_int, FORWARD_BATCH_ENV, DEFAULT_FORWARD_BATCH)
+    read("top_k", env_int, TOP_K_ENV, DEFAULT_TOP_K, maximum=MAX_TOP_K)
+    read("optimize", env_bool, OPTIMIZE_ENV, DEFAULT_OPTIMIZE)
+    if not problems and values["pixel_budget"] < values["max_pixels"]:
+        problems.append(f"{PIXEL_BUDGET_ENV}={values['pixel_budget']:,} is below {MAX_PIXELS_ENV}="
+                        f"{values['max_pixels']:,}: a picture under the per-picture cap could never be served")
+    if problems:
+        raise SettingsError("invalid serving settings: " + "; ".join(problems))
+    return ServingSettings(bind_address=env.get(BIND_ADDRESS_ENV) or DEFAULT_BIND_ADDRESS,
+                           jvm_args=env.get(JVM_ARGS_ENV) or DEFAULT_JVM_ARGS, **values)

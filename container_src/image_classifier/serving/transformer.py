@@ -38,8 +38,15 @@ class ImageTransformer(Transformer):
         return [handler.error_body(message, status)]
 
     def transform(self, data, context):
-        """Check the headers (and that a JSON body is text) before the toolkit decodes the body."""
+        """Check the body's size, the headers, and that a JSON body is text, before the toolkit decodes
+        the body."""
         try:
+            cap = handler.settings.load().payload_cap_bytes
+            for item in data:
+                size = len(item.get("body") or b"")
+                if size > cap:
+                    raise handler.PayloadTooLarge(f"The body is {size:,} bytes, more than the payload cap of "
+                                                  f"{cap:,} bytes ({handler.settings.PAYLOAD_CAP_ENV}).")
             properties = context.request_processor[0].get_request_properties()
             kind = handler.check_content_type(utils.retrieve_content_type_header(properties))
             handler.check_accept(properties.get("Accept") or properties.get("accept"))

@@ -1,0 +1,103 @@
+"""The serving settings (settings.py): defaults, checks at start, and the MMS config serve writes from them."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import botocore
+import pytest
+
+from image_classifier.serving import serve, settings
+
+SERVE = Path(sys.executable).parent / "serve"
+
+
+def test_defaults():
+    served = settings.load({}, gpus=0, cores=2, load_seconds=5)
+    assert (served.port, served.bind_address, served.workers, served.torch_threads) == (8080, "0.0.0.0", 1, 2)
+    assert (served.payload_cap_mb, served.max_pixels, served.pixel_budget) == (6, 50_000_000, 100_000_000)
+    assert (served.max_batch, served.forward_batch, served.top_k, served.optimize) == (32, 16, 5, True)
+    assert served.timeout_seconds == 60
+    assert settings.load({}, gpus=4, cores=16).workers == 4
+
+
+@pytest.mark.parametrize("gpus, cores, workers, threads", [(0, 1, 1, 1), (0, 2, 1, 2), (0, 3, 1, 3), (0, 4, 2, 2),
+                                                           (0, 16, 8, 2), (4, 16, 4, 4), (8, 4, 8, 1)])
+def test_default_workers_get_two_cores_each(gpus, cores, workers, threads):
+    served = settings.load({}, gpus=gpus, cores=cores)
+    assert (served.workers, served.torch_threads) == (workers, threads)
+
+
+def test_overrides():
+    served = settings.load({settings.WORKERS_ENV: "3", settings.TORCH_THREADS_ENV: "2", settings.TOP_K_ENV: "7",
+                            settings.PIXEL_BUDGET_ENV: "200_000_000", settings.OPTIMIZE_ENV: "false",
+                            settings.BIND_ADDRESS_ENV: "127.0.0.1"}, cores=8)
+    assert (served.workers, served.torch_threads, served.top_k, served.pixel_budget) == (3, 2, 7, 200_000_000)
+    assert served.optimize is False and served.address == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize("name, value, words", [
+    (settings.TOP_K_ENV, "0", "must be between 1 and 1,000"), (settings.TOP_K_ENV, "five", "is not an integer"),
+    (settings.MAX_BATCH_ENV, "-3", "must be at least 1"), (settings.MAX_PIXELS_ENV, "1e6", "is not an integer"),
+    (settings.PIXEL_BUDGET_ENV, "0", "must be at least 1"), (settings.WORKERS_ENV, "0", "must be between 1 and 256"),
+    (settings.TORCH_THREADS_ENV, "many", "is not an integer"), (settings.PORT_ENV, "40000", "must be between 1 and 32,766"),
+    (settings.PAYLOAD_CAP_ENV, "500", "must be between 1 and 100"), (settings.TIMEOUT_ENV, "0", "must be at least 1"),
+    (settings.FORWARD_BATCH_ENV, "x", "is not an integer"), (settings.OPTIMIZE_ENV, "maybe", "must be true or false"),
+])
+def test_a_bad_setting_is_named(name, value, words):
+    with pytest.raises(settings.SettingsError) as error:
+        settings.load({name: value})
+    assert f"{name}={value!r} {words}" in str(error.value)
+
+
+def test_every_bad_setting_is_listed_at_once():
+    with pytest.raises(settings.SettingsError) as error:
+        settings.load({settings.TOP_K_ENV: "0", settings.WORKERS_ENV: "x", settings.MAX_PIXELS_ENV: ""})
+    assert settings.TOP_K_ENV in str(error.value) and settings.WORKERS_ENV in str(error.value)
+
+
+def test_a_budget_below_the_picture_cap_is_refused():
+    with pytest.raises(settings.SettingsError, match="could never be served"):
+        settings.load({settings.PIXEL_BUDGET_ENV: "1000", settings.MAX_PIXELS_ENV: "2000"})
+
+
+def test_the_payload_cap_is_sagemaker_s_invoke_endpoint_limit():
+    """SageMaker's front end refuses InvokeEndpoint bodies over this size itself (413) before they reach
+    the container; the service model in botocore says what the size is."""
+    model_file = Path(botocore.__file__).parent / "data" / "sagemaker-runtime" / "2017-05-13" / "service-2.json.gz"
+    service = json.loads(gzip.decompress(model_file.read_bytes()))
+    assert service["shapes"]["BodyBlob"]["max"] == settings.load({}).payload_cap_bytes == 6 * 1024 * 1024
+
+
+@pytest.mark.parametrize("name, value", [(settings.TOP_K_ENV, "0"), (settings.MAX_BATCH_ENV, "lots"),
+                                         (settings.MAX_PIXELS_ENV, "-1"), (settings.PIXEL_BUDGET_ENV, "0"),
+                                         (settings.WORKERS_ENV, "0"), (settings.TORCH_THREADS_ENV, "0")])
+def test_serve_refuses_to_start_on_a_bad_setting(tmp_path, name, value):
+    """Checked before the model loads and before Java starts: no server that answers /ping but fails."""
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(tmp_path), **{name: value})
+    result = subprocess.run([str(SERVE)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("serve: invalid serving settings:") and f"{name}={value!r}" in result.stderr
+
+
+def test_the_mms_config_keeps_the_management_api_off_tcp(tmp_path):
+    server = serve.Server(tmp_path / "model", 0, settings.load({settings.BIND_ADDRESS_ENV: "127.0.0.1"}), tmp_path)
+    properties = dict(line.split("=", 1) for line in serve.mms_properties(server).splitlines())
+    assert properties["inference_address"] == "http://127.0.0.1:8080"
+    assert properties["management_address"] == f"unix:{tmp_path / 'management.sock'}"
+    assert properties["use_native_io"] == "true"
+    # The handler refuses bodies over the cap with a JSON 413; MMS cuts only far above it.
+    assert int(properties["max_request_size"]) == 4 * 6 * 1024 * 1024
+
+
+def test_a_local_docker_deploy_passes_this_shell_s_serving_settings(monkeypatch):
+    from launcher import docker_runner
+
+    monkeypatch.setattr(docker_runner, "gpu_args", lambda: [])
+    command = docker_runner.serving_command("c", 28080, "/m", "img", environ={
+        settings.PIXEL_BUDGET_ENV: "2000000", settings.PORT_ENV: "9999", "HOME": "/root"})
+    assert command[-2:] == ["img", "serve"] and "127.0.0.1:28080:8080" in command
+    assert f"{settings.PIXEL_BUDGET_ENV}=2000000" in command
+    assert not any(arg.startswith((settings.PORT_ENV, "HOME")) for arg in command)
