@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lock clean help
+.PHONY: setup demo test test-fast gpu-check lock clean help
 
 help:
 	@echo "make demo   set up, train on the digits sample, serve it, predict, report (all local)"
@@ -30,6 +30,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not docker"
+
+# On a machine with an NVIDIA GPU: the `gpu` tests and a ResNet-50 AMP throughput run (8 minutes at most).
+gpu-check: setup
+	PY=$(PY) bench/gpu_check.sh
 
 # Re-resolve the lock from requirements.in (needs the package index).
 lock:

@@ -21,6 +21,7 @@ Run `python launch.py COMMAND --help` for each command's options.
 import argparse
 import datetime
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -117,10 +118,10 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
     return Estimator(
         image_uri=connection.image_uri(),
         role=connection.role,
-        instance_count=1,
+        instance_count=args.instance_count,
         instance_type=args.instance_type or TRAINING_INSTANCE,
         volume_size=50,  # GB: dogImages (1.1 GB), the pretrained weights, checkpoints, tensors
-        hyperparameters=hyperparameters,
+        hyperparameters={**hyperparameters, **distribution(args.instance_count)},
         metric_definitions=METRIC_DEFINITIONS,  # the same regexes the job's metric lines are written for
         output_path=connection.s3_uri("jobs"),
         max_run=args.max_run,
@@ -151,6 +152,26 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
         tags=tags,
         sagemaker_session=connection.sagemaker,
     )
+
+
+def distribution(instance_count):
+    """Several instances: the toolkit's torchrun runner, one process per GPU on each (one instance with several
+    GPUs needs no setting: the job starts torchrun when it sees them). `batch-size` stays per GPU."""
+    from image_classifier.constants import TORCH_DISTRIBUTED_HYPERPARAMETER
+
+    return {TORCH_DISTRIBUTED_HYPERPARAMETER: "true"} if instance_count > 1 else {}
+
+
+def inference_ami(instance_type, requested=None):
+    """The endpoint AMI for a GPU instance type (ml.g*, ml.p*): one whose NVIDIA driver runs the image's CUDA
+    12 build (the default drivers of ml.g4dn/g5/p4d are too old). CPU types take none."""
+    from image_classifier.cuda_check import GPU_INFERENCE_AMI
+
+    if re.match(r"ml\.[gp]\d", instance_type):
+        return requested or GPU_INFERENCE_AMI
+    if requested:
+        raise LauncherError(f"--inference-ami applies to GPU instance types (ml.g*, ml.p*), not {instance_type}")
+    return None
 
 
 def vpc_config(args):
@@ -367,14 +388,27 @@ def train_local(args):
     if args.pretrained_weights:
         channels["pretrained"] = local_pretrained_channel(args.pretrained_weights, Path(args.jobs_dir) / name)
         hyperparameters["pretrained"] = parse_hp(args.hp).get("pretrained", "true")
-    job = local_training.prepare_job(args.jobs_dir, name, channels, hyperparameters)
-    print(f"Training job {name} ({mode}) in {job.dir}")
-    if mode == "docker":
-        from launcher import docker_runner
+    if args.instance_count > 1:
+        from launcher import local_hosts
 
-        exit_code = docker_runner.run_training(job)  # `docker run IMAGE train`, /opt/ml mounted
+        interface = local_hosts.CONTAINER_INTERFACE if mode == "docker" else local_hosts.LOOPBACK_INTERFACE
+        jobs = local_hosts.prepare_hosts(args.jobs_dir, name, channels, hyperparameters, args.instance_count,
+                                         interface)
+        job = jobs[0]
+        print(f"Training job {name} ({mode}, {args.instance_count} emulated hosts) in {job.dir}")
+        if mode == "docker":
+            exit_code = local_hosts.run_docker_hosts(jobs)  # one container per host on a docker network
+        else:
+            exit_code = local_hosts.run_hosts(jobs)  # each host's `train` at once, the names mapped to loopback
     else:
-        exit_code = local_training.run_process(job)  # the toolkit's `train` as a process
+        job = local_training.prepare_job(args.jobs_dir, name, channels, hyperparameters)
+        print(f"Training job {name} ({mode}) in {job.dir}")
+        if mode == "docker":
+            from launcher import docker_runner
+
+            exit_code = docker_runner.run_training(job)  # `docker run IMAGE train`, /opt/ml mounted
+        else:
+            exit_code = local_training.run_process(job)  # the toolkit's `train` as a process
     metrics = local_training.finish(job)
     summary = " ".join(f"{k}={v:g}" for k, v in metrics.items())
     if not job.succeeded:
@@ -493,14 +527,17 @@ def traffic_options(connection, args):
     options = {}
     if args.serverless:
         scaling.check_serverless(args.serverless, args.instance_type, args.instance_count, args.autoscale)
+        if args.inference_ami:
+            raise LauncherError("--inference-ami applies to GPU instances, and serverless endpoints run on CPU")
         if args.data_capture is not None:
             raise LauncherError("--data-capture is not available on serverless endpoints: drop one of them")
         options["serverless_inference_config"] = ServerlessInferenceConfig(
             memory_size_in_mb=args.serverless, max_concurrency=args.max_concurrency)
     else:
         minimum = scaling.parse_autoscale(args.autoscale)[0] if args.autoscale else 1
-        options.update(initial_instance_count=args.instance_count or minimum,
-                       instance_type=args.instance_type or ENDPOINT_INSTANCE)
+        instance_type = args.instance_type or ENDPOINT_INSTANCE
+        options.update(initial_instance_count=args.instance_count or minimum, instance_type=instance_type,
+                       inference_ami_version=inference_ami(instance_type, args.inference_ami))
     if args.data_capture is not None:
         if not 0 < args.data_capture <= 100:
             raise LauncherError(f"--data-capture {args.data_capture}: a percentage of requests, 1 to 100")
@@ -695,9 +732,17 @@ def cmd_report(args):
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def positive_int(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 up, got {text!r}")
+    return int(text)
+
+
 def add_job_arguments(parser):
     """Options of SageMaker training (and tuning) jobs."""
     parser.add_argument("--instance-type", help=f"SageMaker: training instance (default {TRAINING_INSTANCE})")
+    parser.add_argument("--instance-count", type=positive_int, default=1, metavar="N",
+                        help="instances (data-parallel on every GPU of each); with --local process: emulated hosts")
     parser.add_argument("--no-spot", action="store_true", help="SageMaker: on-demand instead of managed spot")
     parser.add_argument("--max-run", type=int, default=MAX_RUN_SECONDS, metavar="SECONDS",
                         help=f"SageMaker: stop a job after this long (default {MAX_RUN_SECONDS})")
@@ -805,6 +850,9 @@ def build_parser():
                         help="with --serverless: concurrent requests at most (default 5)")
     deploy.add_argument("--data-capture", type=int, metavar="PERCENT",
                         help="SageMaker: capture this share of requests and answers to s3://BUCKET/image-classifier/capture/")
+    deploy.add_argument("--inference-ami", metavar="VERSION",
+                        help="SageMaker: the endpoint's InferenceAmiVersion on GPU types (default on ml.g*/ml.p*: "
+                             "one whose driver runs the image's CUDA 12, see README)")
     deploy.add_argument("--sample-image", type=Path, help="SageMaker: picture for the first prediction "
                                                           "(default: one of the uploaded dataset's test pictures)")
     add_network_arguments(deploy)

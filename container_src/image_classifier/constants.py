@@ -50,3 +50,6 @@ PROFILER_TRACE_FILE = "profiler_trace.json"
 PROFILER_OPS_FILE = "profiler_ops.json"
 PROFILER_TABLE_FILE = "profiler_ops.txt"
 SYSTEM_METRICS_FILE = "system_metrics.json"
+
+# Data-parallel training: the hyperparameter of sagemaker-training's own torchrun runner ("true"/"false").
+TORCH_DISTRIBUTED_HYPERPARAMETER = "sagemaker_torch_distributed_enabled"

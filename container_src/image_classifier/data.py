@@ -255,6 +255,8 @@ class EpochSampler(Sampler):
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.size, generator=generator).tolist()
+            # Training: every rank takes the same number of steps (DDP); the few left over wait for another epoch.
+            order = order[:len(order) - len(order) % self.world_size]
         else:
             order = list(range(self.size))
         return order[self.rank::self.world_size]

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import constants
 from .config import HyperparameterError, Hyperparameters
+from .cuda_check import GpuUnusableError
 from .data import DataError, EpochSampler, PictureDataset, build_transforms, load_splits, make_loader
 from .debugging import DebuggerConfigError, TensorRecorder
 from .distributed import Distributed
@@ -40,7 +41,7 @@ log = logging.getLogger("image_classifier")
 
 # Errors that are the user's to fix: reported in one line, without a traceback.
 USER_ERRORS = (HyperparameterError, DataError, PretrainedWeightsError, ArtifactError, EnvironmentConfigError,
-               DebuggerConfigError)
+               DebuggerConfigError, GpuUnusableError)
 # What a checkpoint must hold to resume from it.
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "rng", "step", "state", "hyperparameters", "folders"}
 
@@ -134,8 +135,11 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, loader, device, amp=False):
-    """(loss, accuracy, bad picture count, predictions, labels) over a whole loader."""
+def evaluate(model, criterion, loader, device, amp=False, dist=None):
+    """(loss, accuracy, bad picture count, predictions, labels) over a whole loader; with `dist`, over
+    every rank's shard of it (sums reduced, predictions gathered), the same on every rank."""
+    if dist is not None:
+        dist.sync_buffers(model)  # every rank evaluates rank 0's BatchNorm statistics (those it saves)
     model.eval()
     total_loss, correct, count, bad = 0.0, 0, 0, 0
     predictions, targets = [], []
@@ -150,11 +154,14 @@ def evaluate(model, criterion, loader, device, amp=False):
         predicted = logits.argmax(1)
         correct += (predicted == labels).sum().item()
         count += len(labels)
-        predictions.append(predicted.cpu())
-        targets.append(labels.cpu())
+        predictions += predicted.cpu().tolist()
+        targets += labels.cpu().tolist()
+    if dist is not None:
+        total_loss, correct, count, bad = dist.sum(total_loss, correct, count, bad)
+        predictions, targets = dist.gather(predictions), dist.gather(targets)
     if count == 0:
         raise DataError("No readable pictures to evaluate on.")
-    return total_loss / count, correct / count, bad, torch.cat(predictions), torch.cat(targets)
+    return total_loss / count, correct / count, bad, torch.tensor(predictions), torch.tensor(targets)
 
 
 def _atomic_save(obj, path, keep_previous=None):
@@ -214,6 +221,7 @@ def run(env, hp):
 def _run(env, hp, cleanup):
     stop = StopRequested(env.stop_at_step).install()
     dist = Distributed.from_environment(env)
+    stop = dist.agreed(stop)  # every rank stops at the same step
     device = dist.device
     seed_everything(hp.seed)
     if device.type == "cpu":
@@ -248,8 +256,8 @@ def _run(env, hp, cleanup):
 
     def eval_loader(split):
         dataset = PictureDataset(splits.samples[split], eval_tf, hp.seed)
-        return make_loader(dataset, EpochSampler(len(dataset), hp.seed, shuffle=False), hp.batch_size, workers,
-                           device.type == "cuda")
+        sampler = EpochSampler(len(dataset), hp.seed, shuffle=False, rank=dist.rank, world_size=dist.world_size)
+        return make_loader(dataset, sampler, hp.batch_size, workers, device.type == "cuda")
 
     steps_per_epoch = len(train_loader)
     if hp.max_steps_per_epoch:
@@ -265,7 +273,8 @@ def _run(env, hp, cleanup):
     best_path = env.checkpoint_dir / constants.BEST_WEIGHTS_FILE
     state = {"epoch": 0, "progress": _new_progress(), "history": [], "best_valid_loss": math.inf,
              "best_epoch": 0, "epochs_without_improvement": 0}
-    saved, saved_path = load_checkpoint(env.checkpoint_dir)
+    # Read on the first host, sent to every rank (other hosts may have no copy).
+    saved, saved_path = dist.from_master(lambda: load_checkpoint(env.checkpoint_dir))
     if saved is not None:
         _check_resumable(saved, hp, splits.folders, saved_path)
         model.load_state_dict(saved["model"])
@@ -278,10 +287,12 @@ def _run(env, hp, cleanup):
         log.info("Resuming from %s at global step %d (epoch %d, step %d of %d)", saved_path, saved["step"],
                  state["epoch"] + 1, state["progress"]["step"], steps_per_epoch)
 
-    # smdebug: losses, weights, gradients (a resumed job continues the saved tensors).
-    recorder = TensorRecorder.start(env, hp, model, criterion, saved.get("debugger") if saved else None)
+    # smdebug: losses, weights, gradients (a resumed job continues the saved tensors); it and the profiler
+    # (None unless profile=true) on rank 0 only.
+    recorder = (TensorRecorder.start(env, hp, model, criterion, saved.get("debugger") if saved else None)
+                if dist.is_master else TensorRecorder())
     cleanup.callback(recorder.close)
-    profiling = Profiling.start(hp, env.output_data_dir, device)  # None unless profile=true
+    profiling = Profiling.start(hp, env.output_data_dir, device) if dist.is_master else None
     if profiling is not None:
         cleanup.callback(profiling.close)
 
@@ -294,6 +305,7 @@ def _run(env, hp, cleanup):
                           "debugger": recorder.position(), "state": state, "hyperparameters": hp.to_strings(),
                           "folders": splits.folders},
                          checkpoint_path, keep_previous=env.checkpoint_dir / constants.PREVIOUS_CHECKPOINT_FILE)
+        dist.barrier()  # no rank runs ahead (or exits) while rank 0 writes
 
     valid_loader = eval_loader("valid")
     for epoch in range(state["epoch"], hp.epochs):
@@ -310,12 +322,14 @@ def _run(env, hp, cleanup):
                         epoch + 1, progress["step"], epoch * steps_per_epoch + progress["step"], checkpoint_path)
             return constants.SIGTERM_EXIT_CODE
         recorder.set_mode("eval")
-        valid_loss, valid_acc, valid_bad, _, _ = evaluate(model, criterion, valid_loader, device, amp)
-        images = max(progress["images"], 1)
-        line = {"epoch": epoch + 1, "train_loss": progress["loss"] / images, "train_acc": progress["correct"] / images,
+        valid_loss, valid_acc, valid_bad, _, _ = evaluate(model, criterion, valid_loader, device, amp, dist)
+        loss_sum, correct, seen, train_bad = dist.sum(progress["loss"], progress["correct"], progress["images"],
+                                                      progress["bad"])
+        images = max(seen, 1)
+        line = {"epoch": epoch + 1, "train_loss": loss_sum / images, "train_acc": correct / images,
                 "valid_loss": valid_loss, "valid_acc": valid_acc,
-                "images_per_sec": progress["images"] * dist.world_size / max(progress["seconds"], 1e-9),
-                "bad_images": scan_bad + progress["bad"] + valid_bad}
+                "images_per_sec": seen / max(dist.max(progress["seconds"]), 1e-9),
+                "bad_images": scan_bad + train_bad + valid_bad}
         if dist.is_master:
             print(format_metrics(**line), flush=True)
         state["history"].append(line)
@@ -340,16 +354,20 @@ def _run(env, hp, cleanup):
 
     if profiling is not None:
         profiling.close()  # the system metrics cover training, not the final test
-    if not dist.is_master:
-        return 0
-    # Test once, with the best-valid weights.
-    if best_path.is_file():
-        model.load_state_dict(load_weights(best_path))
+    # Test once, with the best-valid weights (saved on the first host), each rank on its shard.
+    best = dist.from_master(lambda: load_weights(best_path) if best_path.is_file() else None)
+    if best is not None:
+        model.load_state_dict(best)
     metrics = {"best_epoch": state["best_epoch"], "valid_loss": state["best_valid_loss"],
                "bad_images": state["history"][-1]["bad_images"]}
-    if "test" in splits.samples:
+    tested = "test" in splits.samples
+    if tested:
         recorder.set_mode("predict")
-        test_loss, test_acc, test_bad, predictions, targets = evaluate(model, criterion, eval_loader("test"), device, amp)
+        test_loss, test_acc, test_bad, predictions, targets = evaluate(model, criterion, eval_loader("test"), device,
+                                                                       amp, dist)
+    if not dist.is_master:  # only rank 0 writes the metric lines and the model
+        return 0
+    if tested:
         print(format_metrics(test_loss=test_loss, test_acc=test_acc), flush=True)
         metrics.update(test_loss=test_loss, test_acc=test_acc, bad_images=metrics["bad_images"] + test_bad)
         _write_predictions(env.output_data_dir, predictions, targets, classes)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import constants
+from ..cuda_check import GpuUnusableError, require_usable_gpu
 from . import settings
 
 log = logging.getLogger("serve")
@@ -150,6 +151,7 @@ def java_available():
 def run(environ=None):
     env = os.environ if environ is None else environ
     model_dir = Path(env.get(constants.BASE_DIR_ENV, constants.DEFAULT_BASE_DIR)) / "model"
+    require_usable_gpu(env)  # GPUs that torch cannot use: fail now, not serve slowly from the CPU
     check_settings(env)  # before the slow steps: a bad setting must not wait for the model to load
     if not java_available():
         raise ServeError("Java was not found: multi-model-server needs a Java 17 runtime "
@@ -199,7 +201,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s serve %(levelname)s %(message)s", stream=sys.stdout)
     try:
         sys.exit(run())
-    except ServeError as error:
+    except (ServeError, GpuUnusableError) as error:
         print(f"serve: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
 
