@@ -130,7 +130,7 @@ def test_two_processes_write_one_model_one_checkpoint_and_reduced_metrics(refere
     assert sorted(p.name for p in (reference.dir / "model").iterdir()) == ["model.json", "model.pth"]
     # One checkpoint (with the copy of the one before it, kept in case the newest does not load), no per-rank files.
     assert sorted(p.name for p in (reference.dir / "checkpoints").iterdir()) == [
-        "best.pth", "checkpoint.pth", "checkpoint.previous.pth"]
+        "best.pth", "checkpoint.previous.pth", "checkpoint.pth"]
     # Valid and test figures are reduced over both shards: equal to one process evaluating the same weights.
     last = torch.load(reference.dir / "checkpoints" / "checkpoint.pth", weights_only=True)["model"]
     valid_loss, valid_acc = evaluate_alone(last, data, "valid")
