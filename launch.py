@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from image_classifier import constants
+from image_classifier.contract import CONTAINER_PATHS, DEFAULT_TOP_K, SERVING_PORT
 from launcher import LOCAL_JOBS_DIR, SAMPLE_DIR, LauncherError, aws
 from launcher.scaling import DEFAULT_TARGET_INVOCATIONS
 from launcher.transform import DEFAULT_PORT as TRANSFORM_PORT, TRANSFORM_INSTANCE
@@ -69,7 +70,7 @@ MAX_RUN_SECONDS = 3 * 3600            # a training job is stopped after this; sp
 LAST = "last"                         # `--from-tuning` without a name: the tuning job recorded by `tune`
 # Without SageMaker's Debugger hook configuration the job writes its tensors into its output data, which
 # SageMaker uploads as output.tar.gz (`report --job` reads them there).
-TENSORS_IN_OUTPUT_DATA = {constants.TENSORS_DIR_ENV: f"{constants.DEFAULT_BASE_DIR}/output/data/{constants.TENSORS_FOLDER}"}
+TENSORS_IN_OUTPUT_DATA = {constants.TENSORS_DIR_ENV: str(CONTAINER_PATHS.output_data / constants.TENSORS_FOLDER)}
 
 
 def sagemaker_hyperparameters(overrides, network_isolation=False):
@@ -832,7 +833,7 @@ def build_parser():
                         help="serve on this machine: in the image (docker), as a plain process, or auto")
     deploy.add_argument("--model", type=Path,
                         help="model.tar.gz or model folder (default: the newest successful local job's)")
-    deploy.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
+    deploy.add_argument("--port", type=int, default=SERVING_PORT, help=f"local port (default {SERVING_PORT})")
     deploy.add_argument("--detach", action="store_true", help="return once the server is ready, leave it running")
     deploy.add_argument("--job", help="SageMaker: the training job whose model to deploy (default: the last `train`)")
     deploy.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
@@ -863,8 +864,8 @@ def build_parser():
                                   description="Send each picture to the model and print its top-k labels.")
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     predict.add_argument("--local", action="store_true", help="ask the locally served model")
-    predict.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
-    predict.add_argument("--top-k", type=int, default=5, help="labels per picture (default 5)")
+    predict.add_argument("--port", type=int, default=SERVING_PORT, help=f"local port (default {SERVING_PORT})")
+    predict.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"labels per picture (default {DEFAULT_TOP_K})")
     predict.add_argument("--json", action="store_true", help="print the raw JSON response")
     predict.add_argument("--endpoint", help="SageMaker endpoint (default: the one `deploy` recorded)")
     aws.add_arguments(predict)
@@ -873,7 +874,7 @@ def build_parser():
     delete = commands.add_parser("delete", help="stop a served model (local server, or SageMaker endpoint)",
                                  description="Stop a served model: the local server with --local.")
     delete.add_argument("--local", action="store_true", help="stop the local model server")
-    delete.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
+    delete.add_argument("--port", type=int, default=SERVING_PORT, help=f"local port (default {SERVING_PORT})")
     delete.add_argument("--endpoint", help="SageMaker endpoint to delete with its config and model "
                                            "(default: the one `deploy` recorded)")
     delete.add_argument("--all", action="store_true",

@@ -4,6 +4,7 @@
 container only through the platform contract (paths, environment, HTTP), never by importing training
 internals, except the shared constants in `image_classifier.metrics` / `image_classifier.constants`.
 """
+import os
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -12,6 +13,13 @@ SAMPLE_DIR = PROJECT_DIR / "data" / "digits"
 ENTRY_SHIM = PROJECT_DIR / "docker" / "code" / "train.py"
 IMAGE_NAME = "image-classifier"  # the image's name: build_and_push.sh's default --name and ECR repository
 IMAGE_URI_FILE = PROJECT_DIR / ".image-uri"  # written by build_and_push.sh ($IMAGE_URI_FILE overrides)
+IMAGE_URI_FILE_ENV = "IMAGE_URI_FILE"
+
+
+def recorded_image_uri():
+    """The image URI build_and_push.sh recorded (in $IMAGE_URI_FILE, else .image-uri), or None."""
+    path = Path(os.environ.get(IMAGE_URI_FILE_ENV) or IMAGE_URI_FILE)
+    return (path.read_text().strip() if path.is_file() else "") or None
 
 
 class LauncherError(Exception):

@@ -14,15 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from image_classifier.contract import CONTAINER_PATHS, DEFAULT_HOST, SERVING_PORT, MLPaths
 from image_classifier.serving import settings as serving_settings
 
 from . import LauncherError
 from .docker_image import configured_image, docker, engine_problem, image_available, image_exists, require_image
 from .local_serving import LOCAL_HOST, READY_TIMEOUT_SECONDS, wait_for_prediction
-from .local_training import HOST, stream
+from .local_training import stream
 
-CONTAINER_BASE_DIR = "/opt/ml"
-CONTAINER_PORT = 8080  # SageMaker's serving port
 SHM_SIZE = "2g"  # DataLoader workers share tensors through /dev/shm (docker's default is 64 MB)
 STOP_TIMEOUT_SECONDS = 30
 # Off AWS there is no instance metadata service: without this, boto-based code waits on it.
@@ -64,9 +63,9 @@ def training_command(job, image, env=None):
     """The `docker run ... IMAGE train` command for a LocalJob (its channels are symlinks to data
     folders: each source is mounted read-only at its own path so the links resolve in the container)."""
     job_dir = Path(job.dir).resolve()
-    command = ["docker", "run", "--rm", "--name", training_container(job), "--hostname", HOST,
-               "--shm-size", SHM_SIZE, "-v", f"{job_dir}:{CONTAINER_BASE_DIR}"]
-    data_dir = job_dir / "input" / "data"
+    command = ["docker", "run", "--rm", "--name", training_container(job), "--hostname", DEFAULT_HOST,
+               "--shm-size", SHM_SIZE, "-v", f"{job_dir}:{CONTAINER_PATHS.base}"]
+    data_dir = MLPaths(job_dir).data
     for channel in sorted(data_dir.iterdir()) if data_dir.is_dir() else []:
         if channel.is_symlink():
             source = channel.resolve()
@@ -96,8 +95,8 @@ def serving_command(name, port, model_dir, image, env=None, environ=None):
     and the serving settings of this shell (`environ`) passed in, as a process-mode server inherits them."""
     environ = os.environ if environ is None else environ
     env = {**{key: environ[key] for key in SERVING_SETTINGS_ENV if key in environ}, **(env or {})}
-    return ["run", "-d", "--name", name, "-p", f"{LOCAL_HOST}:{port}:{CONTAINER_PORT}",
-            "-v", f"{model_dir}:{CONTAINER_BASE_DIR}/model:ro", *gpu_args(), *_env_args(env), image, "serve"]
+    return ["run", "-d", "--name", name, "-p", f"{LOCAL_HOST}:{port}:{SERVING_PORT}",
+            "-v", f"{model_dir}:{CONTAINER_PATHS.model}:ro", *gpu_args(), *_env_args(env), image, "serve"]
 
 
 def container_running(name):
@@ -105,7 +104,7 @@ def container_running(name):
     return result.returncode == 0 and result.stdout.strip() == "true"
 
 
-def serve(model_dir, port=8080, detach=False, image=None, env=None, ready_timeout=READY_TIMEOUT_SECONDS):
+def serve(model_dir, port=SERVING_PORT, detach=False, image=None, env=None, ready_timeout=READY_TIMEOUT_SECONDS):
     """Serve `model_dir` (model.pth + model.json) from the image on 127.0.0.1:`port`; returns once a
     prediction answers when `detach`, else follows the log until Ctrl-C and stops the container."""
     image = require_image(image)

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from image_classifier.contract import TRAINING_MODULE_ENV
+
 from . import LauncherError, docker_image, docker_runner
 from .local_training import _wait_group, prepare_job, process_environment
 
@@ -43,7 +45,7 @@ def prepare_hosts(jobs_dir, name, channels, hyperparameters, count, interface=LO
     master = prepare_job(jobs_dir, name, channels, hyperparameters)
     jobs = [master] + [prepare_job(master.dir / HOSTS_FOLDER, host, channels, hyperparameters) for host in hosts[1:]]
     for job, host in zip(jobs, hosts):
-        (job.dir / "input" / "config" / "resourceconfig.json").write_text(json.dumps(
+        job.paths.resource_config.write_text(json.dumps(
             {"current_host": host, "hosts": hosts, "network_interface_name": interface}))
     return jobs
 
@@ -51,7 +53,7 @@ def prepare_hosts(jobs_dir, name, channels, hyperparameters, count, interface=LO
 def host_environment(job):
     env = process_environment(job)
     env.update({
-        "SAGEMAKER_TRAINING_MODULE": FRAMEWORK_MODULE,
+        TRAINING_MODULE_ENV: FRAMEWORK_MODULE,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # torchrun, like the image
         "GLOO_SOCKET_IFNAME": LOOPBACK_INTERFACE,
     })
@@ -75,7 +77,7 @@ def process_commands(jobs):
     if not train.exists():
         raise LauncherError(f"{train} not found: run `make setup` (it installs sagemaker-training).")
     hosts = host_names(len(jobs))
-    hosts_file = jobs[0].dir / "input" / "config" / HOSTS_FILE
+    hosts_file = jobs[0].paths.config / HOSTS_FILE
     command = loopback_command([str(train)], hosts, hosts_file) if len(jobs) > 1 else [str(train)]
     return [(command, host_environment(job)) for job in jobs]
 

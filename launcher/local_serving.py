@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from image_classifier.contract import (BASE_DIR_ENV, BIND_ADDRESS_ENV, CUSTOM_ATTRIBUTES_HEADER, DEFAULT_TOP_K, PORT_ENV,
+                                       SERVING_PORT, MLPaths)
 from image_classifier.serving.settings import MAX_PORT
 
 from . import LOCAL_JOBS_DIR, LauncherError
@@ -32,7 +34,6 @@ SERVER_LOG = "serve.log"
 READY_TIMEOUT_SECONDS = 600  # first start: torch import + model load in serve and in every worker
 STOP_TIMEOUT_SECONDS = 30
 REQUEST_TIMEOUT_SECONDS = 120
-CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 RAW_PICTURE_TYPE = "application/x-image"  # any other picture format
 
@@ -46,7 +47,7 @@ def invocations_url(port):
 
 
 # ------------------------------------------------------------------------------------------ deploy
-def deploy(model=None, port=8080, mode="auto", detach=False):
+def deploy(model=None, port=SERVING_PORT, mode="auto", detach=False):
     from .docker_image import local_mode
 
     mode = local_mode(mode)
@@ -64,11 +65,11 @@ def deploy(model=None, port=8080, mode="auto", detach=False):
     if port_in_use(port):
         raise LauncherError(f"Port {port} is already in use: pick another with --port.")
     base_dir = server_dir(port)
-    install_model(model, base_dir / "model")
+    install_model(model, MLPaths(base_dir).model)
     if mode == "docker":
         from . import docker_runner  # imports this module: not at the top
 
-        docker_runner.serve(base_dir / "model", port, detach)  # `docker run -p PORT:8080 IMAGE serve`
+        docker_runner.serve(MLPaths(base_dir).model, port, detach)  # `docker run -p PORT:8080 IMAGE serve`
         return
     process = start_server(base_dir, port)
     print(f"Starting the model server for {model} on port {port} (log: {base_dir / SERVER_LOG}) ...")
@@ -112,9 +113,9 @@ def install_model(model, model_dir):
 def serve_environment(base_dir, port):
     env = dict(os.environ)
     env.update({
-        "SAGEMAKER_BASE_DIR": str(base_dir),
-        "SAGEMAKER_BIND_TO_PORT": str(port),
-        "IMAGE_CLASSIFIER_BIND_ADDRESS": LOCAL_HOST,
+        BASE_DIR_ENV: str(base_dir),
+        PORT_ENV: str(port),
+        BIND_ADDRESS_ENV: LOCAL_HOST,
         "AWS_EC2_METADATA_DISABLED": "true",
         "PYTHONUNBUFFERED": "1",
     })
@@ -216,7 +217,7 @@ def content_type_of(path):
     return CONTENT_TYPES.get(path.suffix.lower()) or RAW_PICTURE_TYPE
 
 
-def predict(images, port=8080, top_k=5, as_json=False):
+def predict(images, port=SERVING_PORT, top_k=DEFAULT_TOP_K, as_json=False):
     failures = []
     for path in map(Path, images):
         if not path.is_file():
@@ -290,7 +291,7 @@ def stop_process(pid, timeout=STOP_TIMEOUT_SECONDS):
     return len(tree)
 
 
-def delete(port=8080):
+def delete(port=SERVING_PORT):
     from . import docker_runner
 
     if docker_runner.stop(port):

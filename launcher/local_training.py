@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_classifier.contract import (BASE_DIR_ENV, DEFAULT_HOST, PROGRAM_ENV, STUDIO_LOCAL_MODE_ENV, MLPaths,
+                                       atomic_write)
 from image_classifier.metrics import parse_metrics
 
 from . import ENTRY_SHIM, LauncherError
 
-HOST = "algo-1"
 # A local job's folder name: one path component, SageMaker's job-name characters plus `.` and `_`.
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -29,6 +30,10 @@ JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 class LocalJob:
     name: str
     dir: Path
+
+    @property
+    def paths(self):
+        return MLPaths(self.dir)
 
     @property
     def log_file(self):
@@ -40,11 +45,11 @@ class LocalJob:
 
     @property
     def succeeded(self):
-        return (self.dir / "output" / "success").is_file()
+        return self.paths.success.is_file()
 
     @property
     def failure_reason(self):
-        failure = self.dir / "output" / "failure"
+        failure = self.paths.failure
         return failure.read_text().strip() if failure.is_file() else None
 
 
@@ -60,39 +65,38 @@ def job_dir(jobs_dir, name):
 def prepare_job(jobs_dir, name, channels, hyperparameters):
     """Create (or reuse, for a restart) the job tree. `channels`: {name: local folder}."""
     job = LocalJob(name, job_dir(jobs_dir, name))
-    config = job.dir / "input" / "config"
-    for folder in (config, job.dir / "input" / "data", job.dir / "model", job.dir / "output" / "data",
-                   job.dir / "checkpoints", job.dir / "code"):
+    paths = job.paths
+    for folder in (paths.config, paths.data, paths.model, paths.output_data, paths.checkpoints, paths.code):
         folder.mkdir(parents=True, exist_ok=True)
     # Exactly what SageMaker writes: every hyperparameter value is a string.
-    (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}))
-    (config / "resourceconfig.json").write_text(json.dumps(
-        {"current_host": HOST, "hosts": [HOST], "network_interface_name": "eth0"}))
-    (config / "inputdataconfig.json").write_text(json.dumps({
+    paths.hyperparameters.write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}))
+    paths.resource_config.write_text(json.dumps(
+        {"current_host": DEFAULT_HOST, "hosts": [DEFAULT_HOST], "network_interface_name": "eth0"}))
+    paths.input_data_config.write_text(json.dumps({
         channel: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
         for channel in channels}))
     for channel, source in channels.items():
         source = Path(source).resolve()
         if not source.exists():
             raise LauncherError(f"Channel '{channel}': {source} does not exist.")
-        link = job.dir / "input" / "data" / channel
+        link = paths.channel(channel)
         if link.is_symlink() or link.is_file():
             link.unlink()
         elif link.is_dir():
             shutil.rmtree(link)
         link.symlink_to(source, target_is_directory=source.is_dir())
-    shutil.copy(ENTRY_SHIM, job.dir / "code" / "train.py")
-    for stale in ("success", "failure"):
-        (job.dir / "output" / stale).unlink(missing_ok=True)
+    shutil.copy(ENTRY_SHIM, paths.code / ENTRY_SHIM.name)
+    for stale in (paths.success, paths.failure):
+        stale.unlink(missing_ok=True)
     return job
 
 
 def process_environment(job):
     env = dict(os.environ)
     env.update({
-        "SAGEMAKER_BASE_DIR": str(job.dir),
-        "SAGEMAKER_PROGRAM": "train.py",
-        "SM_STUDIO_LOCAL_MODE": "true",  # the toolkit's DNS wait would hang on `algo-1` otherwise
+        BASE_DIR_ENV: str(job.dir),
+        PROGRAM_ENV: ENTRY_SHIM.name,
+        STUDIO_LOCAL_MODE_ENV: "true",  # the toolkit's DNS wait would hang on the host names otherwise
         "AWS_EC2_METADATA_DISABLED": "true",
         "PYTHONUNBUFFERED": "1",
     })
@@ -152,18 +156,19 @@ def run_process(job, echo=True):
 def finish(job):
     """Pack the outputs like SageMaker and return {metric: last value}."""
     if job.succeeded:
-        _tar(job.dir / "model", job.model_tar)
-        _tar(job.dir / "output" / "data", job.dir / "output.tar.gz")
+        _tar(job.paths.model, job.model_tar)
+        _tar(job.paths.output_data, job.dir / "output.tar.gz")
     lines = job.log_file.read_text(errors="replace").splitlines() if job.log_file.is_file() else []
     return {name: values[-1] for name, values in parse_metrics(lines).items()}
 
 
 def _tar(folder, target):
-    tmp = target.with_suffix(".tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
-        for path in sorted(Path(folder).iterdir()):
-            tar.add(path, arcname=path.name)
-    os.replace(tmp, target)
+    def write(tmp):
+        with tarfile.open(tmp, "w:gz") as tar:
+            for path in sorted(Path(folder).iterdir()):
+                tar.add(path, arcname=path.name)
+
+    atomic_write(target, write)
 
 
 def newest_model(jobs_dir):

@@ -130,9 +130,10 @@ def test_cached_tag_follows_the_image_inputs(tmp_path, monkeypatch):
 
 
 def test_configured_image_reads_what_build_and_push_recorded(tmp_path, monkeypatch):
+    import launcher
     from launcher import docker_image
 
-    monkeypatch.setattr(docker_image, "IMAGE_URI_FILE", tmp_path / ".image-uri")
+    monkeypatch.setattr(launcher, "IMAGE_URI_FILE", tmp_path / ".image-uri")
     monkeypatch.delenv("IMAGE_URI_FILE", raising=False)
     assert docker_image.configured_image() == "image-classifier:latest"
     (tmp_path / ".image-uri").write_text("123456789012.dkr.ecr.eu-west-1.amazonaws.com/image-classifier:abc\n")
