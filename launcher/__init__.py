@@ -4,6 +4,7 @@
 container only through the platform contract (paths, environment, HTTP), never by importing training
 internals, except the shared constants in `image_classifier.metrics` / `image_classifier.constants`.
 """
+import datetime
 import os
 from pathlib import Path
 
@@ -20,6 +21,12 @@ def recorded_image_uri():
     """The image URI build_and_push.sh recorded (in $IMAGE_URI_FILE, else .image-uri), or None."""
     path = Path(os.environ.get(IMAGE_URI_FILE_ENV) or IMAGE_URI_FILE)
     return (path.read_text().strip() if path.is_file() else "") or None
+
+
+def unique_name(prefix=IMAGE_NAME):
+    """A unique, SageMaker-valid name for a job, endpoint or model (local jobs too): `prefix-<UTC time to the
+    microsecond>`, 63 characters at most (a tuning job's 32 hold the short `ic-tune` prefix and the time)."""
+    return f"{prefix}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S-%f}"[:63]
 
 
 class LauncherError(Exception):

@@ -7,7 +7,6 @@ itself (boto3's `before-call` event) so nothing is sent, the waits, and the tran
 exceptions into `LauncherError` lines.
 """
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -109,15 +108,6 @@ def load_state():
         return json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError:
         raise LauncherError(f"{path} is not valid JSON: fix or delete it (it only remembers names)") from None
-
-
-def timestamp():
-    return f"{datetime.datetime.now(datetime.timezone.utc):%y%m%d-%H%M%S}"
-
-
-def resource_name():
-    """A unique endpoint / model name."""
-    return f"{IMAGE_NAME}-{timestamp()}"
 
 
 def tags(**links):

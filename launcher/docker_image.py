@@ -67,18 +67,6 @@ def image_available(image=None):
     return engine_problem() is None and image_exists(image or configured_image())
 
 
-def local_mode(requested):
-    """What `--local` runs on: `docker` or `process` as asked; `auto` prefers the image when an engine runs
-    and the image is on this machine, and says which it picked."""
-    if requested != "auto":
-        return requested
-    if image_available():
-        print(f"local mode: docker ({configured_image()})")
-        return "docker"
-    print("local mode: process (no docker engine or no image; `./build_and_push.sh --no-push` builds it)")
-    return "process"
-
-
 def require_image(image=None):
     """The image to run, or a LauncherError that says how to get it."""
     image = image or configured_image()

@@ -1,26 +1,23 @@
-"""Run a training job on this machine the way SageMaker runs it.
+"""The `/opt/ml`-shaped trees of local runs, the same for every backend.
 
-`prepare_job` lays out the `/opt/ml`-shaped tree under `local_jobs/<job-name>/` with the config files
-SageMaker writes; `run_process` runs the toolkit's `train` over it (SAGEMAKER_BASE_DIR points there);
-`finish` packs `model.tar.gz` / `output.tar.gz` like SageMaker and reads back the metrics.
+A training job's: `prepare_job` lays it out under `local_jobs/<job-name>/` with the config files SageMaker
+writes (a backend runs `train` over it); `finish` packs `model.tar.gz` / `output.tar.gz` like SageMaker and
+reads back the metrics. A model server's: `local_jobs/serving/port-<N>/`, its `model` folder filled by
+`install_model` as SageMaker unpacks model.tar.gz.
 """
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tarfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_classifier.contract import (BASE_DIR_ENV, DEFAULT_HOST, PROGRAM_ENV, STUDIO_LOCAL_MODE_ENV, MLPaths,
-                                       atomic_write)
+from image_classifier.contract import DEFAULT_HOST, MLPaths, atomic_write
 from image_classifier.metrics import parse_metrics
 
-from . import ENTRY_SHIM, LauncherError
+from .. import ENTRY_SHIM, LOCAL_JOBS_DIR, LauncherError
+
+SERVING_DIR = LOCAL_JOBS_DIR / "serving"
 
 # A local job's folder name: one path component, SageMaker's job-name characters plus `.` and `_`.
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -91,68 +88,6 @@ def prepare_job(jobs_dir, name, channels, hyperparameters):
     return job
 
 
-def process_environment(job):
-    env = dict(os.environ)
-    env.update({
-        BASE_DIR_ENV: str(job.dir),
-        PROGRAM_ENV: ENTRY_SHIM.name,
-        STUDIO_LOCAL_MODE_ENV: "true",  # the toolkit's DNS wait would hang on the host names otherwise
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "PYTHONUNBUFFERED": "1",
-    })
-    return env
-
-
-def stream(command, log_file, env=None, echo=True):
-    """Run `command` in its own process group, copying its output live to the terminal and to
-    `log_file`. Ctrl-C or SIGTERM is passed on as SIGTERM so the job checkpoints; returns the exit code."""
-    with open(log_file, "ab") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
-        previous = signal.signal(signal.SIGTERM, lambda *_: _terminate(process))
-        try:
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                if echo:
-                    sys.stdout.buffer.write(line)
-                    sys.stdout.flush()
-            return process.wait()
-        except KeyboardInterrupt:
-            _terminate(process)
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            _wait_group(process.pid)
-
-
-def _terminate(process):
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_group(pgid, timeout=120):
-    """The toolkit may exit before the training script has saved its checkpoint: wait for the group."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.killpg(pgid, signal.SIGKILL)
-
-
-def run_process(job, echo=True):
-    """The toolkit's `train` console script from this Python's environment, as a subprocess."""
-    train = Path(sys.executable).parent / "train"
-    if not train.exists():
-        raise LauncherError(f"{train} not found: run `make setup` (it installs sagemaker-training).")
-    return stream([str(train)], job.log_file, process_environment(job), echo)
-
-
 def finish(job):
     """Pack the outputs like SageMaker and return {metric: last value}."""
     if job.succeeded:
@@ -176,3 +111,25 @@ def newest_model(jobs_dir):
     jobs = [LocalJob(p.name, p) for p in Path(jobs_dir).glob("*") if p.is_dir()]
     done = [j for j in jobs if j.succeeded and j.model_tar.is_file()]
     return max(done, key=lambda j: j.model_tar.stat().st_mtime).model_tar if done else None
+
+
+# ----------------------------------------------------------------------------------- a model server's
+def server_dir(port):
+    """The base folder (SAGEMAKER_BASE_DIR) of the local model server on `port`."""
+    return SERVING_DIR / f"port-{port}"
+
+
+def install_model(model, model_dir):
+    """Put the artifact in `model_dir` as SageMaker does: model.tar.gz unpacked, or a folder's files."""
+    if not model.exists():
+        raise LauncherError(f"Model {model} does not exist.")
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
+    if model.is_dir():
+        shutil.copytree(model, model_dir, dirs_exist_ok=True)
+    elif tarfile.is_tarfile(model):
+        with tarfile.open(model) as tar:
+            tar.extractall(model_dir, filter="data")  # refuses absolute paths, .. and devices
+    else:
+        raise LauncherError(f"Model {model} is neither a model folder nor a model.tar.gz.")
