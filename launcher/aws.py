@@ -7,6 +7,7 @@ itself (boto3's `before-call` event) so nothing is sent, the waits, and the tran
 exceptions into `LauncherError` lines.
 """
 import contextlib
+import io
 import json
 import logging
 import os
@@ -20,6 +21,9 @@ from pathlib import Path
 from image_classifier.contract import atomic_write_text
 
 from . import IMAGE_NAME, LOCAL_JOBS_DIR, LauncherError, recorded_image_uri
+
+# boto3, botocore and the SageMaker SDK are imported where they are used: slow imports (over a second for the
+# SDK) that local commands and --help never need.
 
 # Before the SDK is imported: it prints a v3 deprecation banner otherwise, and logs its config look-ups at
 # INFO to stdout (where a dry run writes its JSON) unless its logger already has a level and a handler.
@@ -151,8 +155,6 @@ def _fake_response(operation, params):
     if operation == "DescribeEndpointConfig":
         return {"ProductionVariants": [{"ModelName": params["EndpointConfigName"]}]}
     if operation == "InvokeEndpoint":
-        import io
-
         from botocore.response import StreamingBody
 
         body = b'{"predictions": []}'

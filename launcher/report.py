@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -22,6 +23,8 @@ from image_classifier.contract import MLPaths
 from image_classifier.metrics import parse_metrics
 
 from . import LOCAL_JOBS_DIR, PROJECT_DIR, LauncherError
+
+# boto3, smdebug and matplotlib are imported where they are used: slow imports that not every report needs.
 
 REPORTS_DIR = PROJECT_DIR / "reports"
 REPORT_FILE = "report.html"
@@ -149,9 +152,7 @@ def _cloudwatch_lines(session, name):
 # ----------------------------------------------------------------------------------------- data
 def loss_series(tensors_dir):
     """{'train': (global steps, losses), 'valid': (...)} from the smdebug tensors."""
-    import os
-
-    os.environ.setdefault("SMDEBUG_LOG_LEVEL", "warning")
+    os.environ.setdefault("SMDEBUG_LOG_LEVEL", "warning")  # before smdebug's import, which reads it
     from smdebug import modes
     from smdebug.trials import create_trial
 

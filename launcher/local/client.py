@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from PIL import Image
+
 from image_classifier.contract import CUSTOM_ATTRIBUTES_HEADER, DEFAULT_TOP_K, SERVING_PORT
 
 from .. import LauncherError
@@ -48,8 +50,6 @@ def content_type_of(path):
 
 def probe_picture():
     """A small PNG to check that the model answers (not only /ping, which MMS answers before loading)."""
-    from PIL import Image  # Pillow: only once a server is started, not for every launch.py command
-
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (128, 128, 128)).save(buffer, format="PNG")
     return buffer.getvalue()
