@@ -37,6 +37,7 @@ SERVING_SETTINGS_ENV = (serving_settings.WORKERS_ENV, serving_settings.TORCH_THR
                         serving_settings.MAX_BATCH_ENV, serving_settings.FORWARD_BATCH_ENV,
                         serving_settings.TOP_K_ENV, serving_settings.OPTIMIZE_ENV, serving_settings.JVM_ARGS_ENV)
 
+
 def _env_args(env):
     return [arg for key, value in {**OFF_AWS_ENV, **(env or {})}.items() for arg in ("-e", f"{key}={value}")]
 

@@ -61,7 +61,8 @@ def train(job, echo=True):
 def host_environment(job):
     return {**process_environment(job),
             TRAINING_MODULE_ENV: FRAMEWORK_MODULE,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # torchrun, like the image
+            # torchrun of this environment first, as in the image
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "GLOO_SOCKET_IFNAME": LOOPBACK_INTERFACE}
 
 
