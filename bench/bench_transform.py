@@ -14,6 +14,7 @@ server's start is reported beside it). Rounds alternate the order. Target: trans
 """
 import argparse
 import datetime
+import os
 import platform
 import re
 import shutil
@@ -32,10 +33,11 @@ import bench_serving as serving  # noqa: E402  (its model, pictures and floors: 
 PROJECT_DIR = serving.PROJECT_DIR
 TARGET = 0.8
 RATE = re.compile(r"(\d+) picture\(s\) transformed in ([\d.]+) s \(([\d.]+) pictures/s\)")
+SETTINGS = re.compile(r"(\d+) model-server worker\(s\), (\d+) request\(s\) in flight")
 
 
 def run_transform(data, out, model_dir):
-    """(pictures/s while transforming, seconds of the whole command) of the real CLI."""
+    """(pictures/s while transforming, seconds of the whole command, "W workers, N in flight") of the real CLI."""
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     result = subprocess.run([sys.executable, str(PROJECT_DIR / "launch.py"), "transform", "--local", "process",
@@ -43,10 +45,10 @@ def run_transform(data, out, model_dir):
                              "--port", str(serving.harness.free_port())],
                             capture_output=True, text=True, timeout=1800)
     total = time.perf_counter() - started
-    found = RATE.search(result.stdout)
-    if result.returncode != 0 or not found:
+    found, settings = RATE.search(result.stdout), SETTINGS.search(result.stdout)
+    if result.returncode != 0 or not found or not settings:
         raise SystemExit(f"transform failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return float(found.group(3)), total
+    return float(found.group(3)), total, f"{settings.group(1)} workers, {settings.group(2)} in flight"
 
 
 def main():
@@ -56,7 +58,7 @@ def main():
     args = parser.parse_args()
     cores = serving.settings.cpu_count()
     work = Path(tempfile.mkdtemp(prefix="bench-transform-"))
-    floors, rates, totals = [], [], []
+    floors, rates, totals, used = [], [], [], []
     try:
         torch.manual_seed(0)
         serving.save_artifact(work / "model", serving.build_model("resnet50", serving.CLASSES),
@@ -74,15 +76,17 @@ def main():
             floors.append(max(batch, per_core))
 
         def transform():
-            rate, total = run_transform(data, work / "out", work / "model")
+            rate, total, settings = run_transform(data, work / "out", work / "model")
             rates.append(rate)
             totals.append(total)
+            used.append(settings)
 
         for number in range(args.rounds):
             for step in ((floor, transform) if number % 2 == 0 else (transform, floor)):
                 step()
             print(f"round {number + 1}: floor {floors[-1]:.2f}/s, transform {rates[-1]:.2f}/s "
-                  f"({rates[-1] / floors[-1]:.2f}x), whole command {totals[-1]:.1f} s", flush=True)
+                  f"({rates[-1] / floors[-1]:.2f}x; {used[-1]}), whole command {totals[-1]:.1f} s, load average "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratios = [rate / floor for rate, floor in zip(rates, floors)]
