@@ -58,7 +58,7 @@ def until(answer, started):
 
 
 def memory_mb(name):
-    """The container's peak memory (cgroup v2 memory.peak), else its current use, in MB."""
+    """The container's peak memory (cgroup v2 memory.peak), else its current use, in MiB."""
     peak = docker_image.docker("exec", name, "cat", "/sys/fs/cgroup/memory.peak", check=False, timeout=30)
     if peak.returncode == 0 and peak.stdout.strip().isdigit():
         return int(peak.stdout) / 2**20, "peak"
@@ -108,7 +108,7 @@ def main():
             firsts.append(first)
             memories.append(memory)
             print(f"repeat {number + 1}: /ping 200 after {ping:.1f} s, first prediction after {first:.1f} s, "
-                  f"memory {memory:.0f} MB ({kind}), load average {os.getloadavg()[0]:.1f}", flush=True)
+                  f"memory {memory:.0f} MiB ({kind}), load average {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{image}, {image_bytes / 1e9:.2f} GB; ResNet-50 224 px, {serving.CLASSES} classes; one worker; "
@@ -121,12 +121,12 @@ def main():
     print(f"| `docker run` to the first prediction (s) | {serving.spread(firsts, digits=1)} | - |")
     print(f"| first /ping 200 to the first prediction (s) | "
           f"{serving.spread([f - p for f, p in zip(firsts, pings)], digits=1)} | {INVOCATION_LIMIT_SECONDS} per request |")
-    print(f"| container memory (MB) | {serving.spread(memories)} | {MEMORY_LIMIT_MB} |")
+    print(f"| container memory after the first prediction (MiB) | {serving.spread(memories)} | {MEMORY_LIMIT_MB} |")
     print(f"| image size (GB) | {image_bytes / 1e9:.2f} | {IMAGE_LIMIT_BYTES / 1e9:.0f} |")
     checks = [("the slowest first /ping 200 (s)", max(pings), PING_LIMIT_SECONDS),
               ("the slowest first prediction after /ping (s)", max(f - p for f, p in zip(firsts, pings)),
                INVOCATION_LIMIT_SECONDS),
-              ("the container's memory (MB)", max(memories), MEMORY_LIMIT_MB),
+              ("the container's memory (MiB)", max(memories), MEMORY_LIMIT_MB),
               ("the image (GB)", image_bytes / 1e9, IMAGE_LIMIT_BYTES / 1e9)]
     missed = [f"LIMIT MISSED: {what}: {value:.1f}, limit {limit:g}" for what, value, limit in checks if value > limit]
     print("\n".join(missed) or "Within serverless' limits (measured locally).")
