@@ -48,7 +48,7 @@ def batch_serving_settings(environ=None):
     the shell sets the workers or threads itself, or a GPU may be there (then `serve`'s defaults).
 
     Why not `serve`'s CPU default (one worker per two cores, two torch threads each): that one is for
-    latency. A batch job wants only throughput, and on this machine it shares the cores with whatever
+    latency. A batch job wants only throughput, and on a workstation it shares the cores with whatever
     else runs: a two-thread worker's OpenMP threads spin at every barrier, so when one of its cores is
     taken the other waits, and throughput fell from ~24 to 2-4 pictures/s on a busy 2-core machine,
     where one single-thread worker per core kept 8-22 (docs/BENCHMARKS.md, batch transform). On a quiet

@@ -110,7 +110,9 @@ def test_sdk_local_mode_transformer_writes_one_out_per_picture(image, trained_mo
         assert labels == transform.read_out(out / f"{file.name}{transform.OUT_SUFFIX}")
         sdk_top[file.name] = labels[0]
 
-    # The same folder through `transform --local docker` (our client, the same image and model).
+    # The same folder through `transform --local docker` (our client, the same image and model, one worker
+    # as above).
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "1")
     monkeypatch.setenv("IMAGE_URI_FILE", str(tmp_path / "image-uri"))
     (tmp_path / "image-uri").write_text(image)
     monkeypatch.setattr(transform.local_serving, "SERVING_DIR", tmp_path / "serving")
