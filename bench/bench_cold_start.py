@@ -93,6 +93,8 @@ def main():
     if problem:
         raise SystemExit(f"no docker: {problem}")
     image = args.image or docker_image.ensure_image()
+    if not docker_image.image_exists(image):
+        raise SystemExit(f"no image {image} on this machine")
     image_bytes = int(docker_image.docker("image", "inspect", "--format", "{{.Size}}", image).stdout)
     work = Path(tempfile.mkdtemp(prefix="bench-cold-start-"))
     pings, firsts, memories = [], [], []
