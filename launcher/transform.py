@@ -49,10 +49,10 @@ def batch_serving_settings(environ=None):
 
     Why not `serve`'s CPU default (one worker per two cores, two torch threads each): that one is for
     latency. A batch job wants only throughput, and on a workstation it shares the cores with whatever
-    else runs: a two-thread worker's OpenMP threads spin at every barrier, so when one of its cores is
-    taken the other waits, and throughput fell from ~24 to 2-4 pictures/s on a busy 2-core machine,
-    where one single-thread worker per core kept 8-22 (docs/BENCHMARKS.md, batch transform). On a quiet
-    machine both give the same throughput (serving benchmark: 1.07x and 1.03x the floor)."""
+    else runs: a two-thread worker's OpenMP threads wait for each other at every barrier, so when one of
+    its cores is taken the other idles. On 2 cores with one kept busy, it did 0.9 pictures/s where one
+    single-thread worker per core did 12 (bench/bench_transform.py --compare --busy 1, docs/BENCHMARKS.md).
+    On a quiet machine both give the same throughput (serving benchmark: 1.07x and 1.03x the floor)."""
     environ = os.environ if environ is None else environ
     chosen = (serving_settings.WORKERS_ENV, serving_settings.TORCH_THREADS_ENV)
     if any(environ.get(name, "").strip() for name in chosen) or shutil.which("nvidia-smi"):
