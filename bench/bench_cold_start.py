@@ -73,8 +73,8 @@ def cold_start(image, model_dir, picture):
     name = f"bench-cold-start-{port}"
     command = docker_runner.serving_command(name, port, model_dir, image, SERVERLESS_ENV, environ={})
     started = time.perf_counter()
-    docker_image.docker(*command, timeout=120)
     try:
+        docker_image.docker(*command, timeout=120)
         ping = until(lambda: serving.harness.request(port, "GET", "/ping", timeout=5)[0], started)
         first = until(lambda: serving.harness.invoke(port, picture, "image/jpeg",
                                                      timeout=INVOCATION_LIMIT_SECONDS)[0], started)
