@@ -164,7 +164,7 @@ def build_parser(description=None):
                         help="with --autoscale: invocations per instance per minute to keep (default "
                              f"{DEFAULT_TARGET_INVOCATIONS}, from the measured throughput: see README)")
     deploy.add_argument("--serverless", type=int, metavar="MEMORY_MB",
-                        help="SageMaker: a serverless endpoint (CPU) with this memory: 1024, 2048, ... 6144")
+                        help="SageMaker: a serverless endpoint (CPU) with this memory: 2048, 3072, ... 6144")
     deploy.add_argument("--max-concurrency", type=int, default=5, metavar="N",
                         help="with --serverless: concurrent requests at most (default 5)")
     deploy.add_argument("--data-capture", type=int, metavar="PERCENT",

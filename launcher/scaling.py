@@ -18,8 +18,11 @@ SAFETY_FACTOR = 0.5
 DEFAULT_TARGET_INVOCATIONS = round(MEASURED_PICTURES_PER_SECOND * 60 * SAFETY_FACTOR)  # per instance per minute
 SCALE_OUT_COOLDOWN_SECONDS = 60    # add instances soon after a rise
 SCALE_IN_COOLDOWN_SECONDS = 300    # remove them only after a calm spell (a new instance takes minutes)
-# Serverless endpoints: memory in 1 GB steps from 1 to 6 GB; CPU only (no GPU can be chosen).
+# Serverless endpoints: memory in 1 GB steps from 1 to 6 GB; CPU only (no GPU can be chosen). The image
+# serving ResNet-50 with one worker uses 1137 MiB (bench/bench_cold_start.py, docs/BENCHMARKS.md), more
+# than SageMaker's smallest size: 2 GB is the least that holds it.
 SERVERLESS_MEMORY_MB = tuple(range(1024, 6145, 1024))
+SERVERLESS_MIN_MEMORY_MB = 2048
 CAPTURE_PREFIX = "capture"  # s3://BUCKET/image-classifier/capture/
 
 
@@ -36,9 +39,11 @@ def parse_autoscale(text):
 
 
 def check_serverless(memory_mb, instance_type, instance_count, autoscale):
-    if memory_mb not in SERVERLESS_MEMORY_MB:
-        raise LauncherError(f"--serverless {memory_mb}: memory must be one of "
-                            f"{', '.join(map(str, SERVERLESS_MEMORY_MB))} MB")
+    usable = [size for size in SERVERLESS_MEMORY_MB if size >= SERVERLESS_MIN_MEMORY_MB]
+    if memory_mb not in usable:
+        raise LauncherError(f"--serverless {memory_mb}: memory must be one of {', '.join(map(str, usable))} MB "
+                            f"(SageMaker's sizes; below {SERVERLESS_MIN_MEMORY_MB} MB the model server does not fit: "
+                            "it uses about 1.1 GiB)")
     if instance_type or instance_count or autoscale:
         raise LauncherError("--serverless endpoints have no instances: drop --instance-type, --instance-count "
                             "and --autoscale (serverless runs on CPU and scales by itself)")

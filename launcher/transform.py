@@ -3,19 +3,23 @@
 SageMaker's batch transform (SplitType None) sends every object under the input prefix as one request
 to `/invocations` and writes the answer to `<output>/<the object's key relative to the prefix>.out`; the
 first refused object fails the job. `run` does the same over a folder, against the real `serve` started
-by `local.serving.deploy` (as a process or in the image), with one worker's requests queued per worker,
+by `local.serving.deploy` (as a process or in the image), with a second request queued per worker,
 so the same `.out` files come out. `summarize` reads such a folder (local or downloaded from S3) into
 a CSV: file, top-1 label, probability, top-k.
 """
 import collections
 import concurrent.futures
+import contextlib
 import csv
 import json
+import os
 import shutil
 import sys
 import time
 import urllib.error
 from pathlib import Path
+
+import psutil
 
 from image_classifier.serving import settings as serving_settings
 
@@ -30,6 +34,9 @@ DEFAULT_PORT = 8090  # not deploy's 8080, so a batch job can run beside a served
 # MMS's queue, so the worker never idles during an HTTP round trip; more only lengthens the queue.
 REQUESTS_PER_WORKER = 2
 PROGRESS_EVERY_SECONDS = 0.5
+# A served ResNet-50 worker's memory (948 MiB RSS in the serving benchmark, docs/BENCHMARKS.md), rounded
+# up: a local job starts no more workers than the free memory holds.
+WORKER_MEMORY_BYTES = 1 << 30
 
 
 def concurrent_requests(workers):
@@ -37,13 +44,51 @@ def concurrent_requests(workers):
     return REQUESTS_PER_WORKER * workers
 
 
-def local_workers():
-    """The workers a local `serve` starts (SAGEMAKER_MODEL_SERVER_WORKERS, else the serving default on CPU)."""
+def batch_serving_settings(environ=None):
+    """The serving settings a local job starts `serve` with: one single-thread worker per core, unless
+    the shell sets the workers or threads itself, or a GPU may be there (then `serve`'s defaults).
+
+    Why not `serve`'s CPU default (one worker per two cores, two torch threads each): that one is for
+    latency. A batch job wants only throughput, and on a workstation it shares the cores with whatever
+    else runs: a two-thread worker's OpenMP threads wait for each other at every barrier, so when one of
+    its cores is taken the other idles. On 2 cores with one kept busy, it did 0.9 pictures/s where one
+    single-thread worker per core did 12 (bench/bench_transform.py --compare --busy 1, docs/BENCHMARKS.md).
+    On a quiet machine both give the same throughput (serving benchmark: 1.07x and 1.03x the floor)."""
+    environ = os.environ if environ is None else environ
+    chosen = (serving_settings.WORKERS_ENV, serving_settings.TORCH_THREADS_ENV)
+    if any(environ.get(name, "").strip() for name in chosen) or shutil.which("nvidia-smi"):
+        return {}
+    fit_in_memory = int(psutil.virtual_memory().available // WORKER_MEMORY_BYTES)
+    workers = max(1, min(serving_settings.cpu_count(), fit_in_memory))
+    return {serving_settings.WORKERS_ENV: str(workers), serving_settings.TORCH_THREADS_ENV: "1"}
+
+
+def local_workers(environ=None):
+    """The workers a local job's `serve` starts (SAGEMAKER_MODEL_SERVER_WORKERS as set in `environ`, else
+    the serving default on CPU)."""
+    environ = os.environ if environ is None else environ
     try:
         default = serving_settings.default_workers(0, serving_settings.cpu_count())
-        return serving_settings.env_int(serving_settings.WORKERS_ENV, default, maximum=serving_settings.MAX_WORKERS)
+        return serving_settings.env_int(serving_settings.WORKERS_ENV, default, environ=environ,
+                                        maximum=serving_settings.MAX_WORKERS)
     except ValueError as error:
         raise LauncherError(str(error)) from None
+
+
+@contextlib.contextmanager
+def environment(settings):
+    """`settings` in this process's environment while the server starts: `serve` inherits them as a
+    process, and `deploy --local docker` passes the serving settings of the shell into the container."""
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def input_files(data_dir):
@@ -178,14 +223,17 @@ def print_counts(counts):
 
 def local(data_dir, out_dir, model=None, mode="auto", port=DEFAULT_PORT, max_concurrent=None, skip_bad=False):
     """The whole local job: serve the model, transform the folder, stop the server, summarize."""
-    max_concurrent = max_concurrent or concurrent_requests(local_workers())
+    settings = batch_serving_settings()
+    workers = local_workers({**os.environ, **settings})
+    max_concurrent = max_concurrent or concurrent_requests(workers)
     if max_concurrent < 1:
         raise LauncherError("--max-concurrent must be at least 1.")
     files = input_files(data_dir)  # checked before the server starts
-    serving.deploy(model=model, port=port, mode=mode, detach=True)
+    with environment(settings):
+        serving.deploy(model=model, port=port, mode=mode, detach=True)
     try:
-        print(f"Transforming {len(files)} file(s) from {data_dir} into {out_dir}, {max_concurrent} request(s) "
-              "in flight ...", flush=True)
+        print(f"Transforming {len(files)} file(s) from {data_dir} into {out_dir}: {workers} model-server "
+              f"worker(s), {max_concurrent} request(s) in flight ...", flush=True)
         started = time.perf_counter()
         done, bad = run(data_dir, out_dir, port, max_concurrent, skip_bad)
         seconds = time.perf_counter() - started

@@ -72,7 +72,8 @@ def test_serverless_endpoint(cloud, capsys):
 
 
 @pytest.mark.parametrize("extra, words", [
-    (["--serverless", 3000], "1024, 2048"),
+    (["--serverless", 3000], "2048, 3072, 4096, 5120, 6144 MB"),
+    (["--serverless", 1024], "does not fit"),
     (["--serverless", 2048, "--instance-type", "ml.g4dn.xlarge"], "no instances"),
     (["--serverless", 2048, "--data-capture", 10], "not available on serverless"),
     (["--autoscale", "3:2"], "MIN:MAX"),

@@ -116,3 +116,33 @@ def test_input_files_skip_hidden_ones_and_name_outputs_as_sagemaker_does(tmp_pat
     assert transform.input_files(folder) == [folder / "a" / "b" / "x.jpg"]
     assert transform.out_path(tmp_path / "o", folder, folder / "a" / "b" / "x.jpg") == tmp_path / "o" / "a" / "b" / "x.jpg.out"
     assert transform.concurrent_requests(3) == 6
+
+
+def test_a_local_job_serves_with_one_single_thread_worker_per_core_unless_told(monkeypatch):
+    from image_classifier.serving import settings
+
+    monkeypatch.setattr(transform.shutil, "which", lambda name: None)  # no nvidia-smi: a CPU machine
+    monkeypatch.setattr(settings, "cpu_count", lambda: 4)
+    plenty = type("Memory", (), {"available": 64 * transform.WORKER_MEMORY_BYTES})
+    monkeypatch.setattr(transform.psutil, "virtual_memory", lambda: plenty)
+    assert transform.batch_serving_settings({}) == {settings.WORKERS_ENV: "4", settings.TORCH_THREADS_ENV: "1"}
+    assert transform.local_workers(transform.batch_serving_settings({})) == 4
+    # The shell's own choice wins, and then serve's defaults hold (one worker per two cores).
+    assert transform.batch_serving_settings({settings.TORCH_THREADS_ENV: "2"}) == {}
+    assert transform.local_workers({}) == 2
+    # No more workers than the free memory holds.
+    short = type("Memory", (), {"available": 2.5 * transform.WORKER_MEMORY_BYTES})
+    monkeypatch.setattr(transform.psutil, "virtual_memory", lambda: short)
+    assert transform.batch_serving_settings({})[settings.WORKERS_ENV] == "2"
+    # A GPU may be there: serve's defaults (one worker per GPU).
+    monkeypatch.setattr(transform.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    assert transform.batch_serving_settings({}) == {}
+
+
+def test_the_environment_is_restored_after_the_server_starts(monkeypatch):
+    monkeypatch.setenv("IMAGE_CLASSIFIER_TEST_SETTING", "shell")
+    monkeypatch.delenv("IMAGE_CLASSIFIER_TEST_OTHER", raising=False)
+    with transform.environment({"IMAGE_CLASSIFIER_TEST_SETTING": "job", "IMAGE_CLASSIFIER_TEST_OTHER": "1"}):
+        assert transform.os.environ["IMAGE_CLASSIFIER_TEST_SETTING"] == "job"
+    assert transform.os.environ["IMAGE_CLASSIFIER_TEST_SETTING"] == "shell"
+    assert "IMAGE_CLASSIFIER_TEST_OTHER" not in transform.os.environ
