@@ -3,7 +3,7 @@
 Run by sagemaker-training's `train` (through /opt/ml/code/train.py) or directly. Reads the job from
 `TrainingEnvironment`, prints one metric line per epoch and one at the end (format: metrics.py), writes
 `model.pth` + `model.json` to the model folder, checkpoints every epoch (and on SIGTERM) so a restarted
-job resumes where it stopped, and on any error writes a short reason to /opt/ml/output/failure.
+job resumes where it stopped, and on any error writes a short reason to the failure file (/opt/ml/output/failure).
 
 A checkpoint holds everything the rest of the run depends on (model, optimizer, scheduler, AMP scaler, RNG
 states, the global step and the smdebug hook's step counters), so on CPU a stopped and resumed job ends with
@@ -27,7 +27,7 @@ from torch import nn
 
 from . import constants
 from .config import HyperparameterError, Hyperparameters
-from .contract import atomic_write
+from .contract import FAILURE_MAX_BYTES, atomic_write
 from .cuda_check import GpuUnusableError
 from .data import DataError, EpochSampler, PictureDataset, build_transforms, load_splits, make_loader
 from .debugging import DebuggerConfigError, TensorRecorder
@@ -420,7 +420,7 @@ def write_failure(path, message):
     """The reason SageMaker shows (FailureReason): its first 1 KB, cut on a character boundary."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(message.encode("utf-8")[:constants.FAILURE_MAX_BYTES].decode("utf-8", "ignore").encode())
+        path.write_bytes(message.encode("utf-8")[:FAILURE_MAX_BYTES].decode("utf-8", "ignore").encode())
     except OSError:  # pragma: no cover - nothing more can be done
         log.exception("Could not write the failure file")
 
