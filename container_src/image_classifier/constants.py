@@ -3,7 +3,6 @@ contract (the /opt/ml tree, SM_* variables, port, headers) is contract.py's."""
 from . import contract
 
 # Kept for the launcher until it imports these from contract.py (then removed).
-DEFAULT_BASE_DIR = contract.DEFAULT_BASE_DIR
 TENSORS_FOLDER = contract.TENSORS_FOLDER
 
 # Channels the training job reads (SM_CHANNEL_<NAME>).
