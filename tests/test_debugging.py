@@ -8,7 +8,7 @@ import torch
 
 from conftest import train_job
 from debug_runs import HEALTHY_JOB_HPS, healthy_job
-from image_classifier import constants
+from image_classifier import constants, contract
 from image_classifier.config import Hyperparameters
 from image_classifier.debugging import TensorRecorder, install_numpy_compat
 from image_classifier.environment import TrainingEnvironment
@@ -102,7 +102,7 @@ def test_saved_losses_equal_the_logged_losses(job):
     from smdebug import modes
 
     logged = parse_metrics(job.log_file.read_text().splitlines())
-    trial = trial_of(job.dir / "output" / constants.TENSORS_FOLDER)
+    trial = trial_of(job.dir / "output" / contract.TENSORS_FOLDER)
     epochs = int(HEALTHY_JOB_HPS["epochs"])
     assert len(trial.tensor("CrossEntropyLoss_output_0").steps(mode=modes.TRAIN)) == 9 * epochs
     assert [round(v, 4) for v in _weighted_means(trial, modes.TRAIN, 9)] == logged["train_loss"]
@@ -114,7 +114,7 @@ def test_saved_losses_equal_the_logged_losses(job):
 def test_weights_and_gradients_are_saved_sparsely(job):
     from smdebug import modes
 
-    trial = trial_of(job.dir / "output" / constants.TENSORS_FOLDER)
+    trial = trial_of(job.dir / "output" / contract.TENSORS_FOLDER)
     # debug-tensor-interval is 200 by default: in a 27-step run only training step 0 holds them.
     for name in ("ResNet_fc.weight", "gradient/ResNet_fc.weight", "ResNet_fc.bias"):
         assert trial.tensor(name).steps(mode=modes.TRAIN) == [0], name
@@ -139,7 +139,7 @@ def test_profiling_and_hook_off_finish_and_write_nothing(tmp_path):
                                           "profile": "false"}, name="plain")
     assert exit_code == 0, job.log_file.read_text()[-3000:]
     data = job.dir / "output" / "data"
-    assert not (job.dir / "output" / constants.TENSORS_FOLDER).exists()
+    assert not (job.dir / "output" / contract.TENSORS_FOLDER).exists()
     for name in (constants.PROFILER_TRACE_FILE, constants.SYSTEM_METRICS_FILE, constants.RULES_FILE):
         assert not (data / name).exists(), name
     assert "test_acc" in parse_metrics(job.log_file.read_text().splitlines())

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import train_job
-from image_classifier import constants
+from image_classifier import constants, contract
 from image_classifier.metrics import parse_metrics
 from launcher import report
 from moto_server import moto_url  # noqa: F401 - a fixture
@@ -42,7 +42,7 @@ def output_archive(data_dir, with_tensors):
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for path in sorted(data_dir.iterdir()):
-            if with_tensors or path.name != constants.TENSORS_FOLDER:
+            if with_tensors or path.name != contract.TENSORS_FOLDER:
                 tar.add(path, arcname=path.name)
     return buffer.getvalue()
 
@@ -63,7 +63,7 @@ def publish(cloud, job, name, debugger):
     s3.put_object(Bucket=BUCKET, Key=f"image-classifier/jobs/{name}/output/output.tar.gz",
                   Body=output_archive(data_dir, with_tensors=not debugger))
     if debugger:
-        tensors = data_dir / constants.TENSORS_FOLDER
+        tensors = data_dir / contract.TENSORS_FOLDER
         for path in sorted(p for p in tensors.rglob("*") if p.is_file()):
             s3.put_object(Bucket=BUCKET, Body=path.read_bytes(),
                           Key=f"image-classifier/tensors/{name}/debug-output/{path.relative_to(tensors).as_posix()}")

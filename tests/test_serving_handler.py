@@ -9,6 +9,7 @@ from mms.context import Context, RequestProcessor
 from mms.model_loader import ModelLoader
 
 import serving_samples as samples
+from image_classifier import contract
 from image_classifier.images import read_header
 from image_classifier.model import ArtifactError, ModelConfig, build_model, save_artifact
 from image_classifier.serving import handler, handler_service, settings
@@ -118,7 +119,7 @@ def test_the_optimised_model_gives_the_plain_model_s_answers(model, model_dir, m
 def test_every_picture_mode_becomes_an_rgb_tensor(model, name):
     content_type, make = samples.GOOD_PICTURES[name]
     request = handler.input_fn(make(), content_type)
-    assert len(request.pictures) == 1 and request.top_k == settings.DEFAULT_TOP_K
+    assert len(request.pictures) == 1 and request.top_k == contract.DEFAULT_TOP_K
     assert tuple(handler.to_tensor(request.pictures[0], model).shape) == (3, 16, 16)
 
 
@@ -311,7 +312,7 @@ def test_transformer_hides_server_faults(service, model_dir, monkeypatch):
 
 
 def test_transformer_refuses_a_body_over_the_payload_cap(service, model_dir, monkeypatch):
-    monkeypatch.setenv(settings.PAYLOAD_CAP_ENV, "1")
+    monkeypatch.setenv(contract.PAYLOAD_CAP_ENV, "1")
     body = samples.random_bytes(1024 * 1024 + 1)
     code, content_type, response = handle(service, model_dir, body, {"Content-Type": "image/jpeg"})
     assert (code, content_type) == (413, "application/json")

@@ -9,6 +9,7 @@ from pathlib import Path
 import botocore
 import pytest
 
+from image_classifier import contract
 from image_classifier.serving import serve, settings
 
 SERVE = Path(sys.executable).parent / "serve"
@@ -33,7 +34,7 @@ def test_default_workers_get_two_cores_each(gpus, cores, workers, threads):
 def test_overrides():
     served = settings.load({settings.WORKERS_ENV: "3", settings.TORCH_THREADS_ENV: "2", settings.TOP_K_ENV: "7",
                             settings.PIXEL_BUDGET_ENV: "200_000_000", settings.OPTIMIZE_ENV: "false",
-                            settings.BIND_ADDRESS_ENV: "127.0.0.1"}, cores=8)
+                            contract.BIND_ADDRESS_ENV: "127.0.0.1"}, cores=8)
     assert (served.workers, served.torch_threads, served.top_k, served.pixel_budget) == (3, 2, 7, 200_000_000)
     assert served.optimize is False and served.address == "http://127.0.0.1:8080"
 
@@ -42,8 +43,8 @@ def test_overrides():
     (settings.TOP_K_ENV, "0", "must be between 1 and 1,000"), (settings.TOP_K_ENV, "five", "is not an integer"),
     (settings.MAX_BATCH_ENV, "-3", "must be at least 1"), (settings.MAX_PIXELS_ENV, "1e6", "is not an integer"),
     (settings.PIXEL_BUDGET_ENV, "0", "must be at least 1"), (settings.WORKERS_ENV, "0", "must be between 1 and 256"),
-    (settings.TORCH_THREADS_ENV, "many", "is not an integer"), (settings.PORT_ENV, "40000", "must be between 1 and 32,766"),
-    (settings.PAYLOAD_CAP_ENV, "500", "must be between 1 and 100"), (settings.TIMEOUT_ENV, "0", "must be at least 1"),
+    (settings.TORCH_THREADS_ENV, "many", "is not an integer"), (contract.PORT_ENV, "40000", "must be between 1 and 32,766"),
+    (contract.PAYLOAD_CAP_ENV, "500", "must be between 1 and 100"), (settings.TIMEOUT_ENV, "0", "must be at least 1"),
     (settings.FORWARD_BATCH_ENV, "x", "is not an integer"), (settings.OPTIMIZE_ENV, "maybe", "must be true or false"),
 ])
 def test_a_bad_setting_is_named(name, value, words):
@@ -83,7 +84,7 @@ def test_serve_refuses_to_start_on_a_bad_setting(tmp_path, name, value):
 
 
 def test_the_mms_config_keeps_the_management_api_off_tcp(tmp_path):
-    server = serve.Server(tmp_path / "model", 0, settings.load({settings.BIND_ADDRESS_ENV: "127.0.0.1"}), tmp_path)
+    server = serve.Server(tmp_path / "model", 0, settings.load({contract.BIND_ADDRESS_ENV: "127.0.0.1"}), tmp_path)
     properties = dict(line.split("=", 1) for line in serve.mms_properties(server).splitlines())
     assert properties["inference_address"] == "http://127.0.0.1:8080"
     assert properties["management_address"] == f"unix:{tmp_path / 'management.sock'}"
@@ -97,7 +98,7 @@ def test_a_local_docker_deploy_passes_this_shell_s_serving_settings(monkeypatch)
 
     monkeypatch.setattr(local_docker, "gpu_args", lambda: [])
     command = local_docker.serving_command("c", 28080, "/m", "img", environ={
-        settings.PIXEL_BUDGET_ENV: "2000000", settings.PORT_ENV: "9999", "HOME": "/root"})
+        settings.PIXEL_BUDGET_ENV: "2000000", contract.PORT_ENV: "9999", "HOME": "/root"})
     assert command[-2:] == ["img", "serve"] and "127.0.0.1:28080:8080" in command
     assert f"{settings.PIXEL_BUDGET_ENV}=2000000" in command
-    assert not any(arg.startswith((settings.PORT_ENV, "HOME")) for arg in command)
+    assert not any(arg.startswith((contract.PORT_ENV, "HOME")) for arg in command)

@@ -1,8 +1,9 @@
-"""Constants shared by the training job and the model server: paths, file names, defaults."""
+"""Constants shared by the training job and the model server: file names, defaults. SageMaker's own
+contract (the /opt/ml tree, SM_* variables, port, headers) is contract.py's."""
+from . import contract
 
-# SageMaker's container contract: everything lives under this base folder (overridable for local runs).
-BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
-DEFAULT_BASE_DIR = "/opt/ml"
+# Kept for the launcher until it imports these from contract.py (then removed).
+TENSORS_FOLDER = contract.TENSORS_FOLDER
 
 # Channels the training job reads (SM_CHANNEL_<NAME>).
 TRAIN_CHANNEL = "train"
@@ -12,15 +13,13 @@ PRETRAINED_CHANNEL = "pretrained"
 # The dogImages zip has these sub-folders; a single `train` channel holding them is accepted too.
 SPLIT_FOLDERS = {TRAIN_CHANNEL: "train", VALID_CHANNEL: "valid", TEST_CHANNEL: "test"}
 
-# The artifact (SageMaker tars /opt/ml/model into model.tar.gz).
+# The artifact (SageMaker tars the model folder into model.tar.gz).
 WEIGHTS_FILE = "model.pth"
 METADATA_FILE = "model.json"
 ARTIFACT_FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pth"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.previous.pth"  # the one before, kept in case the newest does not load
 BEST_WEIGHTS_FILE = "best.pth"  # the best-valid weights so far, beside the checkpoint (tested at the end)
-FAILURE_FILE = "failure"
-FAILURE_MAX_BYTES = 1024  # SageMaker shows the first 1 KB as FailureReason
 
 # Pictures the data loader accepts, compared lower-case (the dog set mixes .jpg and .JPG).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -38,9 +37,8 @@ SIGTERM_EXIT_CODE = 143
 STOP_AT_STEP_ENV = "IMAGE_CLASSIFIER_STOP_AT_STEP"
 
 # Debugging and profiling outputs (debugging.py, rules.py, profiling.py; read back by the launcher's report).
-# smdebug's tensors go to <output>/tensors, where SageMaker's DebugHookConfig LocalPath also points.
-TENSORS_FOLDER = "tensors"
-SAGEMAKER_TENSORS_DIR = "/opt/ml/output/tensors"
+# smdebug's tensors go to <output>/tensors (contract.TENSORS_FOLDER), where SageMaker's DebugHookConfig
+# LocalPath also points.
 # Where the tensors go when SageMaker passes no Debugger hook configuration (default <output>/tensors): the
 # launcher's `train --no-debugger` points it into output/data, which SageMaker uploads as output.tar.gz.
 TENSORS_DIR_ENV = "IMAGE_CLASSIFIER_TENSORS_DIR"

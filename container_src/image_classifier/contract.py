@@ -15,6 +15,7 @@ DEFAULT_HOST = "algo-1"  # the first (and, on one instance, only) host of a job:
 FAILURE_FILE = "failure"
 FAILURE_MAX_BYTES = 1024  # SageMaker shows the first 1 KB as FailureReason
 SUCCESS_FILE = "success"
+TENSORS_FOLDER = "tensors"  # smdebug's tensors, under output/ (or output/data/, uploaded with output.tar.gz)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class MLPaths:
 
     @property
     def tensors(self):
-        return self.output / "tensors"  # SageMaker's DebugHookConfig LocalPath
+        return self.output / TENSORS_FOLDER  # SageMaker's DebugHookConfig LocalPath
 
     @property
     def checkpoints(self):
@@ -112,6 +113,7 @@ SM_NUM_CPUS = "SM_NUM_CPUS"
 # What the toolkit's `train` runs: our script (local process runs) or a framework module (data parallel).
 PROGRAM_ENV = "SAGEMAKER_PROGRAM"
 TRAINING_MODULE_ENV = "SAGEMAKER_TRAINING_MODULE"
+TRAINING_MODULE = "image_classifier.toolkit_entry:main"  # ours (toolkit_entry.py); docker/Dockerfile sets it too
 STUDIO_LOCAL_MODE_ENV = "SM_STUDIO_LOCAL_MODE"  # "true": the toolkit skips its DNS wait for the other hosts
 
 # --- serving: SageMaker's port, header and payload cap (the server's other settings: serving/settings.py)

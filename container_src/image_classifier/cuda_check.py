@@ -13,11 +13,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .contract import SM_NUM_GPUS  # the toolkit's GPU count
+
 # Where the probe looks, under a root that a test can point at a fake driver tree.
 PROBE_ROOT_ENV, DEFAULT_PROBE_ROOT = "IMAGE_CLASSIFIER_NVIDIA_ROOT", "/"
 DRIVER_VERSION_FILE = "proc/driver/nvidia/version"  # the kernel driver's banner, e.g. "... 470.82.01 ..."
 DEVICE_GLOB = "dev/nvidia[0-9]*"  # one node per GPU given to this container
-GPU_COUNT_ENV = "SM_NUM_GPUS"  # the toolkit's GPU count
 # Opt-out: run on the CPU although GPUs are present (for a deliberate CPU run on a GPU host).
 ALLOW_CPU_ENV = "IMAGE_CLASSIFIER_ALLOW_CPU"
 
@@ -62,7 +63,7 @@ def probe(environ=None):
     match = re.search(r"\b(\d{3,4}\.\d+(?:\.\d+)?)\b", banner)
     devices = tuple(sorted(glob.glob(str(root / DEVICE_GLOB))))
     try:
-        count = int(env.get(GPU_COUNT_ENV) or 0)
+        count = int(env.get(SM_NUM_GPUS) or 0)
     except ValueError:
         count = 0
     return HostGpus(match.group(1) if match else None, devices, count)
@@ -78,7 +79,7 @@ def unusable_message(gpus, torch_version, cuda_version):
     if gpus.devices:
         seen += f", {len(gpus.devices)} device(s) {' '.join(gpus.devices[:4])}"
     if gpus.toolkit_count:
-        seen += f", {GPU_COUNT_ENV}={gpus.toolkit_count}"
+        seen += f", {SM_NUM_GPUS}={gpus.toolkit_count}"
     if cuda_version:
         needed = MIN_DRIVER_FOR_CUDA_MAJOR.get(int(cuda_version.split(".")[0]))
         build = f"a CUDA {cuda_version} build, which needs NVIDIA driver {needed} or newer" if needed else \

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import constants
+from . import constants, contract
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +60,21 @@ def install_numpy_compat():
 
 # ----------------------------------------------------------------------------------------- the hook
 def tensors_dir(env):
-    return Path(os.environ.get(constants.TENSORS_DIR_ENV) or env.output_dir / constants.TENSORS_FOLDER)
+    return Path(os.environ.get(constants.TENSORS_DIR_ENV) or env.output_dir / contract.TENSORS_FOLDER)
 
 
 def _local_config_file(env):
     """SageMaker's hook config with its LocalPath moved under this job's base folder (a local run's
     SAGEMAKER_BASE_DIR is not /opt/ml, and smdebug would write to /opt/ml otherwise)."""
     config = json.loads(Path(env.debug_hook_config).read_text())
-    local = config.get("LocalPath") or constants.SAGEMAKER_TENSORS_DIR
-    if local.startswith(constants.DEFAULT_BASE_DIR + "/"):
-        local = str(env.base_dir / local[len(constants.DEFAULT_BASE_DIR) + 1:])
-    config["LocalPath"] = local
+    local = Path(config.get("LocalPath") or contract.CONTAINER_PATHS.tensors)
+    if local.is_relative_to(contract.CONTAINER_PATHS.base) and local != contract.CONTAINER_PATHS.base:
+        local = env.base_dir / local.relative_to(contract.CONTAINER_PATHS.base)
+    config["LocalPath"] = str(local)
     target = env.output_dir / "debughookconfig.effective.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(config))
-    return target, Path(local)
+    return target, local
 
 
 def _sparse_save_config(interval):
@@ -128,7 +128,7 @@ def create_hook(env, hp, resume=None):
 
 def _protected_folders(env):
     """What a tensors folder must never be, hold or sit in: the job's input, model, checkpoints and code."""
-    return [Path(p).resolve() for p in (env.input_dir, env.model_dir, env.checkpoint_dir, env.base_dir / "code")]
+    return [Path(p).resolve() for p in (env.input_dir, env.model_dir, env.checkpoint_dir, env.paths.code)]
 
 
 def check_tensors_dir(env, out_dir):
@@ -139,11 +139,11 @@ def check_tensors_dir(env, out_dir):
             raise DebuggerConfigError(
                 f"The Debugger LocalPath {out_dir} {'is' if out == folder else 'overlaps'} {folder}, which holds "
                 f"the job's own files; the tensors folder is emptied when a job starts. Use a folder of its own, "
-                f"such as {constants.SAGEMAKER_TENSORS_DIR}.")
+                f"such as {contract.CONTAINER_PATHS.tensors}.")
     for folder in (env.base_dir.resolve(), env.output_dir.resolve(), Path(out.anchor)):
         if out == folder:
             raise DebuggerConfigError(f"The Debugger LocalPath {out_dir} is the job's {folder} itself; use a "
-                                      f"folder of its own, such as {constants.SAGEMAKER_TENSORS_DIR}.")
+                                      f"folder of its own, such as {contract.CONTAINER_PATHS.tensors}.")
 
 
 def _prepare(env, out_dir, resume):

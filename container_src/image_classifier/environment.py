@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import constants
+from . import constants, contract
+from .contract import MLPaths
 
 
 class EnvironmentConfigError(ValueError):
@@ -54,8 +55,7 @@ def _hosts(hosts, current, source):
 
 def failure_file(environ=None):
     """Where the job's failure reason goes; needs only SAGEMAKER_BASE_DIR, so every failure can reach it."""
-    env = os.environ if environ is None else environ
-    return Path(env.get(constants.BASE_DIR_ENV, constants.DEFAULT_BASE_DIR)) / "output" / constants.FAILURE_FILE
+    return MLPaths.from_env(environ).failure
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,8 @@ class TrainingEnvironment:
     checkpoint_dir: Path
     channels: dict = field(default_factory=dict)  # name -> Path
     hyperparameters: dict = field(default_factory=dict)  # raw: strings as SageMaker writes them
-    hosts: tuple = ("algo-1",)
-    current_host: str = "algo-1"
+    hosts: tuple = (contract.DEFAULT_HOST,)
+    current_host: str = contract.DEFAULT_HOST
     num_gpus: int = 0
     num_cpus: int = 1
     debug_hook_config: Path | None = None
@@ -79,41 +79,40 @@ class TrainingEnvironment:
         return self.current_host == self.hosts[0]
 
     @property
+    def paths(self):
+        return MLPaths(self.base_dir)
+
+    @property
     def failure_file(self):
-        return self.output_dir / constants.FAILURE_FILE
+        return self.paths.failure
 
     @property
     def input_dir(self):
-        return self.base_dir / "input"
+        return self.paths.input
 
     @classmethod
     def read(cls, environ=None):
         env = os.environ if environ is None else environ
-        base = Path(env.get(constants.BASE_DIR_ENV, constants.DEFAULT_BASE_DIR))
-        config_dir = base / "input" / "config"
-        data_dir = base / "input" / "data"
+        paths = MLPaths.from_env(env)
 
         # Channels: SM_CHANNEL_<NAME> when the toolkit set them, else the folders SageMaker made.
-        channels = {
-            key[len("SM_CHANNEL_"):].lower(): Path(value)
-            for key, value in env.items()
-            if key.startswith("SM_CHANNEL_")
-        }
+        prefix = contract.SM_CHANNEL_PREFIX
+        channels = {key[len(prefix):].lower(): Path(value) for key, value in env.items() if key.startswith(prefix)}
         if not channels:
-            names = list(_json_file(config_dir / "inputdataconfig.json", {}))
-            if not names and data_dir.is_dir():
-                names = [p.name for p in data_dir.iterdir() if p.is_dir()]
-            channels = {name: data_dir / name for name in names}
+            names = list(_json_file(paths.input_data_config, {}))
+            if not names and paths.data.is_dir():
+                names = [p.name for p in paths.data.iterdir() if p.is_dir()]
+            channels = {name: paths.channel(name) for name in names}
 
-        resources = _json_file(config_dir / "resourceconfig.json", {})
+        resources = _json_file(paths.resource_config, {})
         if not isinstance(resources, dict):
-            raise EnvironmentConfigError(f"{config_dir / 'resourceconfig.json'} must hold a JSON object")
-        if "SM_HOSTS" in env:
-            hosts, source = _json_value("SM_HOSTS", env["SM_HOSTS"]), "SM_HOSTS"
+            raise EnvironmentConfigError(f"{paths.resource_config} must hold a JSON object")
+        if contract.SM_HOSTS in env:
+            hosts, source = _json_value(contract.SM_HOSTS, env[contract.SM_HOSTS]), contract.SM_HOSTS
         else:
-            hosts, source = resources.get("hosts", ["algo-1"]), str(config_dir / "resourceconfig.json")
-        current = env.get("SM_CURRENT_HOST", resources.get("current_host", hosts[0] if isinstance(hosts, list)
-                                                            and hosts else None))
+            hosts, source = resources.get("hosts", [contract.DEFAULT_HOST]), str(paths.resource_config)
+        current = env.get(contract.SM_CURRENT_HOST,
+                          resources.get("current_host", hosts[0] if isinstance(hosts, list) and hosts else None))
         hosts = _hosts(hosts, current, source)
 
         try:
@@ -123,21 +122,20 @@ class TrainingEnvironment:
         except ImportError:  # pragma: no cover
             default_gpus = 0
 
-        hook_config = config_dir / "debughookconfig.json"
         return cls(
-            base_dir=base,
-            model_dir=Path(env.get("SM_MODEL_DIR", base / "model")),
-            output_dir=base / "output",
-            output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR", base / "output" / "data")),
-            checkpoint_dir=Path(env.get("SM_CHECKPOINT_DIR", base / "checkpoints")),
+            base_dir=paths.base,
+            model_dir=Path(env.get(contract.SM_MODEL_DIR, paths.model)),
+            output_dir=paths.output,
+            output_data_dir=Path(env.get(contract.SM_OUTPUT_DATA_DIR, paths.output_data)),
+            checkpoint_dir=Path(env.get(contract.SM_CHECKPOINT_DIR, paths.checkpoints)),
             channels=channels,
             # The raw file, not SM_HPS: it keeps SageMaker's strings, which config.py parses and checks.
-            hyperparameters=_hyperparameters(config_dir / "hyperparameters.json"),
+            hyperparameters=_hyperparameters(paths.hyperparameters),
             hosts=hosts,
             current_host=current,
-            num_gpus=_integer("SM_NUM_GPUS", env.get("SM_NUM_GPUS", default_gpus)),
-            num_cpus=_integer("SM_NUM_CPUS", env.get("SM_NUM_CPUS", os.cpu_count() or 1), minimum=1),
-            debug_hook_config=hook_config if hook_config.is_file() else None,
+            num_gpus=_integer(contract.SM_NUM_GPUS, env.get(contract.SM_NUM_GPUS, default_gpus)),
+            num_cpus=_integer(contract.SM_NUM_CPUS, env.get(contract.SM_NUM_CPUS, os.cpu_count() or 1), minimum=1),
+            debug_hook_config=paths.debug_hook_config if paths.debug_hook_config.is_file() else None,
             stop_at_step=_integer(constants.STOP_AT_STEP_ENV, env.get(constants.STOP_AT_STEP_ENV, 0)),
         )
 

@@ -3,12 +3,16 @@
 Run by sagemaker-training's `train` (through /opt/ml/code/train.py) or directly. Reads the job from
 `TrainingEnvironment`, prints one metric line per epoch and one at the end (format: metrics.py), writes
 `model.pth` + `model.json` to the model folder, checkpoints every epoch (and on SIGTERM) so a restarted
-job resumes where it stopped, and on any error writes a short reason to /opt/ml/output/failure.
+job resumes where it stopped, and on any error writes a short reason to the failure file (/opt/ml/output/failure).
 
 A checkpoint holds everything the rest of the run depends on (model, optimizer, scheduler, AMP scaler, RNG
 states, the global step and the smdebug hook's step counters), so on CPU a stopped and resumed job ends with
-exactly the weights of an uninterrupted one. Checkpoints are written durably (model.atomic_write) beside the
-previous good one; a restart sets aside one that does not load and falls back to the previous.
+exactly the weights of an uninterrupted one. Checkpoints are written durably (contract.atomic_write) beside
+the previous good one; a restart sets aside one that does not load and falls back to the previous.
+
+`run` goes through the stages of torchvision's reference script, as plain functions sharing one
+`TrainingRun`: `set_up` (seeds, data, model, optimizer), `resume` (the checkpoint, if any), `train_epochs`
+(train_one_epoch, then validation and a checkpoint per epoch) and `finish` (test, artifact, rules).
 """
 import contextlib
 import json
@@ -20,6 +24,7 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,9 +32,9 @@ from torch import nn
 
 from . import constants
 from .config import HyperparameterError, Hyperparameters
-from .contract import atomic_write
+from .contract import FAILURE_MAX_BYTES, atomic_write
 from .cuda_check import GpuUnusableError
-from .data import DataError, EpochSampler, PictureDataset, build_transforms, load_splits, make_loader
+from .data import DataError, EpochSampler, PictureDataset, Splits, build_transforms, load_splits, make_loader
 from .debugging import DebuggerConfigError, TensorRecorder
 from .distributed import Distributed
 from .environment import EnvironmentConfigError, TrainingEnvironment, failure_file
@@ -212,14 +217,79 @@ def load_checkpoint(folder):
     return None, None
 
 
+@dataclass
+class TrainingRun:
+    """What `set_up` builds and the later stages (resume, the epoch loop, finish) share, in place of the
+    locals of one long function. `state` is the run's progress, saved in every checkpoint."""
+
+    env: TrainingEnvironment
+    hp: Hyperparameters
+    dist: Distributed
+    stop: StopRequested  # agreed across ranks (Distributed.agreed)
+    splits: Splits
+    model: nn.Module
+    train_model: nn.Module  # the model as trained: wrapped for data parallel
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    train_sampler: EpochSampler
+    train_loader: torch.utils.data.DataLoader
+    eval_transform: object
+    workers: int
+    steps_per_epoch: int
+    state: dict = field(default_factory=lambda: {"epoch": 0, "progress": _new_progress(), "history": [],
+                                                 "best_valid_loss": math.inf, "best_epoch": 0,
+                                                 "epochs_without_improvement": 0})
+    recorder: TensorRecorder = field(default_factory=TensorRecorder)  # a real one on rank 0 (start_recording)
+    profiling: Profiling | None = None
+
+    @property
+    def device(self):
+        return self.dist.device
+
+    @property
+    def amp(self):
+        return self.hp.amp and self.device.type == "cuda"
+
+    @property
+    def checkpoint_path(self):
+        return self.env.checkpoint_dir / constants.CHECKPOINT_FILE
+
+    @property
+    def best_path(self):
+        return self.env.checkpoint_dir / constants.BEST_WEIGHTS_FILE
+
+    @property
+    def global_step(self):
+        return self.state["epoch"] * self.steps_per_epoch + self.state["progress"]["step"]
+
+    @property
+    def scan_bad(self):
+        """Pictures found unreadable at scan time (skipped)."""
+        return sum(len(files) for files in self.splits.bad_files.values())
+
+    def eval_loader(self, split):
+        dataset = PictureDataset(self.splits.samples[split], self.eval_transform, self.hp.seed)
+        sampler = EpochSampler(len(dataset), self.hp.seed, shuffle=False, rank=self.dist.rank,
+                               world_size=self.dist.world_size)
+        return make_loader(dataset, sampler, self.hp.batch_size, self.workers, self.device.type == "cuda")
+
+
 def run(env, hp):
     """The whole job; returns the process exit code. Every way out closes the profiler and the tensor
     recorder (a SIGTERM stop and an error too), so system metrics and the tensors' end mark are written."""
     with contextlib.ExitStack() as cleanup:
-        return _run(env, hp, cleanup)
+        job = set_up(env, hp)
+        debugger_position = resume(job)
+        start_recording(job, debugger_position, cleanup)
+        if not train_epochs(job):
+            return constants.SIGTERM_EXIT_CODE
+        return finish(job)
 
 
-def _run(env, hp, cleanup):
+def set_up(env, hp):
+    """Seeds, data, model, loaders, optimizer: what a fresh run starts from (and a resumed one overwrites)."""
     stop = StopRequested(env.stop_at_step).install()
     dist = Distributed.from_environment(env)
     stop = dist.agreed(stop)  # every rank stops at the same step
@@ -227,11 +297,9 @@ def _run(env, hp, cleanup):
     seed_everything(hp.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
-    amp = hp.amp and device.type == "cuda"
 
     splits = load_splits(env.channels, hp.on_bad_image)
     classes = splits.classes
-    scan_bad = sum(len(files) for files in splits.bad_files.values())  # unreadable, skipped at scan time
     # Class names are data: quoted, so no folder name can write a metric line of its own.
     log.info("Classes: %d (%s%s); pictures: %s", len(classes), ", ".join(quote_for_log(c) for c in classes[:5]),
              ", ..." if len(classes) > 5 else "",
@@ -247,125 +315,150 @@ def _run(env, hp, cleanup):
     log.info("%s: %.1fM parameters, %.1fM trainable, on %s", hp.arch,
              sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in trainable) / 1e6, device)
 
-    train_tf, eval_tf = build_transforms(hp.image_size, hp.augment)
+    train_transform, eval_transform = build_transforms(hp.image_size, hp.augment)
     workers = min(env.num_cpus, 8) if hp.workers < 0 else hp.workers
-    train_set = PictureDataset(splits.samples["train"], train_tf, hp.seed)
+    train_set = PictureDataset(splits.samples["train"], train_transform, hp.seed)
     train_sampler = EpochSampler(len(train_set), hp.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
     # BatchNorm cannot train on a last batch of one picture.
     drop_last = len(train_sampler) % hp.batch_size == 1
     train_loader = make_loader(train_set, train_sampler, hp.batch_size, workers, device.type == "cuda", drop_last)
-
-    def eval_loader(split):
-        dataset = PictureDataset(splits.samples[split], eval_tf, hp.seed)
-        sampler = EpochSampler(len(dataset), hp.seed, shuffle=False, rank=dist.rank, world_size=dist.world_size)
-        return make_loader(dataset, sampler, hp.batch_size, workers, device.type == "cuda")
 
     steps_per_epoch = len(train_loader)
     if hp.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, hp.max_steps_per_epoch)
     optimizer = build_optimizer(hp, trainable)
     scheduler = build_scheduler(hp, optimizer, steps_per_epoch * hp.epochs)
-    scaler = torch.amp.GradScaler("cuda") if amp else None
+    scaler = torch.amp.GradScaler("cuda") if hp.amp and device.type == "cuda" else None
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
-    train_model = dist.wrap(model)
+    return TrainingRun(env=env, hp=hp, dist=dist, stop=stop, splits=splits, model=model, train_model=dist.wrap(model),
+                       criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                       train_sampler=train_sampler, train_loader=train_loader, eval_transform=eval_transform,
+                       workers=workers, steps_per_epoch=steps_per_epoch)
 
-    # Resume from the newest checkpoint (a restarted spot job finds it in /opt/ml/checkpoints).
-    checkpoint_path = env.checkpoint_dir / constants.CHECKPOINT_FILE
-    best_path = env.checkpoint_dir / constants.BEST_WEIGHTS_FILE
-    state = {"epoch": 0, "progress": _new_progress(), "history": [], "best_valid_loss": math.inf,
-             "best_epoch": 0, "epochs_without_improvement": 0}
+
+def resume(job):
+    """Continue from the newest checkpoint, if any (a restarted spot job finds it in the checkpoint folder):
+    weights, optimizer, scheduler, scaler, random generators and progress. Returns the smdebug hook's saved
+    position (None for a fresh run)."""
     # Read on the first host, sent to every rank (other hosts may have no copy).
-    saved, saved_path = dist.from_master(lambda: load_checkpoint(env.checkpoint_dir))
-    if saved is not None:
-        _check_resumable(saved, hp, splits.folders, saved_path)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        restore_rng_states(saved["rng"])
-        state = saved["state"]
-        log.info("Resuming from %s at global step %d (epoch %d, step %d of %d)", saved_path, saved["step"],
-                 state["epoch"] + 1, state["progress"]["step"], steps_per_epoch)
+    saved, saved_path = job.dist.from_master(lambda: load_checkpoint(job.env.checkpoint_dir))
+    if saved is None:
+        return None
+    _check_resumable(saved, job.hp, job.splits.folders, saved_path)
+    job.model.load_state_dict(saved["model"])
+    job.optimizer.load_state_dict(saved["optimizer"])
+    job.scheduler.load_state_dict(saved["scheduler"])
+    if job.scaler is not None and saved.get("scaler"):
+        job.scaler.load_state_dict(saved["scaler"])
+    restore_rng_states(saved["rng"])
+    job.state = saved["state"]
+    log.info("Resuming from %s at global step %d (epoch %d, step %d of %d)", saved_path, saved["step"],
+             job.state["epoch"] + 1, job.state["progress"]["step"], job.steps_per_epoch)
+    return saved.get("debugger")
 
-    # smdebug: losses, weights, gradients (a resumed job continues the saved tensors); it and the profiler
-    # (None unless profile=true) on rank 0 only.
-    recorder = (TensorRecorder.start(env, hp, model, criterion, saved.get("debugger") if saved else None)
-                if dist.is_master else TensorRecorder())
-    cleanup.callback(recorder.close)
-    profiling = Profiling.start(hp, env.output_data_dir, device) if dist.is_master else None
-    if profiling is not None:
-        cleanup.callback(profiling.close)
 
-    def save_checkpoint():
-        if dist.is_master:
-            env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                          "rng": rng_states(), "step": state["epoch"] * steps_per_epoch + state["progress"]["step"],
-                          "debugger": recorder.position(), "state": state, "hyperparameters": hp.to_strings(),
-                          "folders": splits.folders},
-                         checkpoint_path, keep_previous=env.checkpoint_dir / constants.PREVIOUS_CHECKPOINT_FILE)
-        dist.barrier()  # no rank runs ahead (or exits) while rank 0 writes
+def start_recording(job, debugger_position, cleanup):
+    """smdebug (losses, weights, gradients; a resumed job continues the saved tensors) and the profiler (None
+    unless profile=true), on rank 0 only; `cleanup` closes them on every way out."""
+    if not job.dist.is_master:
+        return
+    job.recorder = TensorRecorder.start(job.env, job.hp, job.model, job.criterion, debugger_position)
+    cleanup.callback(job.recorder.close)
+    job.profiling = Profiling.start(job.hp, job.env.output_data_dir, job.device)
+    if job.profiling is not None:
+        cleanup.callback(job.profiling.close)
 
-    valid_loader = eval_loader("valid")
+
+def save_checkpoint(job):
+    if job.dist.is_master:
+        job.env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_save({"model": unwrap(job.model).state_dict(), "optimizer": job.optimizer.state_dict(),
+                      "scheduler": job.scheduler.state_dict(),
+                      "scaler": job.scaler.state_dict() if job.scaler else None, "rng": rng_states(),
+                      "step": job.global_step, "debugger": job.recorder.position(), "state": job.state,
+                      "hyperparameters": job.hp.to_strings(), "folders": job.splits.folders},
+                     job.checkpoint_path, keep_previous=job.env.checkpoint_dir / constants.PREVIOUS_CHECKPOINT_FILE)
+    job.dist.barrier()  # no rank runs ahead (or exits) while rank 0 writes
+
+
+def train_epochs(job):
+    """The epoch loop, from where `job.state` says, with a checkpoint after each epoch. False when SIGTERM
+    stopped it (the checkpoint is saved first); True when the epochs ran out or early stopping ended them."""
+    hp, state = job.hp, job.state
+    valid_loader = job.eval_loader("valid")
     for epoch in range(state["epoch"], hp.epochs):
         progress = state["progress"]
-        train_sampler.set_epoch(epoch, start=progress["step"] * hp.batch_size)
-        stop.epoch_first_step = epoch * steps_per_epoch
-        recorder.set_mode("train")
-        finished = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, scaler,
-                                   progress, stop, steps_per_epoch, on_step=profiling)
+        job.train_sampler.set_epoch(epoch, start=progress["step"] * hp.batch_size)
+        job.stop.epoch_first_step = epoch * job.steps_per_epoch
+        job.recorder.set_mode("train")
+        finished = train_one_epoch(job.train_model, job.criterion, job.optimizer, job.scheduler, job.train_loader,
+                                   job.device, job.scaler, progress, job.stop, job.steps_per_epoch,
+                                   on_step=job.profiling)
         if not finished:
-            save_checkpoint()
+            save_checkpoint(job)
             log.warning("Stopped by SIGTERM in epoch %d at step %d (global step %d); checkpoint saved to %s. "
                         "Restart the job with the same checkpoint folder to resume.",
-                        epoch + 1, progress["step"], epoch * steps_per_epoch + progress["step"], checkpoint_path)
-            return constants.SIGTERM_EXIT_CODE
-        recorder.set_mode("eval")
-        valid_loss, valid_acc, valid_bad, _, _ = evaluate(model, criterion, valid_loader, device, amp, dist)
-        loss_sum, correct, seen, train_bad = dist.sum(progress["loss"], progress["correct"], progress["images"],
-                                                      progress["bad"])
-        images = max(seen, 1)
-        line = {"epoch": epoch + 1, "train_loss": loss_sum / images, "train_acc": correct / images,
-                "valid_loss": valid_loss, "valid_acc": valid_acc,
-                "images_per_sec": seen / max(dist.max(progress["seconds"]), 1e-9),
-                "bad_images": scan_bad + train_bad + valid_bad}
-        if dist.is_master:
-            print(format_metrics(**line), flush=True)
-        state["history"].append(line)
-        if valid_loss < state["best_valid_loss"]:
-            state.update(best_valid_loss=valid_loss, best_epoch=epoch + 1, epochs_without_improvement=0)
-            if dist.is_master:
-                env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                _atomic_save(unwrap(model).state_dict(), best_path)
-        else:
-            state["epochs_without_improvement"] += 1
-        if dist.is_master:  # the model this job saves (best valid_loss): the tuner's objective reads its last line
-            best = state["history"][state["best_epoch"] - 1]
-            print(format_metrics(best_valid_loss=best["valid_loss"], best_valid_acc=best["valid_acc"]), flush=True)
-        state.update(epoch=epoch + 1, progress=_new_progress())
-        save_checkpoint()
+                        epoch + 1, progress["step"], job.global_step, job.checkpoint_path)
+            return False
+        end_epoch(job, epoch, valid_loader)
+        save_checkpoint(job)
         if hp.early_stopping_patience and state["epochs_without_improvement"] >= hp.early_stopping_patience:
             log.info("Early stopping: valid_loss has not improved for %d epochs", hp.early_stopping_patience)
             break
-        if stop.requested:
+        if job.stop.requested:
             log.warning("Stopped by SIGTERM after epoch %d; checkpoint saved.", epoch + 1)
-            return constants.SIGTERM_EXIT_CODE
+            return False
+    return True
 
-    if profiling is not None:
-        profiling.close()  # the system metrics cover training, not the final test
-    # Test once, with the best-valid weights (saved on the first host), each rank on its shard.
-    best = dist.from_master(lambda: load_weights(best_path) if best_path.is_file() else None)
+
+def end_epoch(job, epoch, valid_loader):
+    """Validate, print the epoch's metric lines, keep the best weights so far, and move the state on to the
+    next epoch."""
+    state, progress, dist = job.state, job.state["progress"], job.dist
+    job.recorder.set_mode("eval")
+    valid_loss, valid_acc, valid_bad, _, _ = evaluate(job.model, job.criterion, valid_loader, job.device, job.amp,
+                                                      dist)
+    loss_sum, correct, seen, train_bad = dist.sum(progress["loss"], progress["correct"], progress["images"],
+                                                  progress["bad"])
+    images = max(seen, 1)
+    line = {"epoch": epoch + 1, "train_loss": loss_sum / images, "train_acc": correct / images,
+            "valid_loss": valid_loss, "valid_acc": valid_acc,
+            "images_per_sec": seen / max(dist.max(progress["seconds"]), 1e-9),
+            "bad_images": job.scan_bad + train_bad + valid_bad}
+    if dist.is_master:
+        print(format_metrics(**line), flush=True)
+    state["history"].append(line)
+    if valid_loss < state["best_valid_loss"]:
+        state.update(best_valid_loss=valid_loss, best_epoch=epoch + 1, epochs_without_improvement=0)
+        if dist.is_master:
+            job.env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_save(unwrap(job.model).state_dict(), job.best_path)
+    else:
+        state["epochs_without_improvement"] += 1
+    if dist.is_master:  # the model this job saves (best valid_loss): the tuner's objective reads its last line
+        best = state["history"][state["best_epoch"] - 1]
+        print(format_metrics(best_valid_loss=best["valid_loss"], best_valid_acc=best["valid_acc"]), flush=True)
+    state.update(epoch=epoch + 1, progress=_new_progress())
+
+
+def finish(job):
+    """Test once with the best-valid weights, then (rank 0) the metric lines, predictions, the model artifact
+    and the end-of-training rules. Returns the exit code."""
+    env, hp, dist, state, classes = job.env, job.hp, job.dist, job.state, job.splits.classes
+    if job.profiling is not None:
+        job.profiling.close()  # the system metrics cover training, not the final test
+    # Each rank tests on its shard, with the best-valid weights (saved on the first host).
+    best = dist.from_master(lambda: load_weights(job.best_path) if job.best_path.is_file() else None)
     if best is not None:
-        model.load_state_dict(best)
+        job.model.load_state_dict(best)
     metrics = {"best_epoch": state["best_epoch"], "valid_loss": state["best_valid_loss"],
                "bad_images": state["history"][-1]["bad_images"]}
-    tested = "test" in splits.samples
+    tested = "test" in job.splits.samples
     if tested:
-        recorder.set_mode("predict")
-        test_loss, test_acc, test_bad, predictions, targets = evaluate(model, criterion, eval_loader("test"), device,
-                                                                       amp, dist)
+        job.recorder.set_mode("predict")
+        test_loss, test_acc, test_bad, predictions, targets = evaluate(job.model, job.criterion,
+                                                                       job.eval_loader("test"), job.device, job.amp,
+                                                                       dist)
     if not dist.is_master:  # only rank 0 writes the metric lines and the model
         return 0
     if tested:
@@ -376,9 +469,9 @@ def _run(env, hp, cleanup):
         log.warning("No test split: skipping the final test.")
     config = ModelConfig(arch=hp.arch, classes=classes, image_size=hp.image_size,
                          hyperparameters=hp.to_strings(), metrics=metrics)
-    save_artifact(env.model_dir, model, config)
+    save_artifact(env.model_dir, job.model, config)
     log.info("Saved the model to %s", env.model_dir)
-    run_end_of_training_rules(recorder, env, hp, len(classes))
+    run_end_of_training_rules(job.recorder, env, hp, len(classes))
     return 0
 
 
@@ -420,7 +513,7 @@ def write_failure(path, message):
     """The reason SageMaker shows (FailureReason): its first 1 KB, cut on a character boundary."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(message.encode("utf-8")[:constants.FAILURE_MAX_BYTES].decode("utf-8", "ignore").encode())
+        path.write_bytes(message.encode("utf-8")[:FAILURE_MAX_BYTES].decode("utf-8", "ignore").encode())
     except OSError:  # pragma: no cover - nothing more can be done
         log.exception("Could not write the failure file")
 

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from sagemaker_inference.errors import BaseInferenceToolkitError
 
+from .. import contract
 from ..data import DECODE_ERRORS, build_transforms
 from ..images import ImageTooLargeError, eval_resize, open_rgb, read_header
 from ..model import load_artifact
@@ -88,7 +89,7 @@ def header(context, name):
     return None
 
 
-def parse_top_k(custom_attributes, default=settings.DEFAULT_TOP_K):
+def parse_top_k(custom_attributes, default=contract.DEFAULT_TOP_K):
     """`top_k=3` among SageMaker custom attributes (`a=b,top_k=3` or `;`-separated)."""
     for part in (custom_attributes or "").replace(";", ",").split(","):
         key, _, value = part.partition("=")
@@ -235,7 +236,7 @@ def input_fn(body, content_type, context=None):
     """Request body -> PictureRequest. Raw picture types carry one picture, JSON a batch."""
     served = settings.load()
     kind = check_content_type(content_type)
-    top_k = parse_top_k(header(context, settings.CUSTOM_ATTRIBUTES_HEADER), served.top_k)
+    top_k = parse_top_k(header(context, contract.CUSTOM_ATTRIBUTES_HEADER), served.top_k)
     if kind == settings.JSON:
         pictures = [check_picture(data, f"instances[{n}]", served.max_pixels)
                     for n, data in enumerate(decode_batch(body, served.max_batch))]

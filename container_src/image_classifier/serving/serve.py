@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import constants
+from .. import contract
 from ..cuda_check import GpuUnusableError, require_usable_gpu
 from . import settings
 
@@ -61,7 +61,7 @@ def check_artifact(model_dir):
 
     if not Path(model_dir).is_dir():
         raise ServeError(f"No model folder at {model_dir}: SageMaker unpacks model.tar.gz there "
-                         f"(set {constants.BASE_DIR_ENV} to serve a local /opt/ml-shaped folder).")
+                         f"(set {contract.BASE_DIR_ENV} to serve a local /opt/ml-shaped folder).")
     started = time.monotonic()
     try:
         model, config = load_artifact(model_dir)
@@ -150,7 +150,7 @@ def java_available():
 
 def run(environ=None):
     env = os.environ if environ is None else environ
-    model_dir = Path(env.get(constants.BASE_DIR_ENV, constants.DEFAULT_BASE_DIR)) / "model"
+    model_dir = contract.MLPaths.from_env(env).model
     require_usable_gpu(env)  # GPUs that torch cannot use: fail now, not serve slowly from the CPU
     check_settings(env)  # before the slow steps: a bad setting must not wait for the model to load
     if not java_available():

@@ -9,6 +9,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from .. import contract
 from ..images import DEFAULT_MAX_PIXELS, PICTURE_FORMATS  # noqa: F401  (one definition, used by the handler)
 
 # Content types of the serving contract (DESIGN section 4).
@@ -16,7 +17,6 @@ JSON = "application/json"
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 ACCEPTED_CONTENT_TYPES = RAW_IMAGE_TYPES + (JSON,)
 ACCEPTABLE_RESPONSE_TYPES = (JSON, "application/*", "*/*")
-CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 # Deeper JSON than {"instances": [{"b64": ...}]} needs is refused before parsing (Python's parser
 # would raise RecursionError on a few thousand levels).
 MAX_JSON_DEPTH = 16
@@ -27,9 +27,10 @@ HANDLER_SERVICE = "image_classifier.serving.handler_service"
 # whoever reaches the inference port must not be able to register, unregister or scale models.
 MANAGEMENT_SOCKET = "management.sock"
 
-PORT_ENV, DEFAULT_PORT = "SAGEMAKER_BIND_TO_PORT", 8080
+# The port, bind address, payload cap and top-k default are SageMaker's contract (contract.py).
+# Kept for the launcher until it imports these from contract.py (then removed).
+PAYLOAD_CAP_ENV, DEFAULT_PAYLOAD_CAP_MB = contract.PAYLOAD_CAP_ENV, contract.DEFAULT_PAYLOAD_CAP_MB
 MAX_PORT = 32766  # MMS 1.1.11 refuses ports >= 32767 ("Invalid port number"), e.g. Linux's ephemeral ones
-BIND_ADDRESS_ENV, DEFAULT_BIND_ADDRESS = "IMAGE_CLASSIFIER_BIND_ADDRESS", "0.0.0.0"  # SageMaker needs all
 WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"  # default: default_workers()
 TORCH_THREADS_ENV = "IMAGE_CLASSIFIER_TORCH_THREADS"  # default: default_threads()
 MAX_WORKERS = MAX_THREADS = 256
@@ -47,7 +48,6 @@ TIMEOUT_ENV, MIN_TIMEOUT_SECONDS = "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60
 # handler refuses bodies over the cap with a JSON 413; MMS is told to take bodies up to
 # MMS_BODY_LIMIT_FACTOR x the cap so that a client sending a body a little too big gets that answer
 # (MMS's own refusal resets the connection while the client is still sending).
-PAYLOAD_CAP_ENV, DEFAULT_PAYLOAD_CAP_MB, MAX_PAYLOAD_CAP_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, 100
 MMS_BODY_LIMIT_FACTOR = 4
 MAX_PIXELS_ENV = "IMAGE_CLASSIFIER_MAX_PIXELS"  # per picture, as declared in its header
 # Decoded pixels per request, all pictures together (a drafted JPEG counts at its reduced size). A
@@ -59,7 +59,7 @@ PIXEL_BUDGET_ENV, DEFAULT_PIXEL_BUDGET = "IMAGE_CLASSIFIER_PIXEL_BUDGET", 100_00
 # here (73 ms each, docs/BENCHMARKS.md); a deeper network needs a lower cap to stay within 10 s.
 MAX_BATCH_ENV, DEFAULT_MAX_BATCH = "IMAGE_CLASSIFIER_MAX_BATCH", 32
 FORWARD_BATCH_ENV, DEFAULT_FORWARD_BATCH = "IMAGE_CLASSIFIER_FORWARD_BATCH", 16  # pictures per forward pass
-TOP_K_ENV, DEFAULT_TOP_K, MAX_TOP_K = "IMAGE_CLASSIFIER_TOP_K", 5, 1000
+TOP_K_ENV, MAX_TOP_K = "IMAGE_CLASSIFIER_TOP_K", 1000
 # Inference optimisations (conv+batch-norm folding, channels_last); `false` serves the plain eager model.
 OPTIMIZE_ENV, DEFAULT_OPTIMIZE = "IMAGE_CLASSIFIER_OPTIMIZE", True
 JVM_ARGS_ENV, DEFAULT_JVM_ARGS = "SAGEMAKER_MODEL_SERVER_VMARGS", "-XX:-UseContainerSupport"
@@ -159,22 +159,23 @@ def load(environ=None, gpus=0, cores=None, load_seconds=0.0):
             problems.append(str(error))
             values[key] = args[1] if len(args) > 1 else None
 
-    read("port", env_int, PORT_ENV, DEFAULT_PORT, maximum=MAX_PORT)
+    read("port", env_int, contract.PORT_ENV, contract.SERVING_PORT, maximum=MAX_PORT)
     read("workers", env_int, WORKERS_ENV, default_workers(gpus, cores), maximum=MAX_WORKERS)
     read("torch_threads", env_int, TORCH_THREADS_ENV, default_threads(cores, values["workers"]),
          maximum=MAX_THREADS)
     read("timeout_seconds", env_int, TIMEOUT_ENV, response_timeout(load_seconds))
-    read("payload_cap_mb", env_int, PAYLOAD_CAP_ENV, DEFAULT_PAYLOAD_CAP_MB, maximum=MAX_PAYLOAD_CAP_MB)
+    read("payload_cap_mb", env_int, contract.PAYLOAD_CAP_ENV, contract.DEFAULT_PAYLOAD_CAP_MB,
+         maximum=contract.MAX_PAYLOAD_CAP_MB)
     read("max_pixels", env_int, MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
     read("pixel_budget", env_int, PIXEL_BUDGET_ENV, DEFAULT_PIXEL_BUDGET)
     read("max_batch", env_int, MAX_BATCH_ENV, DEFAULT_MAX_BATCH)
     read("forward_batch", env_int, FORWARD_BATCH_ENV, DEFAULT_FORWARD_BATCH)
-    read("top_k", env_int, TOP_K_ENV, DEFAULT_TOP_K, maximum=MAX_TOP_K)
+    read("top_k", env_int, TOP_K_ENV, contract.DEFAULT_TOP_K, maximum=MAX_TOP_K)
     read("optimize", env_bool, OPTIMIZE_ENV, DEFAULT_OPTIMIZE)
     if not problems and values["pixel_budget"] < values["max_pixels"]:
         problems.append(f"{PIXEL_BUDGET_ENV}={values['pixel_budget']:,} is below {MAX_PIXELS_ENV}="
                         f"{values['max_pixels']:,}: a picture under the per-picture cap could never be served")
     if problems:
         raise SettingsError("invalid serving settings: " + "; ".join(problems))
-    return ServingSettings(bind_address=env.get(BIND_ADDRESS_ENV) or DEFAULT_BIND_ADDRESS,
+    return ServingSettings(bind_address=env.get(contract.BIND_ADDRESS_ENV) or contract.DEFAULT_BIND_ADDRESS,
                            jvm_args=env.get(JVM_ARGS_ENV) or DEFAULT_JVM_ARGS, **values)

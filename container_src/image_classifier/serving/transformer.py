@@ -11,6 +11,7 @@ import logging
 from sagemaker_inference import utils
 from sagemaker_inference.transformer import Transformer
 
+from .. import contract
 from . import handler
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class ImageTransformer(Transformer):
                 size = len(item.get("body") or b"")
                 if size > cap:
                     raise handler.PayloadTooLarge(f"The body is {size:,} bytes, more than the payload cap of "
-                                                  f"{cap:,} bytes ({handler.settings.PAYLOAD_CAP_ENV}).")
+                                                  f"{cap:,} bytes ({contract.PAYLOAD_CAP_ENV}).")
             properties = context.request_processor[0].get_request_properties()
             kind = handler.check_content_type(utils.retrieve_content_type_header(properties))
             handler.check_accept(properties.get("Accept") or properties.get("accept"))
