@@ -26,7 +26,7 @@ from pathlib import Path
 
 from image_classifier import constants
 from image_classifier.config import HyperparameterError, Hyperparameters
-from image_classifier.contract import CONTAINER_PATHS
+from image_classifier.contract import CONTAINER_PATHS, TENSORS_FOLDER
 from image_classifier.cuda_check import GPU_INFERENCE_AMI
 from image_classifier.metrics import METRIC_DEFINITIONS
 from launcher import SAMPLE_DIR, LauncherError, aws, local, report, s3_upload, scaling, transform, unique_name
@@ -64,7 +64,7 @@ def cmd_data(args):
 # ------------------------------------------------------------------------------------ SageMaker recipes
 # Without SageMaker's Debugger hook configuration the job writes its tensors into its output data, which
 # SageMaker uploads as output.tar.gz (`report --job` reads them there).
-TENSORS_IN_OUTPUT_DATA = {constants.TENSORS_DIR_ENV: str(CONTAINER_PATHS.output_data / constants.TENSORS_FOLDER)}
+TENSORS_IN_OUTPUT_DATA = {constants.TENSORS_DIR_ENV: str(CONTAINER_PATHS.output_data / TENSORS_FOLDER)}
 
 
 def sagemaker_hyperparameters(overrides, network_isolation=False):

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from image_classifier.serving import settings as serving_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_serving as serving  # noqa: E402  (its model, picture, spread and test harness: one definition)
@@ -41,7 +42,7 @@ PING_LIMIT_SECONDS = 180  # model download + first /ping 200
 INVOCATION_LIMIT_SECONDS = 60  # each /invocations
 IMAGE_LIMIT_BYTES = 10 * 10**9
 MEMORY_LIMIT_MB = 6144  # the largest serverless memory size
-SERVERLESS_ENV = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+SERVERLESS_ENV = {serving_settings.WORKERS_ENV: "1"}  # AWS's advice for serverless: one copy of the model
 POLL_SECONDS = 0.05
 GIVE_UP_SECONDS = 600
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from image_classifier import constants
-from image_classifier.contract import MLPaths
+from image_classifier.contract import TENSORS_FOLDER, MLPaths
 from image_classifier.metrics import parse_metrics
 
 from . import LOCAL_JOBS_DIR, PROJECT_DIR, LauncherError
@@ -86,7 +86,7 @@ def sagemaker_job(name, work_dir, session=None):
                 tar.extractall(data_dir, filter="data")  # refuses members that would land outside data_dir
         except Exception as error:  # noqa: BLE001 - a job without output data still has a report
             print(f"note: no output data at s3://{bucket}/{key} ({error})")
-    tensors_dir = data_dir / constants.TENSORS_FOLDER if (data_dir / constants.TENSORS_FOLDER).is_dir() else None
+    tensors_dir = data_dir / TENSORS_FOLDER if (data_dir / TENSORS_FOLDER).is_dir() else None
     hook_output = job.get("DebugHookConfig", {}).get("S3OutputPath")
     if hook_output and tensors_dir is None:
         # SageMaker syncs LocalPath to <S3OutputPath>/<job name>/debug-output.

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from image_classifier import contract
 from image_classifier.serving import settings as serving_settings
 
 from . import LauncherError
@@ -263,7 +264,7 @@ INSTANCE_RESOURCES = {
 }
 # The request body cap a transform job may send: the model server's own cap, so a picture the server
 # would refuse with 413 is refused by SageMaker before it is sent.
-MAX_PAYLOAD_MB = serving_settings.DEFAULT_PAYLOAD_CAP_MB
+MAX_PAYLOAD_MB = contract.DEFAULT_PAYLOAD_CAP_MB
 
 
 def max_concurrent_transforms(instance_type):

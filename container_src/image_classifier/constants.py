@@ -1,9 +1,5 @@
 """Constants shared by the training job and the model server: file names, defaults. SageMaker's own
 contract (the /opt/ml tree, SM_* variables, port, headers) is contract.py's."""
-from . import contract
-
-# Kept for the launcher until it imports these from contract.py (then removed).
-TENSORS_FOLDER = contract.TENSORS_FOLDER
 
 # Channels the training job reads (SM_CHANNEL_<NAME>).
 TRAIN_CHANNEL = "train"

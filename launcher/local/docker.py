@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from image_classifier.contract import CONTAINER_PATHS, DEFAULT_HOST, SERVING_PORT, MLPaths
+from image_classifier.contract import CONTAINER_PATHS, DEFAULT_HOST, PAYLOAD_CAP_ENV, SERVING_PORT, MLPaths
 from image_classifier.serving import settings as serving_settings
 
 from .. import LauncherError
@@ -32,7 +32,7 @@ STOP_TIMEOUT_SECONDS = 30
 # Serving settings a local `deploy --local docker` passes from this shell into the container, as a
 # process-mode server inherits them (not the port or the address: the container serves on 0.0.0.0:8080).
 SERVING_SETTINGS_ENV = (serving_settings.WORKERS_ENV, serving_settings.TORCH_THREADS_ENV,
-                        serving_settings.TIMEOUT_ENV, serving_settings.PAYLOAD_CAP_ENV,
+                        serving_settings.TIMEOUT_ENV, PAYLOAD_CAP_ENV,
                         serving_settings.MAX_PIXELS_ENV, serving_settings.PIXEL_BUDGET_ENV,
                         serving_settings.MAX_BATCH_ENV, serving_settings.FORWARD_BATCH_ENV,
                         serving_settings.TOP_K_ENV, serving_settings.OPTIMIZE_ENV, serving_settings.JVM_ARGS_ENV)

@@ -13,11 +13,13 @@ import subprocess
 import sys
 import time
 
+from image_classifier import contract
+
 from .processes import signal_tree, wait_tree
 from .trees import prepare_job
 
 HOSTS_FOLDER = "hosts"
-FRAMEWORK_MODULE = "image_classifier.toolkit_entry:main"  # also set in docker/Dockerfile
+FRAMEWORK_MODULE = contract.TRAINING_MODULE  # also set in docker/Dockerfile
 LOOPBACK_INTERFACE = "lo"  # processes on this machine
 CONTAINER_INTERFACE = "eth0"  # a container's interface on its docker network, as on SageMaker
 # After one host fails, the others get this long to fail on their own (collective errors) before SIGTERM,

@@ -28,8 +28,6 @@ HANDLER_SERVICE = "image_classifier.serving.handler_service"
 MANAGEMENT_SOCKET = "management.sock"
 
 # The port, bind address, payload cap and top-k default are SageMaker's contract (contract.py).
-# Kept for the launcher until it imports these from contract.py (then removed).
-PAYLOAD_CAP_ENV, DEFAULT_PAYLOAD_CAP_MB = contract.PAYLOAD_CAP_ENV, contract.DEFAULT_PAYLOAD_CAP_MB
 MAX_PORT = 32766  # MMS 1.1.11 refuses ports >= 32767 ("Invalid port number"), e.g. Linux's ephemeral ones
 WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"  # default: default_workers()
 TORCH_THREADS_ENV = "IMAGE_CLASSIFIER_TORCH_THREADS"  # default: default_threads()
