@@ -23,7 +23,7 @@ OFFLINE_BASE_IMAGE = "image-classifier-base:bookworm"
 IMAGE_INPUTS = ("docker/Dockerfile", ".dockerignore", "requirements-image.lock", "docker/code",
                 "docker/entrypoint.sh", "container_src")
 _IGNORED_PARTS = {"__pycache__", "build"}
-# Free disk a build needs: the image is ~6 GB and a build holds several GB more for a while.
+# Free disk a build needs: the image is ~8 GB and a build holds several GB more for a while.
 BUILD_FREE_BYTES = 15 * 10**9
 
 
