@@ -3,7 +3,6 @@ start it, wait for a real prediction, find its workers, talk to it, stop it with
 import http.client
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
