@@ -18,8 +18,6 @@ On SageMaker (after ./build_and_push.sh; each step records what it made for the 
 
 Run `python launch.py COMMAND --help` for each command's options.
 """
-import argparse
-import datetime
 import json
 import re
 import shutil
@@ -27,20 +25,23 @@ import sys
 from pathlib import Path
 
 from image_classifier import constants
-from launcher import LOCAL_JOBS_DIR, SAMPLE_DIR, LauncherError, aws
-from launcher.scaling import DEFAULT_TARGET_INVOCATIONS
-from launcher.transform import DEFAULT_PORT as TRANSFORM_PORT, TRANSFORM_INSTANCE
+from image_classifier.config import HyperparameterError, Hyperparameters
+from image_classifier.contract import CONTAINER_PATHS
+from image_classifier.cuda_check import GPU_INFERENCE_AMI
+from image_classifier.metrics import METRIC_DEFINITIONS
+from launcher import SAMPLE_DIR, LauncherError, aws, local, report, s3_upload, scaling, transform, unique_name
+from launcher.cli import ENDPOINT_INSTANCE, LAST, TRAINING_INSTANCE, TUNING_JOB_PREFIX, build_parser
+from launcher.local import client, hosts, serving, trees
+from launcher.sample_data import write_digits
+
+# The SageMaker SDK (sagemaker.*, launcher.sdk) is imported inside the recipes that use it: it takes over a
+# second to import, which every local command and --help would otherwise pay.
 
 # The demo's training run: digits are tiny, so a small ResNet from scratch at 32 px learns them in a minute.
 DIGITS_HYPERPARAMETERS = {
     "arch": "resnet18", "pretrained": "false", "trainable-layers": "4", "image-size": "32",
     "epochs": "8", "batch-size": "32", "lr": "0.002", "augment": "none", "workers": "2",
 }
-
-
-def job_name(prefix="image-classifier"):
-    """A SageMaker-valid, unique job name."""
-    return f"{prefix}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S-%f}"[:63]
 
 
 def parse_hp(pairs):
@@ -56,27 +57,19 @@ def parse_hp(pairs):
 
 # ---------------------------------------------------------------------------------------------- data
 def cmd_data(args):
-    from launcher.sample_data import write_digits
-
     counts = write_digits(args.dest)
     print(f"Digits sample in {args.dest}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 # ------------------------------------------------------------------------------------ SageMaker recipes
-TRAINING_INSTANCE = "ml.g4dn.xlarge"  # one NVIDIA T4: the cheapest GPU instance
-ENDPOINT_INSTANCE = "ml.m5.large"     # CPU: one picture through a ResNet-50 takes a fraction of a second
-MAX_RUN_SECONDS = 3 * 3600            # a training job is stopped after this; spot jobs may wait as long again
-LAST = "last"                         # `--from-tuning` without a name: the tuning job recorded by `tune`
 # Without SageMaker's Debugger hook configuration the job writes its tensors into its output data, which
 # SageMaker uploads as output.tar.gz (`report --job` reads them there).
-TENSORS_IN_OUTPUT_DATA = {constants.TENSORS_DIR_ENV: f"{constants.DEFAULT_BASE_DIR}/output/data/{constants.TENSORS_FOLDER}"}
+TENSORS_IN_OUTPUT_DATA = {constants.TENSORS_DIR_ENV: str(CONTAINER_PATHS.output_data / constants.TENSORS_FOLDER)}
 
 
 def sagemaker_hyperparameters(overrides, network_isolation=False):
     """All hyperparameters as SageMaker passes them: the defaults, overlaid by `overrides` (the best tuning
     job's values, then --hp). Checked here, so a bad key or value fails before any AWS call."""
-    from image_classifier.config import HyperparameterError, Hyperparameters
-
     values = Hyperparameters().to_strings()
     # SageMaker jobs reach the internet, unless network isolation cuts them off.
     values["weights-download"] = "false" if network_isolation else "true"
@@ -106,8 +99,6 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
     built-in rules. Without it the job's own tensors travel in its output data (output.tar.gz)."""
     from sagemaker.debugger import CollectionConfig, DebuggerHookConfig, ProfilerConfig
 
-    from image_classifier.config import Hyperparameters
-    from image_classifier.metrics import METRIC_DEFINITIONS
     from launcher.sdk import Estimator
 
     spot = not args.no_spot
@@ -157,16 +148,12 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
 def distribution(instance_count):
     """Several instances: the toolkit's torchrun runner, one process per GPU on each (one instance with several
     GPUs needs no setting: the job starts torchrun when it sees them). `batch-size` stays per GPU."""
-    from image_classifier.constants import TORCH_DISTRIBUTED_HYPERPARAMETER
-
-    return {TORCH_DISTRIBUTED_HYPERPARAMETER: "true"} if instance_count > 1 else {}
+    return {constants.TORCH_DISTRIBUTED_HYPERPARAMETER: "true"} if instance_count > 1 else {}
 
 
 def inference_ami(instance_type, requested=None):
     """The endpoint AMI for a GPU instance type (ml.g*, ml.p*): one whose NVIDIA driver runs the image's CUDA
     12 build (the default drivers of ml.g4dn/g5/p4d are too old). CPU types take none."""
-    from image_classifier.cuda_check import GPU_INFERENCE_AMI
-
     if re.match(r"ml\.[gp]\d", instance_type):
         return requested or GPU_INFERENCE_AMI
     if requested:
@@ -193,8 +180,6 @@ def builtin_debugger_rules():
 
 def job_inputs(connection, args, job):
     """(dataset URI, its splits, the `pretrained` channel's URI or None) for a training or tuning job `job`."""
-    from launcher import s3_upload
-
     if args.data and not args.data.startswith("s3://"):
         raise LauncherError(f"a SageMaker job reads its data from S3: run `python launch.py upload --data {args.data}`"
                             " first (or add --local to train on this machine)")
@@ -232,17 +217,13 @@ def sample_picture(local_data):
     for split in ("test", "valid"):
         folder = Path(local_data or "/nonexistent") / split
         if folder.is_dir():
-            from image_classifier.constants import IMAGE_EXTENSIONS
-
-            return next((p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS), None)
+            return next((p for p in sorted(folder.rglob("*")) if p.suffix.lower() in constants.IMAGE_EXTENSIONS), None)
     return None
 
 
 # -------------------------------------------------------------------------------------------- upload
 def cmd_upload(args):
     """Copy the dataset folder to S3 (only what is new or changed; --delete removes what is gone locally)."""
-    from launcher import s3_upload
-
     connection = aws.Aws(args)
     with aws.errors():
         connection.check_bucket_region()
@@ -263,13 +244,11 @@ def cmd_tune(args):
     from sagemaker.tuner import (CategoricalParameter, ContinuousParameter, HyperparameterTuner, WarmStartConfig,
                                  WarmStartTypes)
 
-    from image_classifier.metrics import METRIC_DEFINITIONS
-
     connection = aws.Aws(args)
     with aws.errors() as on_error:
         if args.attach:
             return attach_tuning_job(connection, args.attach, on_error)
-        name = args.job_name or f"ic-tune-{aws.timestamp()}"  # tuning job names: 32 characters at most
+        name = args.job_name or unique_name(TUNING_JOB_PREFIX)
         # Trials save no tensors and run no rules unless asked: nobody reads them.
         trial_values = {} if args.trial_debugging else dict(aws.TRIAL_ONLY_HYPERPARAMETERS)
         hyperparameters = sagemaker_hyperparameters({**trial_values, **parse_hp(args.hp)}, args.network_isolation)
@@ -346,7 +325,7 @@ def train_sagemaker(args):
                   f"{format_hp(winning)}", file=sys.stderr)
         overrides.update(parse_hp(args.hp))
         hyperparameters = sagemaker_hyperparameters(overrides, args.network_isolation)
-        name = args.job_name or job_name()
+        name = args.job_name or unique_name()
         data, splits, pretrained = job_inputs(connection, args, name)
         training = estimator(connection, hyperparameters, args, tags=aws.tags(data=data, tuning_job=tuning_job),
                              checkpoints=connection.s3_uri("checkpoints", name) + "/", debugger=not args.no_debugger)
@@ -372,44 +351,28 @@ def attach_training_job(connection, name, on_error):
 
 
 def train_local(args):
-    from launcher import local_training
-    from launcher.docker_image import local_mode
-
     data = Path(args.data) if args.data else SAMPLE_DIR
     hyperparameters = dict(DIGITS_HYPERPARAMETERS) if not args.data else {}
     hyperparameters.update(parse_hp(args.hp))
     if not args.data:
-        from launcher.sample_data import write_digits
-
         write_digits(SAMPLE_DIR)
-    mode = local_mode(args.local)
-    name = args.job_name or job_name()
+    runner = local.backend(args.local)
+    name = args.job_name or unique_name()
     channels = {"train": data}
     if args.pretrained_weights:
         channels["pretrained"] = local_pretrained_channel(args.pretrained_weights, Path(args.jobs_dir) / name)
         hyperparameters["pretrained"] = parse_hp(args.hp).get("pretrained", "true")
     if args.instance_count > 1:
-        from launcher import local_hosts
-
-        interface = local_hosts.CONTAINER_INTERFACE if mode == "docker" else local_hosts.LOOPBACK_INTERFACE
-        jobs = local_hosts.prepare_hosts(args.jobs_dir, name, channels, hyperparameters, args.instance_count,
-                                         interface)
+        jobs = hosts.prepare_hosts(args.jobs_dir, name, channels, hyperparameters, args.instance_count,
+                                   runner.HOST_INTERFACE)
         job = jobs[0]
-        print(f"Training job {name} ({mode}, {args.instance_count} emulated hosts) in {job.dir}")
-        if mode == "docker":
-            exit_code = local_hosts.run_docker_hosts(jobs)  # one container per host on a docker network
-        else:
-            exit_code = local_hosts.run_hosts(jobs)  # each host's `train` at once, the names mapped to loopback
+        print(f"Training job {name} ({runner.MODE}, {args.instance_count} emulated hosts) in {job.dir}")
+        exit_code = runner.train_hosts(jobs)  # every host's `train` at once: containers on a network, or processes
     else:
-        job = local_training.prepare_job(args.jobs_dir, name, channels, hyperparameters)
-        print(f"Training job {name} ({mode}) in {job.dir}")
-        if mode == "docker":
-            from launcher import docker_runner
-
-            exit_code = docker_runner.run_training(job)  # `docker run IMAGE train`, /opt/ml mounted
-        else:
-            exit_code = local_training.run_process(job)  # the toolkit's `train` as a process
-    metrics = local_training.finish(job)
+        job = trees.prepare_job(args.jobs_dir, name, channels, hyperparameters)
+        print(f"Training job {name} ({runner.MODE}) in {job.dir}")
+        exit_code = runner.train(job)  # `docker run IMAGE train` over the tree, or the toolkit's `train` process
+    metrics = trees.finish(job)
     summary = " ".join(f"{k}={v:g}" for k, v in metrics.items())
     if not job.succeeded:
         raise LauncherError(f"Training job {name} failed (exit {exit_code}): {job.failure_reason or 'see ' + str(job.log_file)}")
@@ -419,11 +382,9 @@ def train_local(args):
 def local_pretrained_channel(weights, job_dir):
     """The `pretrained` channel of a local job: a folder holding the .pth file(s), as SageMaker would give it.
     A single file is copied into the job's own folder (a docker job mounts only its channels)."""
-    from launcher.s3_upload import weights_files
-
     if str(weights).startswith("s3://"):
         raise LauncherError("a local job reads its --pretrained-weights from this machine: give a .pth file or folder")
-    files = weights_files(weights)
+    files = s3_upload.weights_files(weights)
     if Path(weights).is_dir():
         return Path(weights)
     folder = job_dir / "pretrained-weights"
@@ -436,9 +397,7 @@ def local_pretrained_channel(weights, job_dir):
 # --------------------------------------------------------------------------------- deploy / predict
 def cmd_deploy(args):
     if args.local:
-        from launcher import local_serving
-
-        return local_serving.deploy(model=args.model, port=args.port, mode=args.local, detach=args.detach)
+        return serving.deploy(model=args.model, port=args.port, mode=args.local, detach=args.detach)
     return deploy_sagemaker(args)
 
 
@@ -482,7 +441,7 @@ def deploy_sagemaker(args):
                                 f"remove it first (python launch.py delete --endpoint {recorded}), or pass "
                                 "--endpoint NAME for a second one")
         training_job, model_data = model_to_serve(connection, args)
-        name = args.endpoint or aws.resource_name()
+        name = args.endpoint or unique_name()
         model = serving_model(connection, model_data, name, args)
         capacity = traffic_options(connection, args)
         with connection.costs_until_deleted(name):  # says so on every way out, Ctrl-C included
@@ -500,8 +459,6 @@ def deploy_sagemaker(args):
                 connection.wait_for_endpoint(name)
                 print(f"Endpoint {name} is in service.")
             if args.autoscale:  # Application Auto Scaling takes only an endpoint in service
-                from launcher import scaling
-
                 scaling.enable(connection.client("application-autoscaling"), name, *scaling.parse_autoscale(args.autoscale),
                                args.target_invocations)
                 if not connection.dry_run:
@@ -521,8 +478,6 @@ def traffic_options(connection, args):
     serverless configuration, and data capture. Checked before any endpoint is made."""
     from sagemaker.model_monitor import DataCaptureConfig
     from sagemaker.serverless import ServerlessInferenceConfig
-
-    from launcher import scaling
 
     options = {}
     if args.serverless:
@@ -557,9 +512,7 @@ def describe_capacity(args):
 
 def cmd_predict(args):
     if args.local:
-        from launcher import local_serving
-
-        return local_serving.predict(args.images, port=args.port, top_k=args.top_k, as_json=args.json)
+        return client.predict(args.images, port=args.port, top_k=args.top_k, as_json=args.json)
     return predict_sagemaker(args)
 
 
@@ -578,33 +531,27 @@ def invoke_endpoint(connection, endpoint, images, top_k, as_json=False):
     from sagemaker.predictor import Predictor
     from sagemaker.serializers import IdentitySerializer
 
-    from launcher.local_serving import content_type_of, format_table
-
     predictor = Predictor(endpoint, sagemaker_session=connection.sagemaker,
                           serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
     for path in map(Path, images):
         if not path.is_file():
             raise LauncherError(f"{path}: no such file")
-        answer = predictor.predict(path.read_bytes(), initial_args={"ContentType": content_type_of(path)},
+        answer = predictor.predict(path.read_bytes(), initial_args={"ContentType": client.content_type_of(path)},
                                    custom_attributes=f"top_k={top_k}")
         if connection.dry_run:
             continue
-        print(json.dumps(answer) if as_json else format_table(path, answer["predictions"][0]))
+        print(json.dumps(answer) if as_json else client.format_table(path, answer["predictions"][0]))
 
 
 def cmd_delete(args):
     if args.local:
-        from launcher import local_serving
-
-        return local_serving.delete(port=args.port)
+        return serving.delete(port=args.port)
     return delete_sagemaker(args)
 
 
 def delete_sagemaker(args):
     """The endpoint, its endpoint config and its model(s): everything deploy made (--all: everything tagged
     project=image-classifier)."""
-    from launcher import scaling
-
     connection = aws.Aws(args)
     with aws.errors():
         if args.all:
@@ -635,8 +582,6 @@ def delete_sagemaker(args):
 def delete_everything(connection, yes):
     """Every endpoint (with its scaling), endpoint config and model tagged project=image-classifier, after one
     confirmation."""
-    from launcher import scaling
-
     client = connection.client("sagemaker")
     found = connection.project_resources()
     if connection.dry_run or not found:
@@ -666,8 +611,6 @@ def delete_everything(connection, yes):
 # ----------------------------------------------------------------------------------------- transform
 def cmd_transform(args):
     """Batch transform: one request per picture, one `<picture>.out` answer each (locally with --local)."""
-    from launcher import transform
-
     if args.summarize:
         csv_path, counts = transform.summarize(args.summarize, args.csv)
         print(f"Summary of {sum(counts.values())} picture(s): {csv_path}\nTop-1 labels:")
@@ -685,15 +628,13 @@ def cmd_transform(args):
 
 def transform_sagemaker(args):
     """A batch transform job: the deploy recipe's Model, one picture per request, `<key>.out` per picture."""
-    from launcher import transform
-
     if not args.data.startswith("s3://"):
         raise LauncherError(f"a SageMaker transform job reads its pictures from S3: upload {args.data} first, "
                             "or add --local to run it on this machine")
     connection = aws.Aws(args)
     with aws.errors():
         training_job, model_data = model_to_serve(connection, args)
-        name = args.job_name or aws.resource_name()
+        name = args.job_name or unique_name()
         instance_type = args.instance_type or transform.TRANSFORM_INSTANCE
         output = str(args.output) if args.output else connection.s3_uri("transform", name)
         transformer = serving_model(connection, model_data, name, args).transformer(
@@ -719,217 +660,24 @@ def transform_sagemaker(args):
 
 # -------------------------------------------------------------------------------------------- report
 def cmd_report(args):
-    from launcher import local_training, report
-
     if args.job:
         connection = aws.Aws(args)
         with aws.errors():
-            out = args.out or local_training.job_dir(report.REPORTS_DIR, args.job)  # one safe path component
+            out = args.out or trees.job_dir(report.REPORTS_DIR, args.job)  # one safe path component
             path, _ = report.build(report.sagemaker_job(args.job, Path(out) / "job", connection.boto), out)
     else:
         path = report.report(local=args.local, out=args.out)
     print(f"Report: {path}")
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-def positive_int(text):
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1 up, got {text!r}")
-    return int(text)
-
-
-def add_job_arguments(parser):
-    """Options of SageMaker training (and tuning) jobs."""
-    parser.add_argument("--instance-type", help=f"SageMaker: training instance (default {TRAINING_INSTANCE})")
-    parser.add_argument("--instance-count", type=positive_int, default=1, metavar="N",
-                        help="instances (data-parallel on every GPU of each); with --local process: emulated hosts")
-    parser.add_argument("--no-spot", action="store_true", help="SageMaker: on-demand instead of managed spot")
-    parser.add_argument("--max-run", type=int, default=MAX_RUN_SECONDS, metavar="SECONDS",
-                        help=f"SageMaker: stop a job after this long (default {MAX_RUN_SECONDS})")
-    parser.add_argument("--no-wait", action="store_true", help="SageMaker: return once the job is created")
-    parser.add_argument("--pretrained-weights", metavar="PATH|S3URI",
-                        help="a .pth state_dict (file, folder or s3:// URI) sent as the `pretrained` channel: "
-                             "ImageNet weights for offline or isolated jobs, or your own earlier model")
-    add_network_arguments(parser)
-    aws.add_arguments(parser)
-
-
-def add_network_arguments(parser):
-    """Options for locked-down accounts (also settable in the SageMaker SDK's config file)."""
-    parser.add_argument("--subnets", nargs="+", metavar="SUBNET", help="SageMaker: run in these VPC subnets")
-    parser.add_argument("--security-groups", nargs="+", metavar="SG", help="SageMaker: VPC security group ids")
-    parser.add_argument("--kms-key", metavar="KEY", help="SageMaker: KMS key for volumes and outputs")
-    parser.add_argument("--network-isolation", action="store_true",
-                        help="SageMaker: no network access from the container")
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    data = commands.add_parser("data", help="write the embedded sample dataset (digits) in the dogImages layout",
-                               description="Write scikit-learn's 1,797 handwritten digits as PNG files in the "
-                                           "dogImages layout (train/ valid/ test/, one folder per class).")
-    data.add_argument("--sample", choices=["digits"], default="digits", help="which sample (default: digits)")
-    data.add_argument("--dest", type=Path, default=SAMPLE_DIR, help=f"where to write it (default: {SAMPLE_DIR})")
-    data.set_defaults(func=cmd_data)
-
-    upload = commands.add_parser("upload", help="copy a dataset folder to S3 (what is new or changed)",
-                                 description="Copy a dataset folder (train/ valid/ test/, one sub-folder per class) "
-                                             "to S3, skipping files already there with the same size and MD5.")
-    upload.add_argument("--data", required=True, help="dataset folder, e.g. dogImages")
-    upload.add_argument("--s3", help="destination (default: s3://BUCKET/image-classifier/data/<folder name>)")
-    upload.add_argument("--delete", action="store_true",
-                        help="also remove the objects under the destination that no longer exist locally")
-    aws.add_arguments(upload)
-    upload.set_defaults(func=cmd_upload)
-
-    tune = commands.add_parser("tune", help="hyperparameter tuning job on SageMaker (lr, batch-size)",
-                               description="A SageMaker hyperparameter tuning job over lr (0.001-0.1, log scale) "
-                                           "and batch-size (32-512); prints the best job and its values.")
-    tune.add_argument("--data", help="dataset in S3 (default: the one `upload` recorded)")
-    tune.add_argument("--hp", action="append", metavar="KEY=VALUE", help="fixed hyperparameter, repeatable")
-    tune.add_argument("--objective", choices=["best_valid_acc", "best_valid_loss"], default="best_valid_acc",
-                      help="the saved model's validation accuracy, maximised (default), or its loss, minimised")
-    tune.add_argument("--strategy", choices=["Bayesian", "Random"], default="Bayesian", help="search strategy")
-    tune.add_argument("--max-jobs", type=int, default=8, help="training jobs in all (default 8)")
-    tune.add_argument("--max-parallel-jobs", type=int, default=2, help="training jobs at a time (default 2)")
-    tune.add_argument("--warm-start", nargs="+", metavar="TUNING_JOB", help="start from earlier tuning jobs")
-    tune.add_argument("--job-name", help="tuning job name (default: ic-tune-<timestamp>, 32 characters at most)")
-    tune.add_argument("--trial-debugging", action="store_true",
-                      help="trials save tensors and run the rules (default: debug-hook=false rules=false)")
-    tune.add_argument("--attach", metavar="TUNING_JOB", help="wait for a tuning job started earlier, print its best")
-    add_job_arguments(tune)
-    tune.set_defaults(func=cmd_tune)
-
-    train = commands.add_parser("train", help="run the training job (locally with --local)",
-                                description="Run the training job. With --local it runs on this machine over "
-                                            "an /opt/ml-shaped tree in local_jobs/<job-name>/.")
-    train.add_argument("--local", nargs="?", const="auto", choices=["auto", "docker", "process"],
-                       help="run on this machine: in the image (docker), as a plain process, or auto")
-    train.add_argument("--data", help="dataset folder (dogImages layout); default: the digits sample. "
-                                      "On SageMaker: an S3 URI, default: the one `upload` recorded")
-    train.add_argument("--hp", action="append", metavar="KEY=VALUE", help="hyperparameter, repeatable")
-    train.add_argument("--job-name", help="job name (default: image-classifier-<timestamp>)")
-    train.add_argument("--jobs-dir", type=Path, default=LOCAL_JOBS_DIR, help=argparse.SUPPRESS)
-    train.add_argument("--from-tuning", nargs="?", const=LAST, metavar="TUNING_JOB",
-                       help="start from the best values of this tuning job (no name: the one `tune` recorded)")
-    train.add_argument("--allow-interim", action="store_true",
-                       help="--from-tuning while the tuning job still runs (its best so far)")
-    train.add_argument("--builtin-rules", action="store_true",
-                       help="also run SageMaker's built-in Debugger rules (accounts with Debugger access only)")
-    train.add_argument("--no-debugger", action="store_true",
-                       help="SageMaker: no Debugger hook or profiler configuration (accounts without Debugger); "
-                            "the job's tensors and rules travel in its output data")
-    train.add_argument("--attach", metavar="JOB", help="SageMaker: follow a training job started earlier")
-    add_job_arguments(train)
-    train.set_defaults(func=cmd_train)
-
-    deploy = commands.add_parser("deploy", help="serve a model (locally with --local, or as a SageMaker endpoint)",
-                                 description="Serve a model. With --local it runs the model server on this "
-                                             "machine and waits until the model answers.")
-    deploy.add_argument("--local", nargs="?", const="auto", choices=["auto", "docker", "process"],
-                        help="serve on this machine: in the image (docker), as a plain process, or auto")
-    deploy.add_argument("--model", type=Path,
-                        help="model.tar.gz or model folder (default: the newest successful local job's)")
-    deploy.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
-    deploy.add_argument("--detach", action="store_true", help="return once the server is ready, leave it running")
-    deploy.add_argument("--job", help="SageMaker: the training job whose model to deploy (default: the last `train`)")
-    deploy.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
-    deploy.add_argument("--endpoint", help="SageMaker: endpoint (and model) name (default: image-classifier-<timestamp>)")
-    deploy.add_argument("--instance-type", help=f"SageMaker: endpoint instance (default {ENDPOINT_INSTANCE})")
-    deploy.add_argument("--instance-count", type=int, metavar="N", help="SageMaker: instances (default 1)")
-    deploy.add_argument("--autoscale", metavar="MIN:MAX",
-                        help="SageMaker: scale between MIN and MAX instances on invocations per instance")
-    deploy.add_argument("--target-invocations", type=float, default=DEFAULT_TARGET_INVOCATIONS, metavar="N",
-                        help="with --autoscale: invocations per instance per minute to keep (default "
-                             f"{DEFAULT_TARGET_INVOCATIONS}, from the measured throughput: see README)")
-    deploy.add_argument("--serverless", type=int, metavar="MEMORY_MB",
-                        help="SageMaker: a serverless endpoint (CPU) with this memory: 1024, 2048, ... 6144")
-    deploy.add_argument("--max-concurrency", type=int, default=5, metavar="N",
-                        help="with --serverless: concurrent requests at most (default 5)")
-    deploy.add_argument("--data-capture", type=int, metavar="PERCENT",
-                        help="SageMaker: capture this share of requests and answers to s3://BUCKET/image-classifier/capture/")
-    deploy.add_argument("--inference-ami", metavar="VERSION",
-                        help="SageMaker: the endpoint's InferenceAmiVersion on GPU types (default on ml.g*/ml.p*: "
-                             "one whose driver runs the image's CUDA 12, see README)")
-    deploy.add_argument("--sample-image", type=Path, help="SageMaker: picture for the first prediction "
-                                                          "(default: one of the uploaded dataset's test pictures)")
-    add_network_arguments(deploy)
-    aws.add_arguments(deploy)
-    deploy.set_defaults(func=cmd_deploy)
-
-    predict = commands.add_parser("predict", help="send pictures to a served model, print the top-k labels",
-                                  description="Send each picture to the model and print its top-k labels.")
-    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    predict.add_argument("--local", action="store_true", help="ask the locally served model")
-    predict.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
-    predict.add_argument("--top-k", type=int, default=5, help="labels per picture (default 5)")
-    predict.add_argument("--json", action="store_true", help="print the raw JSON response")
-    predict.add_argument("--endpoint", help="SageMaker endpoint (default: the one `deploy` recorded)")
-    aws.add_arguments(predict)
-    predict.set_defaults(func=cmd_predict)
-
-    delete = commands.add_parser("delete", help="stop a served model (local server, or SageMaker endpoint)",
-                                 description="Stop a served model: the local server with --local.")
-    delete.add_argument("--local", action="store_true", help="stop the local model server")
-    delete.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
-    delete.add_argument("--endpoint", help="SageMaker endpoint to delete with its config and model "
-                                           "(default: the one `deploy` recorded)")
-    delete.add_argument("--all", action="store_true",
-                        help="SageMaker: every endpoint, endpoint config and model tagged project=image-classifier")
-    delete.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
-    aws.add_arguments(delete)
-    delete.set_defaults(func=cmd_delete)
-
-    transform = commands.add_parser(
-        "transform", help="classify a folder of pictures as a batch transform job (locally with --local)",
-        description="Send every file under --data to the model, one request per picture as SageMaker's batch "
-                    "transform does, and write its answer to OUT/<file>.out; then a summary CSV. The first "
-                    "refused picture stops the job unless --skip-bad.")
-    transform.add_argument("--local", nargs="?", const="auto", choices=["auto", "docker", "process"],
-                           help="run on this machine: the model server in the image (docker), as a process, or auto")
-    transform.add_argument("--data", help="folder of pictures with --local, else an s3:// prefix "
-                                          "(every file under it is sent)")
-    transform.add_argument("--output", help="where the .out files go (default: <data>-transform beside it; "
-                                            "SageMaker: s3://BUCKET/image-classifier/transform/<job>)")
-    transform.add_argument("--model", type=Path,
-                           help="model.tar.gz or model folder (default: the newest successful local job's)")
-    transform.add_argument("--port", type=int, default=TRANSFORM_PORT,
-                           help=f"the local model server's port (default {TRANSFORM_PORT})")
-    transform.add_argument("--max-concurrent", type=int, metavar="N",
-                           help="requests in flight (per instance on SageMaker; default: two per model-server worker)")
-    transform.add_argument("--job", help="SageMaker: the training job whose model to use (default: the last `train`)")
-    transform.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
-    transform.add_argument("--job-name", help="SageMaker: transform job (and model) name")
-    transform.add_argument("--instance-type", help=f"SageMaker: instance (default {TRANSFORM_INSTANCE})")
-    transform.add_argument("--instance-count", type=int, default=1, help="SageMaker: instances (default 1)")
-    transform.add_argument("--skip-bad", action="store_true",
-                           help="go on after a refused picture; count and list them at the end (exit code 2)")
-    transform.add_argument("--summarize", type=Path, metavar="OUT",
-                           help="only summarize the .out files in OUT: a CSV and the label counts")
-    transform.add_argument("--csv", type=Path, help="with --summarize: the CSV's path (default OUT/summary.csv)")
-    add_network_arguments(transform)
-    aws.add_arguments(transform)
-    transform.set_defaults(func=cmd_transform)
-
-    report = commands.add_parser("report", help="write an HTML report of a finished training job",
-                                 description="One self-contained HTML page plus PNG figures: loss per step, "
-                                             "accuracy per epoch, test confusion matrix, rules, profiler, "
-                                             "hyperparameters.")
-    source = report.add_mutually_exclusive_group(required=True)
-    source.add_argument("--local", metavar="JOB_DIR_OR_NAME", help="a local job: its folder or its name")
-    source.add_argument("--job", metavar="NAME", help="a SageMaker training job (outputs downloaded from S3)")
-    report.add_argument("--out", type=Path, help="output folder (default: reports/<job name>)")
-    aws.add_arguments(report)
-    report.set_defaults(func=cmd_report)
-    return parser
+COMMANDS = {"data": cmd_data, "upload": cmd_upload, "tune": cmd_tune, "train": cmd_train, "deploy": cmd_deploy,
+            "predict": cmd_predict, "delete": cmd_delete, "transform": cmd_transform, "report": cmd_report}
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser(__doc__).parse_args(argv)
     try:
-        return args.func(args) or 0
+        return COMMANDS[args.command](args) or 0
     except LauncherError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

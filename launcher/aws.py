@@ -7,7 +7,7 @@ itself (boto3's `before-call` event) so nothing is sent, the waits, and the tran
 exceptions into `LauncherError` lines.
 """
 import contextlib
-import datetime
+import io
 import json
 import logging
 import os
@@ -18,7 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import IMAGE_NAME, IMAGE_URI_FILE, LOCAL_JOBS_DIR, LauncherError
+from image_classifier.contract import atomic_write_text
+
+from . import IMAGE_NAME, LOCAL_JOBS_DIR, LauncherError, recorded_image_uri
+
+# boto3, botocore and the SageMaker SDK are imported where they are used: slow imports (over a second for the
+# SDK) that local commands and --help never need.
 
 # Before the SDK is imported: it prints a v3 deprecation banner otherwise, and logs its config look-ups at
 # INFO to stdout (where a dry run writes its JSON) unless its logger already has a level and a handler.
@@ -30,7 +35,7 @@ _sdk_config_logger.addHandler(logging.StreamHandler(sys.stderr))
 logging.getLogger("sagemaker.estimator").setLevel(logging.ERROR)
 
 S3_PREFIX = "image-classifier"           # everything the launcher writes to S3 goes under s3://BUCKET/S3_PREFIX/
-STATE_FILE = LOCAL_JOBS_DIR / "sagemaker-state.json"  # $IMAGE_CLASSIFIER_STATE overrides
+STATE_FILE, STATE_FILE_ENV = LOCAL_JOBS_DIR / "sagemaker-state.json", "IMAGE_CLASSIFIER_STATE"  # the env var overrides
 TAG_PREFIX = "image-classifier:"         # AWS tags that link the steps (e.g. image-classifier:training-job)
 PROJECT_TAG = {"Key": "project", "Value": "image-classifier"}
 # An ECR image URI (China regions end in .amazonaws.com.cn): account, region, repository, tag, digest.
@@ -98,7 +103,7 @@ class Settings:
 
 # ---------------------------------------------------------------------------------------------- state
 def state_file():
-    return Path(os.environ.get("IMAGE_CLASSIFIER_STATE") or STATE_FILE)
+    return Path(os.environ.get(STATE_FILE_ENV) or STATE_FILE)
 
 
 def load_state():
@@ -107,15 +112,6 @@ def load_state():
         return json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError:
         raise LauncherError(f"{path} is not valid JSON: fix or delete it (it only remembers names)") from None
-
-
-def timestamp():
-    return f"{datetime.datetime.now(datetime.timezone.utc):%y%m%d-%H%M%S}"
-
-
-def resource_name():
-    """A unique endpoint / model name."""
-    return f"{IMAGE_NAME}-{timestamp()}"
 
 
 def tags(**links):
@@ -159,8 +155,6 @@ def _fake_response(operation, params):
     if operation == "DescribeEndpointConfig":
         return {"ProductionVariants": [{"ModelName": params["EndpointConfigName"]}]}
     if operation == "InvokeEndpoint":
-        import io
-
         from botocore.response import StreamingBody
 
         body = b'{"predictions": []}'
@@ -297,9 +291,7 @@ class Aws:
         self.state.update({k: v for k, v in values.items() if v is not None})
         path = state_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2) + "\n")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(self.state, indent=2) + "\n")
 
     def forget(self, *keys):
         for key in keys:
@@ -322,8 +314,7 @@ class Aws:
         checked in ECR, so a job never starts on an image that is not there."""
         uri = self.settings.image_uri
         if not uri:
-            path = Path(os.environ.get("IMAGE_URI_FILE") or IMAGE_URI_FILE)
-            uri = path.read_text().strip() if path.is_file() else None
+            uri = recorded_image_uri()
         if not uri:
             account = self.client("sts").get_caller_identity()["Account"]
             uri = f"{account}.dkr.ecr.{self.region}.amazonaws.com/{IMAGE_NAME}:latest"

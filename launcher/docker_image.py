@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import IMAGE_NAME, IMAGE_URI_FILE, PROJECT_DIR, LauncherError
+from . import IMAGE_NAME, PROJECT_DIR, LauncherError, recorded_image_uri
 
 DEFAULT_IMAGE = f"{IMAGE_NAME}:latest"
 DOCKERFILE = PROJECT_DIR / "docker" / "Dockerfile"
@@ -60,26 +60,12 @@ def image_exists(image):
 
 def configured_image():
     """The image the launcher runs: the one build_and_push.sh recorded, else `image-classifier:latest`."""
-    recorded_in = Path(os.environ.get("IMAGE_URI_FILE") or IMAGE_URI_FILE)  # the script's override too
-    recorded = recorded_in.read_text().strip() if recorded_in.is_file() else ""
-    return recorded or DEFAULT_IMAGE
+    return recorded_image_uri() or DEFAULT_IMAGE
 
 
 def image_available(image=None):
     """True when an engine runs and the image is on this machine (what `--local auto` asks)."""
     return engine_problem() is None and image_exists(image or configured_image())
-
-
-def local_mode(requested):
-    """What `--local` runs on: `docker` or `process` as asked; `auto` prefers the image when an engine runs
-    and the image is on this machine, and says which it picked."""
-    if requested != "auto":
-        return requested
-    if image_available():
-        print(f"local mode: docker ({configured_image()})")
-        return "docker"
-    print("local mode: process (no docker engine or no image; `./build_and_push.sh --no-push` builds it)")
-    return "process"
 
 
 def require_image(image=None):

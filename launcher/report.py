@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -18,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from image_classifier import constants
+from image_classifier.contract import MLPaths
 from image_classifier.metrics import parse_metrics
 
 from . import LOCAL_JOBS_DIR, PROJECT_DIR, LauncherError
+
+# boto3, smdebug and matplotlib are imported where they are used: slow imports that not every report needs.
 
 REPORTS_DIR = PROJECT_DIR / "reports"
 REPORT_FILE = "report.html"
@@ -44,13 +48,14 @@ def local_job(job):
     folder = Path(job)
     if not folder.is_dir():
         folder = LOCAL_JOBS_DIR / str(job)
-    if not (folder / "output").is_dir():
+    paths = MLPaths(folder)
+    if not paths.output.is_dir():
         raise LauncherError(f"No local training job at {job} (looked in {folder}): give a job folder or a name "
                             f"under {LOCAL_JOBS_DIR}.")
     log = folder / "train.log"
-    hps = folder / "input" / "config" / "hyperparameters.json"
-    tensors = folder / "output" / constants.TENSORS_FOLDER
-    return JobFiles(name=folder.name, data_dir=folder / "output" / "data",
+    hps = paths.hyperparameters
+    tensors = paths.tensors
+    return JobFiles(name=folder.name, data_dir=paths.output_data,
                     tensors_dir=tensors if tensors.is_dir() else None,
                     log_lines=log.read_text(errors="replace").splitlines() if log.is_file() else [],
                     hyperparameters=json.loads(hps.read_text()) if hps.is_file() else {})
@@ -69,7 +74,7 @@ def sagemaker_job(name, work_dir, session=None):
     except sagemaker.exceptions.ClientError as error:
         raise LauncherError(f"Cannot describe training job {name}: {error}") from None
     s3 = session.client("s3")
-    data_dir = Path(work_dir) / "output" / "data"
+    data_dir = MLPaths(work_dir).output_data
     data_dir.mkdir(parents=True, exist_ok=True)
     output = job.get("OutputDataConfig", {}).get("S3OutputPath")
     if output:
@@ -86,7 +91,7 @@ def sagemaker_job(name, work_dir, session=None):
     if hook_output and tensors_dir is None:
         # SageMaker syncs LocalPath to <S3OutputPath>/<job name>/debug-output.
         prefix = f"{hook_output.rstrip('/')}/{name}/debug-output"
-        tensors_dir = _download_prefix(s3, prefix, Path(work_dir) / "output" / constants.TENSORS_FOLDER)
+        tensors_dir = _download_prefix(s3, prefix, MLPaths(work_dir).tensors)
     return JobFiles(name=name, data_dir=data_dir, tensors_dir=tensors_dir, log_lines=_cloudwatch_lines(session, name),
                     hyperparameters=job.get("HyperParameters", {}))
 
@@ -147,9 +152,7 @@ def _cloudwatch_lines(session, name):
 # ----------------------------------------------------------------------------------------- data
 def loss_series(tensors_dir):
     """{'train': (global steps, losses), 'valid': (...)} from the smdebug tensors."""
-    import os
-
-    os.environ.setdefault("SMDEBUG_LOG_LEVEL", "warning")
+    os.environ.setdefault("SMDEBUG_LOG_LEVEL", "warning")  # before smdebug's import, which reads it
     from smdebug import modes
     from smdebug.trials import create_trial
 

@@ -3,7 +3,7 @@
 SageMaker's batch transform (SplitType None) sends every object under the input prefix as one request
 to `/invocations` and writes the answer to `<output>/<the object's key relative to the prefix>.out`; the
 first refused object fails the job. `run` does the same over a folder, against the real `serve` started
-by `local_serving.deploy` (as a process or in the image), with one worker's requests queued per worker,
+by `local.serving.deploy` (as a process or in the image), with one worker's requests queued per worker,
 so the same `.out` files come out. `summarize` reads such a folder (local or downloaded from S3) into
 a CSV: file, top-1 label, probability, top-k.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from image_classifier.serving import settings as serving_settings
 
-from . import LauncherError, local_serving
+from . import LauncherError
+from .local import client, serving, trees
 
 OUT_SUFFIX = ".out"  # SageMaker's name for a transform's answer: <input file name>.out
 SUMMARY_FILE = "summary.csv"
@@ -88,7 +89,7 @@ class Progress:
 
 def transform_one(port, file):
     """(status, body) of one picture sent as SageMaker's transform sends it: its bytes, its content type."""
-    return local_serving.invoke(port, Path(file).read_bytes(), local_serving.content_type_of(Path(file)))
+    return client.invoke(port, Path(file).read_bytes(), client.content_type_of(Path(file)))
 
 
 def run(data_dir, out_dir, port, max_concurrent, skip_bad=False, progress_stream=None):
@@ -124,7 +125,7 @@ def run(data_dir, out_dir, port, max_concurrent, skip_bad=False, progress_stream
                     target.write_bytes(body)
                     done += 1
                 else:
-                    bad.append((file, status, local_serving.error_message(body)))
+                    bad.append((file, status, client.error_message(body)))
                     if not skip_bad:
                         progress.update(done, len(bad), final=True)
                         for other in in_flight:
@@ -181,7 +182,7 @@ def local(data_dir, out_dir, model=None, mode="auto", port=DEFAULT_PORT, max_con
     if max_concurrent < 1:
         raise LauncherError("--max-concurrent must be at least 1.")
     files = input_files(data_dir)  # checked before the server starts
-    local_serving.deploy(model=model, port=port, mode=mode, detach=True)
+    serving.deploy(model=model, port=port, mode=mode, detach=True)
     try:
         print(f"Transforming {len(files)} file(s) from {data_dir} into {out_dir}, {max_concurrent} request(s) "
               "in flight ...", flush=True)
@@ -189,8 +190,8 @@ def local(data_dir, out_dir, model=None, mode="auto", port=DEFAULT_PORT, max_con
         done, bad = run(data_dir, out_dir, port, max_concurrent, skip_bad)
         seconds = time.perf_counter() - started
     finally:
-        local_serving.delete(port)
-        shutil.rmtree(local_serving.server_dir(port) / "model", ignore_errors=True)  # a copy; the log stays
+        serving.delete(port)
+        shutil.rmtree(trees.server_dir(port) / "model", ignore_errors=True)  # a copy; the log stays
     print(f"{done} picture(s) transformed in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} pictures/s).")
     if bad:
         print(f"{len(bad)} bad picture(s) skipped:")
@@ -230,8 +231,8 @@ def max_concurrent_transforms(instance_type):
 def job_content_type(keys):
     """The one ContentType of a transform job: the pictures' own when they all share it, else
     application/x-image (the server reads any picture format under it)."""
-    types = {local_serving.content_type_of(Path(key)) for key in keys}
-    return types.pop() if len(types) == 1 else local_serving.RAW_PICTURE_TYPE
+    types = {client.content_type_of(Path(key)) for key in keys}
+    return types.pop() if len(types) == 1 else client.RAW_PICTURE_TYPE
 
 
 def s3_keys(s3, uri):

@@ -49,14 +49,14 @@ def make_dataset(root, per_split=None, classes=TINY_CLASSES, nested=True):
 
 def train_job(tmp_path, hyperparameters=None, channels=None, name="job", echo=False):
     """Run the real training job (toolkit `train` subprocess) over an /opt/ml tree; returns the LocalJob."""
-    from launcher import local_training
+    from launcher.local import process as local_process, trees
 
     if channels is None:
         channels = {"train": make_dataset(tmp_path / "data")}
     hps = dict(TINY_HYPERPARAMETERS, **(hyperparameters or {}))
-    job = local_training.prepare_job(tmp_path / "jobs", name, channels, hps)
-    exit_code = local_training.run_process(job, echo=echo)
-    local_training.finish(job)
+    job = trees.prepare_job(tmp_path / "jobs", name, channels, hps)
+    exit_code = local_process.train(job, echo=echo)
+    trees.finish(job)
     return job, exit_code
 
 

@@ -19,7 +19,7 @@ from conftest import make_dataset, train_job
 from moto_server import moto_url, reset  # noqa: F401 - moto_url is a fixture
 from image_classifier.config import Hyperparameters
 from image_classifier.metrics import METRIC_DEFINITIONS, format_metrics, parse_metrics
-from launcher import aws
+from launcher import aws, cli
 
 ACCOUNT = "123456789012"  # moto's account
 REGION = "us-east-1"
@@ -275,8 +275,8 @@ def test_train_from_tuning_sends_the_estimator_the_launcher_configures(cloud, ca
     assert request["EnableManagedSpotTraining"] is True
     assert request["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/image-classifier/checkpoints/ic-train-1/"}
     stopping = request["StoppingCondition"]
-    assert stopping["MaxRuntimeInSeconds"] == launch.MAX_RUN_SECONDS
-    assert stopping["MaxWaitTimeInSeconds"] == 2 * launch.MAX_RUN_SECONDS
+    assert stopping["MaxRuntimeInSeconds"] == cli.MAX_RUN_SECONDS
+    assert stopping["MaxWaitTimeInSeconds"] == 2 * cli.MAX_RUN_SECONDS
     hook = request["DebugHookConfig"]
     assert hook["S3OutputPath"] == f"s3://{BUCKET}/image-classifier/tensors"
     intervals = {c["CollectionName"]: c["CollectionParameters"]["save_interval"] for c in hook["CollectionConfigurations"]}
@@ -590,7 +590,7 @@ def test_predict_and_delete_need_no_bucket_and_report_no_role(cloud, capsys, upl
 
 def test_tuning_objective_is_a_metric_the_job_prints():
     names = {d["Name"] for d in METRIC_DEFINITIONS}
-    for objective in launch.build_parser()._subparsers._group_actions[0].choices["tune"]._option_string_actions[
+    for objective in cli.build_parser()._subparsers._group_actions[0].choices["tune"]._option_string_actions[
             "--objective"].choices:
         assert objective in names
     line = format_metrics(best_valid_loss=0.25, best_valid_acc=0.875)

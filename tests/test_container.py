@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from conftest import PROJECT_DIR, TINY_CLASSES, TINY_HYPERPARAMETERS, make_dataset
-from launcher import LauncherError, docker_image, docker_runner, local_training
+from launcher import LauncherError, docker_image
+from launcher.local import docker as local_docker, trees
 from training_state import assert_same_training_state, load_checkpoint
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -105,9 +106,9 @@ def test_the_image_holds_the_image_lock_and_no_development_package(image):
 # ------------------------------------------------------------------------------ docker run IMAGE train
 def run_job(image, tmp_path, name, hyperparameters):
     data = make_dataset(tmp_path / "data")
-    job = local_training.prepare_job(tmp_path / "jobs", name, {"train": data},
+    job = trees.prepare_job(tmp_path / "jobs", name, {"train": data},
                                      dict(TINY_HYPERPARAMETERS, **hyperparameters))
-    exit_code = docker_runner.run_training(job, image=image, echo=False)
+    exit_code = local_docker.train(job, image=image, echo=False)
     return job, exit_code
 
 
@@ -119,7 +120,7 @@ def test_train_in_the_image_writes_the_model_and_success(image, tmp_path):
     metadata = json.loads((job.dir / "model" / "model.json").read_text())
     assert metadata["arch"] == "resnet18"
     assert job.succeeded and job.failure_reason is None
-    metrics = local_training.finish(job)  # the launcher's metric regexes read the container's output
+    metrics = trees.finish(job)  # the launcher's metric regexes read the container's output
     assert 0 <= metrics["test_acc"] <= 1 and "train_loss" in metrics
     assert job.model_tar.is_file()
 
@@ -139,23 +140,23 @@ def test_docker_stop_then_restart_on_the_same_opt_ml_resumes_bit_for_bit(image, 
     an uninterrupted run in the image."""
     data = make_dataset(tmp_path / "data", {"train": 60, "valid": 2, "test": 2})
     hps = dict(TINY_HYPERPARAMETERS, epochs="6", workers="2", **{"image-size": "64"})  # ~23 steps per epoch
-    reference = local_training.prepare_job(tmp_path / "jobs", "reference", {"train": data}, hps)
-    assert docker_runner.run_training(reference, image=image, echo=False) == 0, reference.log_file.read_text()[-3000:]
+    reference = trees.prepare_job(tmp_path / "jobs", "reference", {"train": data}, hps)
+    assert local_docker.train(reference, image=image, echo=False) == 0, reference.log_file.read_text()[-3000:]
 
-    job = local_training.prepare_job(tmp_path / "jobs", "stopped", {"train": data}, hps)
+    job = trees.prepare_job(tmp_path / "jobs", "stopped", {"train": data}, hps)
     with open(job.log_file, "wb") as log_out:
-        run = subprocess.Popen(docker_runner.training_command(job, image), stdout=log_out, stderr=subprocess.STDOUT)
+        run = subprocess.Popen(local_docker.training_command(job, image), stdout=log_out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
         while "epoch=1 " not in job.log_file.read_text(errors="replace"):
             assert run.poll() is None and time.monotonic() < deadline, job.log_file.read_text()[-3000:]
             time.sleep(0.2)
         time.sleep(1)  # into epoch 2 (about 2 s long), past the epoch's own checkpoint
-        docker_image.docker("stop", "--time", "60", docker_runner.training_container(job), timeout=120)
+        docker_image.docker("stop", "--time", "60", local_docker.training_container(job), timeout=120)
         exit_code = run.wait(timeout=120)
     finally:
         if run.poll() is None:
-            docker_image.docker("rm", "-f", docker_runner.training_container(job), check=False, timeout=60)
+            docker_image.docker("rm", "-f", local_docker.training_container(job), check=False, timeout=60)
             run.wait(timeout=60)
     log = job.log_file.read_text(errors="replace")
     assert exit_code == 143, log[-3000:]  # 128 + SIGTERM
@@ -165,8 +166,8 @@ def test_docker_stop_then_restart_on_the_same_opt_ml_resumes_bit_for_bit(image, 
     assert (inside and int(inside.group(1)) == stopped_step) or "Stopped by SIGTERM after epoch" in log, log[-3000:]
     assert not job.succeeded
 
-    job = local_training.prepare_job(tmp_path / "jobs", "stopped", {"train": data}, hps)  # the same tree
-    assert docker_runner.run_training(job, image=image, echo=False) == 0, job.log_file.read_text()[-3000:]
+    job = trees.prepare_job(tmp_path / "jobs", "stopped", {"train": data}, hps)  # the same tree
+    assert local_docker.train(job, image=image, echo=False) == 0, job.log_file.read_text()[-3000:]
     assert job.succeeded
     assert re.search(rf"Resuming from /opt/ml/checkpoints/checkpoint\.pth at global step {stopped_step} ",
                      job.log_file.read_text(errors="replace"))
@@ -177,7 +178,7 @@ def test_docker_stop_then_restart_on_the_same_opt_ml_resumes_bit_for_bit(image, 
 # ------------------------------------------------------------------------------ docker run IMAGE serve
 def test_serve_in_the_image_answers_ping_and_invocations(image, trained_model_dir):
     port = free_port()
-    docker_runner.serve(trained_model_dir, port, detach=True, image=image,
+    local_docker.serve(trained_model_dir, port, detach=True, image=image,
                         env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
     try:
         base = f"http://127.0.0.1:{port}"
@@ -194,8 +195,8 @@ def test_serve_in_the_image_answers_ping_and_invocations(image, trained_model_di
         assert status == 415 and "Traceback" not in body.decode()
         assert http(f"{base}/ping")[0] == 200  # still serving after a bad request
     finally:
-        assert docker_runner.stop(port)
-    assert not docker_runner.container_running(docker_runner.serving_container(port))
+        assert local_docker.stop(port)
+    assert not local_docker.container_running(local_docker.serving_container(port))
 
 
 # ------------------------------------------------------------------ launch.py --local docker, as in README
@@ -223,7 +224,7 @@ def test_launch_py_trains_deploys_and_predicts_in_the_image(image, tmp_path, mon
     finally:
         assert launch.main(["delete", "--local", "--port", str(port)]) == 0
     assert "Stopped the model server container" in capsys.readouterr().out
-    assert not docker_runner.container_running(docker_runner.serving_container(port))
+    assert not local_docker.container_running(local_docker.serving_container(port))
 
 
 # ------------------------------------------------------------------------- the SageMaker SDK's local mode

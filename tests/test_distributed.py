@@ -16,7 +16,7 @@ from image_classifier.data import EpochSampler, PictureDataset, build_transforms
 from image_classifier.metrics import parse_metrics
 from image_classifier.config import Hyperparameters
 from image_classifier.model import build_model, load_artifact
-from launcher import local_hosts, local_training
+from launcher.local import hosts, process as local_process, processes, trees
 from conftest import PROJECT_DIR, TINY_HYPERPARAMETERS, make_dataset
 
 # Two processes on this host: the toolkit's torchrun runner, its processes-per-host setting.
@@ -56,14 +56,14 @@ def test_a_resumed_shard_continues_where_it_stopped():
 # ------------------------------------------------------------------------------------ real jobs
 def two_process_job(tmp_path, name, data, **hps):
     hyperparameters = dict(TINY_HYPERPARAMETERS, **TWO_PROCESSES, **hps)
-    return local_hosts.prepare_hosts(tmp_path / "jobs", name, {"train": data}, hyperparameters, 1)[0]
+    return hosts.prepare_hosts(tmp_path / "jobs", name, {"train": data}, hyperparameters, 1)[0]
 
 
 def start(job):
     """The host's `train` (toolkit, framework module, torchrun) as a process of its own group."""
     train = os.path.join(os.path.dirname(sys.executable), "train")
     return subprocess.Popen([train], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=local_hosts.host_environment(job), start_new_session=True)
+                            env=local_process.host_environment(job), start_new_session=True)
 
 
 def output_until(process, prefix):
@@ -100,8 +100,8 @@ def reference(tmp_path_factory, data):
     """An uninterrupted two-process job of two epochs."""
     tmp = tmp_path_factory.mktemp("reference")
     job = two_process_job(tmp, "reference", data, epochs="2")
-    exit_code = local_hosts.run_hosts([job], echo=False)
-    local_training.finish(job)
+    exit_code = local_process.train_hosts([job], echo=False)
+    trees.finish(job)
     assert exit_code == 0 and job.succeeded, job.log_file.read_text()[-4000:]
     return job
 
@@ -128,7 +128,9 @@ def test_two_processes_write_one_model_one_checkpoint_and_reduced_metrics(refere
     metrics = parse_metrics(log.splitlines())
     assert metrics["epoch"] == [1.0, 2.0] and len(metrics["test_loss"]) == 1
     assert sorted(p.name for p in (reference.dir / "model").iterdir()) == ["model.json", "model.pth"]
-    assert sorted(p.name for p in (reference.dir / "checkpoints").iterdir()) == ["best.pth", "checkpoint.pth"]
+    # One checkpoint (with the copy of the one before it, kept in case the newest does not load), no per-rank files.
+    assert sorted(p.name for p in (reference.dir / "checkpoints").iterdir()) == [
+        "best.pth", "checkpoint.previous.pth", "checkpoint.pth"]
     # Valid and test figures are reduced over both shards: equal to one process evaluating the same weights.
     last = torch.load(reference.dir / "checkpoints" / "checkpoint.pth", weights_only=True)["model"]
     valid_loss, valid_acc = evaluate_alone(last, data, "valid")
@@ -150,17 +152,17 @@ def test_sigterm_stops_every_rank_and_a_restart_ends_where_an_uninterrupted_job_
     seen = output_until(process, "epoch=1 ")
     for worker in workers(process).values():  # SageMaker's stop reaches every process
         worker.send_signal(signal.SIGTERM)
-    os.killpg(process.pid, signal.SIGTERM)
+    processes.signal_tree(process.pid, signal.SIGTERM)
     seen += process.stdout.readlines()
     assert process.wait(timeout=180) != 0
-    local_training._wait_group(process.pid)
+    processes.wait_tree(process.pid)
     log = "".join(seen)
     stops = re.findall(r"Stopped by SIGTERM (in epoch \d+ at step \d+|after epoch \d+)", log)
     assert len(stops) == 2 and len(set(stops)) == 1, log[-4000:]  # both ranks, at the same step
     assert (job.dir / "checkpoints" / "checkpoint.pth").is_file() and not job.succeeded
 
     job = two_process_job(tmp_path, "interrupted", data, epochs="2")
-    assert local_hosts.run_hosts([job], echo=False) == 0 and job.succeeded, job.log_file.read_text()[-4000:]
+    assert local_process.train_hosts([job], echo=False) == 0 and job.succeeded, job.log_file.read_text()[-4000:]
     assert "Resuming from" in job.log_file.read_text()
     expected = torch.load(reference.dir / "model" / "model.pth", weights_only=True)
     resumed = torch.load(job.dir / "model" / "model.pth", weights_only=True)
@@ -180,7 +182,7 @@ def test_a_dead_or_stuck_rank_fails_the_job_with_a_failure_file(tmp_path, data, 
     try:
         process.stdout.read()
         assert process.wait(timeout=300) != 0
-        local_training._wait_group(process.pid)
+        processes.wait_tree(process.pid)
     finally:
         for worker in ranks.values():  # none should be left; a stopped one would hold the test
             try:

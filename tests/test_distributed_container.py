@@ -10,7 +10,8 @@ import pytest
 
 from conftest import TINY_HYPERPARAMETERS, make_dataset
 from test_container import containers_of, image  # noqa: F401 - the content-hashed image fixture
-from launcher import docker_image, docker_runner, local_training
+from launcher import docker_image
+from launcher.local import docker as local_docker, trees
 from image_classifier.cuda_check import PROBE_ROOT_ENV
 from test_gpu import DRIVER_BANNER
 
@@ -49,9 +50,9 @@ def test_serve_and_train_in_the_image_fail_on_a_driver_torch_cannot_use(image, t
     assert "a CUDA 12.8 build, which needs NVIDIA driver 525 or newer" in served.stderr
 
     data = make_dataset(tmp_path / "data", {"train": 2, "valid": 1})
-    job = local_training.prepare_job(tmp_path / "jobs", "fake-driver", {"train": data}, TINY_HYPERPARAMETERS)
+    job = trees.prepare_job(tmp_path / "jobs", "fake-driver", {"train": data}, TINY_HYPERPARAMETERS)
     fake_driver_tree(job.dir / "fake-driver")  # inside the job tree, which is mounted at /opt/ml
-    exit_code = docker_runner.run_training(job, image=image, echo=False,
+    exit_code = local_docker.train(job, image=image, echo=False,
                                            env={PROBE_ROOT_ENV: "/opt/ml/fake-driver"})
     assert exit_code != 0 and not job.succeeded
     assert job.failure_reason.startswith("NVIDIA GPUs are present (driver 470.82.01")

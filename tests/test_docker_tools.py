@@ -130,9 +130,10 @@ def test_cached_tag_follows_the_image_inputs(tmp_path, monkeypatch):
 
 
 def test_configured_image_reads_what_build_and_push_recorded(tmp_path, monkeypatch):
+    import launcher
     from launcher import docker_image
 
-    monkeypatch.setattr(docker_image, "IMAGE_URI_FILE", tmp_path / ".image-uri")
+    monkeypatch.setattr(launcher, "IMAGE_URI_FILE", tmp_path / ".image-uri")
     monkeypatch.delenv("IMAGE_URI_FILE", raising=False)
     assert docker_image.configured_image() == "image-classifier:latest"
     (tmp_path / ".image-uri").write_text("123456789012.dkr.ecr.eu-west-1.amazonaws.com/image-classifier:abc\n")
@@ -143,12 +144,12 @@ def test_configured_image_reads_what_build_and_push_recorded(tmp_path, monkeypat
 
 
 def test_training_command_runs_the_job_like_sagemaker(tmp_path, monkeypatch):
-    from launcher import docker_runner, local_training
+    from launcher.local import docker as local_docker, trees
 
-    monkeypatch.setattr(docker_runner, "gpu_args", lambda: [])
+    monkeypatch.setattr(local_docker, "gpu_args", lambda: [])
     data = make_dataset(tmp_path / "data", per_split={"train": 1})
-    job = local_training.prepare_job(tmp_path / "jobs", "my_job", {"train": data}, TINY_HYPERPARAMETERS)
-    command = docker_runner.training_command(job, "img:1")
+    job = trees.prepare_job(tmp_path / "jobs", "my_job", {"train": data}, TINY_HYPERPARAMETERS)
+    command = local_docker.training_command(job, "img:1")
     assert command[:3] == ["docker", "run", "--rm"]
     assert command[-2:] == ["img:1", "train"]
     assert command[command.index("--hostname") + 1] == "algo-1"
@@ -159,10 +160,11 @@ def test_training_command_runs_the_job_like_sagemaker(tmp_path, monkeypatch):
 
 
 def test_channel_that_vanished_is_a_clear_error(tmp_path):
-    from launcher import LauncherError, docker_runner, local_training
+    from launcher import LauncherError
+    from launcher.local import docker as local_docker, trees
 
     data = make_dataset(tmp_path / "data", per_split={"train": 1})
-    job = local_training.prepare_job(tmp_path / "jobs", "j", {"train": data}, TINY_HYPERPARAMETERS)
+    job = trees.prepare_job(tmp_path / "jobs", "j", {"train": data}, TINY_HYPERPARAMETERS)
     shutil.rmtree(data)
     with pytest.raises(LauncherError, match="Channel 'train'"):
-        docker_runner.training_command(job, "img:1")
+        local_docker.training_command(job, "img:1")

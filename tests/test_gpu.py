@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from image_classifier import cuda_check
-from launcher import local_hosts, local_training
+from launcher.local import hosts, process as local_process, trees
 from conftest import TINY_HYPERPARAMETERS, make_dataset, train_job
 
 # What a T4 host on SageMaker's default inference driver shows (driver 470: CUDA 11.4 at most).
@@ -113,9 +113,9 @@ def test_nccl_data_parallel_on_every_visible_gpu(tmp_path):
     gpus = torch.cuda.device_count()
     data = make_dataset(tmp_path / "data", {"train": 16, "valid": 6, "test": 6})
     hps = dict(TINY_HYPERPARAMETERS, epochs="2", amp="true", sagemaker_torch_distributed_enabled="true")
-    jobs = local_hosts.prepare_hosts(tmp_path / "jobs", "nccl", {"train": data}, hps, 1)
-    exit_code = local_hosts.run_hosts(jobs, echo=False)
-    local_training.finish(jobs[0])
+    jobs = hosts.prepare_hosts(tmp_path / "jobs", "nccl", {"train": data}, hps, 1)
+    exit_code = local_process.train_hosts(jobs, echo=False)
+    trees.finish(jobs[0])
     log = jobs[0].log_file.read_text()
     assert exit_code == 0 and jobs[0].succeeded, log[-3000:]
     assert f"1 host(s) x {gpus} process(es) under torchrun" in log and log.count("epoch=2 ") == 1

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torchvision
 
-from image_classifier.model import (ArtifactError, ModelConfig, PretrainedWeightsError, atomic_write, build_model,
-                                    load_artifact, pretrained_state, save_artifact, set_trainable)
+from image_classifier.contract import atomic_write
+from image_classifier.model import (ArtifactError, ModelConfig, PretrainedWeightsError, build_model, load_artifact,
+                                    pretrained_state, save_artifact, set_trainable)
 
 
 def test_artifact_round_trip(tmp_path):

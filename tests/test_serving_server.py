@@ -13,7 +13,7 @@ import pytest
 import launch
 import serving_harness as harness
 import serving_samples as samples
-from launcher import local_serving
+from launcher.local import trees
 from serving_harness import SERVE, free_port, invoke, request
 
 pytestmark = harness.require_java(pytest)
@@ -178,7 +178,7 @@ def test_serve_refuses_a_missing_model(tmp_path):
 class TestLauncher:
     @pytest.mark.slow
     def test_deploy_detached_predict_delete(self, trained_model_dir, tmp_path, monkeypatch, capsys):
-        monkeypatch.setattr(local_serving, "SERVING_DIR", tmp_path / "serving")
+        monkeypatch.setattr(trees, "SERVING_DIR", tmp_path / "serving")
         model_tar = tmp_path / "model.tar.gz"
         with tarfile.open(model_tar, "w:gz") as tar:
             for path in sorted(trained_model_dir.iterdir()):

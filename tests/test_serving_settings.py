@@ -93,10 +93,10 @@ def test_the_mms_config_keeps_the_management_api_off_tcp(tmp_path):
 
 
 def test_a_local_docker_deploy_passes_this_shell_s_serving_settings(monkeypatch):
-    from launcher import docker_runner
+    from launcher.local import docker as local_docker
 
-    monkeypatch.setattr(docker_runner, "gpu_args", lambda: [])
-    command = docker_runner.serving_command("c", 28080, "/m", "img", environ={
+    monkeypatch.setattr(local_docker, "gpu_args", lambda: [])
+    command = local_docker.serving_command("c", 28080, "/m", "img", environ={
         settings.PIXEL_BUDGET_ENV: "2000000", settings.PORT_ENV: "9999", "HOME": "/root"})
     assert command[-2:] == ["img", "serve"] and "127.0.0.1:28080:8080" in command
     assert f"{settings.PIXEL_BUDGET_ENV}=2000000" in command

@@ -18,7 +18,8 @@ import torch
 from conftest import TINY_HYPERPARAMETERS, make_dataset
 from image_classifier import constants
 from image_classifier.metrics import METRIC_DEFINITIONS, parse_metrics
-from launcher import LauncherError, local_training
+from launcher import LauncherError
+from launcher.local import process as local_process, processes, trees
 from training_state import assert_same_training_state, load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -36,25 +37,25 @@ JOB_TIMEOUT = 600  # seconds: a job that hangs (on a FIFO, say) fails its test i
 
 def run_train(job, env=None, preexec_fn=None, command=(TRAIN,)):
     """Run the job's process group to its end (killed after JOB_TIMEOUT); returns the exit status."""
-    environment = dict(local_training.process_environment(job), **(env or {}))
+    environment = dict(local_process.process_environment(job), **(env or {}))
     with open(job.log_file, "ab") as out:
         process = subprocess.Popen(list(command), env=environment, stdout=out, stderr=subprocess.STDOUT,
                                    preexec_fn=preexec_fn, start_new_session=True)
         try:
             exit_code = process.wait(timeout=JOB_TIMEOUT)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            processes.signal_tree(process.pid, signal.SIGKILL)
             process.wait()
             pytest.fail(f"the job did not end within {JOB_TIMEOUT} s: {log_of(job)[-2000:]}")
-    local_training._wait_group(process.pid, timeout=JOB_TIMEOUT)  # the toolkit may end before the script
+    processes.wait_tree(process.pid, timeout=JOB_TIMEOUT)  # the toolkit may end before the script
     return exit_code
 
 
 def run_job(jobs_dir, name, channels, hyperparameters, env=None):
     """The real job; `env`: extra environment variables. Returns (LocalJob, exit code)."""
-    job = local_training.prepare_job(jobs_dir, name, channels, dict(TINY_HYPERPARAMETERS, **hyperparameters))
+    job = trees.prepare_job(jobs_dir, name, channels, dict(TINY_HYPERPARAMETERS, **hyperparameters))
     exit_code = run_train(job, env)
-    local_training.finish(job)
+    trees.finish(job)
     return job, exit_code
 
 
@@ -130,7 +131,7 @@ def test_stop_inside_an_epoch_then_resume_ends_bit_for_bit_like_an_uninterrupted
 def test_a_truncated_checkpoint_is_set_aside_and_the_previous_one_resumes(reference, stopped, data, tmp_path):
     _, saved = stopped
     assert checkpoint_steps(saved) == {constants.CHECKPOINT_FILE: STOP_AT, constants.PREVIOUS_CHECKPOINT_FILE: 3}
-    job = local_training.prepare_job(tmp_path / "jobs", "damaged", {"train": data},
+    job = trees.prepare_job(tmp_path / "jobs", "damaged", {"train": data},
                                      dict(TINY_HYPERPARAMETERS, **RUN_HPS, workers="2"))
     shutil.rmtree(job.dir / "checkpoints")
     shutil.copytree(saved, job.dir / "checkpoints")
@@ -154,7 +155,7 @@ def checkpoint_steps(folder):
 # ------------------------------------------------------------------- 3. a failure file for every failure
 def prepared(tmp_path, channels=None, hyperparameters=None):
     channels = channels or {"train": make_dataset(tmp_path / "data", {"train": 2, "valid": 2})}
-    return local_training.prepare_job(tmp_path / "jobs", "job", channels,
+    return trees.prepare_job(tmp_path / "jobs", "job", channels,
                                       dict(TINY_HYPERPARAMETERS, **(hyperparameters or {})))
 
 
@@ -263,7 +264,7 @@ def test_job_names_that_are_not_one_safe_path_component_are_refused(tmp_path, na
     (victim / "keep.txt").write_text("precious")
     data = make_dataset(tmp_path / "data", {"train": 1, "valid": 1})
     with pytest.raises(LauncherError, match="is not allowed"):
-        local_training.prepare_job(tmp_path / "jobs", name, {"train": data}, TINY_HYPERPARAMETERS)
+        trees.prepare_job(tmp_path / "jobs", name, {"train": data}, TINY_HYPERPARAMETERS)
     assert (victim / "keep.txt").read_text() == "precious"
     assert not (tmp_path / "jobs").exists()
 

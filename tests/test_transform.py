@@ -21,9 +21,9 @@ pytestmark = require_java(pytest)
 @pytest.fixture(autouse=True)
 def serving_dir_in_tmp(tmp_path, monkeypatch):
     """The local model server's folder (model copy, log) in the test's own tmp_path, not local_jobs/."""
-    from launcher import local_serving
+    from launcher.local import trees
 
-    monkeypatch.setattr(local_serving, "SERVING_DIR", tmp_path / "serving")
+    monkeypatch.setattr(trees, "SERVING_DIR", tmp_path / "serving")
 
 
 def run(capsys, *argv):

@@ -10,7 +10,6 @@ import os
 import pickle
 import platform
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torchvision
 from torch import nn
 
 from . import __version__, constants
+from .contract import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -107,34 +107,6 @@ def pretrained_state(arch, channel_dir=None, allow_download=False):
 _FIX_HINT = ("Fix: give the weights file as a 'pretrained' channel, build the image with "
              "--build-arg BAKE_WEIGHTS=true, set weights-download=true where the job has internet, "
              "or train from scratch with pretrained=false.")
-
-
-def atomic_write(path, write, keep_previous=None):
-    """`write(tmp)` to a unique temporary file beside `path`, fsync it, rename it over `path`, fsync the
-    folder: a reader (or a restarted job) sees the old file or the new one, never half of one, even after a
-    crash or a power cut. `keep_previous`: a path to move the current file to first (the last good one)."""
-    path = Path(path)
-    descriptor, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        _fsync(tmp)
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
-
-
-def _fsync(path):
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def load_weights(path):

@@ -27,13 +27,14 @@ from torch import nn
 
 from . import constants
 from .config import HyperparameterError, Hyperparameters
+from .contract import atomic_write
 from .cuda_check import GpuUnusableError
 from .data import DataError, EpochSampler, PictureDataset, build_transforms, load_splits, make_loader
 from .debugging import DebuggerConfigError, TensorRecorder
 from .distributed import Distributed
 from .environment import EnvironmentConfigError, TrainingEnvironment, failure_file
 from .metrics import format_metrics, quote_for_log
-from .model import (ArtifactError, ModelConfig, PretrainedWeightsError, atomic_write, build_model, load_weights,
+from .model import (ArtifactError, ModelConfig, PretrainedWeightsError, build_model, load_weights,
                     pretrained_state, save_artifact, set_trainable, unwrap)
 from .profiling import Profiling
 

@@ -1,10 +1,11 @@
-"""Run the image on this machine exactly as SageMaker starts it: `docker run IMAGE train|serve`.
+"""The docker backend: the image on this machine, run exactly as SageMaker starts it: `docker run IMAGE train|serve`.
 
-Training: the job's `/opt/ml` tree (made by `local_training.prepare_job`) is mounted at `/opt/ml`, the
+Training: the job's `/opt/ml` tree (made by `trees.prepare_job`) is mounted at `/opt/ml`, the
 container's host name is `algo-1` (the name in resourceconfig.json), and the output goes live to the
 job's train.log; SIGTERM/Ctrl-C reaches the job through the docker CLI's signal proxy and tini.
 Serving: the model folder is mounted read-only at `/opt/ml/model` and the container's port 8080 is
 published on 127.0.0.1:PORT; the container is named after the port so `stop(port)` finds it.
+Several training hosts: each is a container named algo-N on a docker network of the job's own.
 """
 import hashlib
 import os
@@ -14,19 +15,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+from image_classifier.contract import CONTAINER_PATHS, DEFAULT_HOST, SERVING_PORT, MLPaths
 from image_classifier.serving import settings as serving_settings
 
-from . import LauncherError
-from .docker_image import configured_image, docker, engine_problem, image_available, image_exists, require_image
-from .local_serving import LOCAL_HOST, READY_TIMEOUT_SECONDS, wait_for_prediction
-from .local_training import HOST, stream
+from .. import LauncherError
+from ..docker_image import configured_image, docker, engine_problem, image_available, image_exists, require_image
+from .client import LOCAL_HOST, READY_TIMEOUT_SECONDS, invocations_url, wait_for_prediction
+from .hosts import CONTAINER_INTERFACE, host_names, run_hosts
+from .processes import OFF_AWS_ENV, stream
 
-CONTAINER_BASE_DIR = "/opt/ml"
-CONTAINER_PORT = 8080  # SageMaker's serving port
+MODE = "docker"
+HOST_INTERFACE = CONTAINER_INTERFACE
+HIGHEST_PORT = 65535  # in the image, MMS itself listens on SageMaker's port; docker publishes any
 SHM_SIZE = "2g"  # DataLoader workers share tensors through /dev/shm (docker's default is 64 MB)
 STOP_TIMEOUT_SECONDS = 30
-# Off AWS there is no instance metadata service: without this, boto-based code waits on it.
-LOCAL_ENV = {"AWS_EC2_METADATA_DISABLED": "true"}
 # Serving settings a local `deploy --local docker` passes from this shell into the container, as a
 # process-mode server inherits them (not the port or the address: the container serves on 0.0.0.0:8080).
 SERVING_SETTINGS_ENV = (serving_settings.WORKERS_ENV, serving_settings.TORCH_THREADS_ENV,
@@ -35,11 +37,9 @@ SERVING_SETTINGS_ENV = (serving_settings.WORKERS_ENV, serving_settings.TORCH_THR
                         serving_settings.MAX_BATCH_ENV, serving_settings.FORWARD_BATCH_ENV,
                         serving_settings.TOP_K_ENV, serving_settings.OPTIMIZE_ENV, serving_settings.JVM_ARGS_ENV)
 
-__all__ = ["image_available", "run_training", "serve", "stop", "serving_container"]
-
 
 def _env_args(env):
-    return [arg for key, value in {**LOCAL_ENV, **(env or {})}.items() for arg in ("-e", f"{key}={value}")]
+    return [arg for key, value in {**OFF_AWS_ENV, **(env or {})}.items() for arg in ("-e", f"{key}={value}")]
 
 
 def gpu_args():
@@ -64,9 +64,9 @@ def training_command(job, image, env=None):
     """The `docker run ... IMAGE train` command for a LocalJob (its channels are symlinks to data
     folders: each source is mounted read-only at its own path so the links resolve in the container)."""
     job_dir = Path(job.dir).resolve()
-    command = ["docker", "run", "--rm", "--name", training_container(job), "--hostname", HOST,
-               "--shm-size", SHM_SIZE, "-v", f"{job_dir}:{CONTAINER_BASE_DIR}"]
-    data_dir = job_dir / "input" / "data"
+    command = ["docker", "run", "--rm", "--name", training_container(job), "--hostname", DEFAULT_HOST,
+               "--shm-size", SHM_SIZE, "-v", f"{job_dir}:{CONTAINER_PATHS.base}"]
+    data_dir = MLPaths(job_dir).data
     for channel in sorted(data_dir.iterdir()) if data_dir.is_dir() else []:
         if channel.is_symlink():
             source = channel.resolve()
@@ -78,12 +78,42 @@ def training_command(job, image, env=None):
     return command + gpu_args() + _env_args(env) + [image, "train"]
 
 
-def run_training(job, image=None, echo=True, env=None):
+def train(job, image=None, echo=True, env=None):
     """Run the job in the image; output streams to the terminal and job.log_file. Returns the exit code."""
     image = require_image(image)
     command = training_command(job, image, env)
     print(f"local mode: docker ({image})")
     return stream(command, job.log_file, echo=echo)
+
+
+def network(jobs):
+    """The docker network the hosts' containers share (named after the job's folder, like the containers)."""
+    return f"{training_container(jobs[0])}-net"
+
+
+def host_commands(jobs, image):
+    """(command, None) per host: `docker run IMAGE train` with the host's tree at /opt/ml, its name as host
+    name and network alias on the job's own docker network (docker's DNS resolves algo-1, algo-2)."""
+    job_network = network(jobs)
+    commands = []
+    for job, host in zip(jobs, host_names(len(jobs))):
+        command = training_command(job, image)
+        command[command.index("--hostname") + 1] = host
+        at = command.index(image)
+        commands.append((command[:at] + ["--network", job_network, "--network-alias", host] + command[at:], None))
+    return commands
+
+
+def train_hosts(jobs, image=None, echo=True):
+    """Each host as a container of the image on a docker network of its own, as SageMaker runs them."""
+    image = require_image(image)
+    job_network = network(jobs)
+    docker("network", "create", job_network, timeout=60)
+    try:
+        print(f"local mode: docker ({image}), {len(jobs)} containers on network {job_network}")
+        return run_hosts(jobs, host_commands(jobs, image), echo)
+    finally:
+        docker("network", "rm", job_network, check=False, timeout=60)
 
 
 # ----------------------------------------------------------------------------------------- serving
@@ -96,8 +126,8 @@ def serving_command(name, port, model_dir, image, env=None, environ=None):
     and the serving settings of this shell (`environ`) passed in, as a process-mode server inherits them."""
     environ = os.environ if environ is None else environ
     env = {**{key: environ[key] for key in SERVING_SETTINGS_ENV if key in environ}, **(env or {})}
-    return ["run", "-d", "--name", name, "-p", f"{LOCAL_HOST}:{port}:{CONTAINER_PORT}",
-            "-v", f"{model_dir}:{CONTAINER_BASE_DIR}/model:ro", *gpu_args(), *_env_args(env), image, "serve"]
+    return ["run", "-d", "--name", name, "-p", f"{LOCAL_HOST}:{port}:{SERVING_PORT}",
+            "-v", f"{model_dir}:{CONTAINER_PATHS.model}:ro", *gpu_args(), *_env_args(env), image, "serve"]
 
 
 def container_running(name):
@@ -105,7 +135,7 @@ def container_running(name):
     return result.returncode == 0 and result.stdout.strip() == "true"
 
 
-def serve(model_dir, port=8080, detach=False, image=None, env=None, ready_timeout=READY_TIMEOUT_SECONDS):
+def serve(model_dir, port=SERVING_PORT, detach=False, image=None, env=None, ready_timeout=READY_TIMEOUT_SECONDS):
     """Serve `model_dir` (model.pth + model.json) from the image on 127.0.0.1:`port`; returns once a
     prediction answers when `detach`, else follows the log until Ctrl-C and stops the container."""
     image = require_image(image)
@@ -126,7 +156,7 @@ def serve(model_dir, port=8080, detach=False, image=None, env=None, ready_timeou
     except BaseException:
         stop(port)
         raise
-    print(f"Model server ready: http://{LOCAL_HOST}:{port}/invocations (container {name})")
+    print(f"Model server ready: {invocations_url(port)} (container {name})")
     if detach:
         print(f"  stop: python launch.py delete --local --port {port}   (or: docker rm -f {name})")
         return name
@@ -152,16 +182,16 @@ def wait_until_ready(name, port, timeout):
 
 def stop(port):
     """Stop and remove the serving container on `port` (SIGTERM first, so MMS shuts down cleanly).
-    Returns True when there was one."""
+    Returns what was stopped, in words, or None when there was none."""
     name = serving_container(port)
     if shutil.which("docker") is None or docker("inspect", name, check=False, timeout=30).returncode != 0:
-        return False
+        return None
     docker("stop", "--time", str(STOP_TIMEOUT_SECONDS), name, check=False, timeout=STOP_TIMEOUT_SECONDS + 30)
     docker("rm", "-f", name, check=False, timeout=60)
-    return True
+    return f"the model server container on port {port}"
 
 
-if __name__ == "__main__":  # python -m launcher.docker_runner: is the image ready to run here?
+if __name__ == "__main__":  # python -m launcher.local.docker: is the image ready to run here?
     problem = engine_problem()
     print(problem or f"{configured_image()}: {'available' if image_exists(configured_image()) else 'not built'}")
     sys.exit(0 if image_available() else 1)

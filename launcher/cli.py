@@ -1,0 +1,230 @@
+"""launch.py's command line: every command's options, their defaults and their help.
+
+`build_parser()` only parses; launch.py maps `args.command` to its recipe. The defaults a recipe also
+applies itself (an option left out) are defined here once and imported there.
+"""
+import argparse
+from pathlib import Path
+
+from image_classifier.contract import DEFAULT_TOP_K, SERVING_PORT
+
+from . import LOCAL_JOBS_DIR, SAMPLE_DIR, aws
+from .local import MODES
+from .scaling import DEFAULT_TARGET_INVOCATIONS
+from .transform import DEFAULT_PORT as TRANSFORM_PORT, TRANSFORM_INSTANCE
+
+TRAINING_INSTANCE = "ml.g4dn.xlarge"  # one NVIDIA T4: the cheapest GPU instance
+ENDPOINT_INSTANCE = "ml.m5.large"     # CPU: one picture through a ResNet-50 takes a fraction of a second
+MAX_RUN_SECONDS = 3 * 3600            # a training job is stopped after this; spot jobs may wait as long again
+LAST = "last"                         # `--from-tuning` without a name: the tuning job recorded by `tune`
+TUNING_JOB_PREFIX = "ic-tune"         # tuning job names: 32 characters at most
+
+
+# Each command's one-line help (in `launch.py --help`) and its description (in `launch.py COMMAND --help`).
+COMMAND_HELP = {
+    "data": ("write the embedded sample dataset (digits) in the dogImages layout",
+        "Write scikit-learn's 1,797 handwritten digits as PNG files in the "
+        "dogImages layout (train/ valid/ test/, one folder per class)."),
+    "upload": ("copy a dataset folder to S3 (what is new or changed)",
+        "Copy a dataset folder (train/ valid/ test/, one sub-folder per class) "
+        "to S3, skipping files already there with the same size and MD5."),
+    "tune": ("hyperparameter tuning job on SageMaker (lr, batch-size)",
+        "A SageMaker hyperparameter tuning job over lr (0.001-0.1, log scale) "
+        "and batch-size (32-512); prints the best job and its values."),
+    "train": ("run the training job (locally with --local)",
+        "Run the training job. With --local it runs on this machine over "
+        "an /opt/ml-shaped tree in local_jobs/<job-name>/."),
+    "deploy": ("serve a model (locally with --local, or as a SageMaker endpoint)",
+        "Serve a model. With --local it runs the model server on this "
+        "machine and waits until the model answers."),
+    "predict": ("send pictures to a served model, print the top-k labels",
+        "Send each picture to the model and print its top-k labels."),
+    "delete": ("stop a served model (local server, or SageMaker endpoint)",
+        "Stop a served model: the local server with --local."),
+    "transform": ("classify a folder of pictures as a batch transform job (locally with --local)",
+        "Send every file under --data to the model, one request per picture as SageMaker's batch "
+        "transform does, and write its answer to OUT/<file>.out; then a summary CSV. The first "
+        "refused picture stops the job unless --skip-bad."),
+    "report": ("write an HTML report of a finished training job",
+        "One self-contained HTML page plus PNG figures: loss per step, "
+        "accuracy per epoch, test confusion matrix, rules, profiler, "
+        "hyperparameters."),
+}
+
+
+def positive_int(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 up, got {text!r}")
+    return int(text)
+
+
+def add_job_arguments(parser):
+    """Options of SageMaker training (and tuning) jobs."""
+    parser.add_argument("--instance-type", help=f"SageMaker: training instance (default {TRAINING_INSTANCE})")
+    parser.add_argument("--instance-count", type=positive_int, default=1, metavar="N",
+                        help="instances (data-parallel on every GPU of each); with --local process: emulated hosts")
+    parser.add_argument("--no-spot", action="store_true", help="SageMaker: on-demand instead of managed spot")
+    parser.add_argument("--max-run", type=int, default=MAX_RUN_SECONDS, metavar="SECONDS",
+                        help=f"SageMaker: stop a job after this long (default {MAX_RUN_SECONDS})")
+    parser.add_argument("--no-wait", action="store_true", help="SageMaker: return once the job is created")
+    parser.add_argument("--pretrained-weights", metavar="PATH|S3URI",
+                        help="a .pth state_dict (file, folder or s3:// URI) sent as the `pretrained` channel: "
+                             "ImageNet weights for offline or isolated jobs, or your own earlier model")
+    add_network_arguments(parser)
+    aws.add_arguments(parser)
+
+
+def add_network_arguments(parser):
+    """Options for locked-down accounts (also settable in the SageMaker SDK's config file)."""
+    parser.add_argument("--subnets", nargs="+", metavar="SUBNET", help="SageMaker: run in these VPC subnets")
+    parser.add_argument("--security-groups", nargs="+", metavar="SG", help="SageMaker: VPC security group ids")
+    parser.add_argument("--kms-key", metavar="KEY", help="SageMaker: KMS key for volumes and outputs")
+    parser.add_argument("--network-isolation", action="store_true",
+                        help="SageMaker: no network access from the container")
+
+
+def add_command(commands, name):
+    help_text, description = COMMAND_HELP[name]
+    return commands.add_parser(name, help=help_text, description=description)
+
+
+def add_local_port(parser):
+    parser.add_argument("--port", type=int, default=SERVING_PORT, help=f"local port (default {SERVING_PORT})")
+
+
+def add_local_mode(parser, help_text):
+    """`--local [auto|docker|process]`: the backend of a local run (alone: auto)."""
+    parser.add_argument("--local", nargs="?", const="auto", choices=MODES, help=help_text)
+
+
+def build_parser(description=None):
+    """launch.py's command line; `args.command` names the command to run. `description`: launch.py's own."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = add_command(commands, "data")
+    data.add_argument("--sample", choices=["digits"], default="digits", help="which sample (default: digits)")
+    data.add_argument("--dest", type=Path, default=SAMPLE_DIR, help=f"where to write it (default: {SAMPLE_DIR})")
+
+    upload = add_command(commands, "upload")
+    upload.add_argument("--data", required=True, help="dataset folder, e.g. dogImages")
+    upload.add_argument("--s3", help="destination (default: s3://BUCKET/image-classifier/data/<folder name>)")
+    upload.add_argument("--delete", action="store_true",
+                        help="also remove the objects under the destination that no longer exist locally")
+    aws.add_arguments(upload)
+
+    tune = add_command(commands, "tune")
+    tune.add_argument("--data", help="dataset in S3 (default: the one `upload` recorded)")
+    tune.add_argument("--hp", action="append", metavar="KEY=VALUE", help="fixed hyperparameter, repeatable")
+    tune.add_argument("--objective", choices=["best_valid_acc", "best_valid_loss"], default="best_valid_acc",
+                      help="the saved model's validation accuracy, maximised (default), or its loss, minimised")
+    tune.add_argument("--strategy", choices=["Bayesian", "Random"], default="Bayesian", help="search strategy")
+    tune.add_argument("--max-jobs", type=int, default=8, help="training jobs in all (default 8)")
+    tune.add_argument("--max-parallel-jobs", type=int, default=2, help="training jobs at a time (default 2)")
+    tune.add_argument("--warm-start", nargs="+", metavar="TUNING_JOB", help="start from earlier tuning jobs")
+    tune.add_argument("--job-name", help="tuning job name (default: ic-tune-<timestamp>, 32 characters at most)")
+    tune.add_argument("--trial-debugging", action="store_true",
+                      help="trials save tensors and run the rules (default: debug-hook=false rules=false)")
+    tune.add_argument("--attach", metavar="TUNING_JOB", help="wait for a tuning job started earlier, print its best")
+    add_job_arguments(tune)
+
+    train = add_command(commands, "train")
+    add_local_mode(train, "run on this machine: in the image (docker), as a plain process, or auto")
+    train.add_argument("--data", help="dataset folder (dogImages layout); default: the digits sample. "
+                                      "On SageMaker: an S3 URI, default: the one `upload` recorded")
+    train.add_argument("--hp", action="append", metavar="KEY=VALUE", help="hyperparameter, repeatable")
+    train.add_argument("--job-name", help="job name (default: image-classifier-<timestamp>)")
+    train.add_argument("--jobs-dir", type=Path, default=LOCAL_JOBS_DIR, help=argparse.SUPPRESS)
+    train.add_argument("--from-tuning", nargs="?", const=LAST, metavar="TUNING_JOB",
+                       help="start from the best values of this tuning job (no name: the one `tune` recorded)")
+    train.add_argument("--allow-interim", action="store_true",
+                       help="--from-tuning while the tuning job still runs (its best so far)")
+    train.add_argument("--builtin-rules", action="store_true",
+                       help="also run SageMaker's built-in Debugger rules (accounts with Debugger access only)")
+    train.add_argument("--no-debugger", action="store_true",
+                       help="SageMaker: no Debugger hook or profiler configuration (accounts without Debugger); "
+                            "the job's tensors and rules travel in its output data")
+    train.add_argument("--attach", metavar="JOB", help="SageMaker: follow a training job started earlier")
+    add_job_arguments(train)
+
+    deploy = add_command(commands, "deploy")
+    add_local_mode(deploy, "serve on this machine: in the image (docker), as a plain process, or auto")
+    deploy.add_argument("--model", type=Path,
+                        help="model.tar.gz or model folder (default: the newest successful local job's)")
+    add_local_port(deploy)
+    deploy.add_argument("--detach", action="store_true", help="return once the server is ready, leave it running")
+    deploy.add_argument("--job", help="SageMaker: the training job whose model to deploy (default: the last `train`)")
+    deploy.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
+    deploy.add_argument("--endpoint", help="SageMaker: endpoint (and model) name (default: image-classifier-<timestamp>)")
+    deploy.add_argument("--instance-type", help=f"SageMaker: endpoint instance (default {ENDPOINT_INSTANCE})")
+    deploy.add_argument("--instance-count", type=int, metavar="N", help="SageMaker: instances (default 1)")
+    deploy.add_argument("--autoscale", metavar="MIN:MAX",
+                        help="SageMaker: scale between MIN and MAX instances on invocations per instance")
+    deploy.add_argument("--target-invocations", type=float, default=DEFAULT_TARGET_INVOCATIONS, metavar="N",
+                        help="with --autoscale: invocations per instance per minute to keep (default "
+                             f"{DEFAULT_TARGET_INVOCATIONS}, from the measured throughput: see README)")
+    deploy.add_argument("--serverless", type=int, metavar="MEMORY_MB",
+                        help="SageMaker: a serverless endpoint (CPU) with this memory: 1024, 2048, ... 6144")
+    deploy.add_argument("--max-concurrency", type=int, default=5, metavar="N",
+                        help="with --serverless: concurrent requests at most (default 5)")
+    deploy.add_argument("--data-capture", type=int, metavar="PERCENT",
+                        help="SageMaker: capture this share of requests and answers to s3://BUCKET/image-classifier/capture/")
+    deploy.add_argument("--inference-ami", metavar="VERSION",
+                        help="SageMaker: the endpoint's InferenceAmiVersion on GPU types (default on ml.g*/ml.p*: "
+                             "one whose driver runs the image's CUDA 12, see README)")
+    deploy.add_argument("--sample-image", type=Path, help="SageMaker: picture for the first prediction "
+                                                          "(default: one of the uploaded dataset's test pictures)")
+    add_network_arguments(deploy)
+    aws.add_arguments(deploy)
+
+    predict = add_command(commands, "predict")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict.add_argument("--local", action="store_true", help="ask the locally served model")
+    add_local_port(predict)
+    predict.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"labels per picture (default {DEFAULT_TOP_K})")
+    predict.add_argument("--json", action="store_true", help="print the raw JSON response")
+    predict.add_argument("--endpoint", help="SageMaker endpoint (default: the one `deploy` recorded)")
+    aws.add_arguments(predict)
+
+    delete = add_command(commands, "delete")
+    delete.add_argument("--local", action="store_true", help="stop the local model server")
+    add_local_port(delete)
+    delete.add_argument("--endpoint", help="SageMaker endpoint to delete with its config and model "
+                                           "(default: the one `deploy` recorded)")
+    delete.add_argument("--all", action="store_true",
+                        help="SageMaker: every endpoint, endpoint config and model tagged project=image-classifier")
+    delete.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
+    aws.add_arguments(delete)
+
+    transform = add_command(commands, "transform")
+    add_local_mode(transform, "run on this machine: the model server in the image (docker), as a process, or auto")
+    transform.add_argument("--data", help="folder of pictures with --local, else an s3:// prefix "
+                                          "(every file under it is sent)")
+    transform.add_argument("--output", help="where the .out files go (default: <data>-transform beside it; "
+                                            "SageMaker: s3://BUCKET/image-classifier/transform/<job>)")
+    transform.add_argument("--model", type=Path,
+                           help="model.tar.gz or model folder (default: the newest successful local job's)")
+    transform.add_argument("--port", type=int, default=TRANSFORM_PORT,
+                           help=f"the local model server's port (default {TRANSFORM_PORT})")
+    transform.add_argument("--max-concurrent", type=int, metavar="N",
+                           help="requests in flight (per instance on SageMaker; default: two per model-server worker)")
+    transform.add_argument("--job", help="SageMaker: the training job whose model to use (default: the last `train`)")
+    transform.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
+    transform.add_argument("--job-name", help="SageMaker: transform job (and model) name")
+    transform.add_argument("--instance-type", help=f"SageMaker: instance (default {TRANSFORM_INSTANCE})")
+    transform.add_argument("--instance-count", type=int, default=1, help="SageMaker: instances (default 1)")
+    transform.add_argument("--skip-bad", action="store_true",
+                           help="go on after a refused picture; count and list them at the end (exit code 2)")
+    transform.add_argument("--summarize", type=Path, metavar="OUT",
+                           help="only summarize the .out files in OUT: a CSV and the label counts")
+    transform.add_argument("--csv", type=Path, help="with --summarize: the CSV's path (default OUT/summary.csv)")
+    add_network_arguments(transform)
+    aws.add_arguments(transform)
+
+    report = add_command(commands, "report")
+    source = report.add_mutually_exclusive_group(required=True)
+    source.add_argument("--local", metavar="JOB_DIR_OR_NAME", help="a local job: its folder or its name")
+    source.add_argument("--job", metavar="NAME", help="a SageMaker training job (outputs downloaded from S3)")
+    report.add_argument("--out", type=Path, help="output folder (default: reports/<job name>)")
+    aws.add_arguments(report)
+    return parser
