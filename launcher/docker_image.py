@@ -18,11 +18,12 @@ DOCKERFILE = PROJECT_DIR / "docker" / "Dockerfile"
 # The offline base made by scripts/make_base_image.sh; `BASE_IMAGE` in the environment wins over it.
 BASE_IMAGE_ENV = "BASE_IMAGE"
 OFFLINE_BASE_IMAGE = "image-classifier-base:bookworm"
-# What goes into the image (the .dockerignore allow-list): hashed for the cached tag.
-IMAGE_INPUTS = ("docker/Dockerfile", ".dockerignore", "requirements.lock", "docker/code", "docker/entrypoint.sh",
-                "container_src")
+# What goes into the image (the .dockerignore allow-list): hashed for the cached tag. The image installs
+# requirements-image.lock only; the development lock (requirements.lock) does not enter it.
+IMAGE_INPUTS = ("docker/Dockerfile", ".dockerignore", "requirements-image.lock", "docker/code",
+                "docker/entrypoint.sh", "container_src")
 _IGNORED_PARTS = {"__pycache__", "build"}
-# Free disk a build needs: the image is ~6 GB and a build holds several GB more for a while.
+# Free disk a build needs: the image is ~8 GB and a build holds several GB more for a while.
 BUILD_FREE_BYTES = 15 * 10**9
 
 

