@@ -167,6 +167,10 @@ def test_sigterm_stops_every_rank_and_a_restart_ends_where_an_uninterrupted_job_
     expected = torch.load(reference.dir / "model" / "model.pth", weights_only=True)
     resumed = torch.load(job.dir / "model" / "model.pth", weights_only=True)
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    # The resumed epoch's train metrics count each picture once (the checkpoint keeps every rank's sums).
+    before, after = (parse_metrics(j.log_file.read_text().splitlines()) for j in (reference, job))
+    assert after["train_loss"][-1] == pytest.approx(before["train_loss"][-1], rel=1e-6)
+    assert after["train_acc"][-1] == pytest.approx(before["train_acc"][-1], abs=1e-9)
 
 
 @pytest.mark.slow

@@ -95,7 +95,7 @@ def unusable_message(gpus, torch_version, cuda_version):
             f"{build}.{why} The job stops rather than run about 10 times slower on the CPU. Fix: on an endpoint, "
             f"set the production variant's InferenceAmiVersion to {GPU_INFERENCE_AMI} (driver 550; `launch.py "
             f"deploy` does on ml.g*/ml.p*); elsewhere use a host whose driver runs this CUDA version, or rebuild "
-            f"the image with a torch whose CUDA build this driver runs (requirements.in; TORCH_INDEX_URL picks "
+            f"the image with a torch whose CUDA build this driver runs (requirements-image.in; TORCH_INDEX_URL picks "
             f"another build of the locked version). To run on the CPU anyway, set {ALLOW_CPU_ENV}=true.")
 
 

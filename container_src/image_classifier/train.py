@@ -178,6 +178,16 @@ def _new_progress():
     return {"step": 0, "loss": 0.0, "correct": 0, "images": 0, "seconds": 0.0, "bad": 0}
 
 
+SUMMED_PROGRESS = ("loss", "correct", "images", "bad")  # each rank's own running sums within an epoch
+
+
+def progress_over_ranks(dist, progress):
+    """The epoch's running sums over every rank, as a checkpoint keeps them: rank 0 resumes with these and
+    the other ranks with zeros, so a resumed epoch's train metrics count each picture once."""
+    sums = dist.sum(*(progress[key] for key in SUMMED_PROGRESS))
+    return {**progress, **dict(zip(SUMMED_PROGRESS, sums)), "seconds": dist.max(progress["seconds"])}
+
+
 def rng_states():
     """Every random generator the job could draw from (tensors and plain values only: weights_only loads it)."""
     name, keys, position, has_gauss, cached = np.random.get_state()
@@ -352,6 +362,9 @@ def resume(job):
         job.scaler.load_state_dict(saved["scaler"])
     restore_rng_states(saved["rng"])
     job.state = saved["state"]
+    if not job.dist.is_master:  # the saved sums are every rank's already (progress_over_ranks)
+        progress = job.state["progress"]
+        progress.update({key: type(progress[key])(0) for key in (*SUMMED_PROGRESS, "seconds")})
     log.info("Resuming from %s at global step %d (epoch %d, step %d of %d)", saved_path, saved["step"],
              job.state["epoch"] + 1, job.state["progress"]["step"], job.steps_per_epoch)
     return saved.get("debugger")
@@ -370,12 +383,13 @@ def start_recording(job, debugger_position, cleanup):
 
 
 def save_checkpoint(job):
+    state = {**job.state, "progress": progress_over_ranks(job.dist, job.state["progress"])}  # every rank takes part
     if job.dist.is_master:
         job.env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         _atomic_save({"model": unwrap(job.model).state_dict(), "optimizer": job.optimizer.state_dict(),
                       "scheduler": job.scheduler.state_dict(),
                       "scaler": job.scaler.state_dict() if job.scaler else None, "rng": rng_states(),
-                      "step": job.global_step, "debugger": job.recorder.position(), "state": job.state,
+                      "step": job.global_step, "debugger": job.recorder.position(), "state": state,
                       "hyperparameters": job.hp.to_strings(), "folders": job.splits.folders},
                      job.checkpoint_path, keep_previous=job.env.checkpoint_dir / constants.PREVIOUS_CHECKPOINT_FILE)
     job.dist.barrier()  # no rank runs ahead (or exits) while rank 0 writes
