@@ -138,11 +138,12 @@ def transform_one(port, file):
     return client.invoke(port, Path(file).read_bytes(), client.content_type_of(Path(file)))
 
 
-def run(data_dir, out_dir, port, max_concurrent, skip_bad=False, progress_stream=None):
-    """Send every file under `data_dir` to the model server on `port`, `max_concurrent` at a time, writing
-    `<file>.out` under `out_dir`. Returns (pictures done, [(file, status, message)] of the bad ones).
-    Without `skip_bad` the first bad picture stops the job (what is written stays) with its name."""
-    files = input_files(data_dir)
+def run(data_dir, out_dir, port, max_concurrent, skip_bad=False, progress_stream=None, files=None):
+    """Send every file under `data_dir` (`files`, when the caller has listed them already) to the model server
+    on `port`, `max_concurrent` at a time, writing `<file>.out` under `out_dir`. Returns (pictures done,
+    [(file, status, message)] of the bad ones). Without `skip_bad` the first bad picture stops the job (what is
+    written stays) with its name."""
+    files = input_files(data_dir) if files is None else files
     progress = Progress(len(files), progress_stream)
     done, bad = 0, []
     pending = iter(files)
@@ -236,7 +237,7 @@ def local(data_dir, out_dir, model=None, mode="auto", port=DEFAULT_PORT, max_con
         print(f"Transforming {len(files)} file(s) from {data_dir} into {out_dir}: {workers} model-server "
               f"worker(s), {max_concurrent} request(s) in flight ...", flush=True)
         started = time.perf_counter()
-        done, bad = run(data_dir, out_dir, port, max_concurrent, skip_bad)
+        done, bad = run(data_dir, out_dir, port, max_concurrent, skip_bad, files=files)
         seconds = time.perf_counter() - started
     finally:
         serving.delete(port)
