@@ -1,6 +1,7 @@
 """The network, pretrained weights and the artifact (model.pth + model.json)."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +118,35 @@ def test_atomic_write_that_fails_leaves_the_old_file_and_no_debris(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(target, broken, keep_previous=tmp_path / "previous.pth")
     assert target.read_text() == "good" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]
+
+
+def test_two_concurrent_atomic_writes_to_one_path_use_their_own_temporary_files(tmp_path):
+    """Two writers of one path at once (a checkpoint saved while another save is still writing): each gets
+    its own temporary file, both complete, and the file left is one of the two, whole."""
+    import threading
+
+    target = tmp_path / "checkpoint.pth"
+    both_writing = threading.Barrier(2, timeout=30)  # each writer waits inside write() for the other
+    temporaries, errors = {}, []
+    contents = {name: name.encode() * 100_000 for name in ("first", "second")}  # 500-600 KB each
+
+    def writer(name):
+        def write(tmp):
+            temporaries[name] = Path(tmp).name
+            both_writing.wait()
+            Path(tmp).write_bytes(contents[name])
+
+        try:
+            atomic_write(target, write)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(f"{name}: {type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in contents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors  # both complete
+    assert len(set(temporaries.values())) == 2, temporaries  # different temporary names
+    assert target.read_bytes() in contents.values()  # whole: one writer's bytes, not a mix or a cut
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]  # no temporary left behind

@@ -9,6 +9,7 @@ between CPUs cannot flip a result: a rule that must fire went at least twice as 
 `scripts/rules_matrix.sh` runs these tests under other thread counts, deterministic algorithms and CPU
 instruction sets."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from debug_runs import DETERMINISTIC_ENV, THREADS_ENV, crafted_run, healthy_job
 from image_classifier.metrics import RULE_METRICS, parse_metrics
-from image_classifier.rules import ALL_RULES, run_rules
+from image_classifier.rules import ALL_RULES, ExplodingTensor, LossNotDecreasing, run_rules
 
 MARGIN = 2.0  # how far past its threshold a rule that must fire has to go; its inverse bounds a healthy run
 
@@ -60,6 +61,8 @@ def test_healthy_run_triggers_no_rule(healthy_results):
     assert statuses(healthy_results) == {rule.__name__: "passed" for rule in ALL_RULES}
     near = {rule: margin for rule, margin in margins(healthy_results).items() if not margin <= 1 / MARGIN}
     assert not near, f"rules more than half-way to firing on the healthy run: {near}"
+    for result, rule_class in zip(healthy_results, ALL_RULES):
+        assert_statistic(result, rule_class, fired=False)
 
 
 @pytest.mark.parametrize("case", BAD_RUNS)
@@ -70,7 +73,9 @@ def test_each_rule_fires_on_its_crafted_bad_run(case, tmp_path):
     assert expected <= triggered, f"{case}: {triggered}"
     slim = {rule: margin for rule, margin in margins(results).items() if rule in expected and not margin >= MARGIN}
     assert not slim, f"{case}: fired by less than {MARGIN}x its threshold: {slim}"
-    for result in results:
+    for result, rule_class in zip(results, ALL_RULES):
+        if rule_class.__name__ in expected:
+            assert_statistic(result, rule_class, fired=True)
         if result["status"] == "triggered":
             assert result["findings"] and result["findings"][0]["message"]
 
@@ -78,6 +83,51 @@ def test_each_rule_fires_on_its_crafted_bad_run(case, tmp_path):
 def test_every_rule_is_covered_by_a_bad_run():
     covered = set().union(*(expected for _, expected in BAD_RUNS.values()))
     assert covered == {rule.__name__ for rule in ALL_RULES}
+
+
+def rule_at(rule_class, statistic, threshold):
+    """A rule holding a hand-set statistic and threshold (no trial: margin() reads only these)."""
+    rule = rule_class.__new__(rule_class)
+    rule.params = {**rule_class.defaults, rule_class.threshold_parameter: threshold}
+    rule.statistic, rule.violations, rule.datapoints, rule.findings = statistic, 0, 1, []
+    return rule
+
+
+@pytest.mark.parametrize("statistic, threshold, margin", [
+    (2e8, 1e8, 2.0), (5e7, 1e8, 0.5), (1e8, 1e8, 1.0), (0.0, 1e8, 0.0), (-3.0, 1e8, 0.0),
+    (math.inf, 1e8, math.inf), (1.0, 0.0, math.inf), (0.0, 0.0, 1.0), (-1.0, 0.0, 0.0), (-1.0, -2.0, math.inf),
+], ids=["twice-past", "half-way", "equal", "zero", "negative", "infinite", "past-zero-threshold",
+        "at-zero-threshold", "below-zero-threshold", "negative-threshold"])
+def test_margin_of_a_rule_that_fires_above_its_threshold(statistic, threshold, margin):
+    assert ExplodingTensor.fires_above
+    assert rule_at(ExplodingTensor, statistic, threshold).margin() == margin
+
+
+@pytest.mark.parametrize("statistic, threshold, margin", [
+    (0.05, 0.1, 2.0), (0.2, 0.1, 0.5), (0.1, 0.1, 1.0), (0.0, 0.1, math.inf), (-0.5, 0.1, math.inf),
+    (-math.inf, 0.1, math.inf), (1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (-1.0, 0.0, math.inf),
+], ids=["twice-past", "half-way", "equal", "zero", "negative", "minus-infinite", "above-zero-threshold",
+        "at-zero-threshold", "below-zero-threshold"])
+def test_margin_of_a_rule_that_fires_below_its_threshold(statistic, threshold, margin):
+    """LossNotDecreasing fires when the loss fell by at most the threshold: the smaller the statistic, the
+    further past; at or below 0 (the loss rose) it is infinitely far past any positive threshold."""
+    assert not LossNotDecreasing.fires_above
+    assert rule_at(LossNotDecreasing, statistic, threshold).margin() == margin
+
+
+def test_margin_without_data_is_none():
+    assert rule_at(ExplodingTensor, None, 1e8).margin() is None
+
+
+def assert_statistic(result, rule_class, fired):
+    """The result's own statistic went at least MARGIN times past its threshold (`fired`), or stayed at most
+    1/MARGIN of the way to it, in the rule's direction; and the result's margin is margin() of those two."""
+    statistic, threshold = result["statistic"], result["threshold"]
+    assert statistic is not None and threshold == result["parameters"][rule_class.threshold_parameter], result
+    past = statistic >= MARGIN * threshold if rule_class.fires_above else statistic <= threshold / MARGIN
+    short = statistic <= threshold / MARGIN if rule_class.fires_above else statistic >= MARGIN * threshold
+    assert past if fired else short, f"{rule_class.__name__}: statistic {statistic}, threshold {threshold}"
+    assert result["margin"] == rule_at(rule_class, statistic, threshold).margin()
 
 
 def test_rules_run_inside_the_training_job(tmp_path_factory):
@@ -101,19 +151,23 @@ def test_rules_command_runs_against_a_tensor_folder(tmp_path_factory, tmp_path, 
     assert "rule_overfit=0" in capsys.readouterr().out
 
 
-# Another CPU, in this process's place: two threads, deterministic algorithms, and oneDNN, MKL and ATen's own
-# kernels held to AVX2 (scripts/rules_matrix.sh runs the whole matrix).
-OTHER_CPU_SETTINGS = {THREADS_ENV: "2", DETERMINISTIC_ENV: "1", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                      "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+# Another CPU, in this process's place: two threads, deterministic algorithms, and no SIMD at all in ATen's own
+# kernels (ATEN_CPU_CAPABILITY=default), oneDNN and MKL held to SSE4: the furthest from this machine's AVX-512
+# that any x86 CPU can be (scripts/rules_matrix.sh runs the whole matrix).
+OTHER_CPU_SETTINGS = {THREADS_ENV: "2", DETERMINISTIC_ENV: "1", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                      "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"}
 
 
 @pytest.mark.slow
 def test_margins_hold_on_other_cpu_kernels():
-    """The crafted runs (healthy and bad) again, in a fresh process whose kernels differ from this one's."""
+    """The crafted runs (healthy and bad) again, in a fresh process whose kernels use no SIMD."""
+    environment = {**os.environ, **OTHER_CPU_SETTINGS}
+    capability = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                                env=environment, capture_output=True, text=True, timeout=120)
+    assert capability.stdout.strip() == "DEFAULT", capability.stdout + capability.stderr  # the setting took
     result = subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "healthy_run or crafted"],
-        cwd=Path(__file__).parent.parent, env={**os.environ, **OTHER_CPU_SETTINGS}, capture_output=True, text=True,
-        timeout=900)
+        cwd=Path(__file__).parent.parent, env=environment, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert f"{1 + len(BAD_RUNS)} passed" in result.stdout
 
