@@ -681,6 +681,23 @@ def test_a_second_deploy_refuses_while_the_first_endpoint_runs(cloud, capsys):
     assert cloud.sent.operations().count("CreateEndpoint") == 2
 
 
+def test_delete_after_a_refused_second_deploy_leaves_nothing(cloud, capsys):
+    """The refused deploy made nothing of its own, and `delete` removes all the first one made."""
+    model = f"s3://{BUCKET}/m/model.tar.gz"
+    ok(capsys, "deploy", "--model-data", model, "--endpoint", "ep-1")
+    client = cloud.boto.client("sagemaker")
+    made = (client.list_endpoints()["Endpoints"], client.list_endpoint_configs()["EndpointConfigs"],
+            client.list_models()["Models"])
+    assert [len(listed) for listed in made] == [1, 1, 1]
+    fails(capsys, "deploy", "--model-data", model)
+    fails(capsys, "deploy", "--model-data", model, "--endpoint", "ep-1")
+    assert "Deleted endpoint ep-1, endpoint config ep-1, model(s) ep-1" in ok(capsys, "delete")
+    assert client.list_endpoints()["Endpoints"] == []
+    assert client.list_endpoint_configs()["EndpointConfigs"] == []
+    assert client.list_models()["Models"] == []
+    assert "endpoint" not in state(cloud)
+
+
 def test_failed_sample_prediction_and_ctrl_c_still_say_what_costs(cloud, capsys, tmp_path):
     picture = make_dataset(tmp_path / "d", per_split={"test": 1}) / "test" / "001.Red_fox" / "Red_fox_00000.JPG"
 
@@ -735,6 +752,18 @@ def test_upload_delete_removes_what_is_gone_locally(cloud, capsys, tmp_path):
     assert "image-classifier/data/dogImages/train/001.Red_fox/Red_fox_00001.jpg" in keys()
     assert "11 already there, 1 deleted" in ok(capsys, "upload", "--data", data, "--delete")
     assert "image-classifier/data/dogImages/train/001.Red_fox/Red_fox_00001.jpg" not in keys() and len(keys()) == 11
+
+
+def test_upload_delete_leaves_a_sibling_dataset_alone(cloud, capsys, tmp_path):
+    """`dogImages-v2/...` starts with `dogImages` but is not under `dogImages/`: --delete must not see it."""
+    data = make_dataset(tmp_path / "dogImages", per_split={"train": 2, "valid": 1, "test": 1})
+    ok(capsys, "upload", "--data", data)
+    s3 = cloud.boto.client("s3")
+    sibling = "image-classifier/data/dogImages-v2/train/001.Red_fox/Red_fox_00000.jpg"
+    s3.put_object(Bucket=BUCKET, Key=sibling, Body=b"another data set")
+    assert "0 file(s) uploaded, 12 already there, 0 deleted" in ok(capsys, "upload", "--data", data, "--delete")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert sibling in keys and len(keys) == 13
 
 
 def test_a_new_dataset_gets_its_own_splits_and_exact_prefixes(cloud, capsys, uploaded):
