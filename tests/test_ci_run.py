@@ -1,21 +1,61 @@
-""".ci/run never lets the serving tests skip: without a Java 17 it can install, it fails before the tests."""
+""".ci/run never lets the serving or container tests skip: without a Java 17 it can install, or a docker engine
+it can install and start, it fails before the tests; and the container tests fail instead of skipping when
+CI requires them."""
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+CI_RUN = PROJECT_DIR / ".ci" / "run"
+SHELL_TOOLS = ("dirname", "sed", "head", "id", "seq", "df", "tail", "tr", "env", "grep", "sleep", "kill")
+
+
+def bare_path(tmp_path, fakes=None):
+    """A PATH with the shell tools the script needs and `fakes` ({name: script}), but no apt-get, sudo,
+    docker, dockerd or make."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in SHELL_TOOLS:
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    for name, script in (fakes or {}).items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / name).chmod(0o755)
+    return str(bin_dir)
+
+
+def ci_run(tmp_path, path):
+    return subprocess.run(["/bin/bash", str(CI_RUN)], capture_output=True, text=True, timeout=60,
+                          env={"PATH": path, "HOME": str(tmp_path)})
 
 
 def test_ci_fails_when_java_cannot_be_installed(tmp_path):
-    # A PATH with the shell tools the script needs, but no java, apt-get or sudo.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("dirname", "sed", "head", "id", "seq", "df", "tail", "tr", "env", "shellcheck"):
-        if shutil.which(tool):
-            (bin_dir / tool).symlink_to(shutil.which(tool))
-    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "DOCKER_TESTS_SKIP_REASON": "not in this test"}
-    result = subprocess.run(["/bin/bash", str(PROJECT_DIR / ".ci" / "run")], capture_output=True, text=True,
-                            timeout=60, env=env)
+    result = ci_run(tmp_path, bare_path(tmp_path, {"shellcheck": "echo 'version: 0.9.0'"}))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "installing openjdk-17-jre-headless" in result.stdout  # it tried
     assert "FAILING: the serving tests need Java 17" in result.stdout
+
+
+def test_ci_fails_when_docker_cannot_be_installed(tmp_path):
+    fakes = {"java": "echo 'openjdk version \"17.0.13\" 2024-10-15' >&2", "shellcheck": "echo 'version: 0.9.0'"}
+    result = ci_run(tmp_path, bare_path(tmp_path, fakes))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "installing docker.io" in result.stdout  # it tried
+    assert "FAILING: could not install docker.io" in result.stdout
+    assert "SKIPPED" not in result.stdout
+
+
+def test_container_tests_fail_instead_of_skipping_where_ci_requires_them(tmp_path):
+    """No docker CLI on PATH: a developer's run skips the container tests, CI's run fails them."""
+    path = bare_path(tmp_path)
+    env = {**os.environ, "PATH": path}
+    command = [sys.executable, "-m", "pytest", "tests/test_container.py", "-q", "-p", "no:cacheprovider", "-k",
+               "image_lock"]
+    developer = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300)
+    assert developer.returncode == 0 and "1 skipped" in developer.stdout, developer.stdout[-2000:]
+    ci = subprocess.run(command, cwd=PROJECT_DIR, env={**env, "IMAGE_CLASSIFIER_REQUIRE_DOCKER_TESTS": "1"},
+                        capture_output=True, text=True, timeout=300)
+    assert ci.returncode == 1 and "1 error" in ci.stdout, ci.stdout[-2000:]
+    assert "container tests cannot run" in ci.stdout and "docker CLI is not installed" in ci.stdout

@@ -26,31 +26,38 @@ from training_state import assert_same_training_state, load_checkpoint
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-SKIP_REASON_ENV = "DOCKER_TESTS_SKIP_REASON"  # set by .ci/run when it could not prepare docker
+REQUIRED_ENV = "IMAGE_CLASSIFIER_REQUIRE_DOCKER_TESTS"  # "1" (.ci/run): no docker is a failure, not a skip
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"  # local mode never assumes it
 MOTO_ACCOUNT = "123456789012"
 REGION = "us-east-1"
 CLASS_LABELS = {folder.split(".", 1)[1].replace("_", " ") for folder in TINY_CLASSES}
 
 
+def cannot_run(reason):
+    """Skip the container tests, saying why; where they are required (CI), fail instead."""
+    if os.environ.get(REQUIRED_ENV) == "1":
+        pytest.fail(f"container tests cannot run ({REQUIRED_ENV}=1): {reason}")
+    pytest.skip(f"container tests skipped: {reason}")
+
+
 @pytest.fixture(scope="session")
 def image():
     """The content-hashed image of this tree, built when missing (the first build takes a while)."""
-    reason = os.environ.get(SKIP_REASON_ENV) or docker_image.engine_problem()
+    reason = docker_image.engine_problem()
     if reason:
-        pytest.skip(f"container tests skipped: {reason}")
+        cannot_run(reason)
     build_args = docker_image.default_build_args()
     tag = docker_image.cached_tag(build_args)
     if not docker_image.image_exists(tag):
         free = shutil.disk_usage(docker_image.docker_root()).free
         if free < docker_image.BUILD_FREE_BYTES:
-            pytest.skip(f"container tests skipped: {free / 1e9:.1f} GB free for docker, building the image "
-                        f"needs {docker_image.BUILD_FREE_BYTES / 1e9:.0f} GB")
+            cannot_run(f"{free / 1e9:.1f} GB free for docker, building the image needs "
+                       f"{docker_image.BUILD_FREE_BYTES / 1e9:.0f} GB")
         try:
             docker_image.build(tag, build_args, PROJECT_DIR / "build" / "docker-build.log")
         except LauncherError as error:
-            if "no space left on device" in str(error).lower():  # lack of disk never fails the run
-                pytest.skip(f"container tests skipped: the disk filled up during the image build: {error}")
+            if "no space left on device" in str(error).lower():
+                cannot_run(f"the disk filled up during the image build: {error}")
             pytest.fail(str(error))
         docker_image.remove_stale_images(keep=tag)
     return tag

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import torch
 
-from image_classifier import train as training
+from image_classifier import constants, train as training
 from image_classifier.data import EpochSampler, PictureDataset, build_transforms, load_splits, make_loader
 from image_classifier.metrics import parse_metrics
 from image_classifier.config import Hyperparameters
@@ -169,6 +169,36 @@ def test_sigterm_stops_every_rank_and_a_restart_ends_where_an_uninterrupted_job_
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
     # The resumed epoch's train metrics count each picture once (the checkpoint keeps every rank's sums).
     before, after = (parse_metrics(j.log_file.read_text().splitlines()) for j in (reference, job))
+    assert after["train_loss"][-1] == pytest.approx(before["train_loss"][-1], rel=1e-6)
+    assert after["train_acc"][-1] == pytest.approx(before["train_acc"][-1], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_stop_inside_epoch_2_resumes_with_both_ranks_sums(tmp_path, reference, data, monkeypatch):
+    """The job stops itself after global step 5 (epoch 2, step 2 of 3: 19 pictures per rank, batch 8), in the
+    middle of an epoch whatever the machine's speed. The checkpoint holds both ranks' running sums, and the
+    resumed epoch 2 reports exactly the train metrics of the uninterrupted run (each picture counted once)."""
+    steps_per_epoch, stop_at = 3, 5
+    monkeypatch.setenv(constants.STOP_AT_STEP_ENV, str(stop_at))
+    job = two_process_job(tmp_path, "stopped", data, epochs="2")
+    assert local_process.train_hosts([job], echo=False) != 0
+    log = job.log_file.read_text()
+    stops = re.findall(r"Stopped by SIGTERM in epoch (\d+) at step (\d+) \(global step (\d+)\)", log)
+    assert stops == [("2", "2", str(stop_at))] * 2, log[-4000:]  # both ranks, inside epoch 2
+    saved = torch.load(job.dir / "checkpoints" / "checkpoint.pth", weights_only=True)
+    assert saved["step"] == stop_at and saved["state"]["epoch"] == 1
+    progress = saved["state"]["progress"]
+    assert progress["step"] == stop_at - steps_per_epoch
+    assert progress["images"] == 2 * 2 * 8  # 2 steps of 8 pictures on each of the 2 ranks, not rank 0's 16
+    assert 0 < progress["loss"] and 0 <= progress["correct"] <= progress["images"]
+
+    monkeypatch.delenv(constants.STOP_AT_STEP_ENV)
+    job = two_process_job(tmp_path, "stopped", data, epochs="2")
+    assert local_process.train_hosts([job], echo=False) == 0 and job.succeeded, job.log_file.read_text()[-4000:]
+    log = job.log_file.read_text()
+    assert f"at global step {stop_at} (epoch 2, step 2 of {steps_per_epoch})" in log
+    before, after = (parse_metrics(text.splitlines()) for text in (reference.log_file.read_text(), log))
+    assert after["epoch"][-1] == 2.0
     assert after["train_loss"][-1] == pytest.approx(before["train_loss"][-1], rel=1e-6)
     assert after["train_acc"][-1] == pytest.approx(before["train_acc"][-1], abs=1e-9)
 
