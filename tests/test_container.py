@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from conftest import PROJECT_DIR, TINY_CLASSES, TINY_HYPERPARAMETERS, make_dataset
+from image_classifier import constants
 from launcher import LauncherError, docker_image
 from launcher.local import docker as local_docker, trees
 from training_state import assert_same_training_state, load_checkpoint
@@ -140,44 +141,36 @@ def test_bad_hyperparameter_in_the_image_fails_with_a_reason(image, tmp_path):
     assert not (job.dir / "model" / "model.pth").exists()
 
 
+# 8 pictures per class and batch 8: 3 steps per epoch; the stop lands inside epoch 2.
+STOP_DATA, STOP_AT = {"train": 8, "valid": 2, "test": 2}, 5
+
+
 def test_docker_stop_then_restart_on_the_same_opt_ml_resumes_bit_for_bit(image, tmp_path):
-    """SageMaker stops a job (StopTrainingJob, spot interruption) with SIGTERM to the container: the
-    training script, not only PID 1, must get it and finish its checkpoint before the container ends. A new
-    container on the same /opt/ml then resumes from the step it stopped at and ends with exactly the state of
-    an uninterrupted run in the image."""
-    data = make_dataset(tmp_path / "data", {"train": 60, "valid": 2, "test": 2})
-    hps = dict(TINY_HYPERPARAMETERS, epochs="6", workers="2", **{"image-size": "64"})  # ~23 steps per epoch
+    """SageMaker stops a job (StopTrainingJob, spot interruption) with SIGTERM, which tini (-g) passes to the
+    entry point's whole process group: the training script, not only PID 1, must get it and finish its
+    checkpoint before the container ends. Here the job sends that SIGTERM to its own process group after global
+    step STOP_AT (the stop setting, passed into the container), so the stop lands inside epoch 2 on any machine.
+    A new container on the same /opt/ml then resumes from that step and ends with exactly the state of an
+    uninterrupted run in the image."""
+    data = make_dataset(tmp_path / "data", STOP_DATA)
+    hps = dict(TINY_HYPERPARAMETERS, epochs="3", workers="2")
     reference = trees.prepare_job(tmp_path / "jobs", "reference", {"train": data}, hps)
     assert local_docker.train(reference, image=image, echo=False) == 0, reference.log_file.read_text()[-3000:]
 
     job = trees.prepare_job(tmp_path / "jobs", "stopped", {"train": data}, hps)
-    with open(job.log_file, "wb") as log_out:
-        run = subprocess.Popen(local_docker.training_command(job, image), stdout=log_out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while "epoch=1 " not in job.log_file.read_text(errors="replace"):
-            assert run.poll() is None and time.monotonic() < deadline, job.log_file.read_text()[-3000:]
-            time.sleep(0.2)
-        time.sleep(1)  # into epoch 2 (about 2 s long), past the epoch's own checkpoint
-        docker_image.docker("stop", "--time", "60", local_docker.training_container(job), timeout=120)
-        exit_code = run.wait(timeout=120)
-    finally:
-        if run.poll() is None:
-            docker_image.docker("rm", "-f", local_docker.training_container(job), check=False, timeout=60)
-            run.wait(timeout=60)
+    exit_code = local_docker.train(job, image=image, echo=False, env={constants.STOP_AT_STEP_ENV: str(STOP_AT)})
     log = job.log_file.read_text(errors="replace")
     assert exit_code == 143, log[-3000:]  # 128 + SIGTERM
-    assert "SIGTERM received" in log and "checkpoint saved" in log, log[-3000:]
-    stopped_step = load_checkpoint(job.dir / "checkpoints" / "checkpoint.pth")["step"]
-    inside = re.search(r"Stopped by SIGTERM in epoch \d+ at step \d+ \(global step (\d+)\)", log)
-    assert (inside and int(inside.group(1)) == stopped_step) or "Stopped by SIGTERM after epoch" in log, log[-3000:]
-    assert not job.succeeded
+    assert f"{constants.STOP_AT_STEP_ENV}={STOP_AT}: sending SIGTERM" in log and "SIGTERM received" in log, log[-3000:]
+    assert f"Stopped by SIGTERM in epoch 2 at step 2 (global step {STOP_AT}); checkpoint saved" in log, log[-3000:]
+    assert load_checkpoint(job.dir / "checkpoints" / "checkpoint.pth")["step"] == STOP_AT
+    assert not job.succeeded and "checkpoint is saved" in job.failure_reason
 
     job = trees.prepare_job(tmp_path / "jobs", "stopped", {"train": data}, hps)  # the same tree
     assert local_docker.train(job, image=image, echo=False) == 0, job.log_file.read_text()[-3000:]
     assert job.succeeded
-    assert re.search(rf"Resuming from /opt/ml/checkpoints/checkpoint\.pth at global step {stopped_step} ",
-                     job.log_file.read_text(errors="replace"))
+    assert re.search(rf"Resuming from /opt/ml/checkpoints/checkpoint\.pth at global step {STOP_AT} \(epoch 2, step 2 "
+                     "of 3\)", job.log_file.read_text(errors="replace"))
     assert_same_training_state(load_checkpoint(job.dir / "checkpoints" / "checkpoint.pth"),
                                load_checkpoint(reference.dir / "checkpoints" / "checkpoint.pth"))
 
