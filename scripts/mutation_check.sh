@@ -114,7 +114,7 @@ if unknown:
     sys.exit(f"unknown mutation(s) {unknown}; --list shows them")
 docker = os.environ.get("MUTATION_DOCKER") == "1"
 chosen = [n for n in (ARGS or MUTATIONS) if docker or ARGS or not MUTATIONS[n][5]]
-skipped = [n for n in MUTATIONS if n not in chosen]
+skipped = [] if ARGS else [n for n in MUTATIONS if n not in chosen]
 
 env = {**os.environ, "PYTHONPATH": f"{COPY / 'container_src'}{os.pathsep}{COPY}", "PYTHONDONTWRITEBYTECODE": "1"}
 env.pop("IMAGE_CLASSIFIER_REQUIRE_DOCKER_TESTS", None)
