@@ -166,7 +166,7 @@ def test_margins_hold_on_other_cpu_kernels():
                                 env=environment, capture_output=True, text=True, timeout=120)
     assert capability.stdout.strip() == "DEFAULT", capability.stdout + capability.stderr  # the setting took
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "healthy_run or crafted"],
+        [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-k", "healthy_run or crafted"],
         cwd=Path(__file__).parent.parent, env=environment, capture_output=True, text=True, timeout=2400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert f"{1 + len(BAD_RUNS)} passed" in result.stdout
