@@ -157,6 +157,8 @@ for name in chosen:
             subprocess.run(["docker", "rmi", spare], capture_output=True)
     summary = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
     print(summary, flush=True)
+    for line in [line for line in result.stdout.splitlines() if line.startswith("E ")][:3]:
+        print(f"    {line[:200]}")  # why the tests failed: the broken property, not a broken test
     if result.returncode == 1:  # tests ran and failed: the mutation was noticed
         caught = [line.split()[1] for line in result.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
         rows.append((name, ", ".join(caught) or " ".join(tests), "caught", seconds))
