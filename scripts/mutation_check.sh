@@ -10,7 +10,8 @@
 # Env:   PY             the interpreter (default .venv/bin/python)
 #        MUTATION_DOCKER=1  also the mutations whose tests need the image (each builds a mutated image once;
 #                           the current content-hashed image is kept under a spare tag meanwhile)
-# Takes about 40 minutes on 2 cores without the docker mutation: run it before each release (README "Tests").
+# About 3 minutes on a quiet 2-core machine without the docker mutation (.ci/run runs it); with it, before
+# each release (README "Tests").
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 py=${PY:-.venv/bin/python}
