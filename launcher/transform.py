@@ -24,7 +24,7 @@ import psutil
 from image_classifier import contract
 from image_classifier.serving import settings as serving_settings
 
-from . import LauncherError
+from . import LauncherError, api_rules
 from .local import client, serving, trees
 
 OUT_SUFFIX = ".out"  # SageMaker's name for a transform's answer: <input file name>.out
@@ -275,7 +275,8 @@ def max_concurrent_transforms(instance_type):
         raise LauncherError(f"--instance-type {instance_type}: its vCPUs and GPUs are not known here, so its "
                             "model-server workers are not either: pass --max-concurrent N (two per worker)")
     vcpus, gpus = INSTANCE_RESOURCES[instance_type]
-    return concurrent_requests(serving_settings.default_workers(gpus, vcpus))
+    wanted = concurrent_requests(serving_settings.default_workers(gpus, vcpus))
+    return min(wanted, api_rules.max_concurrent_allowed(MAX_PAYLOAD_MB))  # SageMaker's cap on the product
 
 
 def job_content_type(keys):

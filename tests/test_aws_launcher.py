@@ -4,7 +4,9 @@ moto stores and returns the jobs, models and endpoints faithfully, but drops Pro
 MetricDefinitions, completes jobs at once and fakes the best tuning job: so the tests assert on the requests
 the launcher sends (recorded with boto3's `provide-client-params` event) and use the server for the
 create / describe / delete flow. Where AWS would answer something moto cannot (a failed job, an expired
-token), a boto3 event handler plays that answer.
+token), a boto3 event handler plays that answer. Every request of every test here (and of the tests that use
+the `cloud` fixture) is checked against botocore's service model as strictly as SageMaker checks it
+(request_validator.py): a test that sends a request SageMaker would refuse fails.
 """
 import io
 import json
@@ -17,7 +19,9 @@ from botocore.exceptions import ClientError
 import launch
 from conftest import make_dataset, train_job
 from moto_server import moto_url, reset  # noqa: F401 - moto_url is a fixture
+from request_validator import RequestChecker
 from image_classifier.config import Hyperparameters
+from image_classifier.constants import TORCH_DISTRIBUTED_HYPERPARAMETER
 from image_classifier.metrics import METRIC_DEFINITIONS, format_metrics, parse_metrics
 from launcher import aws, cli
 
@@ -35,8 +39,10 @@ class Sent:
     def __init__(self):
         self.calls = []
         self.handlers = []  # (event, handler) added to every session the launcher makes
+        self.checker = RequestChecker()  # each request against botocore's service model
 
     def attach(self, boto_session):
+        self.checker.attach(boto_session)
         boto_session.events.register(
             "provide-client-params",
             lambda params, model, **_: self.calls.append((model.name, json.loads(json.dumps(params, default=str)))))
@@ -93,7 +99,8 @@ def cloud(moto_url, tmp_path, monkeypatch):
     monkeypatch.setattr(aws, "new_boto_session", recorded_session)
     cloud = type("Cloud", (), {"url": moto_url, "sent": sent, "boto": session, "tmp": tmp_path})
     push_image(cloud, "latest")
-    return cloud
+    yield cloud
+    assert sent.checker.found == [], "requests SageMaker would refuse"
 
 
 def push_image(cloud, tag):
@@ -213,7 +220,9 @@ def test_tune_sends_the_ranges_objective_and_early_stopping(cloud, capsys, uploa
     static = definition["StaticHyperParameters"]
     assert "lr" not in static and "batch-size" not in static  # the tuner sets those
     assert static["epochs"] == "3" and static["weights-download"] == "true"
-    assert set(static) | {"lr", "batch-size"} == set(Hyperparameters().to_strings())
+    # Every job has the same static set (a warm start needs it): the distribution key is always there.
+    assert set(static) | {"lr", "batch-size"} == set(Hyperparameters().to_strings()) | {TORCH_DISTRIBUTED_HYPERPARAMETER}
+    assert static[TORCH_DISTRIBUTED_HYPERPARAMETER] == "auto"  # one instance: the job decides from its GPUs
     # Trials save no tensors and run no rules by default (nobody reads them) ...
     assert static["debug-hook"] == "false" and static["rules"] == "false"
     # ... and a spot trial keeps its progress: the training definition carries the checkpoint folder.
@@ -268,7 +277,8 @@ def test_train_from_tuning_sends_the_estimator_the_launcher_configures(cloud, ca
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
     # defaults < best tuning job < --hp, all strings
     expected = Hyperparameters().to_strings()
-    expected.update({"weights-download": "true", "batch-size": "128", "lr": "0.02", "epochs": "3"})
+    expected.update({"weights-download": "true", "batch-size": "128", "lr": "0.02", "epochs": "3",
+                     TORCH_DISTRIBUTED_HYPERPARAMETER: "auto"})
     assert request["HyperParameters"] == expected
     assert [(c["ChannelName"], c["DataSource"]["S3DataSource"]["S3Uri"]) for c in request["InputDataConfig"]] == [
         (s, f"s3://{BUCKET}/image-classifier/data/dogImages/{s}/") for s in ("train", "valid", "test")]
@@ -517,13 +527,16 @@ def test_from_tuning_reproduces_the_winning_trial(cloud, capsys, uploaded):
         parsed["BestTrainingJob"]["TunedHyperParameters"]["_tuning_objective_metric"] = "best_valid_acc"
 
     playing(cloud, "DescribeHyperParameterTuningJob", best)
-    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-10", "--hp", "epochs=10", "--hp", "augment=crop")
+    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-10", "--hp", "epochs=10", "--hp", "augment=crop",
+       "--instance-count", 2)
     ok(capsys, "train", "--from-tuning", "--no-wait", "--hp", "lr=0.02")
     sent = cloud.sent.one("CreateTrainingJob")["HyperParameters"]
     assert sent["epochs"] == "10" and sent["augment"] == "crop"  # static values of the tuning job
     assert sent["batch-size"] == "128" and sent["lr"] == "0.02"  # tuned value, then --hp
-    # Not the platform's keys, and not the trials' debugging defaults: the training job saves its tensors.
-    assert not [k for k in sent if k.startswith(("_", "sagemaker_"))]
+    # Not the platform's keys, and not the trials' debugging defaults: the training job saves its tensors. Its
+    # distribution setting is its own (one instance), not the two-instance tuning job's.
+    assert [k for k in sent if k.startswith(("_", "sagemaker_"))] == [TORCH_DISTRIBUTED_HYPERPARAMETER]
+    assert sent[TORCH_DISTRIBUTED_HYPERPARAMETER] == "auto"
     assert sent["debug-hook"] == "true" and sent["rules"] == "true"
 
 
@@ -757,7 +770,9 @@ def test_network_options_reach_jobs_tuning_and_endpoints(cloud, capsys, uploaded
     assert code == 0 and "--pretrained-weights" in err and "BAKE_WEIGHTS" in err  # isolated: no weights download
     request = cloud.sent.one("CreateTrainingJob")
     assert request["VpcConfig"] == {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
-    assert request["ResourceConfig"]["VolumeKmsKeyId"] == "key-1" and request["OutputDataConfig"]["KmsKeyId"] == "key-1"
+    # The default ml.g4dn.xlarge has local NVMe storage: SageMaker refuses a volume key there; outputs get it.
+    assert "VolumeKmsKeyId" not in request["ResourceConfig"] and request["OutputDataConfig"]["KmsKeyId"] == "key-1"
+    assert "local NVMe storage" in err
     assert request["EnableNetworkIsolation"] is True and request["HyperParameters"]["weights-download"] == "false"
     ok(capsys, "tune", "--no-wait", *network)
     definition = cloud.sent.one("CreateHyperParameterTuningJob")["TrainingJobDefinition"]

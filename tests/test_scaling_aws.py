@@ -75,14 +75,16 @@ def test_serverless_endpoint(cloud, capsys):
     (["--serverless", 3000], "2048, 3072, 4096, 5120, 6144 MB"),
     (["--serverless", 1024], "does not fit"),
     (["--serverless", 2048, "--instance-type", "ml.g4dn.xlarge"], "no instances"),
-    (["--serverless", 2048, "--data-capture", 10], "not available on serverless"),
+    (["--serverless", 2048, "--data-capture", 10], "serverless endpoints do not support data capture"),
+    (["--serverless", 2048, "--network-isolation"], "do not support network isolation (--network-isolation)"),
+    (["--serverless", 2048, "--subnets", "subnet-1", "--security-groups", "sg-1"], "do not support a VPC"),
     (["--autoscale", "3:2"], "MIN:MAX"),
     (["--autoscale", "two"], "MIN:MAX"),
     (["--data-capture", 0], "1 to 100"),
 ])
 def test_bad_traffic_options_fail_before_any_endpoint(cloud, capsys, extra, words):
     assert words in fails(capsys, "deploy", "--model-data", MODEL_DATA, *extra)
-    assert "CreateEndpointConfig" not in cloud.sent.operations()
+    assert not {"CreateModel", "CreateEndpointConfig"} & set(cloud.sent.operations())  # nothing left behind
 
 
 def test_dry_run_shows_the_scaling_requests(cloud, capsys):

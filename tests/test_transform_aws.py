@@ -49,7 +49,9 @@ def test_mixed_pictures_go_as_x_image_and_options_reach_the_request(cloud, capsy
     job = cloud.sent.one("CreateTransformJob")
     assert job["TransformInput"]["ContentType"] == "application/x-image"
     assert job["MaxConcurrentTransforms"] == 2  # one GPU -> one worker
-    assert job["TransformResources"] == {"InstanceCount": 3, "InstanceType": "ml.g4dn.xlarge"}
+    # A GPU type: the batch AMI whose driver (535) runs the image's CUDA 12 (the default, 470, cannot).
+    assert job["TransformResources"] == {"InstanceCount": 3, "InstanceType": "ml.g4dn.xlarge",
+                                         "TransformAmiVersion": "al2-ami-sagemaker-batch-gpu-535"}
     assert job["TransformOutput"]["S3OutputPath"] == f"s3://{BUCKET}/out/"
 
 
