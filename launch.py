@@ -607,19 +607,22 @@ def delete_everything(connection, yes):
 # ----------------------------------------------------------------------------------------- transform
 def cmd_transform(args):
     """Batch transform: one request per picture, one `<picture>.out` answer each (locally with --local)."""
-    if args.summarize:
-        csv_path, counts = transform.summarize(args.summarize, args.csv)
-        print(f"Summary of {sum(counts.values())} picture(s): {csv_path}\nTop-1 labels:")
-        return transform.print_counts(counts)
+    if args.summarize:  # with --data (a local folder): outputs with no input picture are left out
+        inputs = (Path(args.data), transform.input_files(args.data)) if args.data else None
+        summary = transform.summarize(args.summarize, args.csv, inputs)
+        return 0 if transform.print_summary(summary, args.summarize) else 2
     if not args.data:
         raise LauncherError("transform needs --data (a folder with --local, else an s3:// prefix), or --summarize OUT")
     if not args.local:
         return transform_sagemaker(args)
     out = args.output or Path(args.data).resolve().parent / f"{Path(args.data).resolve().name}-transform"
-    _, bad = transform.local(Path(args.data), Path(out), model=args.model, mode=args.local, port=args.port,
-                             max_concurrent=args.max_concurrent, skip_bad=args.skip_bad)
-    if bad:
-        return 2  # finished, but not every picture has its answer
+    _, bad, complete = transform.local(Path(args.data), Path(out), model=args.model, mode=args.local, port=args.port,
+                                       max_concurrent=args.max_concurrent, stop_on_bad=args.stop_on_bad,
+                                       resume=args.resume)
+    if bad:  # as SageMaker's job: every picture tried, the answers kept, the job failed
+        print(f"error: {len(bad)} picture(s) refused (listed above): the job failed, as SageMaker's would; "
+              "the other pictures have their answers", file=sys.stderr)
+    return 2 if bad or not complete else 0
 
 
 def transform_sagemaker(args):
@@ -669,7 +672,7 @@ def cmd_report(args):
             path, _ = report.build(report.sagemaker_job(args.job, Path(out) / "job", connection.boto), out)
     else:
         path = report.report(local=args.local, out=args.out)
-    print(f"Report: {path}")
+    print(f"Report: {terminal.printable(path)}")
 
 
 COMMANDS = {"data": cmd_data, "upload": cmd_upload, "tune": cmd_tune, "train": cmd_train, "deploy": cmd_deploy,
