@@ -112,23 +112,20 @@ def volume_kms_key(instance_type, key):
 
 
 # ------------------------------------------------------------------------------------------- serverless
-# The SDK's config file can add these to every Model (an organisation's defaults).
-MODEL_VPC_CONFIG_PATH = "SageMaker.Model.VpcConfig"
-MODEL_NETWORK_ISOLATION_PATH = "SageMaker.Model.EnableNetworkIsolation"
-
-
 def check_serverless(vpc, network_isolation, data_capture, sagemaker_session):
     """Serverless endpoints take no VPC, no network isolation and no data capture (AWS: "Feature exclusions");
-    the endpoint would fail after its Model was made. Also what the SDK's config file would add to the Model."""
+    the endpoint would fail after its Model was made. Also what the SDK's config file would add to the Model
+    (an organisation's defaults: SageMaker.Model.VpcConfig, SageMaker.Model.EnableNetworkIsolation)."""
+    from sagemaker.config import MODEL_ENABLE_NETWORK_ISOLATION_PATH, MODEL_VPC_CONFIG_PATH
     from sagemaker.utils import get_sagemaker_config_value
 
     found = []
     if vpc or get_sagemaker_config_value(sagemaker_session, MODEL_VPC_CONFIG_PATH):
         found.append("a VPC (--subnets/--security-groups" + ("" if vpc else f", or {MODEL_VPC_CONFIG_PATH} in the "
                                                               "SageMaker SDK's config file") + ")")
-    if network_isolation or get_sagemaker_config_value(sagemaker_session, MODEL_NETWORK_ISOLATION_PATH):
+    if network_isolation or get_sagemaker_config_value(sagemaker_session, MODEL_ENABLE_NETWORK_ISOLATION_PATH):
         found.append("network isolation (" + ("--network-isolation" if network_isolation else
-                                              f"{MODEL_NETWORK_ISOLATION_PATH} in the SageMaker SDK's config file")
+                                              f"{MODEL_ENABLE_NETWORK_ISOLATION_PATH} in the SageMaker SDK's config file")
                      + ")")
     if data_capture is not None:
         found.append("data capture (--data-capture)")

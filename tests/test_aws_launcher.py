@@ -811,3 +811,100 @@ def test_pretrained_weights_are_sent_as_the_pretrained_channel(cloud, capsys, up
     assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}[
         "pretrained"] == "s3://weights/resnet50.pth"
     assert "expected a .pth/.pt state_dict" in fails(capsys, "train", "--pretrained-weights", tmp_path / "nothing")
+
+
+# -------------------------------------------------------------------------- requests SageMaker accepts
+def test_every_command_sends_requests_the_service_model_accepts(cloud, capsys, uploaded, tmp_path):
+    """tune, train, deploy in each mode, transform, predict and delete, against moto and as dry runs: every
+    request passes request_validator (required members, enums, lengths, ranges, patterns, no unknown member)."""
+    from request_validator import problems
+
+    model_data = f"s3://{BUCKET}/jobs/j1/output/model.tar.gz"
+    picture = uploaded / "test" / "001.Red_fox" / "Red_fox_00000.JPG"
+    cloud.sent.handlers.append(("before-call.*.InvokeEndpoint", endpoint_answers({"predictions": [[]]})))
+    vpc = ["--subnets", "subnet-1", "--security-groups", "sg-1", "--kms-key", "key-1"]
+    commands = [
+        ["tune", "--no-wait", "--job-name", "ic-tune-all", "--instance-count", 2, *vpc],
+        ["tune", "--no-wait", "--job-name", "ic-tune-warm", "--warm-start", "ic-tune-all", "--instance-count", 2],
+        ["train", "--no-wait", "--job-name", "ic-train-all", "--instance-type", "ml.m5.xlarge", *vpc],
+        ["train", "--no-wait", "--job-name", "ic-train-nodebug", "--no-debugger", "--network-isolation"],
+        ["deploy", "--model-data", model_data, "--endpoint", "ep-plain", "--data-capture", 20, *vpc],
+        ["deploy", "--model-data", model_data, "--endpoint", "ep-gpu", "--instance-type", "ml.g4dn.xlarge"],
+        ["deploy", "--model-data", model_data, "--endpoint", "ep-serverless", "--serverless", 2048],
+        ["deploy", "--model-data", model_data, "--endpoint", "ep-scale", "--autoscale", "1:3"],
+        ["predict", picture, "--endpoint", "ep-plain"],
+        ["transform", "--data", f"s3://{BUCKET}/image-classifier/data/dogImages/test/", "--model-data", model_data,
+         "--job-name", "ic-batch-all", "--instance-type", "ml.g4dn.xlarge", "--kms-key", "key-1"],
+        ["delete", "--endpoint", "ep-scale"],
+        ["delete", "--endpoint", "ep-serverless"],
+    ]
+    for argv in commands:
+        ok(capsys, *argv)
+    for argv in commands:  # the dry runs' printed requests, checked the same way
+        if argv[0] == "delete":
+            continue
+        for call in json.loads(ok(capsys, *argv, "--dry-run")):
+            assert problems(call["service"], call["operation"], call["params"]) == [], argv
+    checked = cloud.sent.checker.checked
+    for operation in ("CreateHyperParameterTuningJob", "CreateTrainingJob", "CreateModel", "CreateEndpointConfig",
+                      "CreateEndpoint", "RegisterScalableTarget", "PutScalingPolicy", "InvokeEndpoint",
+                      "CreateTransformJob", "DeleteEndpoint", "DeregisterScalableTarget", "DeleteModel"):
+        assert checked.get(operation), operation
+    assert cloud.sent.checker.found == []
+    serverless = [p for name, p in cloud.sent.calls if name == "CreateEndpointConfig"
+                  and "ServerlessConfig" in p["ProductionVariants"][0]]
+    assert serverless and "KmsKeyId" not in serverless[0]
+
+
+def test_warm_start_refuses_a_parent_with_another_objective_or_hyperparameter_set(cloud, capsys, uploaded):
+    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-loss", "--objective", "best_valid_loss")
+    line = fails(capsys, "tune", "--no-wait", "--job-name", "ic-tune-acc", "--warm-start", "ic-tune-loss")
+    assert "it optimised Minimize best_valid_loss, this job Maximize best_valid_acc" in line
+    assert "same objective" in line
+
+    def older_launcher(parsed):  # a parent tuned before the distribution key was always sent
+        parsed["TrainingJobDefinition"]["StaticHyperParameters"].pop(TORCH_DISTRIBUTED_HYPERPARAMETER)
+
+    playing(cloud, "DescribeHyperParameterTuningJob", older_launcher)
+    line = fails(capsys, "tune", "--no-wait", "--job-name", "ic-tune-acc", "--warm-start", "ic-tune-loss",
+                 "--objective", "best_valid_loss")
+    assert f"differing: {TORCH_DISTRIBUTED_HYPERPARAMETER}" in line
+    assert len([name for name in cloud.sent.operations() if name == "CreateHyperParameterTuningJob"]) == 1
+
+
+def test_one_instance_with_several_gpus_sends_the_same_static_set(cloud, capsys, uploaded):
+    """The distribution key goes out on every job ("auto" on one instance: the job decides from its GPUs)."""
+    ok(capsys, "train", "--no-wait", "--job-name", "ic-g5-12", "--instance-type", "ml.g5.12xlarge")
+    ok(capsys, "train", "--no-wait", "--job-name", "ic-two", "--instance-count", 2)
+    one, two = [p["HyperParameters"] for name, p in cloud.sent.calls if name == "CreateTrainingJob"]
+    assert one[TORCH_DISTRIBUTED_HYPERPARAMETER] == "auto" and two[TORCH_DISTRIBUTED_HYPERPARAMETER] == "true"
+    assert set(one) == set(two)
+
+
+def test_kms_key_on_volumes_only_where_the_type_has_no_local_storage(cloud, capsys, uploaded):
+    ok(capsys, "train", "--no-wait", "--instance-type", "ml.m5.xlarge", "--kms-key", "key-1")
+    request = cloud.sent.one("CreateTrainingJob")
+    assert request["ResourceConfig"]["VolumeKmsKeyId"] == "key-1" and request["OutputDataConfig"]["KmsKeyId"] == "key-1"
+    ok(capsys, "tune", "--no-wait", "--kms-key", "key-1")  # the default ml.g4dn.xlarge: NVMe
+    definition = cloud.sent.one("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert "VolumeKmsKeyId" not in definition["HyperParameterTuningResourceConfig"]
+    assert definition["OutputDataConfig"]["KmsKeyId"] == "key-1"
+
+
+def test_the_sdks_lifecycle_warning_is_shown_once_and_stdout_stays_json(tmp_path):
+    """The launcher does not hide SDK v2's own notice (maintenance since 2026-07-06, end of support 2027-07-06)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_"))}
+    env.update(AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_EC2_METADATA_DISABLED="true",
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               IMAGE_URI_FILE=str(tmp_path / "none"), IMAGE_CLASSIFIER_STATE=str(tmp_path / "state.json"))
+    done = subprocess.run([sys.executable, str(Path(launch.__file__)), "deploy", "--model-data", "s3://b/m.tar.gz",
+                           "--endpoint", "e1", "--dry-run"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [c["operation"] for c in json.loads(done.stdout)][-1] == "CreateEndpoint"
+    assert done.stderr.count("You are using the SageMaker Python SDK v2") == 1
+    assert "SAGEMAKER_SUPPRESS_V2_WARNING=1" in done.stderr
