@@ -23,6 +23,7 @@ from image_classifier.contract import TENSORS_FOLDER, MLPaths
 from image_classifier.metrics import parse_metrics
 
 from . import LOCAL_JOBS_DIR, PROJECT_DIR, LauncherError
+from .terminal import printable
 
 # boto3, smdebug and matplotlib are imported where they are used: slow imports that not every report needs.
 
@@ -114,7 +115,7 @@ def _download_prefix(s3, uri, target):
                 continue  # a "folder" object (the console's Create folder): no file to write
             path = (target / relative).resolve()
             if not relative or not path.is_relative_to(target) or path == target:
-                print(f"note: skipped s3://{bucket}/{item['Key']}: it would be written outside {target}")
+                print(f"note: skipped s3://{bucket}/{printable(item['Key'])}: it would be written outside {target}")
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, item["Key"], str(path))

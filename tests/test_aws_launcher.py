@@ -851,9 +851,6 @@ def test_every_command_sends_requests_the_service_model_accepts(cloud, capsys, u
                       "CreateTransformJob", "DeleteEndpoint", "DeregisterScalableTarget", "DeleteModel"):
         assert checked.get(operation), operation
     assert cloud.sent.checker.found == []
-    serverless = [p for name, p in cloud.sent.calls if name == "CreateEndpointConfig"
-                  and "ServerlessConfig" in p["ProductionVariants"][0]]
-    assert serverless and "KmsKeyId" not in serverless[0]
 
 
 def test_warm_start_refuses_a_parent_with_another_objective_or_hyperparameter_set(cloud, capsys, uploaded):
