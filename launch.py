@@ -150,7 +150,7 @@ def distribution(instance_count):
     """The toolkit's torchrun runner, one process per GPU on each host: "true" on several instances, "auto" on
     one (the job decides from its GPUs). Always sent, so every job (and every warm start's parent) has the same
     static hyperparameters. `batch-size` stays per GPU."""
-    return {constants.TORCH_DISTRIBUTED_HYPERPARAMETER: "true" if instance_count > 1 else "auto"}
+    return {constants.TORCH_DISTRIBUTED_HYPERPARAMETER: constants.distribution_hyperparameter(instance_count)}
 
 
 def vpc_config(args):
