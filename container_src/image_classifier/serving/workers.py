@@ -1,0 +1,60 @@
+"""serve's watch on the model's workers, through MMS's management API on its unix socket.
+
+MMS answers /ping with HTTP 200 (and `{"status": "Unhealthy"}`) when no worker is alive: after workers die
+(a request past the timeout, out of memory, a CUDA fault) and cannot be restarted, SageMaker would keep
+sending traffic to an instance that can only fail. `GET /models/<name>` lists the workers and their
+status; serve polls it and gives up when none has been READY for a set time (serve.py says what then).
+"""
+import http.client
+import json
+import socket
+
+READY = "READY"  # MMS's status of a worker that has loaded the model and takes requests
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (MMS's management address `unix:/path`)."""
+
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = str(path)
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def ready_workers(socket_path, model_name, timeout=5.0):
+    """How many of the model's workers are READY; 0 when the management API does not answer (a frontend
+    that cannot answer there cannot answer requests either)."""
+    connection = UnixHTTPConnection(socket_path, timeout)
+    try:
+        connection.request("GET", f"/models/{model_name}")
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return 0
+        description = json.loads(body)
+    except (OSError, http.client.HTTPException, ValueError):
+        return 0
+    finally:
+        connection.close()
+    descriptions = description if isinstance(description, list) else [description]  # MMS versions differ
+    return sum(1 for model in descriptions if isinstance(model, dict)
+               for worker in model.get("workers") or [] if isinstance(worker, dict) and worker.get("status") == READY)
+
+
+class WorkerWatch:
+    """Healthy while a worker was READY within the last `limit` seconds; the first one may take
+    `startup` seconds (MMS's own allowance for loading the model) to come up."""
+
+    def __init__(self, limit, startup, now):
+        self.limit = limit
+        self.deadline = now + max(limit, startup)
+
+    def update(self, ready, now):
+        """Record one poll (`ready` workers at `now`); False once the deadline has passed without one."""
+        if ready:
+            self.deadline = now + self.limit
+        return now < self.deadline
