@@ -111,6 +111,11 @@ def scan_bomb_jpeg(side=7_000, repeats=3_000):
     return data[:start] + data[start:end] * repeats + b"\xff\xd9"
 
 
+def thin_png(width=1, height=50_000):
+    """A few hundred bytes that the evaluation transform would resize up to 256 x 12,800,000 pixels."""
+    return encode(Image.new("L", (width, height), 128), "PNG")
+
+
 def big_jpeg(size=(4_000, 3_000)):
     """A phone-camera-sized JPEG (12 MP) that the server decodes at 1/8 scale."""
     return encode(Image.new("RGB", size, (30, 90, 160)), "JPEG", quality=80)
