@@ -194,9 +194,12 @@ def give_to(account, runtime_dir, model_dir):
     (a copy in the runtime folder when it cannot read `model_dir`)."""
     def probe():
         files = [str(path) for path in Path(model_dir).rglob("*") if path.is_file()]
-        return subprocess.run([sys.executable, "-c", ACCESS_PROBE, str(runtime_dir), *files],
-                              capture_output=True, text=True, timeout=120, cwd="/",
-                              **account.popen_arguments())
+        try:
+            return subprocess.run([sys.executable, "-c", ACCESS_PROBE, str(runtime_dir), *files],
+                                  capture_output=True, text=True, timeout=120, cwd="/",
+                                  **account.popen_arguments())
+        except OSError as error:  # the interpreter itself is out of its reach
+            return subprocess.CompletedProcess([], 1, "", f"{type(error).__name__}: {error}")
 
     os.chown(runtime_dir, account.uid, account.gid)
     result = probe()
