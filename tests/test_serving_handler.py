@@ -144,6 +144,7 @@ def test_input_fn_reads_top_k_from_the_custom_attributes_header(model_dir):
     (samples.ico(), "application/x-image", handler.BadRequest, "supported format"),
     (samples.png(), "text/csv", handler.UnsupportedContentType, "not supported"),
     ("{not json", "application/json", handler.BadRequest, "not valid JSON"),
+    ('{"instances": ' + "9" * 5000 + "}", "application/json", handler.BadRequest, "not valid JSON"),
     ("", "application/json", handler.BadRequest, "empty"),
     (samples.nested_json(), "application/json", handler.BadRequest, "nested too deeply"),
     ('{"instances": ' + samples.nested_json(500) + "}", "application/json", handler.BadRequest, "instances[0]"),

@@ -92,15 +92,9 @@ class TestHardenedServer:
     def test_reason_phrases_are_the_standard_ones(self, server):
         assert reason_of(server.port, samples.random_bytes(), "image/jpeg") == (400, "Bad Request")
         assert reason_of(server.port, samples.bomb_png(), "image/png") == (413, "Request Entity Too Large")
-        # A server fault: the worker runs out of memory in the forward pass (its address space is capped
-        # a little above what it uses). The toolkit's phrase would be the exception's text.
-        [worker] = server.workers()
-        soft, hard = worker.rlimit(psutil.RLIMIT_AS)
-        worker.rlimit(psutil.RLIMIT_AS, (worker.memory_info().vms + 64 * 1024 * 1024, hard))
-        try:
-            assert reason_of(server.port, samples.png(), "image/png") == (500, "Internal Server Error")
-        finally:
-            worker.rlimit(psutil.RLIMIT_AS, (soft, hard))
+        # A JSON number of 5,000 digits: Python's parser raises ValueError (not JSONDecodeError), which
+        # was a 500 whose reason phrase was the exception's text; now a 400 like any bad JSON.
+        assert reason_of(server.port, '{"instances": ' + "9" * 5000 + "}", "application/json") == (400, "Bad Request")
         assert invoke(server.port, samples.jpeg(), "image/jpeg")[0] == 200
 
     def test_with_every_worker_dead_ping_stops_answering_200(self, server):

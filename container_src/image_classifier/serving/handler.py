@@ -238,8 +238,8 @@ def load_json(body):
         raise BadRequest("The body is empty: send {\"instances\": [{\"b64\": \"...\"}]}.")
     try:
         return json.loads(body)
-    except json.JSONDecodeError as error:
-        raise BadRequest(f"The body is not valid JSON: {error}.") from None
+    except ValueError as error:  # JSONDecodeError, or a number of more than 4,300 digits
+        raise BadRequest(f"The body is not valid JSON: {str(error)[:200]}.") from None
     except RecursionError:
         raise BadRequest("The JSON body is nested too deeply: send "
                          "{\"instances\": [{\"b64\": \"...\"}]}.") from None
