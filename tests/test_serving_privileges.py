@@ -15,6 +15,7 @@ import serving_samples as samples
 from image_classifier import contract
 from image_classifier.serving import serve, settings
 from serving_harness import SERVE
+from test_container import image  # noqa: F401  (the fixture: the image of this tree)
 
 UNPRIVILEGED = "nobody"  # a user every Debian host has; the image's own is model-server
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="serve drops privileges only when it runs as root")
@@ -89,3 +90,25 @@ def test_the_model_server_runs_as_the_unprivileged_user(trained_model_dir):
         assert exit_code == 0 and not alive
     finally:
         shutil.rmtree(base_dir, ignore_errors=True)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_in_the_image_the_model_server_runs_as_model_server(image, trained_model_dir, tmp_path):
+    """`docker run IMAGE serve` as SageMaker runs it (root): Java and the workers run as model-server, even
+    for a model written 0600 (an artifact of an older version)."""
+    from launcher.local import docker as local_docker
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model_dir, model)
+    (model / "model.pth").chmod(0o600)
+    port = harness.free_port()
+    local_docker.serve(model, port, detach=True, image=image, env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
+    try:
+        top = subprocess.run(["docker", "top", local_docker.serving_container(port), "-eo", "user,args"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()[1:]
+        mms = [line for line in top if "java" in line or "model_service_worker" in line]
+        assert len(mms) >= 3, top  # the frontend, the listener, a worker
+        assert all(line.split()[0] in ("model-server", "1000") for line in mms), top
+    finally:
+        assert local_docker.stop(port)

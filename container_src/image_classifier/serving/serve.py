@@ -306,7 +306,7 @@ def run(environ=None):
             try:
                 exit_code = process.wait(timeout=settings.WORKER_POLL_SECONDS)
             except subprocess.TimeoutExpired:
-                ready = workers.ready_workers(runtime_dir / settings.MANAGEMENT_SOCKET, MODEL_NAME)
+                ready = workers.ready_count(runtime_dir / settings.MANAGEMENT_SOCKET, MODEL_NAME, process.pid)
                 if watch.update(ready, time.monotonic()):
                     continue
                 log.error("No model worker has been ready for %d s (%s): stopping the model server so that "

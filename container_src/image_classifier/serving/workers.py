@@ -4,10 +4,15 @@ MMS answers /ping with HTTP 200 (and `{"status": "Unhealthy"}`) when no worker i
 (a request past the timeout, out of memory, a CUDA fault) and cannot be restarted, SageMaker would keep
 sending traffic to an instance that can only fail. `GET /models/<name>` lists the workers and their
 status; serve polls it and gives up when none has been READY for a set time (serve.py says what then).
+MMS's status alone is not the truth either: a worker whose process was killed with its per-model listener
+(which MMS does not restart) stays READY there while the frontend retries it for ever, so a worker counts
+only while a worker process is alive below the frontend as well.
 """
 import http.client
 import json
 import socket
+
+import psutil
 
 READY = "READY"  # MMS's status of a worker that has loaded the model and takes requests
 
@@ -43,6 +48,34 @@ def ready_workers(socket_path, model_name, timeout=5.0):
     descriptions = description if isinstance(description, list) else [description]  # MMS versions differ
     return sum(1 for model in descriptions if isinstance(model, dict)
                for worker in model.get("workers") or [] if isinstance(worker, dict) and worker.get("status") == READY)
+
+
+def live_workers(root_pid):
+    """The worker processes alive below MMS's process `root_pid`: Python processes running MMS's
+    model_service_worker.py that another one (the per-model listener) forked; zombies do not count."""
+    def is_mms_python(process):
+        try:
+            return (process.status() != psutil.STATUS_ZOMBIE
+                    and any(part.endswith("model_service_worker.py") for part in process.cmdline()))
+        except psutil.Error:
+            return False
+
+    try:
+        descendants = psutil.Process(root_pid).children(recursive=True)
+    except psutil.Error:
+        return 0
+    count = 0
+    for process in descendants:
+        try:
+            count += is_mms_python(process) and is_mms_python(process.parent())
+        except psutil.Error:
+            pass
+    return count
+
+
+def ready_count(socket_path, model_name, root_pid):
+    """Workers that MMS calls READY and that are alive, as far as both tell (the smaller count)."""
+    return min(ready_workers(socket_path, model_name), live_workers(root_pid))
 
 
 class WorkerWatch:
