@@ -160,7 +160,7 @@ def test_input_fn_reads_top_k_from_the_custom_attributes_header(model_dir):
     ('{"instances": [{"b64": "@@not base64@@"}]}', "application/json", handler.BadRequest, "base64"),
     ('{"instances": [{"b64": "aGVsbG8="}]}', "application/json", handler.BadRequest, "instances[0]"),
     (b"\xff\xd8\xff\xe0 binary", "application/json; charset=utf-8", handler.BadRequest, "UTF-8"),
-], ids=["empty", "none", "random-bytes", "decompression-bomb", "eps", "ico", "wrong-type", "bad-json",
+], ids=["empty", "none", "random-bytes", "decompression-bomb", "eps", "ico", "wrong-type", "bad-json", "huge-number",
         "empty-json", "deep-json", "nested-instances", "no-instances", "top-level-list", "top-level-string",
         "instances-object", "no-instance", "string-instance", "null-instance", "int-b64", "list-b64",
         "bad-base64", "not-a-picture", "binary-json"])
