@@ -106,7 +106,7 @@ def test_in_the_image_the_model_server_runs_as_model_server(image, trained_model
     local_docker.serve(model, port, detach=True, image=image, env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
     try:
         # docker top runs the host's ps over the container's processes; it needs a pid column.
-        top = subprocess.run(["docker", "top", local_docker.serving_container(port), "-o", "pid,uid,args"],
+        top = subprocess.run(["docker", "top", local_docker.serving_container(port), "-eo", "pid,uid,args"],
                              capture_output=True, text=True, check=True).stdout.splitlines()[1:]
         mms = [line for line in top if "java" in line or "model_service_worker" in line]
         assert len(mms) >= 3, top  # the frontend, the listener, a worker
