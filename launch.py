@@ -19,7 +19,6 @@ On SageMaker (after ./build_and_push.sh; each step records what it made for the 
 Run `python launch.py COMMAND --help` for each command's options.
 """
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -27,9 +26,9 @@ from pathlib import Path
 from image_classifier import constants
 from image_classifier.config import HyperparameterError, Hyperparameters
 from image_classifier.contract import CONTAINER_PATHS, TENSORS_FOLDER
-from image_classifier.cuda_check import GPU_INFERENCE_AMI
 from image_classifier.metrics import METRIC_DEFINITIONS
-from launcher import SAMPLE_DIR, LauncherError, aws, local, report, s3_upload, scaling, transform, unique_name
+from launcher import (SAMPLE_DIR, LauncherError, api_rules, aws, local, report, s3_upload, scaling, terminal, transform,
+                      unique_name)
 from launcher.cli import ENDPOINT_INSTANCE, LAST, TRAINING_INSTANCE, TUNING_JOB_PREFIX, build_parser
 from launcher.local import client, hosts, serving, trees
 from launcher.sample_data import write_digits
@@ -102,6 +101,8 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
     from launcher.sdk import Estimator
 
     spot = not args.no_spot
+    instance_type = args.instance_type or TRAINING_INSTANCE
+    api_rules.check_runs_the_image(instance_type)
     # The tensors' save intervals are the job's own hyperparameters (one definition, also used off SageMaker).
     job = Hyperparameters.from_strings(hyperparameters)
     losses_every, tensors_every = str(job.debug_loss_interval), str(job.debug_tensor_interval)
@@ -110,7 +111,7 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
         image_uri=connection.image_uri(),
         role=connection.role,
         instance_count=args.instance_count,
-        instance_type=args.instance_type or TRAINING_INSTANCE,
+        instance_type=instance_type,
         volume_size=50,  # GB: dogImages (1.1 GB), the pretrained weights, checkpoints, tensors
         hyperparameters={**hyperparameters, **distribution(args.instance_count)},
         metric_definitions=METRIC_DEFINITIONS,  # the same regexes the job's metric lines are written for
@@ -121,7 +122,7 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
         checkpoint_s3_uri=checkpoints if spot else None,
         subnets=vpc.get("Subnets"),
         security_group_ids=vpc.get("SecurityGroupIds"),
-        volume_kms_key=args.kms_key,
+        volume_kms_key=api_rules.volume_kms_key(instance_type, args.kms_key),  # none on local NVMe storage
         output_kms_key=args.kms_key,
         enable_network_isolation=args.network_isolation,
         environment=None if debugger else TENSORS_IN_OUTPUT_DATA,
@@ -146,19 +147,10 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
 
 
 def distribution(instance_count):
-    """Several instances: the toolkit's torchrun runner, one process per GPU on each (one instance with several
-    GPUs needs no setting: the job starts torchrun when it sees them). `batch-size` stays per GPU."""
-    return {constants.TORCH_DISTRIBUTED_HYPERPARAMETER: "true"} if instance_count > 1 else {}
-
-
-def inference_ami(instance_type, requested=None):
-    """The endpoint AMI for a GPU instance type (ml.g*, ml.p*): one whose NVIDIA driver runs the image's CUDA
-    12 build (the default drivers of ml.g4dn/g5/p4d are too old). CPU types take none."""
-    if re.match(r"ml\.[gp]\d", instance_type):
-        return requested or GPU_INFERENCE_AMI
-    if requested:
-        raise LauncherError(f"--inference-ami applies to GPU instance types (ml.g*, ml.p*), not {instance_type}")
-    return None
+    """The toolkit's torchrun runner, one process per GPU on each host: "true" on several instances, "auto" on
+    one (the job decides from its GPUs). Always sent, so every job (and every warm start's parent) has the same
+    static hyperparameters. `batch-size` stays per GPU."""
+    return {constants.TORCH_DISTRIBUTED_HYPERPARAMETER: constants.distribution_hyperparameter(instance_count)}
 
 
 def vpc_config(args):
@@ -255,19 +247,24 @@ def cmd_tune(args):
         data, splits, pretrained = job_inputs(connection, args, name)
         training = estimator(connection, hyperparameters, args, tags=aws.tags(data=data),
                              checkpoints=connection.s3_uri("checkpoints", name) + "/")  # a trial resumes after spot
+        # The saved model's own value (the job's last line for it), maximised, or minimised for a loss.
+        objective = {"MetricName": args.objective, "Type": "Minimize" if args.objective.endswith("loss") else "Maximize"}
+        ranges = {
+            "lr": ContinuousParameter(0.001, 0.1, scaling_type="Logarithmic"),
+            "batch-size": CategoricalParameter([32, 64, 128, 256, 512]),
+        }
         warm_start = None
-        if args.warm_start:  # a rebuilt image (or other data) rules out IdenticalDataAndAlgorithm
-            changed = connection.parent_differs(args.warm_start, training.image_uri, data)
+        if args.warm_start:  # parents with the same objective and hyperparameters; a rebuilt image (or other
+            # data) rules out IdenticalDataAndAlgorithm
+            changed = connection.check_warm_start_parents(args.warm_start, training.image_uri, data, objective,
+                                                          {*training.hyperparameters(), *ranges})
             warm_start = WarmStartConfig(WarmStartTypes.TRANSFER_LEARNING if changed else
                                          WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM, parents=set(args.warm_start))
         tuner = HyperparameterTuner(
             training,
-            objective_metric_name=args.objective,  # the saved model's own value: the job's last line for it
-            objective_type="Minimize" if args.objective.endswith("loss") else "Maximize",
-            hyperparameter_ranges={
-                "lr": ContinuousParameter(0.001, 0.1, scaling_type="Logarithmic"),
-                "batch-size": CategoricalParameter([32, 64, 128, 256, 512]),
-            },
+            objective_metric_name=objective["MetricName"],
+            objective_type=objective["Type"],
+            hyperparameter_ranges=ranges,
             metric_definitions=METRIC_DEFINITIONS,
             strategy=args.strategy,
             max_jobs=args.max_jobs,
@@ -440,10 +437,10 @@ def deploy_sagemaker(args):
             raise LauncherError(f"endpoint {recorded} (recorded by an earlier deploy) is still up and costs money: "
                                 f"remove it first (python launch.py delete --endpoint {recorded}), or pass "
                                 "--endpoint NAME for a second one")
+        capacity = traffic_options(connection, args)  # checked before anything is made
         training_job, model_data = model_to_serve(connection, args)
         name = args.endpoint or unique_name()
         model = serving_model(connection, model_data, name, args)
-        capacity = traffic_options(connection, args)
         with connection.costs_until_deleted(name):  # says so on every way out, Ctrl-C included
             model.deploy(
                 **capacity,
@@ -484,15 +481,14 @@ def traffic_options(connection, args):
         scaling.check_serverless(args.serverless, args.instance_type, args.instance_count, args.autoscale)
         if args.inference_ami:
             raise LauncherError("--inference-ami applies to GPU instances, and serverless endpoints run on CPU")
-        if args.data_capture is not None:
-            raise LauncherError("--data-capture is not available on serverless endpoints: drop one of them")
+        api_rules.check_serverless(vpc_config(args), args.network_isolation, args.data_capture, connection.sagemaker)
         options["serverless_inference_config"] = ServerlessInferenceConfig(
             memory_size_in_mb=args.serverless, max_concurrency=args.max_concurrency)
     else:
         minimum = scaling.parse_autoscale(args.autoscale)[0] if args.autoscale else 1
         instance_type = args.instance_type or ENDPOINT_INSTANCE
         options.update(initial_instance_count=args.instance_count or minimum, instance_type=instance_type,
-                       inference_ami_version=inference_ami(instance_type, args.inference_ami))
+                       inference_ami_version=api_rules.inference_ami(instance_type, args.inference_ami))
     if args.data_capture is not None:
         if not 0 < args.data_capture <= 100:
             raise LauncherError(f"--data-capture {args.data_capture}: a percentage of requests, 1 to 100")
@@ -611,19 +607,22 @@ def delete_everything(connection, yes):
 # ----------------------------------------------------------------------------------------- transform
 def cmd_transform(args):
     """Batch transform: one request per picture, one `<picture>.out` answer each (locally with --local)."""
-    if args.summarize:
-        csv_path, counts = transform.summarize(args.summarize, args.csv)
-        print(f"Summary of {sum(counts.values())} picture(s): {csv_path}\nTop-1 labels:")
-        return transform.print_counts(counts)
+    if args.summarize:  # with --data (a local folder): outputs with no input picture are left out
+        inputs = (Path(args.data), transform.input_files(args.data)) if args.data else None
+        summary = transform.summarize(args.summarize, args.csv, inputs)
+        return 0 if transform.print_summary(summary, args.summarize) else 2
     if not args.data:
         raise LauncherError("transform needs --data (a folder with --local, else an s3:// prefix), or --summarize OUT")
     if not args.local:
         return transform_sagemaker(args)
     out = args.output or Path(args.data).resolve().parent / f"{Path(args.data).resolve().name}-transform"
-    _, bad = transform.local(Path(args.data), Path(out), model=args.model, mode=args.local, port=args.port,
-                             max_concurrent=args.max_concurrent, skip_bad=args.skip_bad)
-    if bad:
-        return 2  # finished, but not every picture has its answer
+    _, bad, complete = transform.local(Path(args.data), Path(out), model=args.model, mode=args.local, port=args.port,
+                                       max_concurrent=args.max_concurrent, stop_on_bad=args.stop_on_bad,
+                                       resume=args.resume)
+    if bad:  # as SageMaker's job: every picture tried, the answers kept, the job failed
+        print(f"error: {len(bad)} picture(s) refused (listed above): the job failed, as SageMaker's would; "
+              "the other pictures have their answers", file=sys.stderr)
+    return 2 if bad or not complete else 0
 
 
 def transform_sagemaker(args):
@@ -633,9 +632,15 @@ def transform_sagemaker(args):
                             "or add --local to run it on this machine")
     connection = aws.Aws(args)
     with aws.errors():
+        instance_type = args.instance_type or transform.TRANSFORM_INSTANCE
+        max_concurrent = args.max_concurrent or transform.max_concurrent_transforms(instance_type)
+        api_rules.check_max_concurrent(max_concurrent, transform.MAX_PAYLOAD_MB)
+        ami = api_rules.transform_ami(instance_type)  # GPU types: a driver that runs the image's CUDA 12
+        if ami:  # SDK v2's transformer has no parameter for it
+            api_rules.add_to_request(connection.client("sagemaker"), "CreateTransformJob",
+                                     TransformResources={"TransformAmiVersion": ami})
         training_job, model_data = model_to_serve(connection, args)
         name = args.job_name or unique_name()
-        instance_type = args.instance_type or transform.TRANSFORM_INSTANCE
         output = str(args.output) if args.output else connection.s3_uri("transform", name)
         transformer = serving_model(connection, model_data, name, args).transformer(
             instance_count=args.instance_count,
@@ -643,9 +648,9 @@ def transform_sagemaker(args):
             strategy="SingleRecord",  # one picture per request
             output_path=output,
             accept="application/json",
-            max_concurrent_transforms=args.max_concurrent or transform.max_concurrent_transforms(instance_type),
+            max_concurrent_transforms=max_concurrent,
             max_payload=transform.MAX_PAYLOAD_MB,  # the model server's own cap
-            volume_kms_key=args.kms_key,
+            volume_kms_key=api_rules.volume_kms_key(instance_type, args.kms_key),  # none on local NVMe storage
             output_kms_key=args.kms_key,
             tags=aws.tags(training_job=training_job, model_data=model_data),
         )
@@ -667,7 +672,7 @@ def cmd_report(args):
             path, _ = report.build(report.sagemaker_job(args.job, Path(out) / "job", connection.boto), out)
     else:
         path = report.report(local=args.local, out=args.out)
-    print(f"Report: {path}")
+    print(f"Report: {terminal.printable(path)}")
 
 
 COMMANDS = {"data": cmd_data, "upload": cmd_upload, "tune": cmd_tune, "train": cmd_train, "deploy": cmd_deploy,

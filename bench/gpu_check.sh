@@ -23,6 +23,23 @@ if not torch.cuda.is_available():
     sys.exit("no usable GPU: nothing to check")
 EOF
 
+echo "== GPU device files for the model server's user (serve, run as root, drops to it)"
+ls -l /dev/nvidia* /dev/dri 2>&1 | head -20
+if [ "$(id -u)" = 0 ]; then
+  timeout 60 "$PY" - <<'EOF' || status=1
+import os, subprocess, sys
+from image_classifier.serving import serve, settings
+account = serve.server_account(settings.load(), os.environ)
+if account is None:  # outside the image: no model-server user; check with nobody and the same groups
+    account = serve.server_account(settings.load({settings.SERVER_USER_ENV: "nobody"}),
+                                   {settings.SERVER_USER_ENV: "nobody"})
+check = 'for d in /dev/nvidia* /dev/dri/renderD*; do [ -c "$d" ] || continue; if [ -r "$d" ] && [ -w "$d" ]; then echo "usable: $d"; else echo "NOT usable: $d"; bad=1; fi; done; exit ${bad:-0}'
+result = subprocess.run(["sh", "-c", check], **account.popen_arguments())
+print(f"as {account.name} (groups {account.groups}):", "ok" if result.returncode == 0 else "a device is not usable")
+sys.exit(result.returncode)
+EOF
+fi
+
 echo "== gpu tests"
 timeout 300 "$PY" -m pytest -m gpu -q -rs tests/test_gpu.py || status=1
 

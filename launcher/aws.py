@@ -15,19 +15,24 @@ import re
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from image_classifier.contract import atomic_write_text
 
-from . import IMAGE_NAME, LOCAL_JOBS_DIR, LauncherError, recorded_image_uri
+from . import IMAGE_NAME, LOCAL_JOBS_DIR, LauncherError, api_rules, recorded_image_uri
 
 # boto3, botocore and the SageMaker SDK are imported where they are used: slow imports (over a second for the
 # SDK) that local commands and --help never need.
 
-# Before the SDK is imported: it prints a v3 deprecation banner otherwise, and logs its config look-ups at
-# INFO to stdout (where a dry run writes its JSON) unless its logger already has a level and a handler.
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+# Before the SDK is imported: it logs its config look-ups at INFO to stdout (where a dry run writes its JSON)
+# unless its logger already has a level and a handler.
+# The SDK's v2 lifecycle notice is shown, once per command (README, "The SageMaker SDK v2's lifecycle"): the
+# SDK repeats it through logging and once more for each class used (Estimator, Model...); those repeats go.
+# SAGEMAKER_SUPPRESS_V2_WARNING=1 silences the notice itself.
+logging.getLogger("sagemaker.deprecations").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=r"\S+ is part of the SageMaker Python SDK v2")
 _sdk_config_logger = logging.getLogger("sagemaker.config")
 _sdk_config_logger.setLevel(logging.WARNING)
 _sdk_config_logger.addHandler(logging.StreamHandler(sys.stderr))
@@ -379,18 +384,21 @@ class Aws:
         values = {k: v for k, v in values.items() if not k.startswith(PLATFORM_HYPERPARAMETER_PREFIXES)}
         return best, values
 
-    def parent_differs(self, parents, image_uri, data_uri):
-        """Whether any parent tuning job ran another image or other data (then only TransferLearning applies)."""
+    def check_warm_start_parents(self, parents, image_uri, data_uri, objective, hyperparameter_names):
+        """Refuses parents SageMaker would refuse (another objective, another number of hyperparameters); returns
+        whether any ran another image or other data (then only TransferLearning applies)."""
         client = self.client("sagemaker")
+        differs = False
         for parent in parents:
-            definition = client.describe_hyper_parameter_tuning_job(
-                HyperParameterTuningJobName=parent).get("TrainingJobDefinition", {})
+            description = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=parent)
+            if not self.dry_run:  # a dry run's answer is a placeholder
+                api_rules.check_warm_start_parent(parent, description, objective, hyperparameter_names)
+            definition = description.get("TrainingJobDefinition", {})
             image = definition.get("AlgorithmSpecification", {}).get("TrainingImage")
             data = {c.get("DataSource", {}).get("S3DataSource", {}).get("S3Uri", "").rstrip("/").rsplit("/", 1)[0]
                     for c in definition.get("InputDataConfig", [])}
-            if image != image_uri or data - {data_uri.rstrip("/")}:
-                return True
-        return False
+            differs = differs or image != image_uri or bool(data - {data_uri.rstrip("/")})
+        return differs
 
     # --- endpoints
     def project_resources(self):

@@ -43,8 +43,9 @@ COMMAND_HELP = {
         "Stop a served model: the local server with --local."),
     "transform": ("classify a folder of pictures as a batch transform job (locally with --local)",
         "Send every file under --data to the model, one request per picture as SageMaker's batch "
-        "transform does, and write its answer to OUT/<file>.out; then a summary CSV. The first "
-        "refused picture stops the job unless --skip-bad."),
+        "transform does, and write its answer to OUT/<file>.out; then a summary CSV. A refused "
+        "picture does not stop the job (as on SageMaker): the others are answered, the refused ones "
+        "listed, and the job exits 2; --stop-on-bad stops at the first."),
     "report": ("write an HTML report of a finished training job",
         "One self-contained HTML page plus PNG figures: loss per step, "
         "accuracy per epoch, test confusion matrix, rules, profiler, "
@@ -213,10 +214,13 @@ def build_parser(description=None):
     transform.add_argument("--job-name", help="SageMaker: transform job (and model) name")
     transform.add_argument("--instance-type", help=f"SageMaker: instance (default {TRANSFORM_INSTANCE})")
     transform.add_argument("--instance-count", type=int, default=1, help="SageMaker: instances (default 1)")
-    transform.add_argument("--skip-bad", action="store_true",
-                           help="go on after a refused picture; count and list them at the end (exit code 2)")
+    transform.add_argument("--stop-on-bad", action="store_true",
+                           help="stop at the first refused picture (default: go on, list them at the end, exit 2)")
+    transform.add_argument("--resume", action="store_true",
+                           help="with --local: send only the pictures that have no .out file yet")
     transform.add_argument("--summarize", type=Path, metavar="OUT",
-                           help="only summarize the .out files in OUT: a CSV and the label counts")
+                           help="only summarize the .out files in OUT: a CSV and the label counts (with --data "
+                                "FOLDER: outputs with no picture in it are flagged and left out)")
     transform.add_argument("--csv", type=Path, help="with --summarize: the CSV's path (default OUT/summary.csv)")
     add_network_arguments(transform)
     aws.add_arguments(transform)

@@ -23,6 +23,7 @@ from image_classifier.contract import TENSORS_FOLDER, MLPaths
 from image_classifier.metrics import parse_metrics
 
 from . import LOCAL_JOBS_DIR, PROJECT_DIR, LauncherError
+from .terminal import printable
 
 # boto3, smdebug and matplotlib are imported where they are used: slow imports that not every report needs.
 
@@ -110,9 +111,11 @@ def _download_prefix(s3, uri, target):
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
         for item in page.get("Contents", []):
             relative = item["Key"][len(prefix) + 1:]
+            if item["Key"].endswith("/"):
+                continue  # a "folder" object (the console's Create folder): no file to write
             path = (target / relative).resolve()
             if not relative or not path.is_relative_to(target) or path == target:
-                print(f"note: skipped s3://{bucket}/{item['Key']}: it would be written outside {target}")
+                print(f"note: skipped s3://{bucket}/{printable(item['Key'])}: it would be written outside {target}")
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, item["Key"], str(path))
@@ -129,8 +132,9 @@ def _cloudwatch_lines(session, name):
     try:
         logs = session.client("logs")
         lines = []
+        # A job's streams are `<job>/algo-N-<time>`: the prefix ends at the `/`, or job `run1` would also read `run10`'s.
         for page in logs.get_paginator("describe_log_streams").paginate(logGroupName=LOG_GROUP,
-                                                                       logStreamNamePrefix=name):
+                                                                       logStreamNamePrefix=f"{name}/"):
             for stream in page.get("logStreams", []):
                 token = None
                 while True:

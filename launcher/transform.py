@@ -1,16 +1,20 @@
 """Batch transform on this machine: SageMaker's job over a local folder, and the summary of its output.
 
 SageMaker's batch transform (SplitType None) sends every object under the input prefix as one request
-to `/invocations` and writes the answer to `<output>/<the object's key relative to the prefix>.out`; the
-first refused object fails the job. `run` does the same over a folder, against the real `serve` started
-by `local.serving.deploy` (as a process or in the image), with a second request queued per worker,
-so the same `.out` files come out. `summarize` reads such a folder (local or downloaded from S3) into
-a CSV: file, top-1 label, probability, top-k.
+to `/invocations` and writes the answer to `<output>/<the object's key relative to the prefix>.out`. A
+refused object does not stop it: it processes every object, uploads the outputs that succeeded, then
+marks the job Failed. `run` does the same over a folder, against the real `serve` started by
+`local.serving.deploy` (as a process or in the image), with a second request queued per worker, so the
+same `.out` files come out (each written atomically: a crash leaves whole files only, which `--resume`
+skips). `summarize` reads such a folder (local or downloaded from S3) into a CSV: file, top-1 label,
+probability, top-k; an unreadable `.out` is counted as failed, one with no input picture (a stale output
+of an earlier run) is flagged and left out.
 """
 import collections
 import concurrent.futures
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -24,8 +28,9 @@ import psutil
 from image_classifier import contract
 from image_classifier.serving import settings as serving_settings
 
-from . import LauncherError
+from . import LauncherError, api_rules
 from .local import client, serving, trees
+from .terminal import printable
 
 OUT_SUFFIX = ".out"  # SageMaker's name for a transform's answer: <input file name>.out
 SUMMARY_FILE = "summary.csv"
@@ -138,11 +143,11 @@ def transform_one(port, file):
     return client.invoke(port, Path(file).read_bytes(), client.content_type_of(Path(file)))
 
 
-def run(data_dir, out_dir, port, max_concurrent, skip_bad=False, progress_stream=None, files=None):
+def run(data_dir, out_dir, port, max_concurrent, stop_on_bad=False, progress_stream=None, files=None):
     """Send every file under `data_dir` (`files`, when the caller has listed them already) to the model server
-    on `port`, `max_concurrent` at a time, writing `<file>.out` under `out_dir`. Returns (pictures done,
-    [(file, status, message)] of the bad ones). Without `skip_bad` the first bad picture stops the job (what is
-    written stays) with its name."""
+    on `port`, `max_concurrent` at a time, writing `<file>.out` under `out_dir` (atomically). Returns (pictures
+    done, [(file, status, message)] of the bad ones). With `stop_on_bad` the first bad picture stops the job
+    (what is written stays) with its name."""
     files = input_files(data_dir) if files is None else files
     progress = Progress(len(files), progress_stream)
     done, bad = 0, []
@@ -169,18 +174,17 @@ def run(data_dir, out_dir, port, max_concurrent, skip_bad=False, progress_stream
                 if status == 200:
                     target = out_path(out_dir, data_dir, file)
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(body)
+                    contract.atomic_write(target, lambda tmp, body=body: Path(tmp).write_bytes(body))
                     done += 1
                 else:
                     bad.append((file, status, client.error_message(body)))
-                    if not skip_bad:
+                    if stop_on_bad:
                         progress.update(done, len(bad), final=True)
                         for other in in_flight:
                             other.cancel()
                         raise LauncherError(
-                            f"{file}: refused with {status}: {bad[-1][2]}. The job stops at the first bad "
-                            f"picture, as SageMaker's does ({done} .out file(s) written in {out_dir}); "
-                            "--skip-bad goes on past bad pictures and lists them.")
+                            f"{printable(file)}: refused with {status}: {printable(bad[-1][2])}. --stop-on-bad "
+                            f"stopped the job there ({done} .out file(s) written in {printable(out_dir)}).")
                 submit_next()
             progress.update(done + len(bad), len(bad))
     progress.update(done + len(bad), len(bad), final=True)
@@ -190,68 +194,130 @@ def run(data_dir, out_dir, port, max_concurrent, skip_bad=False, progress_stream
 def read_out(path):
     """The top-k list of one `.out` file (the serving contract's answer for one picture)."""
     try:
-        return json.loads(Path(path).read_bytes())["predictions"][0]
+        labels = json.loads(Path(path).read_bytes())["predictions"][0]
+        for item in labels[:1]:
+            str(item["label"]), float(item["probability"])
+        return labels
     except (ValueError, KeyError, IndexError, TypeError) as error:
-        raise LauncherError(f"{path}: not a prediction ({error}).") from None
+        raise LauncherError(f"{printable(path)}: not a prediction ({printable(error)}).") from None
 
 
-def summarize(out_dir, csv_path=None):
+# A spreadsheet reads a cell starting with one of these as a formula (CSV injection): such cells get a leading '.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text):
+    text = str(text)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+@dataclasses.dataclass
+class Summary:
+    csv_path: Path
+    counts: collections.Counter      # top-1 label -> pictures
+    unreadable: list                 # .out files that are not a prediction (truncated, garbled): failed
+    stale: list                      # .out files with no input picture (an earlier run's): left out
+
+
+def summarize(out_dir, csv_path=None, inputs=None):
     """Write the CSV of every `.out` under `out_dir` (file, top-1 label, probability, top-k as
-    label:probability pairs); returns (csv path, Counter of top-1 labels)."""
+    label:probability pairs). `inputs`: (data folder, its files), when known: `.out` files with no input
+    are stale, flagged and left out."""
     out_dir = Path(out_dir)
     outs = sorted(out_dir.rglob("*" + OUT_SUFFIX)) if out_dir.is_dir() else []
     if not outs:
-        raise LauncherError(f"{out_dir}: no {OUT_SUFFIX} files in it.")
-    csv_path = Path(csv_path) if csv_path else out_dir / SUMMARY_FILE
-    counts = collections.Counter()
-    with open(csv_path, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(SUMMARY_COLUMNS)
-        for path in outs:
+        raise LauncherError(f"{printable(out_dir)}: no {OUT_SUFFIX} files in it.")
+    stale = []
+    if inputs is not None:
+        data_dir, files = inputs
+        expected = {out_path(out_dir, data_dir, file) for file in files}
+        stale = [path for path in outs if path not in expected]
+        outs = [path for path in outs if path in expected]
+    summary = Summary(Path(csv_path) if csv_path else out_dir / SUMMARY_FILE, collections.Counter(), [], stale)
+    rows = []
+    for path in outs:
+        try:
             labels = read_out(path)
-            top = labels[0]
-            counts[top["label"]] += 1
-            writer.writerow([str(path.relative_to(out_dir))[:-len(OUT_SUFFIX)], top["label"],
-                             f"{top['probability']:.6f}",
-                             " ".join(f"{item['label']}:{item['probability']:.6f}" for item in labels)])
-    return csv_path, counts
+        except LauncherError:
+            summary.unreadable.append(path)
+            continue
+        top = labels[0]
+        summary.counts[top["label"]] += 1
+        rows.append([str(path.relative_to(out_dir))[:-len(OUT_SUFFIX)], top["label"], f"{top['probability']:.6f}",
+                     " ".join(f"{item['label']}:{item['probability']:.6f}" for item in labels)])
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(SUMMARY_COLUMNS)
+            writer.writerows([csv_cell(cell) for cell in row] for row in rows)
+
+    contract.atomic_write(summary.csv_path, write)
+    return summary
+
+
+def print_summary(summary, out_dir):
+    """The label counts and what could not be summarised; True when every output was read."""
+    print(f"Summary of {sum(summary.counts.values())} picture(s): {printable(summary.csv_path)}\nTop-1 labels:")
+    if summary.counts:
+        print_counts(summary.counts)
+    if summary.stale:
+        print(f"{len(summary.stale)} stale {OUT_SUFFIX} file(s) with no input picture (an earlier run's?), "
+              "not summarised:")
+        for path in summary.stale:
+            print(f"  {printable(Path(path).relative_to(out_dir))}")
+    if summary.unreadable:
+        print(f"{len(summary.unreadable)} {OUT_SUFFIX} file(s) are not a prediction (truncated?), counted as failed:")
+        for path in summary.unreadable:
+            print(f"  {printable(Path(path).relative_to(out_dir))}")
+    return not summary.unreadable
 
 
 def print_counts(counts):
-    width = max(len(label) for label in counts)
+    labels = {label: printable(label) for label in counts}
+    width = max(len(shown) for shown in labels.values())
     for label, count in counts.most_common():
-        print(f"  {label:<{width}}  {count}")
+        print(f"  {labels[label]:<{width}}  {count}")
 
 
-def local(data_dir, out_dir, model=None, mode="auto", port=DEFAULT_PORT, max_concurrent=None, skip_bad=False):
-    """The whole local job: serve the model, transform the folder, stop the server, summarize."""
+def local(data_dir, out_dir, model=None, mode="auto", port=DEFAULT_PORT, max_concurrent=None, stop_on_bad=False,
+          resume=False):
+    """The whole local job: serve the model, transform the folder (`resume`: the pictures without an output),
+    stop the server, summarize. Returns (pictures done, bad ones, whether every output could be summarised)."""
     settings = batch_serving_settings()
     workers = local_workers({**os.environ, **settings})
     max_concurrent = max_concurrent or concurrent_requests(workers)
     if max_concurrent < 1:
         raise LauncherError("--max-concurrent must be at least 1.")
-    files = input_files(data_dir)  # checked before the server starts
+    every_file = input_files(data_dir)  # checked before the server starts
+    files = every_file
+    if resume:
+        files = [file for file in every_file if not out_path(out_dir, data_dir, file).is_file()]
+        print(f"--resume: {len(every_file) - len(files)} of {len(every_file)} picture(s) already have their "
+              f"{OUT_SUFFIX} file.", flush=True)
+    if not files:
+        summary = summarize(out_dir, inputs=(data_dir, every_file))
+        return 0, [], print_summary(summary, Path(out_dir))
     with environment(settings):
         serving.deploy(model=model, port=port, mode=mode, detach=True)
     try:
         print(f"Transforming {len(files)} file(s) from {data_dir} into {out_dir}: {workers} model-server "
               f"worker(s), {max_concurrent} request(s) in flight ...", flush=True)
         started = time.perf_counter()
-        done, bad = run(data_dir, out_dir, port, max_concurrent, skip_bad, files=files)
+        done, bad = run(data_dir, out_dir, port, max_concurrent, stop_on_bad, files=files)
         seconds = time.perf_counter() - started
     finally:
         serving.delete(port)
         shutil.rmtree(trees.server_dir(port) / "model", ignore_errors=True)  # a copy; the log stays
     print(f"{done} picture(s) transformed in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} pictures/s).")
     if bad:
-        print(f"{len(bad)} bad picture(s) skipped:")
+        print(f"{len(bad)} picture(s) refused, no {OUT_SUFFIX} file for them:")
         for file, status, message in bad:
-            print(f"  {file}: {status}: {message}")
-    if done:
-        csv_path, counts = summarize(out_dir)
-        print(f"Summary: {csv_path}\nTop-1 labels:")
-        print_counts(counts)
-    return done, bad
+            print(f"  {printable(file)}: {status}: {printable(message)}")
+    complete = True
+    if done or resume:
+        complete = print_summary(summarize(out_dir, inputs=(data_dir, every_file)), Path(out_dir))
+    return done, bad, complete
 
 
 # ------------------------------------------------------------------------------------------ SageMaker
@@ -275,7 +341,8 @@ def max_concurrent_transforms(instance_type):
         raise LauncherError(f"--instance-type {instance_type}: its vCPUs and GPUs are not known here, so its "
                             "model-server workers are not either: pass --max-concurrent N (two per worker)")
     vcpus, gpus = INSTANCE_RESOURCES[instance_type]
-    return concurrent_requests(serving_settings.default_workers(gpus, vcpus))
+    wanted = concurrent_requests(serving_settings.default_workers(gpus, vcpus))
+    return min(wanted, api_rules.max_concurrent_allowed(MAX_PAYLOAD_MB))  # SageMaker's cap on the product
 
 
 def job_content_type(keys):

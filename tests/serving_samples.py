@@ -4,6 +4,7 @@ import functools
 import io
 import json
 import os
+import re
 import struct
 import zlib
 
@@ -87,6 +88,32 @@ def bomb_png(side=20_000):
 def pixel_bomb_webp(side=7_000):
     """A lossless WebP of a few KB that decodes to side x side pixels (49 MP by default, under the cap)."""
     return encode(Image.new("RGB", (side, side), (90, 120, 40)), "WEBP", lossless=True)
+
+
+@functools.lru_cache(maxsize=None)
+def scan_bomb_jpeg(side=7_000, repeats=3_000):
+    """Issue 20's attack: a side x side progressive JPEG in which one small scan of the luma AC
+    coefficients (with its Huffman table) is repeated `repeats` times. libjpeg-turbo decodes every scan
+    over the whole picture: 3,000 repeats (about 400 KB) take about 16 s to decode."""
+    data = encode(Image.new("RGB", (side, side), (90, 120, 40)), "JPEG", progressive=True, quality=75)
+    # A solid picture: its entropy-coded data holds no 0xFF byte, so markers can be found by their bytes.
+    tables = [m.start() for m in re.finditer(rb"\xff\xc4", data)]
+    first_scan = data.index(b"\xff\xda")
+    units = [(start, end) for start, end in zip(tables, tables[1:] + [data.rindex(b"\xff\xd9")])
+             if start > first_scan and data[start:end].count(b"\xff\xda") == 1]
+
+    def is_luma_ac(unit):
+        scan = data.index(b"\xff\xda", *unit)
+        components, first_component, spectral_start = data[scan + 4], data[scan + 5], data[scan + 4 + 2 * data[scan + 4] + 1]
+        return components == 1 and first_component == 1 and spectral_start > 0
+
+    start, end = min(filter(is_luma_ac, units), key=lambda unit: unit[1] - unit[0])
+    return data[:start] + data[start:end] * repeats + b"\xff\xd9"
+
+
+def thin_png(width=1, height=50_000):
+    """A few hundred bytes that the evaluation transform would resize up to 256 x 12,800,000 pixels."""
+    return encode(Image.new("L", (width, height), 128), "PNG")
 
 
 def big_jpeg(size=(4_000, 3_000)):

@@ -4,7 +4,9 @@ moto stores and returns the jobs, models and endpoints faithfully, but drops Pro
 MetricDefinitions, completes jobs at once and fakes the best tuning job: so the tests assert on the requests
 the launcher sends (recorded with boto3's `provide-client-params` event) and use the server for the
 create / describe / delete flow. Where AWS would answer something moto cannot (a failed job, an expired
-token), a boto3 event handler plays that answer.
+token), a boto3 event handler plays that answer. Every request of every test here (and of the tests that use
+the `cloud` fixture) is checked against botocore's service model as strictly as SageMaker checks it
+(request_validator.py): a test that sends a request SageMaker would refuse fails.
 """
 import io
 import json
@@ -17,7 +19,9 @@ from botocore.exceptions import ClientError
 import launch
 from conftest import make_dataset, train_job
 from moto_server import moto_url, reset  # noqa: F401 - moto_url is a fixture
+from request_validator import RequestChecker
 from image_classifier.config import Hyperparameters
+from image_classifier.constants import TORCH_DISTRIBUTED_HYPERPARAMETER
 from image_classifier.metrics import METRIC_DEFINITIONS, format_metrics, parse_metrics
 from launcher import aws, cli
 
@@ -35,8 +39,10 @@ class Sent:
     def __init__(self):
         self.calls = []
         self.handlers = []  # (event, handler) added to every session the launcher makes
+        self.checker = RequestChecker()  # each request against botocore's service model
 
     def attach(self, boto_session):
+        self.checker.attach(boto_session)
         boto_session.events.register(
             "provide-client-params",
             lambda params, model, **_: self.calls.append((model.name, json.loads(json.dumps(params, default=str)))))
@@ -93,7 +99,8 @@ def cloud(moto_url, tmp_path, monkeypatch):
     monkeypatch.setattr(aws, "new_boto_session", recorded_session)
     cloud = type("Cloud", (), {"url": moto_url, "sent": sent, "boto": session, "tmp": tmp_path})
     push_image(cloud, "latest")
-    return cloud
+    yield cloud
+    assert sent.checker.found == [], "requests SageMaker would refuse"
 
 
 def push_image(cloud, tag):
@@ -213,7 +220,9 @@ def test_tune_sends_the_ranges_objective_and_early_stopping(cloud, capsys, uploa
     static = definition["StaticHyperParameters"]
     assert "lr" not in static and "batch-size" not in static  # the tuner sets those
     assert static["epochs"] == "3" and static["weights-download"] == "true"
-    assert set(static) | {"lr", "batch-size"} == set(Hyperparameters().to_strings())
+    # Every job has the same static set (a warm start needs it): the distribution key is always there.
+    assert set(static) | {"lr", "batch-size"} == set(Hyperparameters().to_strings()) | {TORCH_DISTRIBUTED_HYPERPARAMETER}
+    assert static[TORCH_DISTRIBUTED_HYPERPARAMETER] == "auto"  # one instance: the job decides from its GPUs
     # Trials save no tensors and run no rules by default (nobody reads them) ...
     assert static["debug-hook"] == "false" and static["rules"] == "false"
     # ... and a spot trial keeps its progress: the training definition carries the checkpoint folder.
@@ -268,7 +277,8 @@ def test_train_from_tuning_sends_the_estimator_the_launcher_configures(cloud, ca
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
     # defaults < best tuning job < --hp, all strings
     expected = Hyperparameters().to_strings()
-    expected.update({"weights-download": "true", "batch-size": "128", "lr": "0.02", "epochs": "3"})
+    expected.update({"weights-download": "true", "batch-size": "128", "lr": "0.02", "epochs": "3",
+                     TORCH_DISTRIBUTED_HYPERPARAMETER: "auto"})
     assert request["HyperParameters"] == expected
     assert [(c["ChannelName"], c["DataSource"]["S3DataSource"]["S3Uri"]) for c in request["InputDataConfig"]] == [
         (s, f"s3://{BUCKET}/image-classifier/data/dogImages/{s}/") for s in ("train", "valid", "test")]
@@ -517,13 +527,16 @@ def test_from_tuning_reproduces_the_winning_trial(cloud, capsys, uploaded):
         parsed["BestTrainingJob"]["TunedHyperParameters"]["_tuning_objective_metric"] = "best_valid_acc"
 
     playing(cloud, "DescribeHyperParameterTuningJob", best)
-    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-10", "--hp", "epochs=10", "--hp", "augment=crop")
+    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-10", "--hp", "epochs=10", "--hp", "augment=crop",
+       "--instance-count", 2)
     ok(capsys, "train", "--from-tuning", "--no-wait", "--hp", "lr=0.02")
     sent = cloud.sent.one("CreateTrainingJob")["HyperParameters"]
     assert sent["epochs"] == "10" and sent["augment"] == "crop"  # static values of the tuning job
     assert sent["batch-size"] == "128" and sent["lr"] == "0.02"  # tuned value, then --hp
-    # Not the platform's keys, and not the trials' debugging defaults: the training job saves its tensors.
-    assert not [k for k in sent if k.startswith(("_", "sagemaker_"))]
+    # Not the platform's keys, and not the trials' debugging defaults: the training job saves its tensors. Its
+    # distribution setting is its own (one instance), not the two-instance tuning job's.
+    assert [k for k in sent if k.startswith(("_", "sagemaker_"))] == [TORCH_DISTRIBUTED_HYPERPARAMETER]
+    assert sent[TORCH_DISTRIBUTED_HYPERPARAMETER] == "auto"
     assert sent["debug-hook"] == "true" and sent["rules"] == "true"
 
 
@@ -786,7 +799,9 @@ def test_network_options_reach_jobs_tuning_and_endpoints(cloud, capsys, uploaded
     assert code == 0 and "--pretrained-weights" in err and "BAKE_WEIGHTS" in err  # isolated: no weights download
     request = cloud.sent.one("CreateTrainingJob")
     assert request["VpcConfig"] == {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
-    assert request["ResourceConfig"]["VolumeKmsKeyId"] == "key-1" and request["OutputDataConfig"]["KmsKeyId"] == "key-1"
+    # The default ml.g4dn.xlarge has local NVMe storage: SageMaker refuses a volume key there; outputs get it.
+    assert "VolumeKmsKeyId" not in request["ResourceConfig"] and request["OutputDataConfig"]["KmsKeyId"] == "key-1"
+    assert "local NVMe storage" in err
     assert request["EnableNetworkIsolation"] is True and request["HyperParameters"]["weights-download"] == "false"
     ok(capsys, "tune", "--no-wait", *network)
     definition = cloud.sent.one("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
@@ -825,3 +840,95 @@ def test_pretrained_weights_are_sent_as_the_pretrained_channel(cloud, capsys, up
     assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}[
         "pretrained"] == "s3://weights/resnet50.pth"
     assert "expected a .pth/.pt state_dict" in fails(capsys, "train", "--pretrained-weights", tmp_path / "nothing")
+
+
+# -------------------------------------------------------------------------- requests SageMaker accepts
+def test_every_command_sends_requests_the_service_model_accepts(cloud, capsys, uploaded, tmp_path):
+    """tune, train, deploy in each mode, transform, predict and delete, against moto and as dry runs: every
+    request passes request_validator (required members, enums, lengths, ranges, patterns, no unknown member)."""
+    from request_validator import problems
+
+    model_data = f"s3://{BUCKET}/jobs/j1/output/model.tar.gz"
+    picture = uploaded / "test" / "001.Red_fox" / "Red_fox_00000.JPG"
+    cloud.sent.handlers.append(("before-call.*.InvokeEndpoint", endpoint_answers({"predictions": [[]]})))
+    vpc = ["--subnets", "subnet-1", "--security-groups", "sg-1", "--kms-key", "key-1"]
+    commands = [
+        ["tune", "--no-wait", "--job-name", "ic-tune-all", "--instance-count", 2, *vpc],
+        ["tune", "--no-wait", "--job-name", "ic-tune-warm", "--warm-start", "ic-tune-all", "--instance-count", 2],
+        ["train", "--no-wait", "--job-name", "ic-train-all", "--instance-type", "ml.m5.xlarge", *vpc],
+        ["train", "--no-wait", "--job-name", "ic-train-nodebug", "--no-debugger", "--network-isolation"],
+        ["deploy", "--model-data", model_data, "--endpoint", "ep-plain", "--data-capture", 20, *vpc],
+        ["deploy", "--model-data", model_data, "--endpoint", "ep-gpu", "--instance-type", "ml.g4dn.xlarge"],
+        ["deploy", "--model-data", model_data, "--endpoint", "ep-serverless", "--serverless", 2048],
+        ["deploy", "--model-data", model_data, "--endpoint", "ep-scale", "--autoscale", "1:3"],
+        ["predict", picture, "--endpoint", "ep-plain"],
+        ["transform", "--data", f"s3://{BUCKET}/image-classifier/data/dogImages/test/", "--model-data", model_data,
+         "--job-name", "ic-batch-all", "--instance-type", "ml.g4dn.xlarge", "--kms-key", "key-1"],
+        ["delete", "--endpoint", "ep-scale"],
+        ["delete", "--endpoint", "ep-serverless"],
+    ]
+    for argv in commands:
+        ok(capsys, *argv)
+    for argv in commands:  # the dry runs' printed requests, checked the same way
+        for call in json.loads(ok(capsys, *argv, "--dry-run")):
+            assert problems(call["service"], call["operation"], call["params"]) == [], argv
+    checked = cloud.sent.checker.checked
+    for operation in ("CreateHyperParameterTuningJob", "CreateTrainingJob", "CreateModel", "CreateEndpointConfig",
+                      "CreateEndpoint", "RegisterScalableTarget", "PutScalingPolicy", "InvokeEndpoint",
+                      "CreateTransformJob", "DeleteEndpoint", "DeregisterScalableTarget", "DeleteModel"):
+        assert checked.get(operation), operation
+    assert cloud.sent.checker.found == []
+
+
+def test_warm_start_refuses_a_parent_with_another_objective_or_hyperparameter_set(cloud, capsys, uploaded):
+    ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-loss", "--objective", "best_valid_loss")
+    line = fails(capsys, "tune", "--no-wait", "--job-name", "ic-tune-acc", "--warm-start", "ic-tune-loss")
+    assert "it optimised Minimize best_valid_loss, this job Maximize best_valid_acc" in line
+    assert "same objective" in line
+
+    def older_launcher(parsed):  # a parent tuned before the distribution key was always sent
+        parsed["TrainingJobDefinition"]["StaticHyperParameters"].pop(TORCH_DISTRIBUTED_HYPERPARAMETER)
+
+    playing(cloud, "DescribeHyperParameterTuningJob", older_launcher)
+    line = fails(capsys, "tune", "--no-wait", "--job-name", "ic-tune-acc", "--warm-start", "ic-tune-loss",
+                 "--objective", "best_valid_loss")
+    assert f"differing: {TORCH_DISTRIBUTED_HYPERPARAMETER}" in line
+    assert len([name for name in cloud.sent.operations() if name == "CreateHyperParameterTuningJob"]) == 1
+
+
+def test_one_instance_with_several_gpus_sends_the_same_static_set(cloud, capsys, uploaded):
+    """The distribution key goes out on every job ("auto" on one instance: the job decides from its GPUs)."""
+    ok(capsys, "train", "--no-wait", "--job-name", "ic-g5-12", "--instance-type", "ml.g5.12xlarge")
+    ok(capsys, "train", "--no-wait", "--job-name", "ic-two", "--instance-count", 2)
+    one, two = [p["HyperParameters"] for name, p in cloud.sent.calls if name == "CreateTrainingJob"]
+    assert one[TORCH_DISTRIBUTED_HYPERPARAMETER] == "auto" and two[TORCH_DISTRIBUTED_HYPERPARAMETER] == "true"
+    assert set(one) == set(two)
+
+
+def test_kms_key_on_volumes_only_where_the_type_has_no_local_storage(cloud, capsys, uploaded):
+    ok(capsys, "train", "--no-wait", "--instance-type", "ml.m5.xlarge", "--kms-key", "key-1")
+    request = cloud.sent.one("CreateTrainingJob")
+    assert request["ResourceConfig"]["VolumeKmsKeyId"] == "key-1" and request["OutputDataConfig"]["KmsKeyId"] == "key-1"
+    ok(capsys, "tune", "--no-wait", "--kms-key", "key-1")  # the default ml.g4dn.xlarge: NVMe
+    definition = cloud.sent.one("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert "VolumeKmsKeyId" not in definition["HyperParameterTuningResourceConfig"]
+    assert definition["OutputDataConfig"]["KmsKeyId"] == "key-1"
+
+
+def test_the_sdks_lifecycle_warning_is_shown_once_and_stdout_stays_json(tmp_path):
+    """The launcher does not hide SDK v2's own notice (maintenance since 2026-07-06, end of support 2027-07-06)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_"))}
+    env.update(AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_EC2_METADATA_DISABLED="true",
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               IMAGE_URI_FILE=str(tmp_path / "none"), IMAGE_CLASSIFIER_STATE=str(tmp_path / "state.json"))
+    done = subprocess.run([sys.executable, str(Path(launch.__file__)), "deploy", "--model-data", "s3://b/m.tar.gz",
+                           "--endpoint", "e1", "--dry-run"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [c["operation"] for c in json.loads(done.stdout)][-1] == "CreateEndpoint"
+    assert done.stderr.count("You are using the SageMaker Python SDK v2") == 1
+    assert "SAGEMAKER_SUPPRESS_V2_WARNING=1" in done.stderr

@@ -37,10 +37,11 @@ def test_train_instance_count_2_sends_the_count_and_the_torchrun_runner(dry_run_
     assert job["HyperParameters"]["batch-size"] == launch.sagemaker_hyperparameters({})["batch-size"]
 
 
-def test_one_instance_sends_no_distribution_setting(dry_run_env, capsys):
+def test_one_instance_lets_the_job_decide_from_its_gpus(dry_run_env, capsys):
     job = dry_run(capsys, "train", "--data", "s3://b/d", "--instance-type", "ml.g5.12xlarge")["CreateTrainingJob"]
     assert job["ResourceConfig"] == {**job["ResourceConfig"], "InstanceCount": 1, "InstanceType": "ml.g5.12xlarge"}
-    assert TORCH_DISTRIBUTED_HYPERPARAMETER not in job["HyperParameters"]  # the job sees its 4 GPUs itself
+    # Always sent (the same static set on every job): "auto", the job sees its 4 GPUs itself.
+    assert job["HyperParameters"][TORCH_DISTRIBUTED_HYPERPARAMETER] == "auto"
 
 
 def test_tune_instance_count_reaches_every_training_job(dry_run_env, capsys):

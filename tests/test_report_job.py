@@ -129,3 +129,26 @@ def test_report_job_name_is_one_safe_path_component(cloud, capsys):
     line = fails(capsys, "report", "--job", "../escaped")
     assert "Job name '../escaped' is not allowed" in line
     assert not (report.REPORTS_DIR.parent / "escaped").exists()
+
+
+def test_a_jobs_log_is_its_own_streams_only(cloud):
+    """Stream names are `<job>/algo-N-<time>`: job `run1` must not read the streams of `run10`."""
+    logs = cloud.boto.client("logs")
+    logs.create_log_group(logGroupName=report.LOG_GROUP)
+    for job, line in (("run1", "epoch=1 of run1"), ("run10", "epoch=1 of run10")):
+        logs.create_log_stream(logGroupName=report.LOG_GROUP, logStreamName=f"{job}/algo-1-1700000000")
+        logs.put_log_events(logGroupName=report.LOG_GROUP, logStreamName=f"{job}/algo-1-1700000000",
+                            logEvents=[{"timestamp": int(time.time() * 1000), "message": line}])
+    assert report._cloudwatch_lines(cloud.boto, "run1") == ["epoch=1 of run1"]
+    assert report._cloudwatch_lines(cloud.boto, "run10") == ["epoch=1 of run10"]
+
+
+def test_s3_folder_objects_are_skipped(cloud, tmp_path):
+    """A key ending in `/` (the S3 console's "Create folder") is no file: the download goes on past it."""
+    s3 = cloud.boto.client("s3")
+    prefix = "image-classifier/tensors/ic-folders/debug-output"
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/index/", Body=b"")
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/index/000000000/000000000000_worker_0.json", Body=b"{}")
+    target = tmp_path / "tensors"
+    assert report._download_prefix(s3, f"s3://{BUCKET}/{prefix}", target) == target.resolve()
+    assert (target / "index" / "000000000" / "000000000000_worker_0.json").read_bytes() == b"{}"

@@ -75,16 +75,49 @@ def test_serverless_endpoint(cloud, capsys):
     (["--serverless", 3000], "2048, 3072, 4096, 5120, 6144 MB"),
     (["--serverless", 1024], "does not fit"),
     (["--serverless", 2048, "--instance-type", "ml.g4dn.xlarge"], "no instances"),
-    (["--serverless", 2048, "--data-capture", 10], "not available on serverless"),
+    (["--serverless", 2048, "--data-capture", 10], "serverless endpoints do not support data capture"),
+    (["--serverless", 2048, "--network-isolation"], "do not support network isolation (--network-isolation)"),
+    (["--serverless", 2048, "--subnets", "subnet-1", "--security-groups", "sg-1"], "do not support a VPC"),
     (["--autoscale", "3:2"], "MIN:MAX"),
     (["--autoscale", "two"], "MIN:MAX"),
     (["--data-capture", 0], "1 to 100"),
 ])
 def test_bad_traffic_options_fail_before_any_endpoint(cloud, capsys, extra, words):
     assert words in fails(capsys, "deploy", "--model-data", MODEL_DATA, *extra)
-    assert "CreateEndpointConfig" not in cloud.sent.operations()
+    assert not {"CreateModel", "CreateEndpointConfig"} & set(cloud.sent.operations())  # nothing left behind
 
 
 def test_dry_run_shows_the_scaling_requests(cloud, capsys):
     calls = json.loads(deploy(capsys, "--autoscale", "1:4", "--dry-run"))
     assert [c["operation"] for c in calls][-3:] == ["CreateEndpoint", "RegisterScalableTarget", "PutScalingPolicy"]
+
+
+@pytest.mark.parametrize("config, words", [
+    ("  Model:\n    EnableNetworkIsolation: true\n",
+     "do not support network isolation (SageMaker.Model.EnableNetworkIsolation in the SageMaker SDK's config file)"),
+    ("  Model:\n    VpcConfig:\n      SecurityGroupIds: [sg-org]\n      Subnets: [subnet-org]\n",
+     "do not support a VPC (--subnets/--security-groups, or SageMaker.Model.VpcConfig in the SageMaker SDK's config"),
+])
+def test_serverless_refuses_what_the_sdk_config_file_adds(cloud, capsys, monkeypatch, tmp_path, config, words):
+    """An organisation's config file puts every Model in a VPC or in isolation: serverless cannot take either,
+    and says where the setting comes from, before any Model is made."""
+    path = tmp_path / "sagemaker-config.yaml"
+    path.write_text("SchemaVersion: '1.0'\nSageMaker:\n" + config)
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(path))
+    assert words in fails(capsys, "deploy", "--model-data", MODEL_DATA, "--serverless", 2048)
+    assert not {"CreateModel", "CreateEndpointConfig"} & set(cloud.sent.operations())
+
+
+@pytest.mark.parametrize("instance_type, words", [
+    ("ml.p6-b200.48xlarge", "Blackwell"), ("ml.g7e.2xlarge", "Blackwell"), ("ml.p6e-gb200.36xlarge", "arm64"),
+    ("ml.g5g.xlarge", "arm64"), ("ml.p2.xlarge", "Kepler"),
+])
+def test_gpu_types_the_image_cannot_serve_on_are_refused_before_any_model(cloud, capsys, instance_type, words):
+    assert words in fails(capsys, "deploy", "--model-data", MODEL_DATA, "--instance-type", instance_type)
+    assert "CreateModel" not in cloud.sent.operations()
+
+
+def test_gpu_endpoint_gets_its_familys_ami(cloud, capsys):
+    deploy(capsys, "--instance-type", "ml.p3.2xlarge")
+    variant = cloud.sent.one("CreateEndpointConfig")["ProductionVariants"][0]
+    assert variant["InferenceAmiVersion"] == "al2-ami-sagemaker-inference-gpu-2-1"  # driver 535, listed for p3

@@ -144,6 +144,7 @@ def test_input_fn_reads_top_k_from_the_custom_attributes_header(model_dir):
     (samples.ico(), "application/x-image", handler.BadRequest, "supported format"),
     (samples.png(), "text/csv", handler.UnsupportedContentType, "not supported"),
     ("{not json", "application/json", handler.BadRequest, "not valid JSON"),
+    ('{"instances": ' + "9" * 5000 + "}", "application/json", handler.BadRequest, "not valid JSON"),
     ("", "application/json", handler.BadRequest, "empty"),
     (samples.nested_json(), "application/json", handler.BadRequest, "nested too deeply"),
     ('{"instances": ' + samples.nested_json(500) + "}", "application/json", handler.BadRequest, "instances[0]"),
@@ -159,7 +160,7 @@ def test_input_fn_reads_top_k_from_the_custom_attributes_header(model_dir):
     ('{"instances": [{"b64": "@@not base64@@"}]}', "application/json", handler.BadRequest, "base64"),
     ('{"instances": [{"b64": "aGVsbG8="}]}', "application/json", handler.BadRequest, "instances[0]"),
     (b"\xff\xd8\xff\xe0 binary", "application/json; charset=utf-8", handler.BadRequest, "UTF-8"),
-], ids=["empty", "none", "random-bytes", "decompression-bomb", "eps", "ico", "wrong-type", "bad-json",
+], ids=["empty", "none", "random-bytes", "decompression-bomb", "eps", "ico", "wrong-type", "bad-json", "huge-number",
         "empty-json", "deep-json", "nested-instances", "no-instances", "top-level-list", "top-level-string",
         "instances-object", "no-instance", "string-instance", "null-instance", "int-b64", "list-b64",
         "bad-base64", "not-a-picture", "binary-json"])
@@ -218,9 +219,57 @@ def test_a_pixel_bomb_batch_is_refused_by_the_budget_before_any_decoding(model):
 def test_a_big_picture_within_the_budget_is_answered_without_a_full_size_copy(model):
     """One 49 MP picture is under both caps: decoded, reduced at once, answered."""
     assert predict(model, samples.pixel_bomb_webp(), "application/x-image").probabilities.shape == (1, len(CLASSES))
-    # A 12 MP JPEG counts at the 1/8 scale it is decoded at: 32 of them (the batch cap) decode to 6 MP.
+    # A 12 MP JPEG is decoded at 1/8 scale, but charged at 12 MP: every scan is read at full size.
     header = read_header(samples.big_jpeg(), min_side=model.decode_side)
     assert header.size == (4000, 3000) and header.decoded_size == (500, 375)
+
+
+def test_a_jpeg_is_charged_at_its_declared_size_not_its_draft_size(model, monkeypatch):
+    monkeypatch.setattr(model, "settings", dataclasses.replace(model.settings, pixel_budget=12_000_000))
+    predict(model, samples.big_jpeg(), "image/jpeg")
+    monkeypatch.setattr(model, "settings", dataclasses.replace(model.settings, pixel_budget=11_999_999))
+    with pytest.raises(handler.PayloadTooLarge, match="12,000,000 pixels, more than the budget of 11,999,999"):
+        predict(model, samples.big_jpeg(), "image/jpeg")
+
+
+def test_upsampled_pixels_are_charged(model, monkeypatch):
+    """A tiny picture is resized up to the model's input (decode_side 18 here): it costs that much."""
+    monkeypatch.setattr(model, "settings", dataclasses.replace(model.settings, pixel_budget=2 * 18 * 18))
+    predict(model, samples.batch_json(samples.png((1, 1)), samples.png((2, 2))))
+    with pytest.raises(handler.PayloadTooLarge, match="972 pixels, more than the budget of 648"):
+        predict(model, samples.batch_json(*[samples.png((1, 1))] * 3))
+    # A 1x50000 picture (a few hundred bytes) would become 18x900000 (256x12.8M at 224 px): refused alone.
+    monkeypatch.setattr(model, "settings", dataclasses.replace(model.settings, max_pixels=10_000_000))
+    with pytest.raises(handler.PayloadTooLarge, match="1x50000 pixels are resized to 16,200,000"):
+        predict(model, samples.thin_png(), "image/png")
+
+
+def test_the_scan_bomb_is_a_413_from_its_header(model):
+    bomb = samples.scan_bomb_jpeg()
+    started = time.perf_counter()
+    with pytest.raises(handler.PayloadTooLarge, match="more than 32 scans"):
+        predict(model, bomb, "image/jpeg")
+    assert time.perf_counter() - started < 1
+
+
+@pytest.mark.parametrize("per_picture, expected", [(0.001, 32), (1.0, 15), (4.0, 3), (100.0, 1)])
+def test_the_batch_limit_keeps_a_full_batch_within_the_batch_seconds(model, per_picture, expected):
+    served = dataclasses.replace(model.settings, max_batch=None, batch_seconds=15)
+    limit, why = handler.batch_limit(served, per_picture)
+    assert limit == expected and settings.BATCH_SECONDS_ENV in why
+    assert handler.batch_limit(dataclasses.replace(served, max_batch=50), per_picture)[0] == 50  # the setting wins
+
+
+def test_model_fn_derives_the_batch_limit_from_a_timed_forward_pass(model_dir, monkeypatch, caplog):
+    caplog.set_level("INFO")
+    monkeypatch.setattr(handler, "seconds_per_picture", lambda forward, example, device: 2.5)
+    assert handler.model_fn(str(model_dir)).max_batch == 6  # 15 s / 2.5 s
+    assert "Batch limit: 6 picture(s) per request (a forward pass takes 2500 ms per picture" in caplog.text
+    monkeypatch.setenv(settings.MAX_BATCH_ENV, "9")
+    assert handler.model_fn(str(model_dir)).max_batch == 9
+    monkeypatch.undo()
+    per_picture = handler.seconds_per_picture(lambda x: x * 2, torch.zeros(1, 3, 16, 16), torch.device("cpu"))
+    assert 0 < per_picture < 1
 
 
 def test_the_budget_counts_all_pictures_of_a_request(model, monkeypatch):
@@ -306,9 +355,21 @@ def test_transformer_hides_server_faults(service, model_dir, monkeypatch):
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(service._service, "_predict_fn", broken)
-    code, _, response = handle(service, model_dir, samples.png(), {"Content-Type": "image/png"})
-    assert code == 500
+    context = mms_context(model_dir, {"Content-Type": "image/png"})
+    [response] = service.handle([{"body": samples.png()}], context)
+    processor = context.request_processor[0]
+    assert processor.get_response_status_code() == 500
+    assert processor.get_response_status_phrase() == "Internal Server Error"  # not the exception's text
     assert "secret" not in response and "Traceback" not in response and json.loads(response)["message"]
+
+
+def test_transformer_applies_the_model_s_batch_limit(service, model_dir, monkeypatch):
+    monkeypatch.setattr(service._service._model, "max_batch", 2)
+    code, _, response = handle(service, model_dir, samples.batch_json(*[samples.png()] * 3).encode(),
+                               {"Content-Type": "application/json"})
+    assert code == 413 and "3 pictures in one request; at most 2" in json.loads(response)["message"]
+    assert handle(service, model_dir, samples.batch_json(*[samples.png()] * 2).encode(),
+                  {"Content-Type": "application/json"})[0] == 200
 
 
 def test_transformer_refuses_a_body_over_the_payload_cap(service, model_dir, monkeypatch):

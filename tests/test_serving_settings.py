@@ -19,8 +19,11 @@ def test_defaults():
     served = settings.load({}, gpus=0, cores=2, load_seconds=5)
     assert (served.port, served.bind_address, served.workers, served.torch_threads) == (8080, "0.0.0.0", 1, 2)
     assert (served.payload_cap_mb, served.max_pixels, served.pixel_budget) == (6, 50_000_000, 100_000_000)
-    assert (served.max_batch, served.forward_batch, served.top_k, served.optimize) == (32, 16, 5, True)
-    assert served.timeout_seconds == 60
+    assert (served.max_batch, served.forward_batch, served.top_k, served.optimize) == (None, 16, 5, True)
+    assert (served.batch_seconds, served.timeout_seconds, served.workerless_seconds) == (15, 60, 45)
+    assert served.server_user == "model-server"
+    assert settings.load({}, load_seconds=40).workerless_seconds == 95  # a slow reload gets longer
+    assert settings.load({settings.MAX_BATCH_ENV: "7", settings.WORKERLESS_SECONDS_ENV: "5"}).max_batch == 7
     assert settings.load({}, gpus=4, cores=16).workers == 4
 
 

@@ -1,7 +1,8 @@
 """`launch.py transform --local`: SageMaker's batch transform over a folder, against the real `serve`.
 
-One request per picture, one `<picture>.out` per answer, a summary CSV; the first refused picture stops
-the job (naming it) unless --skip-bad, which counts and lists them.
+One request per picture, one `<picture>.out` per answer, a summary CSV; a refused picture does not stop the
+job (as on SageMaker): the others are answered, the refused ones listed, exit 2; --stop-on-bad stops at the
+first, naming it.
 """
 import csv
 import json
@@ -84,24 +85,24 @@ def bad_folder(tmp_path):
     return folder
 
 
-def test_a_bad_picture_stops_the_job_unless_skip_bad(tmp_path, capsys, trained_model_dir):
+def test_bad_pictures_do_not_stop_the_job_unless_stop_on_bad(tmp_path, capsys, trained_model_dir):
     folder = bad_folder(tmp_path)
     out = tmp_path / "out"
     common = ["transform", "--local", "process", "--data", folder, "--model", trained_model_dir,
               "--port", free_port(), "--max-concurrent", 1]
 
-    code, _, err = run(capsys, *common, "--output", out)
+    code, _, err = run(capsys, *common, "--output", out, "--stop-on-bad")
     assert code == 1
-    assert f"error: {folder / 'broken.jpg'}: refused with 400" in err and "--skip-bad" in err
+    assert f"error: {folder / 'broken.jpg'}: refused with 400" in err and "--stop-on-bad" in err
     assert not list(out.rglob("*.out"))  # sorted: broken.jpg is the first file sent
 
-    code, stdout, err = run(capsys, *common, "--output", out, "--skip-bad")
+    code, stdout, err = run(capsys, *common, "--output", out)  # by default: every picture tried
     assert code == 2, err
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.out")) == [
         "good_0.jpg.out", "good_1.jpg.out", "good_2.jpg.out"]
-    assert "2 bad picture(s) skipped:" in stdout
+    assert "2 picture(s) refused, no .out file for them:" in stdout
     assert f"{folder / 'broken.jpg'}: 400" in stdout and f"{folder / 'notes' / 'readme.txt'}: 400" in stdout
-    assert "3 picture(s) transformed" in stdout
+    assert "3 picture(s) transformed" in stdout and "error: 2 picture(s) refused" in err
     [server] = (tmp_path / "serving").iterdir()  # the model copy is gone, the server's log stays
     assert not (server / "model").exists() and (server / "serve.log").is_file()
     with open(out / transform.SUMMARY_FILE) as stream:

@@ -49,7 +49,9 @@ def test_mixed_pictures_go_as_x_image_and_options_reach_the_request(cloud, capsy
     job = cloud.sent.one("CreateTransformJob")
     assert job["TransformInput"]["ContentType"] == "application/x-image"
     assert job["MaxConcurrentTransforms"] == 2  # one GPU -> one worker
-    assert job["TransformResources"] == {"InstanceCount": 3, "InstanceType": "ml.g4dn.xlarge"}
+    # A GPU type: the batch AMI whose driver (535) runs the image's CUDA 12 (the default, 470, cannot).
+    assert job["TransformResources"] == {"InstanceCount": 3, "InstanceType": "ml.g4dn.xlarge",
+                                         "TransformAmiVersion": "al2-ami-sagemaker-batch-gpu-535"}
     assert job["TransformOutput"]["S3OutputPath"] == f"s3://{BUCKET}/out/"
 
 
@@ -73,3 +75,24 @@ def test_transform_dry_run_shows_the_request(cloud, capsys):
                                             (["a.jpg", "b.png"], "application/x-image"), (["a.bmp"], "application/x-image")])
 def test_job_content_type(keys, expected):
     assert transform.job_content_type(keys) == expected
+
+
+def test_max_concurrent_is_capped_by_the_payload_product(cloud, capsys):
+    data = put_pictures(cloud, "p", ["1.jpg"])
+    line = fails(capsys, "transform", "--data", data, "--model-data", f"s3://{BUCKET}/m.tar.gz", "--max-concurrent", 17)
+    assert "MaxConcurrentTransforms x MaxPayloadInMB up to 100 MB" in line and "at most 16 per instance" in line
+    assert not {"CreateModel", "CreateTransformJob"} & set(cloud.sent.operations())
+    ok(capsys, "transform", "--data", data, "--model-data", f"s3://{BUCKET}/m.tar.gz", "--max-concurrent", 16,
+       "--job-name", "ic-batch-16")
+    assert cloud.sent.one("CreateTransformJob")["MaxConcurrentTransforms"] == 16
+
+
+@pytest.mark.parametrize("instance_type, volume_key", [("ml.m5.xlarge", True), ("ml.g5.xlarge", False)])
+def test_kms_key_reaches_the_volume_only_without_local_storage(cloud, capsys, instance_type, volume_key):
+    data = put_pictures(cloud, "p", ["1.jpg"])
+    ok(capsys, "transform", "--data", data, "--model-data", f"s3://{BUCKET}/m.tar.gz", "--kms-key", "key-1",
+       "--instance-type", instance_type, "--job-name", "ic-batch-kms")
+    job = cloud.sent.one("CreateTransformJob")
+    assert job["TransformOutput"]["KmsKeyId"] == "key-1"  # outputs: always
+    assert ("VolumeKmsKeyId" in job["TransformResources"]) is volume_key
+    assert job["TransformResources"].get("TransformAmiVersion") == (None if volume_key else "al2-ami-sagemaker-batch-gpu-535")

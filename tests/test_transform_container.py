@@ -116,9 +116,9 @@ def test_sdk_local_mode_transformer_writes_one_out_per_picture(image, trained_mo
     monkeypatch.setenv("IMAGE_URI_FILE", str(tmp_path / "image-uri"))
     (tmp_path / "image-uri").write_text(image)
     monkeypatch.setattr(transform.trees, "SERVING_DIR", tmp_path / "serving")
-    done, bad = transform.local(pictures, tmp_path / "ours", model=trained_model_dir, mode="docker",
-                                port=free_port())
-    assert (done, bad) == (len(files), [])
+    done, bad, complete = transform.local(pictures, tmp_path / "ours", model=trained_model_dir, mode="docker",
+                                          port=free_port())
+    assert (done, bad, complete) == (len(files), [], True)
     for file in files:
         ours = transform.read_out(tmp_path / "ours" / f"{file.name}{transform.OUT_SUFFIX}")[0]
         assert ours["label"] == sdk_top[file.name]["label"]

@@ -5,7 +5,7 @@ environment variables each side reads or sets. Torch-free, so the launcher impor
 (default `/opt/ml`); the local runners build their trees with it, the image code reads through it.
 """
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,11 +128,11 @@ DEFAULT_TOP_K = 5
 def atomic_write(path, write, keep_previous=None):
     """`write(tmp)` to a unique temporary file beside `path`, fsync it, rename it over `path`, fsync the
     folder: a reader (or a restarted job) sees the old file or the new one, never half of one, even after a
-    crash or a power cut. `keep_previous`: a path to move the current file to first (the last good one)."""
+    crash or a power cut. `keep_previous`: a path to move the current file to first (the last good one).
+    The file's mode follows the umask (0644 under 022), as open() would give it: mkstemp's 0600 would leave
+    a model artifact unreadable to the unprivileged user the model server runs as."""
     path = Path(path)
-    descriptor, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
-    tmp = Path(tmp_name)
+    tmp = _create_unique(path.parent, f".{path.name}.", ".tmp")
     try:
         write(tmp)
         _fsync(tmp)
@@ -143,6 +143,18 @@ def atomic_write(path, write, keep_previous=None):
         tmp.unlink(missing_ok=True)
         raise
     _fsync(path.parent)
+
+
+def _create_unique(folder, prefix, suffix):
+    """A new empty file with a random name, created with mode 0666 less the umask (os.umask is not read: it
+    can only be read by setting it, which races with other threads creating files)."""
+    while True:
+        candidate = Path(folder) / f"{prefix}{secrets.token_hex(8)}{suffix}"
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
+            return candidate
+        except FileExistsError:
+            continue
 
 
 def atomic_write_text(path, text):

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from . import constants
-from .images import PICTURE_FORMATS, open_rgb
+from .images import PICTURE_FORMATS, open_rgb, read_header
 from .metrics import quote_for_log
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,7 @@ def check_pictures(samples, policy, split):
         try:
             with Image.open(path, formats=PICTURE_FORMATS) as image:  # the formats training decodes
                 image.verify()
+            read_header(path)  # the decode-cost checks open_rgb makes (declared pixels, a JPEG's scans)
             good.append((path, label))
         except DECODE_ERRORS as error:
             bad.append((path, str(error)))

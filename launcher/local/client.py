@@ -13,6 +13,7 @@ from PIL import Image
 from image_classifier.contract import CUSTOM_ATTRIBUTES_HEADER, DEFAULT_TOP_K, SERVING_PORT
 
 from .. import LauncherError
+from ..terminal import printable
 
 LOCAL_HOST = "127.0.0.1"  # a local endpoint listens on loopback only
 READY_TIMEOUT_SECONDS = 600  # a server's first start: torch import + model load in serve and every worker
@@ -86,11 +87,11 @@ def predict(images, port=SERVING_PORT, top_k=DEFAULT_TOP_K, as_json=False):
             raise LauncherError(f"No model server answers on port {port} ({getattr(error, 'reason', error)}): "
                                 f"start one with `python launch.py deploy --local --port {port}`.") from None
         if as_json:
-            print(body.decode("utf-8", errors="replace"))
+            print(printable(body.decode("utf-8", errors="replace")))
         elif status == 200:
             print(format_table(path, json.loads(body)["predictions"][0]))
         else:
-            print(f"{path}: error {status}: {error_message(body)}")
+            print(f"{printable(path)}: error {status}: {printable(error_message(body))}")
         if status != 200:
             failures.append(path)
     if failures:
@@ -105,7 +106,10 @@ def error_message(body):
 
 
 def format_table(path, labels):
-    width = max([len(item["label"]) for item in labels] + [5])
-    rows = [f"{path}", f"  {'label':<{width}}  probability"]
-    rows += [f"  {item['label']:<{width}}  {item['probability']:>10.2%}" for item in labels]
+    """The picture's name and its top-k labels, for the terminal (control characters out: the labels come
+    from the model's class folders, the name from the user)."""
+    shown = [printable(item["label"]) for item in labels]
+    width = max([len(label) for label in shown] + [5])
+    rows = [printable(path), f"  {'label':<{width}}  probability"]
+    rows += [f"  {label:<{width}}  {item['probability']:>10.2%}" for label, item in zip(shown, labels)]
     return "\n".join(rows)

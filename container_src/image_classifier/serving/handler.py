@@ -1,8 +1,8 @@
 """The SageMaker inference functions: model_fn, input_fn, predict_fn, output_fn.
 
-input_fn parses a request (raw picture bytes, or a JSON batch of base64 pictures) and checks each
-picture's header (allowed format, declared size); predict_fn checks the request's decoded-pixel budget,
-then decodes the pictures one at a time straight into model-size tensors and runs them through the
+input_fn parses a request (raw picture bytes, or a JSON batch of base64 pictures; at most the batch
+limit model_fn derived from a timed forward pass) and checks each picture's header (allowed format,
+declared size, a JPEG's scan count); predict_fn checks the request's pixel budget, then decodes the pictures one at a time straight into model-size tensors and runs them through the
 network in batches; output_fn writes the top-k labels as JSON. Every client mistake raises an
 `InferenceError` carrying its HTTP status and a short message; the toolkit turns it into the response
 (see transformer.py).
@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -21,7 +22,7 @@ from sagemaker_inference.errors import BaseInferenceToolkitError
 
 from .. import contract
 from ..data import DECODE_ERRORS, build_transforms
-from ..images import ImageTooLargeError, eval_resize, open_rgb, read_header
+from ..images import ImageTooLargeError, charged_pixels, eval_resize, open_rgb, read_header
 from ..model import load_artifact
 from . import settings
 
@@ -114,6 +115,7 @@ class LoadedModel:
     device: torch.device
     decode_side: int  # pictures are decoded (drafted, reduced) no smaller than this short side
     settings: settings.ServingSettings
+    max_batch: int = settings.DEFAULT_MAX_BATCH  # pictures per request (batch_limit)
 
 
 def optimize_for_inference(network, example):
@@ -133,6 +135,35 @@ def optimize_for_inference(network, example):
     return network, forward
 
 
+def seconds_per_picture(forward, example, device):
+    """The seconds one forward pass of one picture takes (the faster of two: the first may include
+    set-up). One picture at a time is the slow case: batches of forward_batch take less per picture."""
+    timings = []
+    with torch.inference_mode():
+        for _ in range(2):
+            started = time.perf_counter()
+            forward(example)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
+def batch_limit(served, per_picture):
+    """(pictures per request, why): the setting, or as many as take at most batch_seconds."""
+    if served.max_batch is not None:
+        return served.max_batch, f"{settings.MAX_BATCH_ENV}={served.max_batch}"
+    fitting = int(served.batch_seconds // per_picture) if per_picture > 0 else settings.DEFAULT_MAX_BATCH
+    limit = max(1, min(settings.DEFAULT_MAX_BATCH, fitting))
+    why = (f"a forward pass takes {per_picture * 1000:.0f} ms per picture here, {limit} take "
+           f"{limit * per_picture:.1f} s of the {served.batch_seconds} s allowed ({settings.BATCH_SECONDS_ENV}; "
+           f"SageMaker's invocation limit is {settings.INVOCATION_SECONDS} s), at most {settings.DEFAULT_MAX_BATCH}")
+    if per_picture > served.batch_seconds:
+        log.warning("One picture takes %.1f s, more than %s=%d: requests may time out", per_picture,
+                    settings.BATCH_SECONDS_ENV, served.batch_seconds)
+    return limit, why
+
+
 def model_fn(model_dir, context=None):
     """Load the artifact (weights_only) in eval mode, on this worker's GPU when there is one."""
     served = settings.load(gpus=torch.cuda.device_count())
@@ -150,8 +181,11 @@ def model_fn(model_dir, context=None):
     _, transform = build_transforms(config.image_size, "none", config.mean, config.std)
     log.info("Loaded %s (%d classes, %d px) on %s with %d torch threads, optimised: %s", config.arch,
              config.num_classes, config.image_size, device, torch.get_num_threads(), served.optimize)
+    max_batch, why = batch_limit(served, seconds_per_picture(
+        forward, torch.zeros(1, 3, config.image_size, config.image_size, device=device), device))
+    log.info("Batch limit: %d picture(s) per request (%s)", max_batch, why)
     return LoadedModel(network, forward, list(config.classes), transform, device,
-                       eval_resize(config.image_size), served)
+                       eval_resize(config.image_size), served, max_batch)
 
 
 # ------------------------------------------------------------------------------------------- input
@@ -160,6 +194,7 @@ class EncodedPicture:
     """One picture of a request, checked from its header only (format, declared size), not decoded."""
     data: bytes
     what: str  # how the messages name it: "The body", "instances[3]"
+    size: tuple  # (width, height) as declared in its header
 
 
 @dataclass
@@ -185,12 +220,12 @@ def client_errors(what):
 
 def check_picture(data, what="The body", max_pixels=settings.DEFAULT_MAX_PIXELS):
     """Bytes -> EncodedPicture after reading the header: 400 if empty or not an allowed format, 413 if it
-    declares more pixels than the cap. No pixel is decoded here."""
+    declares more pixels than the cap (or is a JPEG of too many scans). No pixel is decoded here."""
     if not data:
         raise BadRequest(f"{what} is empty: send the bytes of a picture.")
     with client_errors(what):
-        read_header(data, max_pixels)
-    return EncodedPicture(bytes(data), what)
+        header = read_header(data, max_pixels)
+    return EncodedPicture(bytes(data), what, header.size)
 
 
 def load_json(body):
@@ -203,8 +238,8 @@ def load_json(body):
         raise BadRequest("The body is empty: send {\"instances\": [{\"b64\": \"...\"}]}.")
     try:
         return json.loads(body)
-    except json.JSONDecodeError as error:
-        raise BadRequest(f"The body is not valid JSON: {error}.") from None
+    except ValueError as error:  # JSONDecodeError, or a number of more than 4,300 digits
+        raise BadRequest(f"The body is not valid JSON: {str(error)[:200]}.") from None
     except RecursionError:
         raise BadRequest("The JSON body is nested too deeply: send "
                          "{\"instances\": [{\"b64\": \"...\"}]}.") from None
@@ -232,14 +267,16 @@ def decode_batch(body, max_batch=settings.DEFAULT_MAX_BATCH):
     return pictures
 
 
-def input_fn(body, content_type, context=None):
-    """Request body -> PictureRequest. Raw picture types carry one picture, JSON a batch."""
+def input_fn(body, content_type, context=None, max_batch=None):
+    """Request body -> PictureRequest. Raw picture types carry one picture, JSON a batch of at most
+    `max_batch` (the loaded model's limit; the transformer passes it), else the setting or its default."""
     served = settings.load()
+    max_batch = max_batch or served.max_batch or settings.DEFAULT_MAX_BATCH
     kind = check_content_type(content_type)
     top_k = parse_top_k(header(context, contract.CUSTOM_ATTRIBUTES_HEADER), served.top_k)
     if kind == settings.JSON:
         pictures = [check_picture(data, f"instances[{n}]", served.max_pixels)
-                    for n, data in enumerate(decode_batch(body, served.max_batch))]
+                    for n, data in enumerate(decode_batch(body, max_batch))]
     else:
         pictures = [check_picture(body, max_pixels=served.max_pixels)]
     return PictureRequest(pictures, top_k)
@@ -254,12 +291,16 @@ class Prediction:
 
 
 def check_pixel_budget(pictures, model):
-    """413 before anything is decoded when the pictures would decode to more pixels than the budget
-    (a JPEG counts at the reduced scale it will be decoded at)."""
-    budget, total = model.settings.pixel_budget, 0
+    """413 before anything is decoded when a picture, resized up to the model's input, would pass the
+    per-picture cap, or the pictures together the request's budget (images.charged_pixels)."""
+    budget, cap, total = model.settings.pixel_budget, model.settings.max_pixels, 0
     for picture in pictures:
-        with client_errors(picture.what):
-            total += read_header(picture.data, model.settings.max_pixels, model.decode_side).decoded_pixels
+        charged = charged_pixels(picture.size, model.decode_side)
+        if charged > cap:
+            width, height = picture.size
+            raise PayloadTooLarge(f"{picture.what} is too large: {width}x{height} pixels are resized to "
+                                  f"{charged:,} pixels (a short side of {model.decode_side}), more than {cap:,}.")
+        total += charged
     if total > budget:
         raise PayloadTooLarge(f"The request's pictures decode to {total:,} pixels, more than the budget of "
                               f"{budget:,} pixels per request ({settings.PIXEL_BUDGET_ENV}): send fewer or "

@@ -10,13 +10,26 @@
    that folder, not on the inference port, where anyone who reaches the endpoint could use it.
 3. Runs MMS in the foreground, in its own process group, with the sagemaker-inference handler
    service; SIGTERM or Ctrl-C stops the whole group (frontend and every worker), then serve exits 0.
+   Run as root (as SageMaker runs containers), serve starts MMS as an unprivileged user
+   (IMAGE_CLASSIFIER_SERVER_USER, `model-server` in the image): the workers parse untrusted bytes with
+   libjpeg, libtiff and libwebp. That user owns the runtime folder, keeps the `video`/`render` groups
+   (GPU device files) and nothing else of root's; a model it cannot read (an artifact written 0600 by
+   an older version) is copied into the runtime folder for it. Run as anyone else, nothing changes.
+4. Watches the workers (workers.py): when no worker has been READY for IMAGE_CLASSIFIER_WORKERLESS_SECONDS
+   (default 45 s, after the first load), serve stops MMS and exits with code 3. MMS's /ping answers 200
+   with no worker alive; exiting makes the container's /ping fail, so SageMaker's health check replaces
+   the instance, and locally the launcher sees the server gone. (Answering 503 instead would need a proxy
+   of ours in front of MMS's port, on every request's path, to keep an instance that cannot serve.)
 
 The toolkit's `start_model_server` is not used: it writes to /etc, finds "its" server by scanning every
 process on the host (so it refuses to run beside another MMS) and stops only the Java frontend.
 """
+import grp
 import importlib.resources
 import logging
 import os
+import pwd
+import dataclasses
 import shutil
 import signal
 import subprocess
@@ -28,17 +41,37 @@ from pathlib import Path
 
 from .. import contract
 from ..cuda_check import GpuUnusableError, require_usable_gpu
-from . import settings
+from . import settings, workers
 
 log = logging.getLogger("serve")
 
 MAX_SOCKET_PATH = 107  # Linux's sun_path
 MODEL_NAME = "model"  # the name MMS registers the model under (its URLs: /models/model)
 JAVA_HOME_ENV = "JAVA_HOME"  # read by MMS's launcher: it runs $JAVA_HOME/bin/java
+WORKERLESS_EXIT_CODE = 3  # no model worker ready for too long (settings.WORKERLESS_SECONDS_ENV)
+# Run as the server user before MMS starts: can it import the package, read the model, write the runtime folder?
+ACCESS_PROBE = """import sys, pathlib, image_classifier
+(pathlib.Path(sys.argv[1]) / '.probe').touch()
+for path in sys.argv[2:]:
+    open(path, 'rb').close()
+"""
 
 
 class ServeError(Exception):
     """serve cannot start; the message says why."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """The unprivileged user MMS runs as when serve runs as root."""
+    name: str
+    uid: int
+    gid: int
+    groups: tuple  # supplementary group ids: the device groups only
+
+    def popen_arguments(self):
+        # extra_groups is always given: left out, the child would keep root's supplementary groups.
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
 
 
 @dataclass(frozen=True)
@@ -49,6 +82,7 @@ class Server:
     settings: settings.ServingSettings
     runtime_dir: Path
     java_home: str = ""  # set in MMS's environment when not empty (java_home())
+    account: Account = None  # the user MMS runs as; None: serve's own
 
     @property
     def management_address(self):
@@ -126,7 +160,65 @@ def mms_environment(server):
     })
     if server.java_home:
         env[JAVA_HOME_ENV] = server.java_home
+    if server.account:
+        env.update({"HOME": str(server.runtime_dir), "USER": server.account.name, "LOGNAME": server.account.name})
     return env
+
+
+def server_account(served, environ):
+    """The Account MMS runs as: None unless serve runs as root and the server user exists (ServeError if a
+    user named in the environment does not)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(served.server_user)
+    except KeyError:
+        if environ.get(settings.SERVER_USER_ENV):
+            raise ServeError(f"{settings.SERVER_USER_ENV}={served.server_user}: there is no such user.") from None
+        log.warning("serve runs as root and there is no user %s (the image creates it): the model server "
+                    "runs as root", served.server_user)
+        return None
+    if entry.pw_uid == 0:
+        return None
+    groups = []
+    for name in settings.DEVICE_GROUPS:
+        try:
+            groups.append(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            pass
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, tuple(groups))
+
+
+def give_to(account, runtime_dir, model_dir):
+    """Make the runtime folder the account's and check what it needs; returns the model folder it can read
+    (a copy in the runtime folder when it cannot read `model_dir`)."""
+    def probe():
+        files = [str(path) for path in Path(model_dir).rglob("*") if path.is_file()]
+        try:
+            return subprocess.run([sys.executable, "-c", ACCESS_PROBE, str(runtime_dir), *files],
+                                  capture_output=True, text=True, timeout=120, cwd="/",
+                                  **account.popen_arguments())
+        except OSError as error:  # the interpreter itself is out of its reach
+            return subprocess.CompletedProcess([], 1, "", f"{type(error).__name__}: {error}")
+
+    os.chown(runtime_dir, account.uid, account.gid)
+    result = probe()
+    if result.returncode != 0 and "PermissionError" in result.stderr and str(model_dir) in result.stderr:
+        log.warning("User %s cannot read the model in %s (files written with mode 0600?): serving a copy",
+                    account.name, model_dir)
+        copy = runtime_dir / "model"
+        shutil.copytree(model_dir, copy)
+        for path in [copy, *copy.rglob("*")]:
+            os.chown(path, account.uid, account.gid, follow_symlinks=False)
+        model_dir = copy
+        result = probe()
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ServeError(f"The model server's user {account.name} cannot use what it needs ({reason}): the "
+                         f"Python packages, the model and the runtime folder {runtime_dir} must be reachable "
+                         f"by it (set {settings.RUNTIME_DIR_ENV} to a folder it can reach).")
+    (runtime_dir / ".probe").unlink(missing_ok=True)
+    return model_dir
 
 
 def stop_group(process, grace=settings.STOP_GRACE_SECONDS):
@@ -178,11 +270,20 @@ def run(environ=None):
     served = check_settings(env, gpus=gpus, load_seconds=load_seconds)
     runtime_root = env.get(settings.RUNTIME_DIR_ENV) or None
     runtime_dir = Path(tempfile.mkdtemp(prefix="image-classifier-serve-", dir=runtime_root))
-    server = Server(model_dir, gpus, served, runtime_dir, java)
+    account = server_account(served, env)
+    server = Server(model_dir, gpus, served, runtime_dir, java, account)
     if len(server.management_address) - len("unix:") > MAX_SOCKET_PATH:
         shutil.rmtree(runtime_dir, ignore_errors=True)
         raise ServeError(f"The runtime folder {runtime_dir} is too deep for a unix socket: set "
                          f"{settings.RUNTIME_DIR_ENV} to a shorter folder.")
+    if account:
+        try:
+            server = dataclasses.replace(server, model_dir=give_to(account, runtime_dir, model_dir))
+        except BaseException:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+            raise
+        log.info("The model server runs as %s (uid %d, groups %s)", account.name, account.uid,
+                 [account.gid, *account.groups])
     config_file = runtime_dir / "mms.properties"
     config_file.write_text(mms_properties(server))
     log.info("Starting multi-model-server on %s: %d worker(s) x %d torch thread(s), timeout %d s, "
@@ -190,7 +291,9 @@ def run(environ=None):
              served.workers, served.torch_threads, served.timeout_seconds, served.payload_cap_mb,
              f"{served.pixel_budget:,}", server.management_address)
     process = subprocess.Popen(mms_command(server, config_file), env=mms_environment(server),
-                               cwd=runtime_dir, start_new_session=True)
+                               cwd=runtime_dir, start_new_session=True,
+                               **(account.popen_arguments() if account else {}))
+    watch = workers.WorkerWatch(served.workerless_seconds, served.timeout_seconds, time.monotonic())
     stopping, keep_logs = [], []
 
     def on_signal(signum, _frame):
@@ -199,10 +302,21 @@ def run(environ=None):
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        exit_code = process.wait()
-        log.error("multi-model-server exited on its own (code %s); see %s", exit_code, runtime_dir / "logs")
-        keep_logs.append(True)
-        return exit_code or 1
+        while True:
+            try:
+                exit_code = process.wait(timeout=settings.WORKER_POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                ready = workers.ready_count(runtime_dir / settings.MANAGEMENT_SOCKET, MODEL_NAME, process.pid)
+                if watch.update(ready, time.monotonic()):
+                    continue
+                log.error("No model worker has been ready for %d s (%s): stopping the model server so that "
+                          "the platform replaces this instance; see %s", served.workerless_seconds,
+                          settings.WORKERLESS_SECONDS_ENV, runtime_dir / "logs")
+                keep_logs.append(True)
+                return WORKERLESS_EXIT_CODE
+            log.error("multi-model-server exited on its own (code %s); see %s", exit_code, runtime_dir / "logs")
+            keep_logs.append(True)
+            return exit_code or 1
     except KeyboardInterrupt:
         log.info("Stopping the model server (%s)", signal.Signals(stopping[0]).name if stopping else "SIGINT")
         return 0

@@ -48,14 +48,20 @@ TIMEOUT_ENV, MIN_TIMEOUT_SECONDS = "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60
 # (MMS's own refusal resets the connection while the client is still sending).
 MMS_BODY_LIMIT_FACTOR = 4
 MAX_PIXELS_ENV = "IMAGE_CLASSIFIER_MAX_PIXELS"  # per picture, as declared in its header
-# Decoded pixels per request, all pictures together (a drafted JPEG counts at its reduced size). A
-# worker holds one full-size picture at a time (<= MAX_PIXELS: about 0.2-0.6 GB while converting), so
-# memory stays bounded whatever the budget; the budget bounds the CPU a request may take (decoding
-# costs about 10 ms per megapixel here). 100 MP: two pictures at the cap, ~2 s of decoding.
+# Pixels per request, all pictures together, each charged at its declared size (a drafted JPEG is still
+# read whole: every scan covers every pixel) or at the size it is resized up to, when smaller than the
+# model's input (images.charged_pixels). A worker holds one full-size picture at a time (<= MAX_PIXELS:
+# about 0.2-0.6 GB while converting), so memory stays bounded whatever the budget; the budget bounds the
+# CPU a request may take (decoding costs about 10 ms per megapixel here). 100 MP: two pictures at the
+# cap, ~2 s of decoding.
 PIXEL_BUDGET_ENV, DEFAULT_PIXEL_BUDGET = "IMAGE_CLASSIFIER_PIXEL_BUDGET", 100_000_000
-# Pictures per JSON request: 32 ResNet-50 forward passes at 224 px take about 2.5 s of CPU at one thread
-# here (73 ms each, docs/BENCHMARKS.md); a deeper network needs a lower cap to stay within 10 s.
+# Pictures per JSON request. Unset, each worker derives it when it loads the model (handler.batch_limit):
+# as many pictures as its forward passes take within BATCH_SECONDS on this instance, at most
+# DEFAULT_MAX_BATCH. SageMaker ends a real-time invocation after INVOCATION_SECONDS; a quarter of it leaves
+# room for decoding (the pixel budget), a busier host than at load time, and a request queued behind another.
 MAX_BATCH_ENV, DEFAULT_MAX_BATCH = "IMAGE_CLASSIFIER_MAX_BATCH", 32
+INVOCATION_SECONDS = 60
+BATCH_SECONDS_ENV, DEFAULT_BATCH_SECONDS = "IMAGE_CLASSIFIER_BATCH_SECONDS", INVOCATION_SECONDS // 4
 FORWARD_BATCH_ENV, DEFAULT_FORWARD_BATCH = "IMAGE_CLASSIFIER_FORWARD_BATCH", 16  # pictures per forward pass
 TOP_K_ENV, MAX_TOP_K = "IMAGE_CLASSIFIER_TOP_K", 1000
 # Inference optimisations (conv+batch-norm folding, channels_last); `false` serves the plain eager model.
@@ -65,6 +71,18 @@ JVM_ARGS_ENV, DEFAULT_JVM_ARGS = "SAGEMAKER_MODEL_SERVER_VMARGS", "-XX:-UseConta
 RUNTIME_DIR_ENV = "IMAGE_CLASSIFIER_RUNTIME_DIR"
 # How long serve waits for MMS to stop on SIGTERM before killing it.
 STOP_GRACE_SECONDS = 10
+# serve exits (non-zero, so that the platform replaces the instance) when no model worker has been ready
+# for this long: MMS's /ping answers 200 without any. The default is well inside SageMaker's health
+# checks (a few minutes) and well above a crashed worker's reload; it grows with a slow model load
+# (workerless_seconds). Workers are polled every WORKER_POLL_SECONDS through the management socket.
+WORKERLESS_SECONDS_ENV, DEFAULT_WORKERLESS_SECONDS = "IMAGE_CLASSIFIER_WORKERLESS_SECONDS", 45
+WORKER_POLL_SECONDS = 1.0
+# When serve runs as root, MMS and its workers (which parse untrusted bytes with libjpeg, libtiff,
+# libwebp) run as this user. The image creates it; where the default does not exist (outside the image),
+# serve runs MMS as it was started; a user named in the variable must exist.
+SERVER_USER_ENV, DEFAULT_SERVER_USER = "IMAGE_CLASSIFIER_SERVER_USER", "model-server"
+# Groups the server user keeps for GPU device files (/dev/dri, some /dev/nvidia* set-ups), where they exist.
+DEVICE_GROUPS = ("video", "render")
 
 
 class SettingsError(ValueError):
@@ -114,6 +132,11 @@ def default_threads(cores, workers):
     return max(1, cores // workers)
 
 
+def workerless_seconds(load_seconds):
+    """Default seconds without a ready worker before serve gives up: a crashed worker must reload first."""
+    return max(DEFAULT_WORKERLESS_SECONDS, math.ceil(2 * load_seconds) + 15)
+
+
 def response_timeout(load_seconds):
     """Seconds MMS waits for a worker: above the load time, with margin for a slow, busy host."""
     return max(MIN_TIMEOUT_SECONDS, math.ceil(3 * load_seconds) + 30)
@@ -129,11 +152,14 @@ class ServingSettings:
     payload_cap_mb: int
     max_pixels: int
     pixel_budget: int
-    max_batch: int
+    max_batch: object  # int, or None: derived from a timed forward pass when the model is loaded
+    batch_seconds: float
     forward_batch: int
     top_k: int
     optimize: bool
     jvm_args: str
+    workerless_seconds: int = DEFAULT_WORKERLESS_SECONDS
+    server_user: str = DEFAULT_SERVER_USER
 
     @property
     def payload_cap_bytes(self):
@@ -166,14 +192,17 @@ def load(environ=None, gpus=0, cores=None, load_seconds=0.0):
          maximum=contract.MAX_PAYLOAD_CAP_MB)
     read("max_pixels", env_int, MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
     read("pixel_budget", env_int, PIXEL_BUDGET_ENV, DEFAULT_PIXEL_BUDGET)
-    read("max_batch", env_int, MAX_BATCH_ENV, DEFAULT_MAX_BATCH)
+    read("max_batch", env_int, MAX_BATCH_ENV, None)
+    read("batch_seconds", env_int, BATCH_SECONDS_ENV, DEFAULT_BATCH_SECONDS)
     read("forward_batch", env_int, FORWARD_BATCH_ENV, DEFAULT_FORWARD_BATCH)
     read("top_k", env_int, TOP_K_ENV, contract.DEFAULT_TOP_K, maximum=MAX_TOP_K)
     read("optimize", env_bool, OPTIMIZE_ENV, DEFAULT_OPTIMIZE)
+    read("workerless_seconds", env_int, WORKERLESS_SECONDS_ENV, workerless_seconds(load_seconds))
     if not problems and values["pixel_budget"] < values["max_pixels"]:
         problems.append(f"{PIXEL_BUDGET_ENV}={values['pixel_budget']:,} is below {MAX_PIXELS_ENV}="
                         f"{values['max_pixels']:,}: a picture under the per-picture cap could never be served")
     if problems:
         raise SettingsError("invalid serving settings: " + "; ".join(problems))
     return ServingSettings(bind_address=env.get(contract.BIND_ADDRESS_ENV) or contract.DEFAULT_BIND_ADDRESS,
-                           jvm_args=env.get(JVM_ARGS_ENV) or DEFAULT_JVM_ARGS, **values)
+                           jvm_args=env.get(JVM_ARGS_ENV) or DEFAULT_JVM_ARGS,
+                           server_user=env.get(SERVER_USER_ENV) or DEFAULT_SERVER_USER, **values)

@@ -4,8 +4,11 @@ sagemaker-inference's `Transformer` looks the functions up in a user module (`in
 functions are the product here, so they are bound directly. Its `handle_error` puts the traceback in the
 response body, and it decodes JSON/CSV bodies as UTF-8 before input_fn (a binary body would be a 500):
 both are replaced, so every client mistake is a short JSON 4xx and server faults are a bare 500 whose
-traceback goes to the worker's log only.
+traceback goes to the worker's log only. The HTTP reason phrase is always the status's standard one
+(the toolkit's is the exception's text for a fault: `'NoneType' object has no attribute ...`).
 """
+from http import HTTPStatus
+
 import logging
 
 from sagemaker_inference import utils
@@ -20,7 +23,7 @@ log = logging.getLogger(__name__)
 class ImageTransformer(Transformer):
     def _validate_user_module_and_set_functions(self):
         self._model_fn = handler.model_fn
-        self._input_fn = handler.input_fn
+        self._input_fn = self._input
         self._predict_fn = handler.predict_fn
         self._output_fn = handler.output_fn
         self._transform_fn = self._default_transform_fn
@@ -34,9 +37,13 @@ class ImageTransformer(Transformer):
         else:  # a fault of ours: the details stay in the log
             log.error("Inference failed: %s", trace)
             message = "The model server failed to answer this request; see the endpoint's log."
-        context.set_response_status(code=status, phrase=utils.remove_crlf(str(inference_exception.phrase)))
+        context.set_response_status(code=status, phrase=HTTPStatus(status).phrase)
         context.set_response_content_type(0, handler.settings.JSON)
         return [handler.error_body(message, status)]
+
+    def _input(self, body, content_type, context):
+        """input_fn with the batch limit this worker derived when it loaded the model."""
+        return handler.input_fn(body, content_type, context, max_batch=self._model.max_batch)
 
     def transform(self, data, context):
         """Check the body's size, the headers, and that a JSON body is text, before the toolkit decodes

@@ -1,0 +1,147 @@
+"""The request rules SageMaker applies and the SDK v2 does not (launcher/api_rules.py), the request validator
+of the test harness (request_validator.py) on requests it must refuse, and the terminal's text filter."""
+import pytest
+
+from image_classifier.cuda_check import GPU_INFERENCE_AMI
+from launcher import LauncherError, api_rules, terminal, transform
+from request_validator import problems
+
+
+# ------------------------------------------------------------------------------------------ inference AMIs
+@pytest.mark.parametrize("instance_type, ami", [
+    ("ml.g4dn.xlarge", GPU_INFERENCE_AMI), ("ml.g5.12xlarge", GPU_INFERENCE_AMI), ("ml.g6e.xlarge", GPU_INFERENCE_AMI),
+    ("ml.p4d.24xlarge", GPU_INFERENCE_AMI), ("ml.p5en.48xlarge", GPU_INFERENCE_AMI),
+    ("ml.p3.2xlarge", "al2-ami-sagemaker-inference-gpu-2-1"),
+    ("ml.m5.large", None), ("ml.c5.xlarge", None), ("ml.m5d.large", None),
+])
+def test_inference_ami_by_family(instance_type, ami):
+    assert api_rules.inference_ami(instance_type) == ami
+
+
+@pytest.mark.parametrize("instance_type, words", [
+    ("ml.p6-b200.48xlarge", "Blackwell"), ("ml.p6-b300.48xlarge", "Blackwell"), ("ml.g7e.2xlarge", "Blackwell"),
+    ("ml.p6e-gb200.36xlarge", "arm64"), ("ml.g5g.xlarge", "arm64"), ("ml.c7g.large", "arm64"),
+    ("ml.m6gd.large", "arm64"), ("ml.p2.xlarge", "Kepler"), ("ml.g9x.xlarge", "not in the launcher's driver table"),
+])
+def test_types_the_image_cannot_serve_on_are_refused_with_the_reason(instance_type, words):
+    with pytest.raises(LauncherError, match=words):
+        api_rules.inference_ami(instance_type)
+
+
+def test_an_explicit_ami_opens_blackwell_but_never_arm64_or_cpu():
+    newer = "al2023-ami-sagemaker-inference-gpu-4-1"
+    assert api_rules.inference_ami("ml.p6-b200.48xlarge", newer) == newer
+    assert api_rules.inference_ami("ml.g5.xlarge", "al2-ami-sagemaker-inference-gpu-2-1") == \
+        "al2-ami-sagemaker-inference-gpu-2-1"
+    with pytest.raises(LauncherError, match="arm64"):
+        api_rules.inference_ami("ml.p6e-gb200.36xlarge", newer)
+    with pytest.raises(LauncherError, match="applies to GPU instance types"):
+        api_rules.inference_ami("ml.m5.large", GPU_INFERENCE_AMI)
+
+
+def test_transform_ami_on_gpu_types_only():
+    assert api_rules.transform_ami("ml.g4dn.xlarge") == api_rules.BATCH_GPU_AMI == "al2-ami-sagemaker-batch-gpu-535"
+    assert api_rules.transform_ami("ml.p3.2xlarge") == api_rules.BATCH_GPU_AMI
+    assert api_rules.transform_ami("ml.m5.xlarge") is None
+    with pytest.raises(LauncherError, match="Blackwell"):
+        api_rules.transform_ami("ml.g7e.2xlarge")
+    with pytest.raises(LauncherError, match="arm64"):
+        api_rules.transform_ami("ml.c7g.xlarge")
+
+
+def test_training_refuses_arm64_only():
+    api_rules.check_runs_the_image("ml.p6-b200.48xlarge")  # training hosts bring their own drivers
+    with pytest.raises(LauncherError, match="amd64"):
+        api_rules.check_runs_the_image("ml.p6e-gb200.36xlarge")
+
+
+# ----------------------------------------------------------------------------------------------------- KMS
+@pytest.mark.parametrize("instance_type, sent", [
+    ("ml.g4dn.xlarge", False), ("ml.g5.2xlarge", False), ("ml.p4d.24xlarge", False), ("ml.m5d.large", False),
+    ("ml.p5.48xlarge", False), ("ml.m5.xlarge", True), ("ml.c5.2xlarge", True), ("ml.p3.2xlarge", True),
+])
+def test_volume_kms_key_only_without_local_nvme_storage(instance_type, sent, capsys):
+    assert api_rules.volume_kms_key(instance_type, "key-1") == ("key-1" if sent else None)
+    assert ("local NVMe storage" in capsys.readouterr().err) is not sent
+    assert api_rules.volume_kms_key(instance_type, None) is None
+
+
+# ----------------------------------------------------------------------------------------------- transform
+def test_max_concurrent_times_payload_stays_within_100_mb():
+    payload = transform.MAX_PAYLOAD_MB
+    api_rules.check_max_concurrent(100 // payload, payload)
+    with pytest.raises(LauncherError, match=rf"at most {100 // payload} per instance"):
+        api_rules.check_max_concurrent(100 // payload + 1, payload)
+    # The default for a big instance is capped too (ml.m5.4xlarge: 8 workers x 2 requests = 16 <= 16).
+    assert transform.max_concurrent_transforms("ml.m5.4xlarge") * payload <= 100
+
+
+# ---------------------------------------------------------------------------------------------- warm start
+def parent(objective="best_valid_acc", kind="Maximize", static=("epochs", "sagemaker_torch_distributed_enabled")):
+    return {"HyperParameterTuningJobConfig": {
+                "HyperParameterTuningJobObjective": {"Type": kind, "MetricName": objective},
+                "ParameterRanges": {"ContinuousParameterRanges": [{"Name": "lr"}],
+                                    "CategoricalParameterRanges": [{"Name": "batch-size"}]}},
+            "TrainingJobDefinition": {"StaticHyperParameters": {name: "1" for name in (*static,
+                                                                                        "_tuning_objective_metric")}}}
+
+
+def test_warm_start_parent_needs_the_same_objective_and_hyperparameter_count():
+    ours = {"Type": "Maximize", "MetricName": "best_valid_acc"}
+    names = {"epochs", "sagemaker_torch_distributed_enabled", "lr", "batch-size"}
+    api_rules.check_warm_start_parent("p1", parent(), ours, names)
+    with pytest.raises(LauncherError, match="Minimize best_valid_loss, this job Maximize best_valid_acc"):
+        api_rules.check_warm_start_parent("p1", parent("best_valid_loss", "Minimize"), ours, names)
+    with pytest.raises(LauncherError, match="differing: sagemaker_torch_distributed_enabled"):
+        api_rules.check_warm_start_parent("p1", parent(static=("epochs",)), ours, names)
+
+
+# ------------------------------------------------------------------------------------ the request validator
+GOOD_TRANSFORM = {
+    "TransformJobName": "t1", "ModelName": "m1",
+    "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/p/"}}},
+    "TransformOutput": {"S3OutputPath": "s3://b/out"},
+    "TransformResources": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1,
+                           "TransformAmiVersion": "al2-ami-sagemaker-batch-gpu-535"},
+}
+
+
+def test_the_validator_accepts_a_good_request():
+    assert problems("sagemaker", "CreateTransformJob", GOOD_TRANSFORM) == []
+
+
+def test_the_validator_finds_a_missing_required_field_and_a_bad_enum():
+    request = {**GOOD_TRANSFORM, "TransformResources": {"InstanceType": "ml.g4dn.xlarge"},  # no InstanceCount
+               "BatchStrategy": "OnePicture"}
+    found = problems("sagemaker", "CreateTransformJob", request)
+    assert "CreateTransformJob.TransformResources.InstanceCount: required, missing" in found
+    assert any(p.startswith("CreateTransformJob.BatchStrategy: 'OnePicture' is not one of") for p in found)
+    assert len(found) == 2
+
+
+def test_the_validator_finds_ranges_lengths_patterns_and_unknown_members():
+    variant = {"VariantName": "AllTraffic", "ModelName": "m", "InstanceType": "ml.g5.xlarge",
+               "InitialInstanceCount": 1, "InferenceAmiVersion": "al2-ami-sagemaker-inference-gpu-9",
+               "ServerlessConfig": {"MemorySizeInMB": 512, "MaxConcurrency": 5}, "NoSuchField": 1}
+    found = problems("sagemaker", "CreateEndpointConfig", {"EndpointConfigName": "bad name!" + "x" * 70,
+                                                          "ProductionVariants": [variant]})
+    text = "\n".join(found)
+    assert "InferenceAmiVersion: 'al2-ami-sagemaker-inference-gpu-9' is not one of" in text
+    assert "ServerlessConfig.MemorySizeInMB: 512 is outside 1024..6144" in text
+    assert "ProductionVariants[0].NoSuchField: not a member" in text
+    assert "EndpointConfigName: 79 characters" in text and "EndpointConfigName: 'bad name!" in text
+    assert problems("sagemaker", "CreateTransformJob", {**GOOD_TRANSFORM, "MaxConcurrentTransforms": "4"}) == [
+        "CreateTransformJob.MaxConcurrentTransforms: expected integer, got '4'"]
+
+
+# -------------------------------------------------------------------------------------------- the terminal
+@pytest.mark.parametrize("raw, shown", [
+    ("Red fox", "Red fox"),
+    ("\x1b[31mRed\x1b[0m fox", "Red fox"),                # colour
+    ("a\x1b]0;pwned\x07b", "ab"),                         # window title (OSC)
+    ("line\nforged=0.999\r", "lineforged=0.999"),         # a forged second line
+    ("tab\there\x7f\x9b2J", "tabhere"),                   # DEL, C1 CSI
+    ("Épagneul breton", "Épagneul breton"),               # letters stay
+])
+def test_printable_strips_escapes_and_control_characters(raw, shown):
+    assert terminal.printable(raw) == shown
