@@ -43,9 +43,7 @@ MUTATIONS = {
         ["tests/test_distributed.py::test_a_stop_inside_epoch_2_resumes_with_both_ranks_sums"], False),
     "atomic-write-fixed-temp": (
         "atomic_write's temporary files are unique",
-        f"{PKG}/contract.py",
-        '    descriptor, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
-        '    os.close(descriptor)\n    tmp = Path(tmp_name)\n',
+        f"{PKG}/contract.py", '    tmp = _create_unique(path.parent, f".{path.name}.", ".tmp")\n',
         '    tmp = path.with_name(f".{path.name}.tmp")\n',
         ["tests/test_model.py::test_two_concurrent_atomic_writes_to_one_path_use_their_own_temporary_files"], False),
     "rule-margin-inf-or-zero": (
