@@ -77,6 +77,11 @@ class StopRequested:
             os.killpg(os.getpgrp(), signal.SIGTERM)
 
 
+def cpus_per_process(env):
+    """The host's vCPUs shared among its training processes (one per GPU under torchrun)."""
+    return max(env.num_cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -108,6 +113,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
     amp = scaler is not None
     waiting_since = time.perf_counter()  # the time until the loader yields is time spent waiting for data
     for images, labels, bad in loader:
+        loaded = time.perf_counter()
         progress["bad"] += len(bad)
         for item in bad:  # already quoted for the log (data.BadPicture)
             log.warning("Skipping unreadable picture: %s", item)
@@ -132,6 +138,8 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
             progress["seconds"] += time.perf_counter() - start
             if on_step is not None:
                 on_step(data_seconds=start - waiting_since, compute_seconds=time.perf_counter() - start)
+        progress["data_seconds"] = progress.get("data_seconds", 0.0) + loaded - waiting_since
+        progress["wall_seconds"] = progress.get("wall_seconds", 0.0) + time.perf_counter() - waiting_since
         progress["step"] += 1
         stop.step_done(progress["step"])
         waiting_since = time.perf_counter()
@@ -175,7 +183,9 @@ def _atomic_save(obj, path, keep_previous=None):
 
 
 def _new_progress():
-    return {"step": 0, "loss": 0.0, "correct": 0, "images": 0, "seconds": 0.0, "bad": 0}
+    # seconds: computing; data_seconds: waiting for the loader; wall_seconds: both, and all else in the loop.
+    return {"step": 0, "loss": 0.0, "correct": 0, "images": 0, "seconds": 0.0, "bad": 0, "data_seconds": 0.0,
+            "wall_seconds": 0.0}
 
 
 SUMMED_PROGRESS = ("loss", "correct", "images", "bad")  # each rank's own running sums within an epoch
@@ -252,7 +262,8 @@ class TrainingRun:
                                                  "best_valid_loss": math.inf, "best_epoch": 0,
                                                  "epochs_without_improvement": 0})
     recorder: TensorRecorder = field(default_factory=TensorRecorder)  # a real one on rank 0 (start_recording)
-    profiling: Profiling | None = None
+    profiling: Profiling | None = None  # rank 0's system monitor (and profiler window); None on other ranks
+    epoch_mark: int = 0  # the monitor's sample index at the current epoch's start
 
     @property
     def device(self):
@@ -371,15 +382,14 @@ def resume(job):
 
 
 def start_recording(job, debugger_position, cleanup):
-    """smdebug (losses, weights, gradients; a resumed job continues the saved tensors) and the profiler (None
-    unless profile=true), on rank 0 only; `cleanup` closes them on every way out."""
+    """smdebug (losses, weights, gradients; a resumed job continues the saved tensors), the system monitor and
+    (profile=true) torch.profiler, on rank 0 only; `cleanup` closes them on every way out."""
     if not job.dist.is_master:
         return
     job.recorder = TensorRecorder.start(job.env, job.hp, job.model, job.criterion, debugger_position)
     cleanup.callback(job.recorder.close)
     job.profiling = Profiling.start(job.hp, job.env.output_data_dir, job.device)
-    if job.profiling is not None:
-        cleanup.callback(job.profiling.close)
+    cleanup.callback(job.profiling.close)
 
 
 def save_checkpoint(job):
@@ -405,6 +415,7 @@ def train_epochs(job):
         job.train_sampler.set_epoch(epoch, start=progress["step"] * hp.batch_size)
         job.stop.epoch_first_step = epoch * job.steps_per_epoch
         job.recorder.set_mode("train")
+        start_epoch_measures(job)
         finished = train_one_epoch(job.train_model, job.criterion, job.optimizer, job.scheduler, job.train_loader,
                                    job.device, job.scaler, progress, job.stop, job.steps_per_epoch,
                                    on_step=job.profiling)
@@ -435,10 +446,14 @@ def end_epoch(job, epoch, valid_loader):
     loss_sum, correct, seen, train_bad = dist.sum(progress["loss"], progress["correct"], progress["images"],
                                                   progress["bad"])
     images = max(seen, 1)
+    waited, wall = dist.sum(progress.get("data_seconds", 0.0), progress.get("wall_seconds", 0.0))
     line = {"epoch": epoch + 1, "train_loss": loss_sum / images, "train_acc": correct / images,
             "valid_loss": valid_loss, "valid_acc": valid_acc,
             "images_per_sec": seen / max(dist.max(progress["seconds"]), 1e-9),
-            "bad_images": job.scan_bad + train_bad + valid_bad}
+            "bad_images": job.scan_bad + train_bad + valid_bad,
+            "wall_images_per_sec": seen / max(dist.max(progress.get("wall_seconds", 0.0)), 1e-9),
+            "data_wait_share": waited / max(wall, 1e-9)}
+    line.update(gpu_epoch_metrics(job))
     if dist.is_master:
         print(format_metrics(**line), flush=True)
     state["history"].append(line)
@@ -455,12 +470,46 @@ def end_epoch(job, epoch, valid_loader):
     state.update(epoch=epoch + 1, progress=_new_progress())
 
 
+def gpu_epoch_metrics(job):
+    """On a GPU job: the GPU's mean utilisation over the epoch's training (the system monitor, rank 0) and
+    its peak allocated memory; {} on CPU."""
+    if job.device.type != "cuda":
+        return {}
+    utilization = job.profiling.monitor.gpu_utilization(job.epoch_mark) if job.profiling else None
+    return {"gpu_utilization": -1.0 if utilization is None else utilization,  # -1: NVML unavailable
+            "gpu_peak_memory_mb": torch.cuda.max_memory_allocated(job.device) / 2**20}
+
+
+def start_epoch_measures(job):
+    """Where this epoch's GPU measures start (the monitor's samples, the allocator's peak)."""
+    job.epoch_mark = job.profiling.monitor.mark() if job.profiling else 0
+    if job.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(job.device)
+
+
+def run_profiler_rules(job):
+    """The profiler rules over the system monitor and the step timings (rank 0): one metric line each, a
+    log line for each that fired; returns their results (None without a monitor)."""
+    if job.profiling is None:
+        return None
+    from .profiler_rules import print_rule_metrics, run_profiler_rules as judge
+
+    results = judge(job.profiling.profile_data(job.workers, job.hp.batch_size, cpus_per_process(job.env)))
+    for result in results:
+        log.log(logging.WARNING if result["status"] == "triggered" else logging.INFO, "Profiler rule %s %s: %s%s",
+                result["rule"], result["status"].upper(), result["finding"],
+                f" Recommendation: {result['recommendation']}" if result["recommendation"] else "")
+    print_rule_metrics(results)
+    return results
+
+
 def finish(job):
     """Test once with the best-valid weights, then (rank 0) the metric lines, predictions, the model artifact
     and the end-of-training rules. Returns the exit code."""
     env, hp, dist, state, classes = job.env, job.hp, job.dist, job.state, job.splits.classes
     if job.profiling is not None:
         job.profiling.close()  # the system metrics cover training, not the final test
+    profiler_results = run_profiler_rules(job)
     # Each rank tests on its shard, with the best-valid weights (saved on the first host).
     best = dist.from_master(lambda: load_weights(job.best_path) if job.best_path.is_file() else None)
     if best is not None:
@@ -485,15 +534,21 @@ def finish(job):
                          hyperparameters=hp.to_strings(), metrics=metrics)
     save_artifact(env.model_dir, job.model, config)
     log.info("Saved the model to %s", env.model_dir)
-    run_end_of_training_rules(job.recorder, env, hp, len(classes))
+    run_end_of_training_rules(job.recorder, env, hp, len(classes), profiler_results)
     return 0
 
 
-def run_end_of_training_rules(recorder, env, hp, num_classes):
-    """Close the hook, then run the rules over its tensors (output/data/rules.json, metric lines). A rule
-    that breaks is logged, never fails the job: the model is already saved and the rules only diagnose."""
+def run_end_of_training_rules(recorder, env, hp, num_classes, profiler_results=None):
+    """Close the hook, then run the rules over its tensors (output/data/rules.json, metric lines), with the
+    profiler rules' results beside them. A rule that breaks is logged, never fails the job: the model is
+    already saved and the rules only diagnose."""
+    from .profiler_rules import write_rules_file
+
     recorder.close()
+    rules_file = env.output_data_dir / constants.RULES_FILE
     if not hp.rules or recorder.out_dir is None:
+        if profiler_results is not None:
+            write_rules_file(rules_file, profiler_rules=profiler_results)
         return None
     from .rules import report_rules, run_rules  # smdebug's rule machinery: only when used
 
@@ -501,8 +556,9 @@ def run_end_of_training_rules(recorder, env, hp, num_classes):
         results = run_rules(recorder.out_dir, parameters={"ClassImbalance": {"num_classes": num_classes}})
     except Exception:  # noqa: BLE001 - see above
         log.exception("The debugging rules could not run")
+        write_rules_file(rules_file, profiler_rules=profiler_results)
         return None
-    report_rules(results, env.output_data_dir / constants.RULES_FILE, recorder.out_dir)
+    report_rules(results, rules_file, recorder.out_dir, profiler_results)
     return results
 
 
