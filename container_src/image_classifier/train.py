@@ -34,7 +34,10 @@ from . import constants
 from .config import HyperparameterError, Hyperparameters
 from .contract import FAILURE_MAX_BYTES, atomic_write
 from .cuda_check import GpuUnusableError
-from .data import DataError, EpochSampler, PictureDataset, Splits, build_transforms, load_splits, make_loader
+from . import decode_cache
+from .data import (DataError, EpochSampler, PictureDataset, Splits, build_transforms, load_splits, make_loader,
+                   to_model_input)
+from .images import eval_resize
 from .debugging import DebuggerConfigError, TensorRecorder
 from .distributed import Distributed
 from .environment import EnvironmentConfigError, TrainingEnvironment, failure_file
@@ -104,13 +107,32 @@ def build_scheduler(hp, optimizer, total_steps):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+def amp_dtype(device):
+    """bfloat16 where the GPU supports it (no loss scaling, float32's range), else float16."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def make_scaler(hp, device):
+    """A GradScaler for float16 AMP; False for bfloat16 AMP (autocast, no scaler); None without AMP."""
+    if not (hp.amp and device.type == "cuda"):
+        return None
+    return torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else False
+
+
+def model_input(images, device):
+    """A batch on the device, normalised there when it came as uint8 (the decode cache), and channels_last on
+    CUDA (faster convolutions on tensor cores, with the model in channels_last too)."""
+    images = to_model_input(images.to(device, non_blocking=True))
+    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
+
+
 def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scaler, progress, stop,
                     max_steps=0, on_step=None):
     """One pass over `loader`. `progress` holds the running sums (restored from a mid-epoch checkpoint);
     `on_step(data_seconds=, compute_seconds=)` is told each step's timing (the profiler's system monitor).
     Returns True when the epoch ran to the end, False when a stop was requested."""
     model.train()
-    amp = scaler is not None
+    amp = scaler is not None  # a GradScaler: float16 AMP; False: bfloat16 AMP (no scaling needed); None: no AMP
     waiting_since = time.perf_counter()  # the time until the loader yields is time spent waiting for data
     for images, labels, bad in loader:
         loaded = time.perf_counter()
@@ -119,12 +141,12 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
             log.warning("Skipping unreadable picture: %s", item)
         if len(labels):
             start = time.perf_counter()
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            images, labels = model_input(images, device), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
                 logits = model(images)
                 loss = criterion(logits, labels)
             optimizer.zero_grad(set_to_none=True)
-            if amp:
+            if scaler:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
@@ -161,8 +183,8 @@ def evaluate(model, criterion, loader, device, amp=False, dist=None):
         bad += len(bad_items)
         if not len(labels):
             continue
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        images, labels = model_input(images, device), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
             logits = model(images)
         total_loss += criterion(logits.float(), labels).item() * len(labels)
         predicted = logits.argmax(1)
@@ -252,7 +274,8 @@ class TrainingRun:
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
+    scaler: torch.amp.GradScaler | bool | None  # make_scaler
+    caches: dict = field(default_factory=dict)  # split -> decode_cache.DecodeCache, when decode-cache is on
     train_sampler: EpochSampler
     train_loader: torch.utils.data.DataLoader
     eval_transform: object
@@ -291,7 +314,10 @@ class TrainingRun:
         return sum(len(files) for files in self.splits.bad_files.values())
 
     def eval_loader(self, split):
-        dataset = PictureDataset(self.splits.samples[split], self.eval_transform, self.hp.seed)
+        cache = self.caches.get(split)
+        transform = decode_cache.CachedTransform(self.hp.image_size, "none", train=False) if cache else self.eval_transform
+        dataset = PictureDataset(self.splits.samples[split], transform, self.hp.seed,
+                                 min_side=eval_resize(self.hp.image_size), cache=cache)
         sampler = EpochSampler(len(dataset), self.hp.seed, shuffle=False, rank=self.dist.rank,
                                world_size=self.dist.world_size)
         return make_loader(dataset, sampler, self.hp.batch_size, self.workers, self.device.type == "cuda")
@@ -337,8 +363,12 @@ def set_up(env, hp):
              sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in trainable) / 1e6, device)
 
     train_transform, eval_transform = build_transforms(hp.image_size, hp.augment)
-    workers = min(env.num_cpus, 8) if hp.workers < 0 else hp.workers
-    train_set = PictureDataset(splits.samples["train"], train_transform, hp.seed)
+    workers = default_workers(env, device) if hp.workers < 0 else hp.workers
+    caches = make_caches(hp, splits)
+    if caches:
+        train_transform = decode_cache.CachedTransform(hp.image_size, hp.augment, train=True)
+    train_set = PictureDataset(splits.samples["train"], train_transform, hp.seed, min_side=eval_resize(hp.image_size),
+                               cache=caches.get("train"))
     train_sampler = EpochSampler(len(train_set), hp.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
     # BatchNorm cannot train on a last batch of one picture.
     drop_last = len(train_sampler) % hp.batch_size == 1
@@ -349,12 +379,37 @@ def set_up(env, hp):
         steps_per_epoch = min(steps_per_epoch, hp.max_steps_per_epoch)
     optimizer = build_optimizer(hp, trainable)
     scheduler = build_scheduler(hp, optimizer, steps_per_epoch * hp.epochs)
-    scaler = torch.amp.GradScaler("cuda") if hp.amp and device.type == "cuda" else None
+    scaler = make_scaler(hp, device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     return TrainingRun(env=env, hp=hp, dist=dist, stop=stop, splits=splits, model=model, train_model=dist.wrap(model),
                        criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                        train_sampler=train_sampler, train_loader=train_loader, eval_transform=eval_transform,
-                       workers=workers, steps_per_epoch=steps_per_epoch)
+                       workers=workers, steps_per_epoch=steps_per_epoch, caches=caches)
+
+
+def default_workers(env, device):
+    """Loader workers for workers=-1: on a GPU, the vCPUs each training process has (vCPUs per GPU) less one
+    for the process itself; on CPU, one per vCPU; at most 16."""
+    if device.type == "cuda":
+        return min(max(cpus_per_process(env) - 1, 1), 16)
+    return min(env.num_cpus, 8)
+
+
+def make_caches(hp, splits):
+    """{split: DecodeCache} when decode-cache is on (or auto and it fits in memory), else {}."""
+    side = eval_resize(hp.image_size)
+    if hp.decode_cache == "off":
+        decode_cache.decide("off", [], side)
+        return {}
+    shapes = {split: decode_cache.header_shapes([path for path, _ in samples], side)
+              for split, samples in splits.samples.items()}
+    if not decode_cache.decide(hp.decode_cache, list(shapes.values()), side,
+                               copies=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))):
+        return {}
+    return {split: decode_cache.DecodeCache([path for path, _ in splits.samples[split]], side, shapes[split])
+            for split in splits.samples}
 
 
 def resume(job):
@@ -369,7 +424,7 @@ def resume(job):
     job.model.load_state_dict(saved["model"])
     job.optimizer.load_state_dict(saved["optimizer"])
     job.scheduler.load_state_dict(saved["scheduler"])
-    if job.scaler is not None and saved.get("scaler"):
+    if job.scaler and saved.get("scaler"):
         job.scaler.load_state_dict(saved["scaler"])
     restore_rng_states(saved["rng"])
     job.state = saved["state"]
