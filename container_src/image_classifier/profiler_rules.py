@@ -117,7 +117,7 @@ class ProfilerRule:
         return {"rule": self.name, "metric": self.metric, "status": status, "statistic": statistic,
                 "threshold": self.threshold, "margin": margin(statistic, self.threshold, self.fires_above),
                 "datapoints": datapoints, "description": self.description, "parameters": self.params,
-                "finding": finding, "recommendation": self.recommendation if status == "triggered" else "",
+                "finding": finding, "recommendation": self.recommendation,
                 "findings": [{"step": -1, "message": finding}] if status == "triggered" else []}
 
     def measure(self, data):

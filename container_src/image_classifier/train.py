@@ -275,7 +275,6 @@ class TrainingRun:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | bool | None  # make_scaler
-    caches: dict = field(default_factory=dict)  # split -> decode_cache.DecodeCache, when decode-cache is on
     train_sampler: EpochSampler
     train_loader: torch.utils.data.DataLoader
     eval_transform: object
@@ -287,6 +286,7 @@ class TrainingRun:
     recorder: TensorRecorder = field(default_factory=TensorRecorder)  # a real one on rank 0 (start_recording)
     profiling: Profiling | None = None  # rank 0's system monitor (and profiler window); None on other ranks
     epoch_mark: int = 0  # the monitor's sample index at the current epoch's start
+    caches: dict = field(default_factory=dict)  # split -> decode_cache.DecodeCache, when decode-cache is on
 
     @property
     def device(self):
@@ -553,7 +553,7 @@ def run_profiler_rules(job):
     for result in results:
         log.log(logging.WARNING if result["status"] == "triggered" else logging.INFO, "Profiler rule %s %s: %s%s",
                 result["rule"], result["status"].upper(), result["finding"],
-                f" Recommendation: {result['recommendation']}" if result["recommendation"] else "")
+                f" Recommendation: {result['recommendation']}" if result["status"] == "triggered" else "")
     print_rule_metrics(results)
     return results
 
