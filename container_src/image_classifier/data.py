@@ -230,8 +230,11 @@ class PictureDataset(Dataset):
             image = self.cache.get(index) if self.cache is not None else open_rgb(path, min_side=self.min_side)
         except DECODE_ERRORS as error:
             return BadPicture(f"{quote_for_log(path)} ({quote_for_log(error)})")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + index
+        if getattr(self.transform, "takes_generator", False):  # draws from its own generator: no global state
+            return self.transform(image, torch.Generator().manual_seed(seed)), label
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from the global generator
+            torch.manual_seed(seed)
             return self.transform(image), label
 
 

@@ -29,6 +29,7 @@ import psutil
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
+from torchvision.transforms.v2 import functional as F2
 
 from .images import open_rgb, read_header
 
@@ -176,20 +177,46 @@ def _align(offset):
 
 class CachedTransform:
     """Train or eval transform on a cached uint8 CHW picture (short side = the eval resize), returning uint8
-    CHW at `image_size`; normalisation happens on the batch, on the device (data.to_model_input). The random
-    draws use torch's global generator, which the dataset seeds per sample."""
+    CHW at `image_size`; normalisation happens on the batch, on the device (data.to_model_input). Its random
+    draws (RandomResizedCrop's scale 0.25-1 and ratio 3/4-4/3, then a coin for the flip) come from the
+    per-sample generator the dataset passes: seeding torch's global generator costs more than the crop."""
+
+    takes_generator = True
+    scale, ratio = (0.25, 1.0), (3 / 4, 4 / 3)
 
     def __init__(self, image_size, augment, train):
         self.image_size, self.augment, self.train = image_size, augment, train
 
-    def __call__(self, picture):
+    def __call__(self, picture, generator=None):
+        size = [self.image_size, self.image_size]
         if not self.train or self.augment == "none":
-            return F.center_crop(picture, [self.image_size, self.image_size])
-        from torchvision.transforms import RandomResizedCrop
-
-        top, left, height, width = RandomResizedCrop.get_params(picture, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3))
-        picture = F.resized_crop(picture, top, left, height, width, [self.image_size, self.image_size],
-                                 interpolation=InterpolationMode.BILINEAR, antialias=True)
-        if self.augment == "crop-flip" and torch.rand(1) < 0.5:
-            picture = F.hflip(picture)
+            return F.center_crop(picture, size)
+        top, left, height, width = self.crop_box(picture.shape[-2], picture.shape[-1], generator)
+        # transforms.v2 resizes a uint8 picture in HWC memory order on its fast path (3x the v1 functional's speed)
+        picture = F2.resized_crop(picture, top, left, height, width, size,
+                                  interpolation=InterpolationMode.BILINEAR, antialias=True)
+        if self.augment == "crop-flip" and torch.rand(1, generator=generator).item() < 0.5:
+            picture = F2.horizontal_flip(picture)
         return picture
+
+    def crop_box(self, height, width, generator):
+        """torchvision's RandomResizedCrop.get_params, drawing from `generator`."""
+        area = height * width
+        log_ratio = torch.log(torch.tensor(self.ratio))
+        for _ in range(10):
+            target_area = area * torch.empty(1).uniform_(*self.scale, generator=generator).item()
+            aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+            w, h = int(round(math.sqrt(target_area * aspect))), int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = torch.randint(0, height - h + 1, size=(1,), generator=generator).item()
+                left = torch.randint(0, width - w + 1, size=(1,), generator=generator).item()
+                return top, left, h, w
+        # fallback to a central crop, as torchvision does
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            h, w = height, int(round(height * max(self.ratio)))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
