@@ -382,6 +382,8 @@ def set_up(env, hp):
     scaler = make_scaler(hp, device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+        log.info("GPU: channels_last, %s, %d loader workers, pinned memory",
+                 f"AMP {str(amp_dtype(device)).removeprefix('torch.')}" if scaler is not None else "no AMP", workers)
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     return TrainingRun(env=env, hp=hp, dist=dist, stop=stop, splits=splits, model=model, train_model=dist.wrap(model),
                        criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
