@@ -2,6 +2,7 @@
 asserted; GPU rules say "not applicable" on CPU; and real jobs: a starved loader fires the data-loader rule
 with a margin of at least 2, a healthy one passes it."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -144,3 +145,17 @@ def test_a_starved_loader_fires_the_dataloader_rule_and_a_fed_one_passes(tmp_pat
     assert result["status"] == "passed" and result["statistic"] < 10
     assert parse_metrics(fed.log_file.read_text().splitlines())["rule_dataloader"] == [0.0]
     assert "Decode cache on (decode-cache=on)" in fed.log_file.read_text()
+
+
+def test_gpu_use_falls_back_to_nvidia_smi(tmp_path, monkeypatch):
+    """Without NVML bindings in the image, the monitor asks nvidia-smi (here a stand-in on PATH)."""
+    from image_classifier import profiling
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '37, 1000, 16000\\n85, 8000, 16000\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(profiling.torch.cuda, "utilization", lambda i: (_ for _ in ()).throw(ModuleNotFoundError("pynvml")))
+    assert profiling._gpu_use(2) == {"gpu_percent": [37.0, 85.0], "gpu_memory_percent": [6.25, 50.0]}
+    fake.unlink()
+    assert profiling._gpu_use(2) == {}

@@ -12,6 +12,7 @@ samples go to system_metrics.json. Everything lands in output/data/.
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 
@@ -143,17 +144,25 @@ class SystemMonitor:
 
 
 def _gpu_use(gpus):
-    """Every visible GPU's utilisation and used memory (% of its memory), as NVML reports them (the whole
-    device, every process); empty without NVML."""
-    use = {}
+    """Every visible GPU's utilisation and used memory (% of its memory), as the driver reports them (the whole
+    device, every process): through NVML when pynvml is installed, else from `nvidia-smi` (which the NVIDIA
+    container runtime mounts on GPU hosts); empty when neither answers."""
     try:
-        use["gpu_percent"] = [torch.cuda.utilization(i) for i in range(gpus)]
-        use["gpu_memory_percent"] = [round(100 * torch.cuda.device_memory_used(i)
-                                           / torch.cuda.get_device_properties(i).total_memory, 2)
-                                     for i in range(gpus)]
-    except Exception:  # noqa: BLE001 - needs NVML (pynvml); the allocator's own figure is still there
+        return {"gpu_percent": [torch.cuda.utilization(i) for i in range(gpus)],
+                "gpu_memory_percent": [round(100 * torch.cuda.device_memory_used(i)
+                                             / torch.cuda.get_device_properties(i).total_memory, 2)
+                                       for i in range(gpus)]}
+    except Exception:  # noqa: BLE001 - no pynvml in the image: ask nvidia-smi
         pass
-    return use
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used,memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5,
+                             check=True).stdout
+        rows = [[float(v) for v in line.split(",")] for line in out.strip().splitlines()][:gpus]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
+    return {"gpu_percent": [row[0] for row in rows],
+            "gpu_memory_percent": [round(100 * row[1] / row[2], 2) if row[2] else 0.0 for row in rows]}
 
 
 class Profiling:
