@@ -78,10 +78,9 @@ def decode_resized(path, side):
     return np.array(image, dtype=np.uint8)  # writable: torch.from_numpy wants it
 
 
-def decide(mode, split_shapes, side, copies=1):
-    """Whether to cache (mode auto|on|off), with one log line saying which and why. `copies`: the training
-    processes on this host (each data-parallel process keeps its own file)."""
-    needed = copies * int(sum(int((shapes[:, 0] * shapes[:, 1]).sum()) * 3 for shapes in split_shapes))
+def decide(mode, split_shapes, side):
+    """Whether to cache (mode auto|on|off), with one log line saying which and why."""
+    needed = int(sum(int((shapes[:, 0] * shapes[:, 1]).sum()) * 3 for shapes in split_shapes))
     pictures = sum(len(shapes) for shapes in split_shapes)
     available = psutil.virtual_memory().available
     share = memory_share()

@@ -407,8 +407,9 @@ def make_caches(hp, splits):
         return {}
     shapes = {split: decode_cache.header_shapes([path for path, _ in samples], side)
               for split, samples in splits.samples.items()}
-    if not decode_cache.decide(hp.decode_cache, list(shapes.values()), side,
-                               copies=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))):
+    # Data-parallel ranks each keep a file for the whole split, but a sparse one holding only their own shard's
+    # pictures: together, one copy of the set.
+    if not decode_cache.decide(hp.decode_cache, list(shapes.values()), side):
         return {}
     return {split: decode_cache.DecodeCache([path for path, _ in splits.samples[split]], side, shapes[split])
             for split in splits.samples}
