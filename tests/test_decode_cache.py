@@ -111,3 +111,14 @@ def test_uint8_batches_are_normalised_on_the_gpu():
     on_gpu = model_input(batch, torch.device("cuda"))
     assert on_gpu.device.type == "cuda" and on_gpu.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(on_gpu.cpu(), to_model_input(batch), atol=1e-6)
+
+
+def test_no_cache_where_the_disk_cannot_hold_it(monkeypatch, caplog, tmp_path):
+    """The file is memory-mapped: writing past a full disk would kill a worker (SIGBUS), so it is not made."""
+    import collections
+
+    monkeypatch.setenv(decode_cache.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(decode_cache.shutil, "disk_usage", lambda folder: collections.namedtuple(
+        "usage", "total used free")(10**9, 10**9, 1000))
+    assert decode_cache.decide("on", [np.array([[256, 341]] * 10)], 256) is False
+    assert "more than the 0.0 GB free" in caplog.text

@@ -21,6 +21,7 @@ MEMORY_SHARE of the host's available memory.
 import logging
 import math
 import os
+import shutil
 import tempfile
 import weakref
 
@@ -40,6 +41,10 @@ MEMORY_SHARE_ENV, DEFAULT_MEMORY_SHARE = "IMAGE_CLASSIFIER_DECODE_CACHE_MEMORY_S
 # Where the memory-mapped file goes (its pages live in the page cache; the file is removed at the end).
 CACHE_DIR_ENV = "IMAGE_CLASSIFIER_DECODE_CACHE_DIR"
 _HEADER_ALIGN = 64
+
+
+def cache_folder():
+    return os.environ.get(CACHE_DIR_ENV) or tempfile.gettempdir()
 
 
 def memory_share():
@@ -88,6 +93,11 @@ def decide(mode, split_shapes, side):
     if mode == "off":
         log.info("Decode cache off (decode-cache=off): pictures are decoded every epoch")
         return False
+    free = shutil.disk_usage(cache_folder()).free
+    if needed > free:  # a write past the disk's end into a memory-mapped file kills the process (SIGBUS)
+        log.warning("Decode cache off (decode-cache=%s): %s, more than the %.1f GB free in %s (set %s to a larger "
+                    "folder)", mode, what, free / 1e9, cache_folder(), CACHE_DIR_ENV)
+        return False
     if mode == "on":
         log.info("Decode cache on (decode-cache=on): %s (%.0f%% of the %.1f GB available)", what,
                  100 * needed / max(available, 1), available / 1e9)
@@ -112,7 +122,7 @@ class DecodeCache:
         self._shape_at = _align(n)
         self._pixels_at = _align(self._shape_at + 8 * n)
         self.nbytes = self._pixels_at + int(self.offsets[-1])
-        folder = folder or os.environ.get(CACHE_DIR_ENV) or tempfile.gettempdir()
+        folder = folder or cache_folder()
         handle, self.file = tempfile.mkstemp(prefix="decode-cache-", suffix=".u8", dir=folder)
         os.ftruncate(handle, max(self.nbytes, 1))  # sparse: pages exist once written
         os.close(handle)
