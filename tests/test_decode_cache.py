@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_CLASSES, make_dataset, write_picture
+from conftest import make_dataset
 from image_classifier import decode_cache
 from image_classifier.data import (EpochSampler, PictureDataset, build_transforms, load_splits, make_loader,
                                    to_model_input)

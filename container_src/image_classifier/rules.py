@@ -15,7 +15,6 @@ the log, one metric line per rule: 1 triggered, 0 passed, -1 no data). From the 
 `python -m image_classifier.rules TENSORS_DIR_OR_S3 [--out rules.json]`.
 """
 import argparse
-import json
 import logging
 import math
 import sys
