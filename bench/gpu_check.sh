@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine with an NVIDIA GPU (8 minutes at most on one GPU):
+# The GPU check, for a machine with an NVIDIA GPU (12 minutes at most on one GPU):
 #   1. what the machine has: driver, GPUs, and the CUDA build of the locked torch;
 #   2. the `gpu`-marked tests (AMP training, NCCL data parallel on every visible GPU, serving on the GPU);
-#   3. ResNet-50 training throughput at 224 px, AMP (float16) and channels_last, images/s.
+#   3. ResNet-50 training throughput at 224 px, AMP (float16) and channels_last, images/s;
+#   4. the real job on dog-like JPEGs at 224 px with the decode cache on and off: wall-clock pictures/s and the
+#      data-wait share (target < 5 % with the cache).
 # Exits non-zero when CUDA is unusable, a test fails or the throughput run fails.
 #
 #   bench/gpu_check.sh            (from the repository root, after `make setup`)
@@ -41,7 +43,7 @@ EOF
 fi
 
 echo "== gpu tests"
-timeout 300 "$PY" -m pytest -m gpu -q -rs tests/test_gpu.py || status=1
+timeout 300 "$PY" -m pytest -m gpu -q -rs tests/test_gpu.py tests/test_gpu_input.py tests/test_decode_cache.py || status=1
 
 echo "== ResNet-50 AMP training throughput, 224 px, channels_last"
 timeout 150 "$PY" - <<'EOF' || status=1
@@ -79,4 +81,7 @@ print(f"{torch.cuda.get_device_name(0)}: ResNet-50 224 px batch {batch} AMP chan
       f"{sorted(rates)[1]:.0f} images/s (runs {', '.join(f'{r:.0f}' for r in rates)}), "
       f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 EOF
+echo "== training pictures/s on the GPU, decode cache on and off, data-wait share (target < 5 % with the cache)"
+timeout 180 "$PY" bench/bench_input.py --training --arch resnet50 --trainable-layers 1 --batch-size 64 --workers -1 \
+    --pictures-per-class 150 --epochs 3 --rounds 2 --wait-target 0.05 || status=1
 exit $status

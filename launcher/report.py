@@ -308,7 +308,25 @@ def _image(png, alt):
 
 STYLE = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}table{border-collapse:collapse;"
          "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%}"
-         ".triggered{color:#b00;font-weight:bold}.passed{color:#070}img{max-width:100%}")
+         ".triggered{color:#b00;font-weight:bold}.passed{color:#070}.not-applicable{color:#777}img{max-width:100%}")
+
+
+def _number(value):
+    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value if value is not None else "")
+
+
+def _profiler_rules_section(results):
+    """The profiler rules (profiler_rules.py): status, statistic against threshold, finding, recommendation."""
+    rows = "".join(
+        f"<tr><td>{html.escape(r['rule'])}</td>"
+        f"<td class=\"{html.escape(r['status'].replace(' ', '-'))}\">{html.escape(r['status'])}</td>"
+        + "".join(f"<td>{html.escape(_number(r.get(key)))}</td>" for key in ("statistic", "threshold", "margin"))
+        + f"<td>{html.escape(r.get('finding') or '')}</td><td>{html.escape(r.get('recommendation') or '')}</td></tr>"
+        for r in results)
+    return ("<h2>Profiler rules</h2><p>SageMaker's profiler rules, judged in the job over its system monitor and "
+            "step timings (margin: how many times past the threshold; above 1 the rule fired).</p>"
+            "<table id=\"profiler-rules\"><tr><th>rule</th><th>status</th><th>statistic</th><th>threshold</th>"
+            f"<th>margin</th><th>finding</th><th>recommendation</th></tr>{rows}</table>")
 
 
 def build(files, out_dir):
@@ -350,6 +368,8 @@ def build(files, out_dir):
             for r in rules["rules"])
         sections.append(f"<h2>Rules</h2><table><tr><th>rule</th><th>status</th><th>finding / what it checks</th></tr>"
                         f"{rows}</table>")
+    if rules and rules.get("profiler_rules"):
+        sections.append(_profiler_rules_section(rules["profiler_rules"]))
     operators = _read_json(files.data_dir / constants.PROFILER_OPS_FILE)
     system = _read_json(files.data_dir / constants.SYSTEM_METRICS_FILE)
     if operators or system:

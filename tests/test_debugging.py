@@ -140,6 +140,9 @@ def test_profiling_and_hook_off_finish_and_write_nothing(tmp_path):
     assert exit_code == 0, job.log_file.read_text()[-3000:]
     data = job.dir / "output" / "data"
     assert not (job.dir / "output" / contract.TENSORS_FOLDER).exists()
-    for name in (constants.PROFILER_TRACE_FILE, constants.SYSTEM_METRICS_FILE, constants.RULES_FILE):
+    for name in (constants.PROFILER_TRACE_FILE, constants.SYSTEM_METRICS_FILE):
         assert not (data / name).exists(), name
+    # The profiler rules judge every job (the system monitor always runs); no tensors, no Debugger rules.
+    rules = json.loads((data / constants.RULES_FILE).read_text())
+    assert rules["rules"] == [] and [r["rule"] for r in rules["profiler_rules"]][0] == "Dataloader"
     assert "test_acc" in parse_metrics(job.log_file.read_text().splitlines())

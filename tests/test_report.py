@@ -1,6 +1,9 @@
 """`launch.py report` on a real local job: the page, and figures that are real images of the right series."""
 import base64
 import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from PIL import Image
 import launch
 from debug_runs import HEALTHY_JOB_HPS, healthy_job
 from image_classifier.metrics import parse_metrics
+from image_classifier.profiler_rules import ALL_PROFILER_RULES
 from launcher import LauncherError, report
 
 
@@ -114,3 +118,53 @@ def test_report_escapes_every_value_and_draws_names_as_written(tmp_path):
     assert set(figures) == {"confusion", "per_class_accuracy"}
     labels = [tick.get_text() for tick in report.figure_per_class([1.0, 0.0], classes).axes[0].get_yticklabels()]
     assert r"$\undefinedcommand$" in labels
+
+
+class _RulesTable(HTMLParser):
+    """The rows (cell texts) of the table with id `profiler-rules` in a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.inside, self.rows, self.cell = False, [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.inside = dict(attrs).get("id") == "profiler-rules"
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag in ("td", "th"):
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.inside = False
+        elif self.inside and tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append(self.cell.strip())
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+
+def test_report_shows_the_profiler_rules_in_a_real_browser(built):
+    """Chromium (Debian's package; .ci/run installs it) renders the page; its DOM holds one row per profiler
+    rule with its status, finding and recommendation."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium)")
+    page_path, _ = built
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          page_path.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+    table = _RulesTable()
+    table.feed(dom)
+    header, *rows = table.rows
+    assert header == ["rule", "status", "statistic", "threshold", "margin", "finding", "recommendation"]
+    by_rule = {row[0]: dict(zip(header, row)) for row in rows}
+    assert list(by_rule) == [r.__name__ for r in ALL_PROFILER_RULES]
+    # the real job ran on CPU: the GPU rules say so; the data-loader rule judged its steps
+    assert by_rule["LowGPUUtilization"]["status"] == "not applicable"
+    assert by_rule["LowGPUUtilization"]["finding"].startswith("not applicable on CPU")
+    assert by_rule["Dataloader"]["status"] in ("passed", "triggered")
+    assert "waiting for data" in by_rule["Dataloader"]["finding"] and float(by_rule["Dataloader"]["statistic"]) >= 0
+    assert all(row["recommendation"] for row in by_rule.values())

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from image_classifier.metrics import METRIC_DEFINITIONS, parse_metrics
+from image_classifier.metrics import GPU_EPOCH_METRICS, METRIC_DEFINITIONS, PROFILER_RULE_METRICS, parse_metrics
 from conftest import PROJECT_DIR, TINY_HYPERPARAMETERS, make_dataset, train_job
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,15 @@ def test_successful_job_writes_the_artifact_and_metric_lines(tmp_path):
     assert all(0 <= a <= 1 for a in metrics["valid_acc"]) and all(v > 0 for v in metrics["images_per_sec"])
     assert metrics["test_acc"] == [pytest.approx(metadata["metrics"]["test_acc"], abs=1e-4)]
     assert metrics["test_loss"] == [pytest.approx(metadata["metrics"]["test_loss"], abs=1e-4)]
-    assert {d["Name"] for d in METRIC_DEFINITIONS} == set(metrics)
+    # Every metric SageMaker is told about is printed (the GPU's own only on a GPU).
+    assert {d["Name"] for d in METRIC_DEFINITIONS} - set(GPU_EPOCH_METRICS) == set(metrics)
+    assert all(0 <= share < 1 for share in metrics["data_wait_share"])
+    assert all(0 < wall <= compute for wall, compute in zip(metrics["wall_images_per_sec"], metrics["images_per_sec"]))
+    # On CPU the GPU rules say "not applicable" (-2), never "passed".
+    gpu_rules = {"rule_cpu_bottleneck", "rule_io_bottleneck", "rule_low_gpu_utilization", "rule_gpu_memory_increase",
+                 "rule_batch_size", "rule_load_balancing"}
+    assert {name: metrics[name] for name in gpu_rules} == {name: [-2.0] for name in gpu_rules}
+    assert metrics["rule_max_initialization_time"] == [0.0] and set(PROFILER_RULE_METRICS) <= set(metrics)
     predictions = json.loads((job.dir / "output" / "data" / "test_predictions.json").read_text())
     assert len(predictions["predicted"]) == len(predictions["actual"]) == 18
 

@@ -1,8 +1,10 @@
 """Comparing training checkpoints bit for bit (the stop/resume tests, in process and in the image)."""
 import torch
 
-# Wall-clock figures (the running compute seconds, images/s in the history): the only state that may differ.
-TIMING_KEYS = {"seconds", "images_per_sec"}
+# Wall-clock figures (the running compute, data-wait and wall seconds; rates, data-wait share and GPU use in the
+# history): the only state that may differ.
+TIMING_KEYS = {"seconds", "images_per_sec", "data_seconds", "wall_seconds", "wall_images_per_sec", "data_wait_share",
+               "gpu_utilization", "gpu_peak_memory_mb"}
 # Everything the rest of a run depends on.
 TRAINING_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "debugger", "state", "folders")
 

@@ -50,6 +50,9 @@ class Hyperparameters:
         "crop-flip", "Training augmentation: random resized crop and horizontal flip, crop only, or none.",
         choices=("crop-flip", "crop", "none"))
     amp: bool = _hp(True, "Mixed precision on GPU (ignored on CPU).")
+    decode_cache: str = _hp(
+        "auto", "Decode each picture once and keep it resized (uint8, one memory-mapped file shared by the loader "
+        "workers); auto: on when it fits half the host's available memory.", choices=("auto", "on", "off"))
     # run control
     workers: int = _hp(-1, "Data-loading processes (-1 = one per CPU, at most 8).", min=-1, max=64)
     seed: int = _hp(42, "Random seed; results are deterministic on CPU for a fixed seed.", min=0, max=2**31 - 1)

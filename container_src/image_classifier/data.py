@@ -211,10 +211,15 @@ class BadPicture(str):
 
 class PictureDataset(Dataset):
     """Pictures and labels. Items are addressed as (epoch, index) so augmentation is seeded per sample:
-    the same picture gets the same crop in the same epoch whatever the worker count or resume point."""
+    the same picture gets the same crop in the same epoch whatever the worker count or resume point.
 
-    def __init__(self, samples, transform, seed=0):
-        self.samples, self.transform, self.seed = samples, transform, seed
+    Without `cache`, each picture is decoded when loaded (a JPEG at least twice `min_side` is draft-decoded at
+    a reduced scale) and `transform` is the PIL pipeline. With a decode_cache.DecodeCache over the same
+    samples, the picture comes decoded from the cache and `transform` (decode_cache.CachedTransform) crops it
+    as uint8."""
+
+    def __init__(self, samples, transform, seed=0, min_side=None, cache=None):
+        self.samples, self.transform, self.seed, self.min_side, self.cache = samples, transform, seed, min_side, cache
 
     def __len__(self):
         return len(self.samples)
@@ -223,12 +228,26 @@ class PictureDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         path, label = self.samples[index]
         try:
-            image = open_rgb(path)
+            image = self.cache.get(index) if self.cache is not None else open_rgb(path, min_side=self.min_side)
         except DECODE_ERRORS as error:
             return BadPicture(f"{quote_for_log(path)} ({quote_for_log(error)})")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + index
+        if getattr(self.transform, "takes_generator", False):  # draws from its own generator: no global state
+            return self.transform(image, torch.Generator().manual_seed(seed)), label
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from the global generator
+            torch.manual_seed(seed)
             return self.transform(image), label
+
+
+def to_model_input(images, mean=constants.IMAGENET_MEAN, std=constants.IMAGENET_STD):
+    """A batch as the model takes it: uint8 batches (the decode cache's) become normalised floats here, on
+    whatever device they are on (on CUDA: in one pass over the batch on the GPU); float batches (the PIL
+    pipeline's) are already normalised."""
+    if images.dtype != torch.uint8:
+        return images
+    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return images.float().div_(255).sub_(mean).div_(std)
 
 
 def collate(batch):

@@ -10,7 +10,13 @@ import re
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 # name -> the metric's line prefix context; each regex captures one number.
-EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "images_per_sec", "bad_images")
+# images_per_sec counts compute only; wall_images_per_sec is the rate the user pays for (pictures over the
+# epoch's training wall-clock time, waiting for data included), data_wait_share the part of step time spent
+# waiting for the loader (0-1).
+EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "images_per_sec", "bad_images",
+                 "wall_images_per_sec", "data_wait_share")
+# On a GPU job only: mean GPU utilisation (%) over the epoch's training, and its peak allocated memory (MiB).
+GPU_EPOCH_METRICS = ("gpu_utilization", "gpu_peak_memory_mb")
 FINAL_METRICS = ("test_loss", "test_acc")
 # The model the job saves (the best-valid_loss epoch's weights), printed after each epoch: the last such line
 # is the value of the model it ships, and the tuner's objective (`best_valid_acc` or `best_valid_loss`).
@@ -24,20 +30,27 @@ def _regex(name):
 
 METRIC_DEFINITIONS = [
     {"Name": "epoch", "Regex": r"(?:^|\s)epoch=([0-9]+)\s"}
-] + [{"Name": name, "Regex": _regex(name)} for name in EPOCH_METRICS + FINAL_METRICS + SAVED_MODEL_METRICS]
+] + [{"Name": name, "Regex": _regex(name)}
+       for name in EPOCH_METRICS + GPU_EPOCH_METRICS + FINAL_METRICS + SAVED_MODEL_METRICS]
 
 # One line per debugging rule at the end of training (rules.py): 1 triggered, 0 passed, -1 not enough data.
 RULE_METRICS = ("rule_loss_not_decreasing", "rule_overfit", "rule_overtraining", "rule_vanishing_gradient",
                 "rule_exploding_tensor", "rule_poor_weight_initialization", "rule_class_imbalance")
-METRIC_DEFINITIONS += [{"Name": name, "Regex": _regex(name)} for name in RULE_METRICS]
+# One line per profiler rule (profiler_rules.py): 1 triggered, 0 passed, -1 not enough data, -2 not applicable
+# (a GPU rule on a CPU job).
+PROFILER_RULE_METRICS = ("rule_dataloader", "rule_cpu_bottleneck", "rule_io_bottleneck", "rule_low_gpu_utilization",
+                         "rule_gpu_memory_increase", "rule_step_outlier", "rule_batch_size",
+                         "rule_max_initialization_time", "rule_load_balancing")
+METRIC_DEFINITIONS += [{"Name": name, "Regex": _regex(name)} for name in RULE_METRICS + PROFILER_RULE_METRICS]
+ONE_DECIMAL = ("images_per_sec", "wall_images_per_sec", "gpu_utilization", "gpu_peak_memory_mb")
 
 
 def format_metrics(**values):
-    """One metric line: `key=value` pairs, floats with 4 decimals (images_per_sec with 1)."""
+    """One metric line: `key=value` pairs, floats with 4 decimals (rates, GPU use and memory with 1)."""
     parts = []
     for key, value in values.items():
         if isinstance(value, float):
-            value = f"{value:.1f}" if key == "images_per_sec" else f"{value:.4f}"
+            value = f"{value:.1f}" if key in ONE_DECIMAL else f"{value:.4f}"
         parts.append(f"{key}={value}")
     return " ".join(parts)
 

@@ -15,7 +15,6 @@ the log, one metric line per rule: 1 triggered, 0 passed, -1 no data). From the 
 `python -m image_classifier.rules TENSORS_DIR_OR_S3 [--out rules.json]`.
 """
 import argparse
-import json
 import logging
 import math
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 
 from . import debugging  # noqa: F401 - sets smdebug's log level before its first import
 from .metrics import RULE_METRICS, format_metrics
+from .profiler_rules import margin as _margin, write_rules_file
 
 from smdebug.core.modes import ModeKeys  # noqa: E402
 from smdebug.rules.rule import Rule  # noqa: E402
@@ -83,13 +83,7 @@ class ProjectRule(Rule):
 
     def margin(self):
         """How many times past the threshold the statistic went (>= 1 fired); None without data."""
-        statistic, threshold = self.statistic, self.threshold
-        if statistic is None:
-            return None
-        high, low = (statistic, threshold) if self.fires_above else (threshold, statistic)
-        if low <= 0:
-            return math.inf if high > low else (1.0 if high == low else 0.0)
-        return max(high / low, 0.0)
+        return _margin(self.statistic, self.threshold, self.fires_above)
 
     # ---- trial helpers
     def names(self, collection):
@@ -368,15 +362,11 @@ def run_rules(path, rules=ALL_RULES, parameters=None):
     return results
 
 
-def report_rules(results, out_file, tensors=None):
-    """rules.json, a summary in the log and one metric line per rule."""
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
+def report_rules(results, out_file, tensors=None, profiler_results=None):
+    """rules.json (with the profiler rules' results when given), a summary in the log and one metric line
+    per rule."""
     # Strict JSON: an infinite statistic or margin (a NaN loss, say) is written as the string "inf" / "-inf".
-    finite = [{key: str(value) if isinstance(value, float) and not math.isfinite(value) else value
-               for key, value in result.items()} for result in results]
-    out_file.write_text(json.dumps({"tensors": str(tensors) if tensors else None, "rules": finite}, indent=1,
-                                   allow_nan=False))
+    write_rules_file(out_file, results, profiler_results, tensors)
     value = {"triggered": 1, "passed": 0, "no data": -1}
     for result in results:
         detail = f": {result['findings'][0]['message']}" if result["findings"] else ""

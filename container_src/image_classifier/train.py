@@ -34,7 +34,10 @@ from . import constants
 from .config import HyperparameterError, Hyperparameters
 from .contract import FAILURE_MAX_BYTES, atomic_write
 from .cuda_check import GpuUnusableError
-from .data import DataError, EpochSampler, PictureDataset, Splits, build_transforms, load_splits, make_loader
+from . import decode_cache
+from .data import (DataError, EpochSampler, PictureDataset, Splits, build_transforms, load_splits, make_loader,
+                   to_model_input)
+from .images import eval_resize
 from .debugging import DebuggerConfigError, TensorRecorder
 from .distributed import Distributed
 from .environment import EnvironmentConfigError, TrainingEnvironment, failure_file
@@ -77,6 +80,11 @@ class StopRequested:
             os.killpg(os.getpgrp(), signal.SIGTERM)
 
 
+def cpus_per_process(env):
+    """The host's vCPUs shared among its training processes (one per GPU under torchrun)."""
+    return max(env.num_cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -99,26 +107,46 @@ def build_scheduler(hp, optimizer, total_steps):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+def amp_dtype(device):
+    """bfloat16 where the GPU supports it (no loss scaling, float32's range), else float16."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def make_scaler(hp, device):
+    """A GradScaler for float16 AMP; False for bfloat16 AMP (autocast, no scaler); None without AMP."""
+    if not (hp.amp and device.type == "cuda"):
+        return None
+    return torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else False
+
+
+def model_input(images, device):
+    """A batch on the device, normalised there when it came as uint8 (the decode cache), and channels_last on
+    CUDA (faster convolutions on tensor cores, with the model in channels_last too)."""
+    images = to_model_input(images.to(device, non_blocking=True))
+    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
+
+
 def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scaler, progress, stop,
                     max_steps=0, on_step=None):
     """One pass over `loader`. `progress` holds the running sums (restored from a mid-epoch checkpoint);
     `on_step(data_seconds=, compute_seconds=)` is told each step's timing (the profiler's system monitor).
     Returns True when the epoch ran to the end, False when a stop was requested."""
     model.train()
-    amp = scaler is not None
+    amp = scaler is not None  # a GradScaler: float16 AMP; False: bfloat16 AMP (no scaling needed); None: no AMP
     waiting_since = time.perf_counter()  # the time until the loader yields is time spent waiting for data
     for images, labels, bad in loader:
+        loaded = time.perf_counter()
         progress["bad"] += len(bad)
         for item in bad:  # already quoted for the log (data.BadPicture)
             log.warning("Skipping unreadable picture: %s", item)
         if len(labels):
             start = time.perf_counter()
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            images, labels = model_input(images, device), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
                 logits = model(images)
                 loss = criterion(logits, labels)
             optimizer.zero_grad(set_to_none=True)
-            if amp:
+            if scaler:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
@@ -132,6 +160,8 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
             progress["seconds"] += time.perf_counter() - start
             if on_step is not None:
                 on_step(data_seconds=start - waiting_since, compute_seconds=time.perf_counter() - start)
+        progress["data_seconds"] = progress.get("data_seconds", 0.0) + loaded - waiting_since
+        progress["wall_seconds"] = progress.get("wall_seconds", 0.0) + time.perf_counter() - waiting_since
         progress["step"] += 1
         stop.step_done(progress["step"])
         waiting_since = time.perf_counter()
@@ -153,8 +183,8 @@ def evaluate(model, criterion, loader, device, amp=False, dist=None):
         bad += len(bad_items)
         if not len(labels):
             continue
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        images, labels = model_input(images, device), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
             logits = model(images)
         total_loss += criterion(logits.float(), labels).item() * len(labels)
         predicted = logits.argmax(1)
@@ -175,7 +205,9 @@ def _atomic_save(obj, path, keep_previous=None):
 
 
 def _new_progress():
-    return {"step": 0, "loss": 0.0, "correct": 0, "images": 0, "seconds": 0.0, "bad": 0}
+    # seconds: computing; data_seconds: waiting for the loader; wall_seconds: both, and all else in the loop.
+    return {"step": 0, "loss": 0.0, "correct": 0, "images": 0, "seconds": 0.0, "bad": 0, "data_seconds": 0.0,
+            "wall_seconds": 0.0}
 
 
 SUMMED_PROGRESS = ("loss", "correct", "images", "bad")  # each rank's own running sums within an epoch
@@ -242,7 +274,7 @@ class TrainingRun:
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
+    scaler: torch.amp.GradScaler | bool | None  # make_scaler
     train_sampler: EpochSampler
     train_loader: torch.utils.data.DataLoader
     eval_transform: object
@@ -252,7 +284,9 @@ class TrainingRun:
                                                  "best_valid_loss": math.inf, "best_epoch": 0,
                                                  "epochs_without_improvement": 0})
     recorder: TensorRecorder = field(default_factory=TensorRecorder)  # a real one on rank 0 (start_recording)
-    profiling: Profiling | None = None
+    profiling: Profiling | None = None  # rank 0's system monitor (and profiler window); None on other ranks
+    epoch_mark: int = 0  # the monitor's sample index at the current epoch's start
+    caches: dict = field(default_factory=dict)  # split -> decode_cache.DecodeCache, when decode-cache is on
 
     @property
     def device(self):
@@ -284,7 +318,10 @@ class TrainingRun:
         return sum(len(files) for files in self.splits.bad_files.values())
 
     def eval_loader(self, split):
-        dataset = PictureDataset(self.splits.samples[split], self.eval_transform, self.hp.seed)
+        cache = self.caches.get(split)
+        transform = decode_cache.CachedTransform(self.hp.image_size, "none", train=False) if cache else self.eval_transform
+        dataset = PictureDataset(self.splits.samples[split], transform, self.hp.seed,
+                                 min_side=eval_resize(self.hp.image_size), cache=cache)
         sampler = EpochSampler(len(dataset), self.hp.seed, shuffle=False, rank=self.dist.rank,
                                world_size=self.dist.world_size)
         return make_loader(dataset, sampler, self.hp.batch_size, self.workers, self.device.type == "cuda")
@@ -330,8 +367,12 @@ def set_up(env, hp):
              sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in trainable) / 1e6, device)
 
     train_transform, eval_transform = build_transforms(hp.image_size, hp.augment)
-    workers = min(env.num_cpus, 8) if hp.workers < 0 else hp.workers
-    train_set = PictureDataset(splits.samples["train"], train_transform, hp.seed)
+    workers = default_workers(env, device) if hp.workers < 0 else hp.workers
+    caches = make_caches(hp, splits)
+    if caches:
+        train_transform = decode_cache.CachedTransform(hp.image_size, hp.augment, train=True)
+    train_set = PictureDataset(splits.samples["train"], train_transform, hp.seed, min_side=eval_resize(hp.image_size),
+                               cache=caches.get("train"))
     train_sampler = EpochSampler(len(train_set), hp.seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
     # BatchNorm cannot train on a last batch of one picture.
     drop_last = len(train_sampler) % hp.batch_size == 1
@@ -342,12 +383,40 @@ def set_up(env, hp):
         steps_per_epoch = min(steps_per_epoch, hp.max_steps_per_epoch)
     optimizer = build_optimizer(hp, trainable)
     scheduler = build_scheduler(hp, optimizer, steps_per_epoch * hp.epochs)
-    scaler = torch.amp.GradScaler("cuda") if hp.amp and device.type == "cuda" else None
+    scaler = make_scaler(hp, device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        log.info("GPU: channels_last, %s, %d loader workers, pinned memory",
+                 f"AMP {str(amp_dtype(device)).removeprefix('torch.')}" if scaler is not None else "no AMP", workers)
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     return TrainingRun(env=env, hp=hp, dist=dist, stop=stop, splits=splits, model=model, train_model=dist.wrap(model),
                        criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                        train_sampler=train_sampler, train_loader=train_loader, eval_transform=eval_transform,
-                       workers=workers, steps_per_epoch=steps_per_epoch)
+                       workers=workers, steps_per_epoch=steps_per_epoch, caches=caches)
+
+
+def default_workers(env, device):
+    """Loader workers for workers=-1: on a GPU, the vCPUs each training process has (vCPUs per GPU) less one
+    for the process itself; on CPU, one per vCPU; at most 16."""
+    if device.type == "cuda":
+        return min(max(cpus_per_process(env) - 1, 1), 16)
+    return min(env.num_cpus, 8)
+
+
+def make_caches(hp, splits):
+    """{split: DecodeCache} when decode-cache is on (or auto and it fits in memory), else {}."""
+    side = eval_resize(hp.image_size)
+    if hp.decode_cache == "off":
+        decode_cache.decide("off", [], side)
+        return {}
+    shapes = {split: decode_cache.header_shapes([path for path, _ in samples], side)
+              for split, samples in splits.samples.items()}
+    # Data-parallel ranks each keep a file for the whole split, but a sparse one holding only their own shard's
+    # pictures: together, one copy of the set.
+    if not decode_cache.decide(hp.decode_cache, list(shapes.values()), side):
+        return {}
+    return {split: decode_cache.DecodeCache([path for path, _ in splits.samples[split]], side, shapes[split])
+            for split in splits.samples}
 
 
 def resume(job):
@@ -362,7 +431,7 @@ def resume(job):
     job.model.load_state_dict(saved["model"])
     job.optimizer.load_state_dict(saved["optimizer"])
     job.scheduler.load_state_dict(saved["scheduler"])
-    if job.scaler is not None and saved.get("scaler"):
+    if job.scaler and saved.get("scaler"):
         job.scaler.load_state_dict(saved["scaler"])
     restore_rng_states(saved["rng"])
     job.state = saved["state"]
@@ -375,15 +444,14 @@ def resume(job):
 
 
 def start_recording(job, debugger_position, cleanup):
-    """smdebug (losses, weights, gradients; a resumed job continues the saved tensors) and the profiler (None
-    unless profile=true), on rank 0 only; `cleanup` closes them on every way out."""
+    """smdebug (losses, weights, gradients; a resumed job continues the saved tensors), the system monitor and
+    (profile=true) torch.profiler, on rank 0 only; `cleanup` closes them on every way out."""
     if not job.dist.is_master:
         return
     job.recorder = TensorRecorder.start(job.env, job.hp, job.model, job.criterion, debugger_position)
     cleanup.callback(job.recorder.close)
     job.profiling = Profiling.start(job.hp, job.env.output_data_dir, job.device)
-    if job.profiling is not None:
-        cleanup.callback(job.profiling.close)
+    cleanup.callback(job.profiling.close)
 
 
 def save_checkpoint(job):
@@ -409,6 +477,7 @@ def train_epochs(job):
         job.train_sampler.set_epoch(epoch, start=progress["step"] * hp.batch_size)
         job.stop.epoch_first_step = epoch * job.steps_per_epoch
         job.recorder.set_mode("train")
+        start_epoch_measures(job)
         finished = train_one_epoch(job.train_model, job.criterion, job.optimizer, job.scheduler, job.train_loader,
                                    job.device, job.scaler, progress, job.stop, job.steps_per_epoch,
                                    on_step=job.profiling)
@@ -439,10 +508,14 @@ def end_epoch(job, epoch, valid_loader):
     loss_sum, correct, seen, train_bad = dist.sum(progress["loss"], progress["correct"], progress["images"],
                                                   progress["bad"])
     images = max(seen, 1)
+    waited, wall = dist.sum(progress.get("data_seconds", 0.0), progress.get("wall_seconds", 0.0))
     line = {"epoch": epoch + 1, "train_loss": loss_sum / images, "train_acc": correct / images,
             "valid_loss": valid_loss, "valid_acc": valid_acc,
             "images_per_sec": seen / max(dist.max(progress["seconds"]), 1e-9),
-            "bad_images": job.scan_bad + train_bad + valid_bad}
+            "bad_images": job.scan_bad + train_bad + valid_bad,
+            "wall_images_per_sec": seen / max(dist.max(progress.get("wall_seconds", 0.0)), 1e-9),
+            "data_wait_share": waited / max(wall, 1e-9)}
+    line.update(gpu_epoch_metrics(job))
     if dist.is_master:
         print(format_metrics(**line), flush=True)
     state["history"].append(line)
@@ -459,12 +532,46 @@ def end_epoch(job, epoch, valid_loader):
     state.update(epoch=epoch + 1, progress=_new_progress())
 
 
+def gpu_epoch_metrics(job):
+    """On a GPU job: the GPU's mean utilisation over the epoch's training (the system monitor, rank 0) and
+    its peak allocated memory; {} on CPU."""
+    if job.device.type != "cuda":
+        return {}
+    utilization = job.profiling.monitor.gpu_utilization(job.epoch_mark) if job.profiling else None
+    return {"gpu_utilization": -1.0 if utilization is None else utilization,  # -1: NVML unavailable
+            "gpu_peak_memory_mb": torch.cuda.max_memory_allocated(job.device) / 2**20}
+
+
+def start_epoch_measures(job):
+    """Where this epoch's GPU measures start (the monitor's samples, the allocator's peak)."""
+    job.epoch_mark = job.profiling.monitor.mark() if job.profiling else 0
+    if job.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(job.device)
+
+
+def run_profiler_rules(job):
+    """The profiler rules over the system monitor and the step timings (rank 0): one metric line each, a
+    log line for each that fired; returns their results (None without a monitor)."""
+    if job.profiling is None:
+        return None
+    from .profiler_rules import print_rule_metrics, run_profiler_rules as judge
+
+    results = judge(job.profiling.profile_data(job.workers, job.hp.batch_size, cpus_per_process(job.env)))
+    for result in results:
+        log.log(logging.WARNING if result["status"] == "triggered" else logging.INFO, "Profiler rule %s %s: %s%s",
+                result["rule"], result["status"].upper(), result["finding"],
+                f" Recommendation: {result['recommendation']}" if result["status"] == "triggered" else "")
+    print_rule_metrics(results)
+    return results
+
+
 def finish(job):
     """Test once with the best-valid weights, then (rank 0) the metric lines, predictions, the model artifact
     and the end-of-training rules. Returns the exit code."""
     env, hp, dist, state, classes = job.env, job.hp, job.dist, job.state, job.splits.classes
     if job.profiling is not None:
         job.profiling.close()  # the system metrics cover training, not the final test
+    profiler_results = run_profiler_rules(job)
     # Each rank tests on its shard, with the best-valid weights (saved on the first host).
     best = dist.from_master(lambda: load_weights(job.best_path) if job.best_path.is_file() else None)
     if best is not None:
@@ -489,15 +596,21 @@ def finish(job):
                          hyperparameters=hp.to_strings(), metrics=metrics)
     save_artifact(env.model_dir, job.model, config)
     log.info("Saved the model to %s", env.model_dir)
-    run_end_of_training_rules(job.recorder, env, hp, len(classes))
+    run_end_of_training_rules(job.recorder, env, hp, len(classes), profiler_results)
     return 0
 
 
-def run_end_of_training_rules(recorder, env, hp, num_classes):
-    """Close the hook, then run the rules over its tensors (output/data/rules.json, metric lines). A rule
-    that breaks is logged, never fails the job: the model is already saved and the rules only diagnose."""
+def run_end_of_training_rules(recorder, env, hp, num_classes, profiler_results=None):
+    """Close the hook, then run the rules over its tensors (output/data/rules.json, metric lines), with the
+    profiler rules' results beside them. A rule that breaks is logged, never fails the job: the model is
+    already saved and the rules only diagnose."""
+    from .profiler_rules import write_rules_file
+
     recorder.close()
+    rules_file = env.output_data_dir / constants.RULES_FILE
     if not hp.rules or recorder.out_dir is None:
+        if profiler_results is not None:
+            write_rules_file(rules_file, profiler_rules=profiler_results)
         return None
     from .rules import report_rules, run_rules  # smdebug's rule machinery: only when used
 
@@ -505,8 +618,9 @@ def run_end_of_training_rules(recorder, env, hp, num_classes):
         results = run_rules(recorder.out_dir, parameters={"ClassImbalance": {"num_classes": num_classes}})
     except Exception:  # noqa: BLE001 - see above
         log.exception("The debugging rules could not run")
+        write_rules_file(rules_file, profiler_rules=profiler_results)
         return None
-    report_rules(results, env.output_data_dir / constants.RULES_FILE, recorder.out_dir)
+    report_rules(results, rules_file, recorder.out_dir, profiler_results)
     return results
 
 
