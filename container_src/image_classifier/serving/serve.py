@@ -49,6 +49,7 @@ class Server:
     settings: settings.ServingSettings
     runtime_dir: Path
     java_home: str = ""  # set in MMS's environment when not empty (java_home())
+    engine_env: tuple = ()  # (name, value) pairs for the workers: the engine and its export (export_engine)
 
     @property
     def management_address(self):
@@ -72,6 +73,34 @@ def check_artifact(model_dir):
     del model
     log.info("Artifact OK: %s, %d classes, %d px", config.arch, config.num_classes, config.image_size)
     return time.monotonic() - started, torch.cuda.device_count()
+
+
+def export_engine(model_dir, served, gpus, folder):
+    """Convert the model once for the engine the workers will use (engine.py) and check it against eager;
+    returns (engine name, environment for the workers: where the export is, or torch when it failed)."""
+    import gc
+
+    from ..model import load_artifact
+    from . import engine
+
+    name = engine.resolve(served.engine, "cuda" if gpus else "cpu")
+    if name == "torch":
+        return name, {settings.ENGINE_ENV: name}
+    started = time.monotonic()
+    network, config = load_artifact(model_dir)
+    try:
+        engine.export(network, config.image_size, folder)
+    except Exception as error:  # noqa: BLE001  (an optional engine that fails means: serve with torch)
+        log.error("Could not export the model for %s (%s: %s): serving with torch", name, type(error).__name__, error)
+        return "torch", {settings.ENGINE_ENV: "torch"}
+    works = engine.checked(name, network, config.image_size, "cpu", served.torch_threads, served.engine_tolerance,
+                           exported=folder)
+    del network
+    gc.collect()
+    if works is None:
+        return "torch", {settings.ENGINE_ENV: "torch"}
+    log.info("Exported the model for %s in %.1f s", name, time.monotonic() - started)
+    return name, {settings.ENGINE_ENV: name, settings.ENGINE_EXPORT_ENV: str(folder)}
 
 
 def check_settings(environ=None, **facts):
@@ -124,6 +153,7 @@ def mms_environment(server):
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
     })
+    env.update(dict(server.engine_env))
     if server.java_home:
         env[JAVA_HOME_ENV] = server.java_home
     return env
@@ -178,15 +208,16 @@ def run(environ=None):
     served = check_settings(env, gpus=gpus, load_seconds=load_seconds)
     runtime_root = env.get(settings.RUNTIME_DIR_ENV) or None
     runtime_dir = Path(tempfile.mkdtemp(prefix="image-classifier-serve-", dir=runtime_root))
-    server = Server(model_dir, gpus, served, runtime_dir, java)
-    if len(server.management_address) - len("unix:") > MAX_SOCKET_PATH:
+    if len(f"{runtime_dir / settings.MANAGEMENT_SOCKET}") > MAX_SOCKET_PATH:
         shutil.rmtree(runtime_dir, ignore_errors=True)
         raise ServeError(f"The runtime folder {runtime_dir} is too deep for a unix socket: set "
                          f"{settings.RUNTIME_DIR_ENV} to a shorter folder.")
+    engine_name, engine_env = export_engine(model_dir, served, gpus, runtime_dir / "engine")
+    server = Server(model_dir, gpus, served, runtime_dir, java, tuple(engine_env.items()))
     config_file = runtime_dir / "mms.properties"
     config_file.write_text(mms_properties(server))
-    log.info("Starting multi-model-server on %s: %d worker(s) x %d torch thread(s), timeout %d s, "
-             "payload cap %d MB, pixel budget %s per request, management API on %s", served.address,
+    log.info("Starting multi-model-server on %s: engine %s, %d worker(s) x %d torch thread(s), timeout %d s, "
+             "payload cap %d MB, pixel budget %s per request, management API on %s", served.address, engine_name,
              served.workers, served.torch_threads, served.timeout_seconds, served.payload_cap_mb,
              f"{served.pixel_budget:,}", server.management_address)
     process = subprocess.Popen(mms_command(server, config_file), env=mms_environment(server),
