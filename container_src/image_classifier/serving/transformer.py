@@ -79,6 +79,9 @@ class ImageTransformer(Transformer):
                 accepted.append((idx, request, accept, handler.prepare(request, model)))
             except Exception as error:  # noqa: BLE001  (each request gets its own error)
                 responses[idx] = self.refuse(context, idx, error)
+        if len(data) > 1:
+            log.info("A batch of %d requests: %d accepted, %d refused", len(data), len(accepted),
+                     len(data) - len(accepted))
         if not accepted:
             return responses
         try:
