@@ -14,18 +14,15 @@
 The toolkit's `start_model_server` is not used: it writes to /etc, finds "its" server by scanning every
 process on the host (so it refuses to run beside another MMS) and stops only the Java frontend.
 """
-import http.client
 import importlib.resources
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,55 +135,10 @@ def mms_properties(server):
 
 
 def mms_command(server, config_file):
-    """MMS's command line. A model named with --models is registered with batch size 1 (MMS 1.1.11 reads no
-    batch size from its config): with request batching on, serve registers it itself (register_model)."""
     log_config = importlib.resources.files("sagemaker_inference") / "etc" / "log4j2.xml"
-    command = [str(Path(sys.executable).parent / "multi-model-server"), "--start", "--foreground",
-               "--model-store", "/", "--mms-config", str(config_file), "--log-config", str(log_config)]
-    if server.settings.request_batch == 1:
-        command += ["--models", f"{MODEL_NAME}={server.model_dir}"]
-    return command
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket (MMS's management API, see mms_properties)."""
-
-    def __init__(self, path, timeout):
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = str(path)
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socket_path)
-
-
-def register_model(server, process, wait_seconds=120):
-    """Register the model with MMS's batching parameters through the management socket, once MMS answers
-    there; returns when its workers are loaded. ServeError when MMS exits or refuses."""
-    served = server.settings
-    query = urllib.parse.urlencode({
-        "url": str(server.model_dir), "model_name": MODEL_NAME, "initial_workers": served.workers,
-        "batch_size": served.request_batch, "max_batch_delay": served.request_batch_delay_ms, "synchronous": "true"})
-    socket_path = server.runtime_dir / settings.MANAGEMENT_SOCKET
-    deadline = time.monotonic() + wait_seconds
-    while not socket_path.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise ServeError(f"multi-model-server did not open its management socket {socket_path}")
-        time.sleep(0.2)
-    connection = UnixHTTPConnection(socket_path, timeout=served.timeout_seconds + wait_seconds)
-    try:
-        connection.request("POST", f"/models?{query}")
-        response = connection.getresponse()
-        answer = response.read().decode("utf-8", "replace")
-    except OSError as error:
-        raise ServeError(f"Could not register the model with multi-model-server: {error}") from None
-    finally:
-        connection.close()
-    if response.status != 200:
-        raise ServeError(f"multi-model-server refused the model ({response.status}): {answer[:500]}")
-    log.info("Registered the model: batches of up to %d requests, gathered for up to %d ms",
-             served.request_batch, served.request_batch_delay_ms)
+    return [str(Path(sys.executable).parent / "multi-model-server"), "--start", "--foreground",
+            "--model-store", "/", "--mms-config", str(config_file), "--log-config", str(log_config),
+            "--models", f"{MODEL_NAME}={server.model_dir}"]
 
 
 def mms_environment(server):
@@ -260,13 +212,17 @@ def run(environ=None):
         shutil.rmtree(runtime_dir, ignore_errors=True)
         raise ServeError(f"The runtime folder {runtime_dir} is too deep for a unix socket: set "
                          f"{settings.RUNTIME_DIR_ENV} to a shorter folder.")
+    started = time.monotonic()
     engine_name, engine_env = export_engine(model_dir, served, gpus, runtime_dir / "engine")
+    # A worker's load (the model, then the engine's compile and check) takes about as long as this: the
+    # response timeout (which MMS applies to loading too) allows for both.
+    served = check_settings(env, gpus=gpus, load_seconds=load_seconds + time.monotonic() - started)
     server = Server(model_dir, gpus, served, runtime_dir, java, tuple(engine_env.items()))
     config_file = runtime_dir / "mms.properties"
     config_file.write_text(mms_properties(server))
     log.info("Starting multi-model-server on %s: engine %s, %d worker(s) x %d torch thread(s), timeout %d s, "
-             "request batches of %d, payload cap %d MB, pixel budget %s per request, management API on %s",
-             served.address, engine_name, served.workers, served.torch_threads, served.timeout_seconds, served.request_batch,
+             "payload cap %d MB, pixel budget %s per request, management API on %s",
+             served.address, engine_name, served.workers, served.torch_threads, served.timeout_seconds,
              served.payload_cap_mb, f"{served.pixel_budget:,}", server.management_address)
     process = subprocess.Popen(mms_command(server, config_file), env=mms_environment(server),
                                cwd=runtime_dir, start_new_session=True)
@@ -278,16 +234,10 @@ def run(environ=None):
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if served.request_batch > 1:
-            register_model(server, process)
         exit_code = process.wait()
         log.error("multi-model-server exited on its own (code %s); see %s", exit_code, runtime_dir / "logs")
         keep_logs.append(True)
         return exit_code or 1
-    except ServeError as error:
-        log.error("%s; see %s", error, runtime_dir / "logs")
-        keep_logs.append(True)
-        return 1
     except KeyboardInterrupt:
         log.info("Stopping the model server (%s)", signal.Signals(stopping[0]).name if stopping else "SIGINT")
         return 0

@@ -70,12 +70,6 @@ ENGINE_TOLERANCE_ENV, DEFAULT_ENGINE_TOLERANCE = "IMAGE_CLASSIFIER_ENGINE_TOLERA
 ENGINE_EXPORT_ENV = "IMAGE_CLASSIFIER_ENGINE_EXPORT"
 # Every response names the engine that answered it.
 ENGINE_HEADER = "X-Image-Classifier-Engine"
-# MMS request batching: up to REQUEST_BATCH requests that arrive within REQUEST_BATCH_DELAY_MS of the first
-# go through one handler call, their pictures in shared forward passes. On by default on a GPU, where a
-# bigger forward costs little more than a small one; off on a CPU, where the forward's time grows with the
-# pictures and batching only adds the wait (docs/BENCHMARKS.md).
-REQUEST_BATCH_ENV, GPU_REQUEST_BATCH, MAX_REQUEST_BATCH = "IMAGE_CLASSIFIER_REQUEST_BATCH", 8, 64
-REQUEST_BATCH_DELAY_ENV, DEFAULT_REQUEST_BATCH_DELAY_MS = "IMAGE_CLASSIFIER_REQUEST_BATCH_DELAY_MS", 5
 JVM_ARGS_ENV, DEFAULT_JVM_ARGS = "SAGEMAKER_MODEL_SERVER_VMARGS", "-XX:-UseContainerSupport"
 # Where serve keeps its MMS config, logs, pid file and sockets (a fresh folder under it).
 RUNTIME_DIR_ENV = "IMAGE_CLASSIFIER_RUNTIME_DIR"
@@ -134,10 +128,6 @@ def env_float(name, default, minimum=0.0, environ=None):
     return number
 
 
-def default_request_batch(gpus):
-    return GPU_REQUEST_BATCH if gpus > 0 else 1
-
-
 def cpu_count():
     """Cores this process may use (a container's CPU set, not the host's)."""
     try:
@@ -177,8 +167,6 @@ class ServingSettings:
     optimize: bool
     engine: str
     engine_tolerance: float
-    request_batch: int
-    request_batch_delay_ms: int
     jvm_args: str
 
     @property
@@ -218,8 +206,6 @@ def load(environ=None, gpus=0, cores=None, load_seconds=0.0):
     read("optimize", env_bool, OPTIMIZE_ENV, DEFAULT_OPTIMIZE)
     read("engine", env_choice, ENGINE_ENV, DEFAULT_ENGINE, ENGINES)
     read("engine_tolerance", env_float, ENGINE_TOLERANCE_ENV, DEFAULT_ENGINE_TOLERANCE)
-    read("request_batch", env_int, REQUEST_BATCH_ENV, default_request_batch(gpus), maximum=MAX_REQUEST_BATCH)
-    read("request_batch_delay_ms", env_int, REQUEST_BATCH_DELAY_ENV, DEFAULT_REQUEST_BATCH_DELAY_MS, minimum=0)
     if not problems and values["pixel_budget"] < values["max_pixels"]:
         problems.append(f"{PIXEL_BUDGET_ENV}={values['pixel_budget']:,} is below {MAX_PIXELS_ENV}="
                         f"{values['max_pixels']:,}: a picture under the per-picture cap could never be served")
