@@ -200,6 +200,8 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # Labels are data (class folder names): `$...$` must print as written, never go through math text or TeX.
+    matplotlib.rcParams.update({"text.parse_math": False, "text.usetex": False})
     import matplotlib.pyplot as plt
 
     return plt
@@ -285,14 +287,19 @@ def save_png(figure, path):
 
 
 # ------------------------------------------------------------------------------------------ HTML
+def _text(value):
+    """Any value as HTML text or attribute value: every value on the page is data (rules.json, logs, names)."""
+    return html.escape(str(value), quote=True)
+
+
 def _table(header, rows):
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    head = "".join(f"<th>{_text(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_text(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _image(png, alt):
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    return f'<img alt="{_text(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}table{border-collapse:collapse;"
@@ -333,8 +340,9 @@ def build(files, out_dir):
         rules = run_rules(files.tensors_dir, out_dir / constants.RULES_FILE)
     if rules:
         rows = "".join(
-            f"<tr><td>{html.escape(r['rule'])}</td><td class=\"{r['status'].replace(' ', '-')}\">{r['status']}</td>"
-            f"<td>{html.escape(r['findings'][0]['message'] if r['findings'] else r['description'])}</td></tr>"
+            f"<tr><td>{_text(r['rule'])}</td><td class=\"{_text(str(r['status']).replace(' ', '-'))}\">"
+            f"{_text(r['status'])}</td>"
+            f"<td>{_text(r['findings'][0]['message'] if r['findings'] else r['description'])}</td></tr>"
             for r in rules["rules"])
         sections.append(f"<h2>Rules</h2><table><tr><th>rule</th><th>status</th><th>finding / what it checks</th></tr>"
                         f"{rows}</table>")
@@ -355,8 +363,8 @@ def build(files, out_dir):
         sections.append(part)
     if files.hyperparameters:
         sections.append("<h2>Hyperparameters</h2>" + _table(["key", "value"], sorted(files.hyperparameters.items())))
-    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Training report: {html.escape(files.name)}"
-            f"</title><style>{STYLE}</style></head><body><h1>Training report: {html.escape(files.name)}</h1>"
+    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Training report: {_text(files.name)}"
+            f"</title><style>{STYLE}</style></head><body><h1>Training report: {_text(files.name)}</h1>"
             + "".join(sections) + "</body></html>")
     report = out_dir / REPORT_FILE
     report.write_text(page)

@@ -67,3 +67,15 @@ def test_readme_table_is_generated_from_the_dataclass():
     assert block, "README.md lacks the generated hyperparameter table markers"
     assert block.group(1).strip() == markdown_table(), \
         "README's table is stale: paste the output of `python -m image_classifier.config`"
+
+
+@pytest.mark.parametrize("key", ["_note", "_tuning_objective_metricx", "_"])
+def test_unknown_underscore_keys_are_refused_naming_them(key):
+    with pytest.raises(HyperparameterError, match=f"^Unknown hyperparameter '{key}'"):
+        Hyperparameters.from_strings({key: "$(touch x)"})
+
+
+def test_a_key_that_is_not_plain_text_is_quoted_in_the_error():
+    with pytest.raises(HyperparameterError) as refused:
+        Hyperparameters.from_strings({"_x\ntest_acc=0.999": "1"})
+    assert "\n" not in str(refused.value) and "test_acc=" not in str(refused.value)

@@ -213,3 +213,19 @@ def test_launch_py_trains_over_two_emulated_hosts(tmp_path, data):
         config = (folder / "input" / "config" / "resourceconfig.json").read_text()
         assert f'"current_host": "{host}"' in config and '"hosts": ["algo-1", "algo-2"]' in config
     assert (second / "output" / "success").is_file()
+
+
+@pytest.mark.slow
+def test_hyperparameters_with_shell_syntax_never_reach_a_shell_in_a_two_host_job(tmp_path, data):
+    """The toolkit's torchrun runner runs its command through a shell: `_note` would have run there (it did,
+    before the script got no arguments). The job then refuses the unknown `_` key, naming it."""
+    marker = tmp_path / "injected"
+    hps = dict(TINY_HYPERPARAMETERS, **{"sagemaker_torch_distributed_enabled": "true", "_note": f"$(touch {marker})",
+                                        "sagemaker_note": f"`touch {marker}`"})
+    jobs = hosts.prepare_hosts(tmp_path / "jobs", "injection", {"train": data}, hps, 2)
+    exit_code = local_process.train_hosts(jobs, echo=False)
+    log = jobs[0].log_file.read_text()
+    assert "2 host(s) x 1 process(es) under torchrun" in log, log[-3000:]
+    assert not marker.exists()
+    assert exit_code != 0 and not jobs[0].succeeded
+    assert jobs[0].failure_reason.startswith("Unknown hyperparameter '_note'."), jobs[0].failure_reason

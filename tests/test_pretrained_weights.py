@@ -5,6 +5,8 @@ last stage and a new head trainable. The frozen layers must come out unchanged, 
 start far above chance (10 classes: 0.1), which a random backbone does not reach in one epoch at this size.
 """
 import json
+import logging
+import os
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ import torchvision
 
 import launch
 from image_classifier.metrics import parse_metrics
+from image_classifier.model import UnsafePickleError, pretrained_state
 from launcher.sample_data import write_digits
 
 FROM_SCRATCH = {"arch": "resnet18", "pretrained": "false", "trainable-layers": "4", "image-size": "32",
@@ -51,3 +54,41 @@ def test_fine_tune_from_an_earlier_jobs_weights(tmp_path, capsys):
     assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
     assert not torch.equal(before["layer4.1.conv2.weight"], after["layer4.1.conv2.weight"])  # the trained stage moved
     assert json.loads((tuned / "model" / "model.json").read_text())["hyperparameters"]["trainable-layers"] == "1"
+
+
+class _RunsCode:
+    """A pickle that runs a command when loaded without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_cached_torchvision_weights_are_loaded_with_weights_only(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    name = torchvision.models.ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]
+    torch.save({"conv1.weight": _RunsCode(marker)}, cache / name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(UnsafePickleError, match="posix.system"):
+        pretrained_state("resnet18")
+    assert not marker.exists()
+
+
+def test_a_pretrained_file_name_cannot_forge_a_metric_line(tmp_path, caplog):
+    channel = tmp_path / "pretrained"
+    channel.mkdir()
+    forged = channel / "w\ntest_acc=0.999 .pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, forged)
+    with caplog.at_level(logging.INFO, logger="image_classifier"):
+        assert pretrained_state("resnet18", channel)["conv1.weight"].shape == (1,)
+    assert "'pretrained' channel" in caplog.text
+    assert parse_metrics(caplog.text.splitlines()) == {}
+    # An unsafe file's refusal (logged as the job's failure) quotes the name too.
+    torch.save({"x": _RunsCode(tmp_path / "ran")}, forged)
+    with pytest.raises(UnsafePickleError) as refused:
+        pretrained_state("resnet18", channel)
+    assert "\n" not in str(refused.value) and parse_metrics([str(refused.value)]) == {}

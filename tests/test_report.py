@@ -91,3 +91,26 @@ def test_report_command_by_job_folder(job, tmp_path, capsys):
 def test_report_of_a_missing_job_is_a_clear_error(tmp_path):
     with pytest.raises(LauncherError, match="No local training job"):
         report.local_job(tmp_path / "nope")
+
+
+def test_report_escapes_every_value_and_draws_names_as_written(tmp_path):
+    """Hostile outputs: a rule status with markup (rules.json is the job's output), a class folder named like
+    matplotlib math text that does not parse, a hyperparameter with markup."""
+    data = tmp_path / "data"
+    data.mkdir()
+    script = "<script>alert(1)</script>"
+    (data / "rules.json").write_text(json.dumps({"rules": [
+        {"rule": "LossNotDecreasing", "status": f'passed" onmouseover="x {script}', "description": script,
+         "findings": []}]}))
+    classes = [r"$\undefinedcommand$", "b<i>"]
+    (data / "test_predictions.json").write_text(json.dumps(
+        {"classes": classes, "predicted": [0, 1, 1, 0], "actual": [0, 1, 0, 1]}))
+    files = report.JobFiles(name=f"job{script}", data_dir=data, tensors_dir=None,
+                            hyperparameters={"lr": script})
+    page_path, figures = report.build(files, tmp_path / "out")
+    page = page_path.read_text()
+    assert "<script" not in page and "onmouseover=\"" not in page and "<i>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert set(figures) == {"confusion", "per_class_accuracy"}
+    labels = [tick.get_text() for tick in report.figure_per_class([1.0, 0.0], classes).axes[0].get_yticklabels()]
+    assert r"$\undefinedcommand$" in labels

@@ -5,11 +5,18 @@ original project used them (`lr`, `batch-size`). `Hyperparameters.from_strings` 
 frozen dataclass, or raises `HyperparameterError` naming the key and what it allows. The README's table
 is generated from the same fields (`python -m image_classifier.config`), and a test keeps them equal.
 """
+import re
 from dataclasses import MISSING, dataclass, field, fields
 
+from .metrics import quote_for_log
+
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-# Keys SageMaker and its tools add to hyperparameters.json, not ours to validate.
-_PLATFORM_PREFIXES = ("sagemaker_", "_")
+# Keys SageMaker and its tools add to hyperparameters.json, not ours to validate: `sagemaker_*` (the SDK's
+# script-mode and tuner keys, the toolkit's framework parameters, read by the toolkit and toolkit_entry) and
+# the one `_` key a tuning job adds to its trials. Any other `_` key is refused like an unknown key.
+PLATFORM_PREFIX = "sagemaker_"
+PLATFORM_KEYS = ("_tuning_objective_metric",)
+_PLAIN_KEY = re.compile(r"[\w.-]{1,100}")
 
 
 class HyperparameterError(ValueError):
@@ -74,14 +81,15 @@ class Hyperparameters:
         by_key = {cls.key(f.name): f for f in fields(cls)}
         values = {}
         for key, value in raw.items():
-            if key.startswith(_PLATFORM_PREFIXES):
+            if key.startswith(PLATFORM_PREFIX) or key in PLATFORM_KEYS:
                 continue
             spec = by_key.get(key)
             if spec is None:
                 close = sorted(k for k in by_key if k.replace("-", "") == key.replace("-", "").replace("_", ""))
                 hint = f" Did you mean '{close[0]}'?" if close else ""
+                shown = f"'{key}'" if _PLAIN_KEY.fullmatch(key) else quote_for_log(key)  # a key is data too
                 raise HyperparameterError(
-                    f"Unknown hyperparameter '{key}'.{hint} Known: {', '.join(sorted(by_key))}.")
+                    f"Unknown hyperparameter {shown}.{hint} Known: {', '.join(sorted(by_key))}.")
             values[spec.name] = _parse(key, spec, value)
         return cls(**values)
 

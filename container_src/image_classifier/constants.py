@@ -45,5 +45,15 @@ PROFILER_OPS_FILE = "profiler_ops.json"
 PROFILER_TABLE_FILE = "profiler_ops.txt"
 SYSTEM_METRICS_FILE = "system_metrics.json"
 
-# Data-parallel training: the hyperparameter of sagemaker-training's own torchrun runner ("true"/"false").
+# Data-parallel training: the hyperparameter of sagemaker-training's own torchrun runner. "true" and "false"
+# force torchrun or a plain process; "auto" lets toolkit_entry decide from hosts x GPUs. The toolkit reads the
+# key too: any value but false/"false" (JSON) puts the job's instance group in its distribution hosts.
 TORCH_DISTRIBUTED_HYPERPARAMETER = "sagemaker_torch_distributed_enabled"
+TORCH_DISTRIBUTED_AUTO = "auto"
+
+
+def distribution_hyperparameter(instance_count):
+    """The value the launcher sends for TORCH_DISTRIBUTED_HYPERPARAMETER, always (so a warm start and every
+    trial see the same static set): torchrun across several instances, else toolkit_entry's choice (one
+    instance with several GPUs runs torchrun, one GPU or none a plain process)."""
+    return "true" if int(instance_count) > 1 else TORCH_DISTRIBUTED_AUTO

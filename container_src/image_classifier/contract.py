@@ -110,6 +110,7 @@ SM_OUTPUT_DATA_DIR = "SM_OUTPUT_DATA_DIR"
 SM_CHECKPOINT_DIR = "SM_CHECKPOINT_DIR"
 SM_NUM_GPUS = "SM_NUM_GPUS"
 SM_NUM_CPUS = "SM_NUM_CPUS"
+TRAINING_JOB_NAME = "TRAINING_JOB_NAME"  # set by SageMaker (and the SDK's local mode); a spot restart keeps it
 # What the toolkit's `train` runs: our script (local process runs) or a framework module (data parallel).
 PROGRAM_ENV = "SAGEMAKER_PROGRAM"
 TRAINING_MODULE_ENV = "SAGEMAKER_TRAINING_MODULE"

@@ -7,11 +7,17 @@ cannot be read raises EnvironmentConfigError naming it (the job reports it in it
 """
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import constants, contract
 from .contract import MLPaths
+from .metrics import quote_for_log
+
+
+# A job name that can be one folder name: SageMaker's names (letters, digits, '-') and local ones ('.', '_').
+JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class EnvironmentConfigError(ValueError):
@@ -64,7 +70,7 @@ class TrainingEnvironment:
     model_dir: Path
     output_dir: Path
     output_data_dir: Path
-    checkpoint_dir: Path
+    checkpoint_dir: Path  # the checkpoint mount (synced to CheckpointConfig.S3Uri); see job_checkpoint_dir
     channels: dict = field(default_factory=dict)  # name -> Path
     hyperparameters: dict = field(default_factory=dict)  # raw: strings as SageMaker writes them
     hosts: tuple = (contract.DEFAULT_HOST,)
@@ -73,10 +79,18 @@ class TrainingEnvironment:
     num_cpus: int = 1
     debug_hook_config: Path | None = None
     stop_at_step: int = 0  # fault injection for tests: SIGTERM to the job after this global step (0 = never)
+    job_name: str | None = None  # TRAINING_JOB_NAME; None for a plain local run
 
     @property
     def is_master(self):
         return self.current_host == self.hosts[0]
+
+    @property
+    def job_checkpoint_dir(self):
+        """Where this job keeps its checkpoints: a sub-folder named after the job, so jobs sharing one checkpoint
+        location (tuning trials: one S3 URI for all) never read or overwrite each other's; a restarted job
+        (spot) keeps its name and resumes. Without a job name, the checkpoint folder itself."""
+        return self.checkpoint_dir / self.job_name if self.job_name else self.checkpoint_dir
 
     @property
     def paths(self):
@@ -137,7 +151,17 @@ class TrainingEnvironment:
             num_cpus=_integer(contract.SM_NUM_CPUS, env.get(contract.SM_NUM_CPUS, os.cpu_count() or 1), minimum=1),
             debug_hook_config=paths.debug_hook_config if paths.debug_hook_config.is_file() else None,
             stop_at_step=_integer(constants.STOP_AT_STEP_ENV, env.get(constants.STOP_AT_STEP_ENV, 0)),
+            job_name=_job_name(env.get(contract.TRAINING_JOB_NAME)),
         )
+
+
+def _job_name(name):
+    if not name:
+        return None
+    if not JOB_NAME_PATTERN.fullmatch(name):
+        raise EnvironmentConfigError(f"{contract.TRAINING_JOB_NAME} {quote_for_log(name[:100])} cannot name a checkpoint "
+                                     "folder: use 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit.")
+    return name
 
 
 def _hyperparameters(path):

@@ -19,6 +19,7 @@ from torch import nn
 
 from . import __version__, constants
 from .contract import atomic_write
+from .metrics import quote_for_log
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +90,17 @@ def pretrained_state(arch, channel_dir=None, allow_download=False):
         preferred = [p for p in files if p.name == file_name] or files
         if not preferred:
             raise PretrainedWeightsError(f"The 'pretrained' channel ({channel_dir}) has no .pth/.pt file.")
-        log.info("Loading pretrained weights from the 'pretrained' channel: %s", preferred[0])
+        # The file name is data: quoted, so it cannot forge a metric line.
+        log.info("Loading pretrained weights from the 'pretrained' channel: %s", quote_for_log(preferred[0]))
         state = load_weights(preferred[0])
         return state.get("model", state) if isinstance(state, dict) else state
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
     if cached.is_file() or allow_download:
         log.info("Loading %s weights %s (%s)", arch, weights, "cached" if cached.is_file() else "downloading")
-        try:
-            return weights.get_state_dict(progress=False, check_hash=True)
-        except OSError as error:  # URLError is an OSError
-            raise PretrainedWeightsError(f"Could not download {weights.url}: {error}. {_FIX_HINT}") from None
+        if not cached.is_file():
+            _download(weights.url, cached)
+        # Read here with weights_only=True: torchvision's get_state_dict loads the cache with weights_only=False.
+        return load_weights(cached)
     raise PretrainedWeightsError(
         f"pretrained=true needs the ImageNet weights of {arch} ({file_name}), but they are not cached at "
         f"{cached}, no 'pretrained' channel was given and weights-download is false. {_FIX_HINT}")
@@ -107,6 +109,16 @@ def pretrained_state(arch, channel_dir=None, allow_download=False):
 _FIX_HINT = ("Fix: give the weights file as a 'pretrained' channel, build the image with "
              "--build-arg BAKE_WEIGHTS=true, set weights-download=true where the job has internet, "
              "or train from scratch with pretrained=false.")
+
+
+def _download(url, target):
+    """torch's cache download, checked against the hash prefix in the file name (as torchvision does)."""
+    found = torch.hub.HASH_REGEX.search(target.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), found.group(1) if found else None, progress=False)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; a hash mismatch a RuntimeError
+        raise PretrainedWeightsError(f"Could not download {url}: {error}. {_FIX_HINT}") from None
 
 
 def load_weights(path):
@@ -119,7 +131,7 @@ def load_weights(path):
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         if found is None:  # not a pickle that asks for code: a damaged file, reported as such by the caller
             raise
-        raise UnsafePickleError(f"Refused to load {path}: it is not a plain weights file (its pickle asks for "
+        raise UnsafePickleError(f"Refused to load {quote_for_log(path)}: it is not a plain weights file (its pickle asks for "
                                 f"{found.group(1)}), and loading it could run code. Only tensors and plain "
                                 "containers are read.") from None
 

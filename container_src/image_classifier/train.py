@@ -263,12 +263,16 @@ class TrainingRun:
         return self.hp.amp and self.device.type == "cuda"
 
     @property
+    def checkpoint_dir(self):
+        return self.env.job_checkpoint_dir  # this job's own sub-folder when it has a name (TRAINING_JOB_NAME)
+
+    @property
     def checkpoint_path(self):
-        return self.env.checkpoint_dir / constants.CHECKPOINT_FILE
+        return self.checkpoint_dir / constants.CHECKPOINT_FILE
 
     @property
     def best_path(self):
-        return self.env.checkpoint_dir / constants.BEST_WEIGHTS_FILE
+        return self.checkpoint_dir / constants.BEST_WEIGHTS_FILE
 
     @property
     def global_step(self):
@@ -351,7 +355,7 @@ def resume(job):
     weights, optimizer, scheduler, scaler, random generators and progress. Returns the smdebug hook's saved
     position (None for a fresh run)."""
     # Read on the first host, sent to every rank (other hosts may have no copy).
-    saved, saved_path = job.dist.from_master(lambda: load_checkpoint(job.env.checkpoint_dir))
+    saved, saved_path = job.dist.from_master(lambda: load_checkpoint(job.checkpoint_dir))
     if saved is None:
         return None
     _check_resumable(saved, job.hp, job.splits.folders, saved_path)
@@ -385,13 +389,13 @@ def start_recording(job, debugger_position, cleanup):
 def save_checkpoint(job):
     state = {**job.state, "progress": progress_over_ranks(job.dist, job.state["progress"])}  # every rank takes part
     if job.dist.is_master:
-        job.env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         _atomic_save({"model": unwrap(job.model).state_dict(), "optimizer": job.optimizer.state_dict(),
                       "scheduler": job.scheduler.state_dict(),
                       "scaler": job.scaler.state_dict() if job.scaler else None, "rng": rng_states(),
                       "step": job.global_step, "debugger": job.recorder.position(), "state": state,
                       "hyperparameters": job.hp.to_strings(), "folders": job.splits.folders},
-                     job.checkpoint_path, keep_previous=job.env.checkpoint_dir / constants.PREVIOUS_CHECKPOINT_FILE)
+                     job.checkpoint_path, keep_previous=job.checkpoint_dir / constants.PREVIOUS_CHECKPOINT_FILE)
     job.dist.barrier()  # no rank runs ahead (or exits) while rank 0 writes
 
 
@@ -445,7 +449,7 @@ def end_epoch(job, epoch, valid_loader):
     if valid_loss < state["best_valid_loss"]:
         state.update(best_valid_loss=valid_loss, best_epoch=epoch + 1, epochs_without_improvement=0)
         if dist.is_master:
-            job.env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             _atomic_save(unwrap(job.model).state_dict(), job.best_path)
     else:
         state["epochs_without_improvement"] += 1

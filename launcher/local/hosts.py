@@ -7,7 +7,6 @@ host runs the toolkit's `train` with the image's framework module, which starts 
 port 7777). How the host names resolve is the backend's part: `process.host_commands` (loopback, in a
 private mount namespace) or `docker.host_commands` (a docker network of the job's own).
 """
-import json
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import time
 from image_classifier import contract
 
 from .processes import signal_tree, wait_tree
-from .trees import prepare_job
+from .trees import prepare_job, write_resource_config
 
 HOSTS_FOLDER = "hosts"
 FRAMEWORK_MODULE = contract.TRAINING_MODULE  # also set in docker/Dockerfile
@@ -37,8 +36,7 @@ def prepare_hosts(jobs_dir, name, channels, hyperparameters, count, interface=LO
     master = prepare_job(jobs_dir, name, channels, hyperparameters)
     jobs = [master] + [prepare_job(master.dir / HOSTS_FOLDER, host, channels, hyperparameters) for host in hosts[1:]]
     for job, host in zip(jobs, hosts):
-        job.paths.resource_config.write_text(json.dumps(
-            {"current_host": host, "hosts": hosts, "network_interface_name": interface}))
+        write_resource_config(job, host, hosts, interface)
     return jobs
 
 

@@ -19,6 +19,9 @@ from .. import ENTRY_SHIM, LOCAL_JOBS_DIR, LauncherError
 
 SERVING_DIR = LOCAL_JOBS_DIR / "serving"
 
+# resourceconfig.json: SageMaker's name for the one group of a job without heterogeneous clusters, and the
+# instance type the toolkit (and the SDK's local mode) give a local host.
+INSTANCE_GROUP, LOCAL_INSTANCE_TYPE = "homogeneousCluster", "local"
 # A local job's folder name: one path component, SageMaker's job-name characters plus `.` and `_`.
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -67,8 +70,7 @@ def prepare_job(jobs_dir, name, channels, hyperparameters):
         folder.mkdir(parents=True, exist_ok=True)
     # Exactly what SageMaker writes: every hyperparameter value is a string.
     paths.hyperparameters.write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}))
-    paths.resource_config.write_text(json.dumps(
-        {"current_host": DEFAULT_HOST, "hosts": [DEFAULT_HOST], "network_interface_name": "eth0"}))
+    write_resource_config(job, DEFAULT_HOST, [DEFAULT_HOST])
     paths.input_data_config.write_text(json.dumps({
         channel: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
         for channel in channels}))
@@ -86,6 +88,20 @@ def prepare_job(jobs_dir, name, channels, hyperparameters):
     for stale in (paths.success, paths.failure):
         stale.unlink(missing_ok=True)
     return job
+
+
+def write_resource_config(job, current_host, hosts, interface="eth0"):
+    """resourceconfig.json as a real job's has it: with `instance_groups` (one group, every host), which
+    changes what the toolkit's environment computes (its distribution hosts), so local runs see it too."""
+    job.paths.resource_config.write_text(json.dumps({
+        "current_host": current_host,
+        "current_instance_type": LOCAL_INSTANCE_TYPE,
+        "current_group_name": INSTANCE_GROUP,
+        "hosts": list(hosts),
+        "instance_groups": [{"instance_group_name": INSTANCE_GROUP, "instance_type": LOCAL_INSTANCE_TYPE,
+                             "hosts": list(hosts)}],
+        "network_interface_name": interface,
+    }))
 
 
 def finish(job):
