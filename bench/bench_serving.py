@@ -12,10 +12,13 @@ Floors (plain eager fp32 ResNet-50, the same decode + preprocess + forward code 
 Endpoint: the real `serve` (multi-model-server) on 127.0.0.1 at its default settings (and any
 --variant): cold start to the first prediction, >= 200 sequential requests (p50, p95, p99), the
 throughput of 2 clients per worker, the workers' RSS, and the time to refuse a pixel-bomb batch.
+Engines (serving/engine.py): each one in-process as served, one picture, at each thread count, with its
+top-1 agreement with plain eager fp32 on the benchmark pictures and its largest probability difference.
 Each round measures everything; rounds alternate the order (floors first, then endpoint first). The
 figures are the median and the spread (min-max) of the rounds. Targets, at the default settings:
-p50 <= 1.25x the latency floor, throughput >= 0.9x the throughput floor; the script exits 1 when one is
-missed. Random weights: speed does not depend on them. Loopback only; run it under the CPU lock.
+p50 <= 0.8x the latency floor, throughput >= 1.3x the throughput floor, and every engine's top-1 agrees
+with eager on every picture; the script exits 1 when one is missed. Random weights: speed does not depend
+on them. Loopback only; run it under the CPU lock.
 """
 import argparse
 import datetime
@@ -41,11 +44,11 @@ sys.path.insert(0, str(PROJECT_DIR / "tests"))  # the serving test harness: star
 import serving_harness as harness  # noqa: E402
 import serving_samples as samples  # noqa: E402
 from image_classifier.model import ModelConfig, build_model, save_artifact  # noqa: E402
-from image_classifier.serving import handler, settings  # noqa: E402
+from image_classifier.serving import engine, handler, settings  # noqa: E402
 
 CLASSES = 133  # the dog-breed set
 FLOOR_BATCH = 16
-LATENCY_TARGET, THROUGHPUT_TARGET = 1.25, 0.9
+LATENCY_TARGET, THROUGHPUT_TARGET = 0.8, 1.3
 
 
 def photo_jpeg(seed, size=(500, 375)):
@@ -69,12 +72,13 @@ def timed(function, repeats):
 
 
 # ------------------------------------------------------------------------------------- in-process
-def load_model(model_dir, optimize, threads):
-    """The handler's own model_fn, plain (optimize=False) or as served; the environment is left as it was
-    (the endpoint inherits it and must run at its defaults)."""
+def load_model(model_dir, optimize, threads, engine_name="torch"):
+    """The handler's own model_fn: plain eager fp32 (optimize=False, torch) or as served by an engine; the
+    environment is left as it was (the endpoint inherits it and must run at its defaults)."""
     saved = dict(os.environ)
     os.environ[settings.OPTIMIZE_ENV] = "true" if optimize else "false"
     os.environ[settings.TORCH_THREADS_ENV] = str(threads)
+    os.environ[settings.ENGINE_ENV] = engine_name
     try:
         return handler.model_fn(str(model_dir))
     finally:
@@ -142,6 +146,35 @@ def explore_extras(model_dir, cores, samples_count):
     return figures
 
 
+def engines():
+    return ["torch"] + (["openvino"] if engine.openvino_available() else [])
+
+
+def agreement(model, reference, pictures):
+    """(share of pictures whose top-1 class is eager's, largest probability difference) on `pictures`."""
+    body = samples.batch_json(*pictures)
+    got = handler.predict_fn(handler.input_fn(body, "application/json"), model).probabilities
+    expected = handler.predict_fn(handler.input_fn(body, "application/json"), reference).probabilities
+    return float((got.argmax(1) == expected.argmax(1)).float().mean()), float((got - expected).abs().max())
+
+
+def measure_engines(model_dir, pictures, cores, samples_count):
+    """Each engine as served, in-process: one picture's median latency at each thread count, and its
+    agreement with plain eager fp32."""
+    figures = {}
+    for threads in sorted({1, cores}):
+        torch.set_num_threads(threads)
+        reference = load_model(model_dir, False, threads)
+        for name in engines():
+            model = load_model(model_dir, True, threads, name)
+            if model.engine != name:
+                raise RuntimeError(f"the {name} engine did not load (see the log)")
+            figures[f"{name} {threads}t latency"] = single_latency(model, pictures, max(50, samples_count // 4))
+            figures[f"{name} top-1 agreement"], figures[f"{name} largest difference"] = agreement(
+                model, reference, pictures)
+    return figures
+
+
 def measure_floors(model_dir, pictures, cores, samples_count, explore):
     figures = {}
     thread_counts = sorted({1, cores})
@@ -158,6 +191,8 @@ def measure_floors(model_dir, pictures, cores, samples_count, explore):
     figures["plain per-core throughput"] = per_core_throughput(model_dir, pictures, cores, max(5, samples_count // 7))
     if explore:
         figures.update(explore_extras(model_dir, cores, samples_count))
+    figures.update(measure_engines(model_dir, pictures, cores, samples_count))
+    torch.set_num_threads(cores)
     figures["latency floor"] = min(figures[f"plain {t}t latency"] for t in thread_counts)
     figures["throughput floor"] = max(figures["plain batch throughput"], figures["plain per-core throughput"])
     return figures
@@ -201,12 +236,13 @@ def measure_endpoint(base_dir, pictures, samples_count, env):
         refusals = timed(lambda: harness.invoke(server.port, bomb, "application/json"), 5)
         if harness.invoke(server.port, bomb, "application/json")[0] != 413:
             raise RuntimeError("the pixel-bomb batch was not refused")
+        served_by = next((name for name in engines() if f"engine {name}," in server.log_tail(10 ** 7)), "?")
     finally:
         server.stop()
     return {"cold start": cold_start, "p50": float(np.percentile(sequential, 50)),
             "p95": float(np.percentile(sequential, 95)), "p99": float(np.percentile(sequential, 99)),
             "throughput": throughput, "clients": clients, "workers": len(workers), "worker rss": rss,
-            "refusal": statistics.median(refusals)}
+            "refusal": statistics.median(refusals), "engine": served_by}
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -275,6 +311,16 @@ def report(rounds, variants, cores, picture_bytes):
         if f"served {threads}t latency" in rounds[0]:
             line += f", served {spread(column(f'served {threads}t latency'), 1000)} ms"
         print(line)
+    print("\nEngines in-process as served, one picture, median latency; agreement with plain eager fp32 on the "
+          f"{FLOOR_BATCH} pictures:")
+    missed = []
+    for name in engines():
+        latencies = ", ".join(f"{t} thread(s) {spread(column(f'{name} {t}t latency'), 1000)} ms" for t in thread_counts)
+        agreements = column(f"{name} top-1 agreement")
+        print(f"- {name}: {latencies}; top-1 agreement {min(agreements):.0%}, largest probability difference "
+              f"{max(column(f'{name} largest difference')):.1e}")
+        if min(agreements) < 1:
+            missed.append(f"{name}'s top-1 agrees with eager on {min(agreements):.0%} of the pictures (target 100 %)")
     print(f"- throughput: one process batching {FLOOR_BATCH} at {cores} threads "
           f"{spread(column('plain batch throughput'), digits=2)}/s; {cores} single-thread processes "
           f"{spread(column('plain per-core throughput'), digits=2)}/s")
@@ -282,7 +328,6 @@ def report(rounds, variants, cores, picture_bytes):
                 "forward under inference_mode"):
         if key in rounds[0]:
             print(f"- {key}: {spread(column(key), 1000)} ms")
-    missed = []
     print("\n| settings | p50 (ms) | p50 / floor | p95 / p99 (ms) | pictures/s | / floor | cold start (s) | "
           "worker RSS (MiB) | bomb refused in (ms) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -290,7 +335,8 @@ def report(rounds, variants, cores, picture_bytes):
         latency = [r[name]["p50"] / r["latency floor"] for r in rounds]
         throughput = [r[name]["throughput"] / r["throughput floor"] for r in rounds]
         first = rounds[0][name]
-        print(f"| {name} ({first['workers']} workers, {first['clients']} clients) | {spread(column(name, 'p50'), 1000)} | "
+        print(f"| {name} ({first['engine']}, {first['workers']} workers, {first['clients']} clients) | "
+              f"{spread(column(name, 'p50'), 1000)} | "
               f"{spread(latency, digits=2)}x | {spread(column(name, 'p95'), 1000)} / {spread(column(name, 'p99'), 1000)} | "
               f"{spread(column(name, 'throughput'), digits=2)} | {spread(throughput, digits=2)}x | "
               f"{spread(column(name, 'cold start'), digits=1)} | {spread(column(name, 'worker rss'), 1 / 2**20)} | "

@@ -103,7 +103,9 @@ def test_model_fn_refuses_a_broken_artifact(model_dir, tmp_path):
         handler.model_fn(str(tmp_path))
 
 
-def test_the_optimised_model_gives_the_plain_model_s_answers(model, model_dir, monkeypatch):
+def test_the_optimised_model_gives_the_plain_model_s_answers(model_dir, monkeypatch):
+    monkeypatch.setenv(settings.ENGINE_ENV, "torch")
+    model = handler.model_fn(str(model_dir))
     monkeypatch.setenv(settings.OPTIMIZE_ENV, "false")
     plain = handler.model_fn(str(model_dir))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.network.modules())  # folded
@@ -351,10 +353,10 @@ def test_transformer_answers_client_mistakes_with_json(service, model_dir, body,
 
 
 def test_transformer_hides_server_faults(service, model_dir, monkeypatch):
-    def broken(request, model):
+    def broken(inputs, model):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(service._service, "_predict_fn", broken)
+    monkeypatch.setattr(handler, "forward", broken)
     context = mms_context(model_dir, {"Content-Type": "image/png"})
     [response] = service.handle([{"body": samples.png()}], context)
     processor = context.request_processor[0]

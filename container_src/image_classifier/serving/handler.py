@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .. import contract
 from ..data import DECODE_ERRORS, build_transforms
 from ..images import ImageTooLargeError, charged_pixels, eval_resize, open_rgb, read_header
 from ..model import load_artifact
-from . import settings
+from . import engine, settings
 
 log = logging.getLogger(__name__)
 
@@ -108,31 +109,15 @@ def parse_top_k(custom_attributes, default=contract.DEFAULT_TOP_K):
 # ------------------------------------------------------------------------------------------- model
 @dataclass
 class LoadedModel:
-    network: torch.nn.Module
+    network: torch.nn.Module  # eager, the engine's reference (the one serving when the engine is torch)
     forward: object  # normalised input batch (N, 3, H, W) on `device` -> logits
     classes: list
     transform: object  # RGB PIL image -> normalised tensor
     device: torch.device
     decode_side: int  # pictures are decoded (drafted, reduced) no smaller than this short side
     settings: settings.ServingSettings
+    engine: str  # the engine serving (engine.py), named in every response's ENGINE_HEADER
     max_batch: int = settings.DEFAULT_MAX_BATCH  # pictures per request (batch_limit)
-
-
-def optimize_for_inference(network, example):
-    """(network, forward) for inference, still eager fp32: each batch norm folded into the convolution
-    before it (one pass less over the activations per layer) and channels_last, which oneDNN's CPU
-    convolutions (and GPUs' tensor cores) prefer. Measured in docs/BENCHMARKS.md. (torch.utils.mkldnn
-    and TorchScript freezing were faster still on CPU, but both stand on the deprecated torch.jit.)"""
-    from torch.fx.experimental.optimization import fuse
-
-    network = fuse(network).eval().to(memory_format=torch.channels_last)
-
-    def forward(inputs):
-        return network(inputs.contiguous(memory_format=torch.channels_last))
-
-    with torch.inference_mode():
-        forward(example)  # first-call set-up happens here, not in a request
-    return network, forward
 
 
 def seconds_per_picture(forward, example, device):
@@ -165,7 +150,8 @@ def batch_limit(served, per_picture):
 
 
 def model_fn(model_dir, context=None):
-    """Load the artifact (weights_only) in eval mode, on this worker's GPU when there is one."""
+    """Load the artifact (weights_only) in eval mode, on this worker's GPU when there is one, and its
+    inference engine (engine.py: checked against eager at load, torch when it is not available or differs)."""
     served = settings.load(gpus=torch.cuda.device_count())
     torch.set_num_threads(served.torch_threads)
     gpu_id = context.system_properties.get("gpu_id") if context is not None else None
@@ -174,18 +160,17 @@ def model_fn(model_dir, context=None):
     else:
         device = torch.device("cpu")
     network, config = load_artifact(model_dir, device)
-    forward = network
-    if served.optimize:
-        network, forward = optimize_for_inference(
-            network, torch.zeros(1, 3, config.image_size, config.image_size, device=device))
+    served_by, network = engine.load(served.engine, network, config.image_size, device, served.torch_threads,
+                                     served.engine_tolerance, served.optimize,
+                                     exported=os.environ.get(settings.ENGINE_EXPORT_ENV))
     _, transform = build_transforms(config.image_size, "none", config.mean, config.std)
-    log.info("Loaded %s (%d classes, %d px) on %s with %d torch threads, optimised: %s", config.arch,
-             config.num_classes, config.image_size, device, torch.get_num_threads(), served.optimize)
+    log.info("Loaded %s (%d classes, %d px) on %s with %d torch threads, engine: %s, optimised: %s", config.arch,
+             config.num_classes, config.image_size, device, torch.get_num_threads(), served_by.name, served.optimize)
     max_batch, why = batch_limit(served, seconds_per_picture(
-        forward, torch.zeros(1, 3, config.image_size, config.image_size, device=device), device))
+        served_by.forward, torch.zeros(1, 3, config.image_size, config.image_size, device=device), device))
     log.info("Batch limit: %d picture(s) per request (%s)", max_batch, why)
-    return LoadedModel(network, forward, list(config.classes), transform, device,
-                       eval_resize(config.image_size), served, max_batch)
+    return LoadedModel(network, served_by.forward, list(config.classes), transform, device,
+                       eval_resize(config.image_size), served, served_by.name, max_batch)
 
 
 # ------------------------------------------------------------------------------------------- input
@@ -315,17 +300,27 @@ def to_tensor(picture, model):
     return model.transform(image)
 
 
-def predict_fn(request, model):
-    """Class probabilities for every picture, forward passes of at most forward_batch pictures."""
+def prepare(request, model):
+    """The request's pictures as one normalised batch (the pixel budget checked before any decoding)."""
     check_pixel_budget(request.pictures, model)
-    inputs = torch.stack([to_tensor(picture, model) for picture in request.pictures])
+    return torch.stack([to_tensor(picture, model) for picture in request.pictures])
+
+
+def forward(inputs, model):
+    """Class probabilities (on the CPU) for a batch of any size, in forward passes of at most forward_batch
+    pictures, through the model's engine."""
     batch_size = model.settings.forward_batch
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
             chunk = inputs[start:start + batch_size].to(model.device)
             outputs.append(torch.softmax(model.forward(chunk).float(), dim=1).cpu())
-    return Prediction(torch.cat(outputs), model.classes, request.top_k)
+    return torch.cat(outputs)
+
+
+def predict_fn(request, model):
+    """Class probabilities for every picture of one request."""
+    return Prediction(forward(prepare(request, model), model), model.classes, request.top_k)
 
 
 # ------------------------------------------------------------------------------------------ output

@@ -83,6 +83,7 @@ class Server:
     runtime_dir: Path
     java_home: str = ""  # set in MMS's environment when not empty (java_home())
     account: Account = None  # the user MMS runs as; None: serve's own
+    engine_env: tuple = ()  # (name, value) pairs for the workers: the engine and its export (export_engine)
 
     @property
     def management_address(self):
@@ -106,6 +107,38 @@ def check_artifact(model_dir):
     del model
     log.info("Artifact OK: %s, %d classes, %d px", config.arch, config.num_classes, config.image_size)
     return time.monotonic() - started, torch.cuda.device_count()
+
+
+def export_engine(model_dir, served, gpus, folder, account=None):
+    """Convert the model once for the engine the workers will use (engine.py) and check it against eager;
+    returns (engine name, environment for the workers: where the export is, or torch when it failed). The
+    export is the model server's `account`'s, like the rest of the runtime folder."""
+    import gc
+
+    from ..model import load_artifact
+    from . import engine
+
+    name = engine.resolve(served.engine, "cuda" if gpus else "cpu")
+    if name == "torch":
+        return name, {settings.ENGINE_ENV: name}
+    started = time.monotonic()
+    network, config = load_artifact(model_dir)
+    try:
+        engine.export(network, config.image_size, folder)
+    except Exception as error:  # noqa: BLE001  (an optional engine that fails means: serve with torch)
+        log.error("Could not export the model for %s (%s: %s): serving with torch", name, type(error).__name__, error)
+        return "torch", {settings.ENGINE_ENV: "torch"}
+    works = engine.checked(name, network, config.image_size, "cpu", served.torch_threads, served.engine_tolerance,
+                           exported=folder)
+    del network
+    gc.collect()
+    if works is None:
+        return "torch", {settings.ENGINE_ENV: "torch"}
+    if account:
+        for path in [Path(folder), *Path(folder).rglob("*")]:
+            os.chown(path, account.uid, account.gid, follow_symlinks=False)
+    log.info("Exported the model for %s in %.1f s", name, time.monotonic() - started)
+    return name, {settings.ENGINE_ENV: name, settings.ENGINE_EXPORT_ENV: str(folder)}
 
 
 def check_settings(environ=None, **facts):
@@ -158,6 +191,7 @@ def mms_environment(server):
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
     })
+    env.update(dict(server.engine_env))
     if server.java_home:
         env[JAVA_HOME_ENV] = server.java_home
     if server.account:
@@ -284,12 +318,18 @@ def run(environ=None):
             raise
         log.info("The model server runs as %s (uid %d, groups %s)", account.name, account.uid,
                  [account.gid, *account.groups])
+    started = time.monotonic()
+    engine_name, engine_env = export_engine(server.model_dir, served, gpus, runtime_dir / "engine", account)
+    # A worker's load (the model, then the engine's compile and check) takes about as long as this: the
+    # response timeout (which MMS applies to loading too) allows for both.
+    served = check_settings(env, gpus=gpus, load_seconds=load_seconds + time.monotonic() - started)
+    server = dataclasses.replace(server, settings=served, engine_env=tuple(engine_env.items()))
     config_file = runtime_dir / "mms.properties"
     config_file.write_text(mms_properties(server))
-    log.info("Starting multi-model-server on %s: %d worker(s) x %d torch thread(s), timeout %d s, "
-             "payload cap %d MB, pixel budget %s per request, management API on %s", served.address,
-             served.workers, served.torch_threads, served.timeout_seconds, served.payload_cap_mb,
-             f"{served.pixel_budget:,}", server.management_address)
+    log.info("Starting multi-model-server on %s: engine %s, %d worker(s) x %d torch thread(s), timeout %d s, "
+             "payload cap %d MB, pixel budget %s per request, management API on %s",
+             served.address, engine_name, served.workers, served.torch_threads, served.timeout_seconds,
+             served.payload_cap_mb, f"{served.pixel_budget:,}", server.management_address)
     process = subprocess.Popen(mms_command(server, config_file), env=mms_environment(server),
                                cwd=runtime_dir, start_new_session=True,
                                **(account.popen_arguments() if account else {}))

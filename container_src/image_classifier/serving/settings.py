@@ -66,6 +66,16 @@ FORWARD_BATCH_ENV, DEFAULT_FORWARD_BATCH = "IMAGE_CLASSIFIER_FORWARD_BATCH", 16 
 TOP_K_ENV, MAX_TOP_K = "IMAGE_CLASSIFIER_TOP_K", 1000
 # Inference optimisations (conv+batch-norm folding, channels_last); `false` serves the plain eager model.
 OPTIMIZE_ENV, DEFAULT_OPTIMIZE = "IMAGE_CLASSIFIER_OPTIMIZE", True
+# The inference engine (engine.py): auto = openvino on a CPU when installed (measured a third faster than
+# eager here, docs/BENCHMARKS.md), torch (fp16, channels_last) on a GPU.
+ENGINE_ENV, ENGINES, DEFAULT_ENGINE = "IMAGE_CLASSIFIER_ENGINE", ("auto", "torch", "openvino"), "auto"
+# At load each worker compares its engine's logits with eager fp32 on a fixed input: past this difference
+# (relative to the largest logit) it serves with torch. OpenVINO fp32 differs by ~1e-5, torch fp16 by ~1e-3.
+ENGINE_TOLERANCE_ENV, DEFAULT_ENGINE_TOLERANCE = "IMAGE_CLASSIFIER_ENGINE_TOLERANCE", 0.01
+# Set by serve for its workers: the folder holding the model it exported once for the engine.
+ENGINE_EXPORT_ENV = "IMAGE_CLASSIFIER_ENGINE_EXPORT"
+# Every response names the engine that answered it.
+ENGINE_HEADER = "X-Image-Classifier-Engine"
 JVM_ARGS_ENV, DEFAULT_JVM_ARGS = "SAGEMAKER_MODEL_SERVER_VMARGS", "-XX:-UseContainerSupport"
 # Where serve keeps its MMS config, logs, pid file and sockets (a fresh folder under it).
 RUNTIME_DIR_ENV = "IMAGE_CLASSIFIER_RUNTIME_DIR"
@@ -114,6 +124,28 @@ def env_bool(name, default, environ=None):
     return words[value.strip().lower()]
 
 
+def env_choice(name, default, choices, environ=None):
+    value = (os.environ if environ is None else environ).get(name)
+    if value is None or value.strip() == "":
+        return default
+    if value.strip().lower() not in choices:
+        raise ValueError(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value.strip().lower()
+
+
+def env_float(name, default, minimum=0.0, environ=None):
+    value = (os.environ if environ is None else environ).get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number") from None
+    if not number > minimum:
+        raise ValueError(f"{name}={value!r} must be above {minimum}")
+    return number
+
+
 def cpu_count():
     """Cores this process may use (a container's CPU set, not the host's)."""
     try:
@@ -157,6 +189,8 @@ class ServingSettings:
     forward_batch: int
     top_k: int
     optimize: bool
+    engine: str
+    engine_tolerance: float
     jvm_args: str
     workerless_seconds: int = DEFAULT_WORKERLESS_SECONDS
     server_user: str = DEFAULT_SERVER_USER
@@ -198,6 +232,8 @@ def load(environ=None, gpus=0, cores=None, load_seconds=0.0):
     read("top_k", env_int, TOP_K_ENV, contract.DEFAULT_TOP_K, maximum=MAX_TOP_K)
     read("optimize", env_bool, OPTIMIZE_ENV, DEFAULT_OPTIMIZE)
     read("workerless_seconds", env_int, WORKERLESS_SECONDS_ENV, workerless_seconds(load_seconds))
+    read("engine", env_choice, ENGINE_ENV, DEFAULT_ENGINE, ENGINES)
+    read("engine_tolerance", env_float, ENGINE_TOLERANCE_ENV, DEFAULT_ENGINE_TOLERANCE)
     if not problems and values["pixel_budget"] < values["max_pixels"]:
         problems.append(f"{PIXEL_BUDGET_ENV}={values['pixel_budget']:,} is below {MAX_PIXELS_ENV}="
                         f"{values['max_pixels']:,}: a picture under the per-picture cap could never be served")

@@ -1,0 +1,158 @@
+"""The inference engines (serving/engine.py): the same answers as eager PyTorch, a broken export caught at
+load and served with torch, artifacts without an export served, serve's one export, no telemetry."""
+import json
+import logging
+import sys
+
+import pytest
+import torch
+
+from conftest import make_dataset
+from image_classifier.model import ModelConfig, build_model, load_artifact, save_artifact
+from image_classifier.serving import engine, handler, serve, settings
+
+needs_openvino = pytest.mark.skipif(not engine.openvino_available(), reason="openvino is not installed")
+CLASSES = ["Red fox", "Green frog", "Blue whale"]
+
+
+@pytest.fixture(scope="module")
+def test_pictures(tmp_path_factory):
+    """The trained model's test split (conftest draws the same pictures for every tree it makes)."""
+    root = make_dataset(tmp_path_factory.mktemp("pictures"), {"test": 6})
+    return sorted((root / "test").rglob("*.[jJ][pP][gG]"))
+
+
+def top_k(model, pictures, k=3):
+    request = handler.PictureRequest([handler.check_picture(p.read_bytes(), p.name) for p in pictures], k)
+    prediction = handler.predict_fn(request, model)
+    return prediction.probabilities, [json.dumps(handler.top_labels(row, model.classes, k)) for row in
+                                      prediction.probabilities]
+
+
+def served(model_dir, monkeypatch, **env):
+    for name in (settings.ENGINE_ENV, settings.OPTIMIZE_ENV, settings.ENGINE_EXPORT_ENV):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return handler.model_fn(str(model_dir))
+
+
+@pytest.fixture(scope="module")
+def eager(trained_model_dir, test_pictures):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        model = served(trained_model_dir, monkeypatch, **{settings.ENGINE_ENV: "torch", settings.OPTIMIZE_ENV: "false"})
+    return top_k(model, test_pictures)
+
+
+@pytest.mark.parametrize("name", ["torch", pytest.param("openvino", marks=needs_openvino)])
+def test_each_engine_serves_eager_s_top_k_on_the_test_pictures(name, trained_model_dir, test_pictures, eager,
+                                                               monkeypatch):
+    model = served(trained_model_dir, monkeypatch, **{settings.ENGINE_ENV: name})
+    assert model.engine == name
+    probabilities, answers = top_k(model, test_pictures)
+    expected_probabilities, expected = eager
+    assert [json.loads(a)[0]["index"] for a in answers] == [json.loads(a)[0]["index"] for a in expected]
+    assert [[item["label"] for item in json.loads(a)] for a in answers] == \
+        [[item["label"] for item in json.loads(a)] for a in expected]
+    assert float((probabilities - expected_probabilities).abs().max()) < 1e-4
+
+
+@needs_openvino
+def test_auto_picks_openvino_on_a_cpu_and_torch_on_a_gpu():
+    assert engine.resolve("auto", "cpu") == "openvino"
+    assert engine.resolve("auto", "cuda") == "torch"
+    assert engine.resolve("openvino", "cuda") == "torch"
+    assert engine.resolve("torch", "cpu") == "torch"
+
+
+@pytest.fixture(scope="module")
+def other_export(tmp_path_factory):
+    """An export of another network of the same shape (other weights): a stale or broken export."""
+    if not engine.openvino_available():
+        pytest.skip("openvino is not installed")
+    torch.manual_seed(99)
+    other = build_model("resnet18", len(CLASSES)).eval()
+    return engine.export(other, 16, tmp_path_factory.mktemp("broken-export")).parent
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    save_artifact(folder, build_model("resnet18", len(CLASSES)), ModelConfig("resnet18", CLASSES, 16))
+    return folder
+
+
+def test_a_broken_export_is_caught_at_load_and_served_with_torch(model_dir, other_export, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    model = served(model_dir, monkeypatch, **{settings.ENGINE_ENV: "openvino",
+                                              settings.ENGINE_EXPORT_ENV: str(other_export)})
+    assert model.engine == "torch"
+    assert "differ from eager PyTorch" in caplog.text and "serving with torch" in caplog.text
+    reference = served(model_dir, monkeypatch, **{settings.ENGINE_ENV: "torch"})
+    request = handler.PictureRequest([handler.check_picture(handler_picture())], 3)
+    assert torch.allclose(handler.predict_fn(request, model).probabilities,
+                          handler.predict_fn(request, reference).probabilities)
+
+
+def handler_picture():
+    import serving_samples
+
+    return serving_samples.jpeg((30, 20))
+
+
+@needs_openvino
+def test_an_engine_that_fails_to_load_is_served_with_torch(model_dir, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("conversion failed")
+
+    monkeypatch.setattr(engine, "convert_openvino", broken)
+    model = served(model_dir, monkeypatch, **{settings.ENGINE_ENV: "openvino"})
+    assert model.engine == "torch" and "conversion failed" in caplog.text
+
+
+@needs_openvino
+def test_an_artifact_without_an_export_is_converted_at_load(model_dir, monkeypatch):
+    model = served(model_dir, monkeypatch)  # auto, no export from serve: the worker converts it itself
+    assert model.engine == "openvino"
+    assert len(handler.predict_fn(handler.PictureRequest([handler.check_picture(handler_picture())], 3),
+                                  model).probabilities) == 1
+
+
+@needs_openvino
+def test_serve_exports_once_for_its_workers(model_dir, tmp_path, monkeypatch):
+    name, env = serve.export_engine(model_dir, settings.load({}), 0, tmp_path / "engine")
+    assert name == "openvino" and env[settings.ENGINE_EXPORT_ENV] == str(tmp_path / "engine")
+    assert (tmp_path / "engine" / engine.OPENVINO_MODEL).is_file()
+
+    def must_not_convert(*args, **kwargs):
+        raise AssertionError("a worker converted the model again")
+
+    monkeypatch.setattr(engine, "convert_openvino", must_not_convert)
+    assert served(model_dir, monkeypatch, **env).engine == "openvino"
+
+
+@needs_openvino
+def test_serve_falls_back_to_torch_when_its_export_differs(model_dir, tmp_path, monkeypatch):
+    network, _ = load_artifact(model_dir)
+    with torch.no_grad():
+        network.fc.bias += 5 * torch.arange(len(CLASSES), dtype=torch.float32)  # an export that is wrong
+    monkeypatch.setattr(engine, "convert_openvino",
+                        lambda _network, size, convert=engine.convert_openvino: convert(network, size))
+    name, env = serve.export_engine(model_dir, settings.load({}), 0, tmp_path / "engine")
+    assert (name, env) == ("torch", {settings.ENGINE_ENV: "torch"})
+
+
+def test_the_engine_setting_is_checked():
+    with pytest.raises(settings.SettingsError, match=settings.ENGINE_ENV):
+        settings.load({settings.ENGINE_ENV: "onnx"})
+    assert settings.load({settings.ENGINE_ENV: "OpenVINO"}).engine == "openvino"
+
+
+@needs_openvino
+def test_openvino_s_usage_reports_are_off():
+    engine.import_openvino()
+    from openvino.tools.ovc import convert_impl
+
+    assert sys.modules["openvino_telemetry"] is None
+    assert convert_impl.tm.__name__.endswith("telemetry_stub")
