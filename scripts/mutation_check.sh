@@ -48,11 +48,10 @@ MUTATIONS = {
         ["tests/test_model.py::test_two_concurrent_atomic_writes_to_one_path_use_their_own_temporary_files"], False),
     "rule-margin-inf-or-zero": (
         "each rule's margin says how far past (or short of) its threshold it went",
-        f"{PKG}/rules.py",
-        "        high, low = (statistic, threshold) if self.fires_above else (threshold, statistic)\n"
-        "        if low <= 0:\n            return math.inf if high > low else (1.0 if high == low else 0.0)\n"
-        "        return max(high / low, 0.0)\n",
-        "        return math.inf if self.violations else 0.0\n",
+        f"{PKG}/profiler_rules.py",  # the one margin() of both rule sets
+        "    if low <= 0:\n        return math.inf if high > low else (1.0 if high == low else 0.0)\n"
+        "    return max(high / low, 0.0)\n",
+        "    return math.inf if high > low else 0.0\n",
         ["tests/test_rules.py", "-k", "margin_of or margin_without"], False),
     "s3-prefix-without-slash": (
         "upload --delete touches only the data set's own prefix",
