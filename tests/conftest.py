@@ -47,6 +47,18 @@ def make_dataset(root, per_split=None, classes=TINY_CLASSES, nested=True):
     return root
 
 
+def untrained_artifact(folder, classes):
+    """A real artifact (random ResNet-18 at 16 px), made without training, for tests where only its shape
+    matters."""
+    import torch
+
+    from image_classifier.model import ModelConfig, build_model, save_artifact
+
+    torch.manual_seed(0)
+    save_artifact(folder, build_model("resnet18", len(classes)), ModelConfig("resnet18", list(classes), 16))
+    return folder
+
+
 def train_job(tmp_path, hyperparameters=None, channels=None, name="job", echo=False):
     """Run the real training job (toolkit `train` subprocess) over an /opt/ml tree; returns the LocalJob."""
     from launcher.local import process as local_process, trees

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from conftest import make_dataset
-from image_classifier.model import ModelConfig, build_model, load_artifact, save_artifact
+from conftest import make_dataset, untrained_artifact
+from image_classifier.model import build_model, load_artifact
 from image_classifier.serving import engine, handler, serve, settings
 
 needs_openvino = pytest.mark.skipif(not engine.openvino_available(), reason="openvino is not installed")
@@ -77,10 +77,7 @@ def other_export(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    save_artifact(folder, build_model("resnet18", len(CLASSES)), ModelConfig("resnet18", CLASSES, 16))
-    return folder
+    return untrained_artifact(tmp_path_factory.mktemp("model"), CLASSES)
 
 
 def test_a_broken_export_is_caught_at_load_and_served_with_torch(model_dir, other_export, monkeypatch, caplog):

@@ -9,9 +9,10 @@ from mms.context import Context, RequestProcessor
 from mms.model_loader import ModelLoader
 
 import serving_samples as samples
+from conftest import untrained_artifact
 from image_classifier import contract
 from image_classifier.images import read_header
-from image_classifier.model import ArtifactError, ModelConfig, build_model, save_artifact
+from image_classifier.model import ArtifactError
 from image_classifier.serving import handler, handler_service, settings
 
 CLASSES = ["Red fox", "Green frog", "Blue whale"]
@@ -19,11 +20,7 @@ CLASSES = ["Red fox", "Green frog", "Blue whale"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A real artifact (random ResNet-18 at 16 px), made without training: only its shape matters here."""
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    save_artifact(folder, build_model("resnet18", len(CLASSES)), ModelConfig("resnet18", CLASSES, 16))
-    return folder
+        return untrained_artifact(tmp_path_factory.mktemp("model"), CLASSES)
 
 
 @pytest.fixture(scope="module")

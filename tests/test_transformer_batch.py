@@ -3,11 +3,10 @@ with its own headers."""
 import json
 
 import pytest
-import torch
 from mms.context import Context, RequestProcessor
 
 import serving_samples as samples
-from image_classifier.model import ModelConfig, build_model, save_artifact
+from conftest import untrained_artifact
 from image_classifier.serving import handler, handler_service, settings
 
 CLASSES = ["Red fox", "Green frog", "Blue whale", "Grey seal"]
@@ -16,10 +15,7 @@ TOP_K = "X-Amzn-SageMaker-Custom-Attributes"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    save_artifact(folder, build_model("resnet18", len(CLASSES)), ModelConfig("resnet18", CLASSES, 16))
-    return folder
+    return untrained_artifact(tmp_path_factory.mktemp("model"), CLASSES)
 
 
 @pytest.fixture(scope="module")
