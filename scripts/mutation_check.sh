@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Break each property README claims, one at a time, and check that its tests notice: every mutation below
 # is a small exact text replacement, made in a temporary copy of this tree (never in the tree itself), and
-# the mutation's named tests run against that copy (the shared interpreter, PYTHONPATH pointing at the copy).
+# the mutation's named tests run against that copy (the shared interpreter, PYTHONPATH pointing at the copy),
+# first unmutated (they must pass, or their failure would prove nothing), then mutated.
 # A mutation its tests still pass is "survived" and fails this script; so does one whose text is no longer
 # found exactly once (the code moved: update the table). Prints mutation -> tests -> caught/survived.
 #
@@ -10,7 +11,7 @@
 # Env:   PY             the interpreter (default .venv/bin/python)
 #        MUTATION_DOCKER=1  also the mutations whose tests need the image (each builds a mutated image once;
 #                           the current content-hashed image is kept under a spare tag meanwhile)
-# About 3 minutes on a quiet 2-core machine without the docker mutation (.ci/run runs it); with it, before
+# About 6 minutes on a quiet 2-core machine without the docker mutation (.ci/run runs it); with it, before
 # each release (README "Tests").
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -140,12 +141,21 @@ for name in chosen:
         if subprocess.run(["docker", "image", "inspect", current], capture_output=True).returncode == 0:
             spare = current.replace(":src-", ":mutation-check-keep-")
             subprocess.run(["docker", "tag", current, spare], check=True)
-    path.write_text(original.replace(old, new))
-    mutated_tag = docker_tag_of_copy() if needs_docker else None
     started = time.monotonic()
     print(f"--- {name}: {claim} ({relative})", flush=True)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-                            cwd=COPY, env=env, capture_output=True, text=True)
+    pytest = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    if not needs_docker:  # the tests must pass unmutated, or a failure below proves nothing (the docker
+        # mutation's test runs unmutated in every `make test`)
+        baseline = subprocess.run(pytest, cwd=COPY, env=env, capture_output=True, text=True)
+        if baseline.returncode != 0:
+            summary = (baseline.stdout.strip().splitlines() or ["(no output)"])[-1]
+            print(baseline.stdout[-3000:] + baseline.stderr[-2000:])
+            rows.append((name, " ".join(tests), f"ERROR: fails unmutated: {summary}", time.monotonic() - started))
+            failed = True
+            continue
+    path.write_text(original.replace(old, new))
+    mutated_tag = docker_tag_of_copy() if needs_docker else None
+    result = subprocess.run(pytest, cwd=COPY, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
     path.write_text(original)
     if needs_docker:

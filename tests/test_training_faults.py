@@ -204,12 +204,13 @@ def test_out_of_memory_writes_a_failure_file_that_says_so(tmp_path):
 def test_the_failure_reason_fits_sagemakers_1_kb_in_bytes(tmp_path):
     job = prepared(tmp_path, {"train": make_dataset(tmp_path / "d", {"train": 2, "valid": 2})})
     hyperparameters = json.loads((job.dir / "input" / "config" / "hyperparameters.json").read_text())
-    hyperparameters["\u00e9" * 700] = "1"  # a 2-byte character: 700 characters, 1,400 bytes
+    # a 2-byte character: 700 characters, 1,400 bytes (in a value: an unknown key's non-ASCII is quoted as \u00e9)
+    hyperparameters["optimizer"] = "\u00e9" * 700
     (job.dir / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     assert run_train(job) != 0  # the toolkit's own exit status is 1 for any failure of the script
     reason = (job.dir / "output" / "failure").read_bytes()
     assert 1000 < len(reason) <= 1024  # SageMaker's limit, in bytes
-    assert reason.decode("utf-8").startswith("Unknown hyperparameter '\u00e9\u00e9")
+    assert reason.decode("utf-8").startswith("Hyperparameter 'optimizer' = '\u00e9\u00e9")
 
 
 # --------------------------------------------------------------------- 4. class names are data, not log syntax
@@ -308,7 +309,7 @@ def test_a_pickle_in_model_pth_is_refused(tmp_path, monkeypatch, trained_model_d
     shutil.copytree(trained_model_dir, model_dir)
     marker = tmp_path / "created-by-model-pth"
     write_armed_pickle(model_dir / "model.pth", marker, wrap=lambda p: {"fc.weight": p})
-    with pytest.raises(UnsafePickleError, match=r"^Refused to load \S+/model\.pth: it is not a plain weights file "
+    with pytest.raises(UnsafePickleError, match=r"^Refused to load \"\S+/model\.pth\": it is not a plain weights file "
                                                  r"\(its pickle asks for (io|builtins)\.open\)"):
         load_artifact(model_dir)
     assert_armed(model_dir / "model.pth", marker)
@@ -337,7 +338,7 @@ def test_a_pickle_in_the_pretrained_channel_is_refused(tmp_path):
     job = prepared(tmp_path, {"train": make_dataset(tmp_path / "data", {"train": 2, "valid": 2}), "pretrained": weights},
                    {"pretrained": "true"})
     assert run_train(job, UNSAFE_DEFAULT) != 0, log_of(job)[-3000:]
-    assert re.match(r"Refused to load \S+/resnet18-f37072fd\.pth: it is not a plain weights file \(its pickle asks "
+    assert re.match(r"Refused to load \"\S+/resnet18-f37072fd\.pth\": it is not a plain weights file \(its pickle asks "
                     r"for (io|builtins)\.open\)", job.failure_reason), job.failure_reason
     assert_armed(armed, marker)
 
