@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): requirements.lock container_src/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip<26"
-	$(PIP) install --quiet -r requirements.lock
+	$(PIP) install --quiet --no-cache-dir -r requirements.lock
 	$(PIP) install --quiet --no-deps -e container_src
 	touch $(STAMP)
 

@@ -147,6 +147,16 @@ def test_the_engine_setting_is_checked():
 
 
 @needs_openvino
+def test_workers_do_not_pin_their_threads_to_the_same_cores():
+    """OpenVINO pins its threads by default, each process from the first core: two single-thread workers
+    would share one core and leave the other idle."""
+    converted = engine.convert_openvino(build_model("resnet18", len(CLASSES)).eval(), 16)
+    compiled = engine.openvino_forward(converted, threads=1).compiled
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
+@needs_openvino
 def test_openvino_s_usage_reports_are_off():
     engine.import_openvino()
     from openvino.tools.ovc import convert_impl

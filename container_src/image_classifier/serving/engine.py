@@ -133,13 +133,17 @@ def openvino_forward(converted, threads):
     compiled = core.compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                                                      # fp32 everywhere: bf16 on AMX/AVX512-BF16 CPUs
                                                      # would change the answers
-                                                     "INFERENCE_PRECISION_HINT": "f32"})
+                                                     "INFERENCE_PRECISION_HINT": "f32",
+                                                     # each MMS worker is a process of its own: pinned (the
+                                                     # default), every worker binds to the same first cores
+                                                     "ENABLE_CPU_PINNING": False})
     request = compiled.create_infer_request()
 
     def forward(inputs):
         outputs = request.infer({0: inputs.detach().cpu().contiguous().numpy()})
         return torch.from_numpy(outputs[0].copy())  # the request reuses its output buffer
 
+    forward.compiled = compiled  # for its settings
     return forward
 
 
