@@ -445,7 +445,7 @@ def deploy_sagemaker(args):
             model.deploy(
                 **capacity,
                 endpoint_name=name,
-                kms_key=args.kms_key,
+                kms_key=endpoint_kms_key(args),  # none on local NVMe storage
                 tags=aws.tags(training_job=training_job, model_data=model_data),
                 wait=False,
             )
@@ -498,6 +498,14 @@ def traffic_options(connection, args):
             destination_s3_uri=connection.s3_uri(scaling.CAPTURE_PREFIX), kms_key_id=args.kms_key,
             sagemaker_session=connection.sagemaker)
     return options
+
+
+def endpoint_kms_key(args):
+    """The endpoint's storage key: CreateEndpointConfig fails with a KmsKeyId on instance types with local NVMe
+    storage, as the training and transform volumes do (api_rules.volume_kms_key)."""
+    if args.serverless:
+        return args.kms_key
+    return api_rules.volume_kms_key(args.instance_type or ENDPOINT_INSTANCE, args.kms_key)
 
 
 def describe_capacity(args):

@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 import launch
-from conftest import make_dataset, train_job
+from conftest import PROJECT_DIR, make_dataset, train_job
 from moto_server import moto_url, reset  # noqa: F401 - moto_url is a fixture
 from request_validator import RequestChecker
 from image_classifier.config import Hyperparameters
@@ -38,6 +38,7 @@ class Sent:
 
     def __init__(self):
         self.calls = []
+        self.actions = set()  # (IAM service prefix, operation): what the caller's credentials must allow
         self.handlers = []  # (event, handler) added to every session the launcher makes
         self.checker = RequestChecker()  # each request against botocore's service model
 
@@ -46,6 +47,9 @@ class Sent:
         boto_session.events.register(
             "provide-client-params",
             lambda params, model, **_: self.calls.append((model.name, json.loads(json.dumps(params, default=str)))))
+        boto_session.events.register(
+            "provide-client-params",
+            lambda model, **_: self.actions.add((model.service_model.signing_name, model.name)))
         for event, handler in self.handlers:
             boto_session.events.register(event, handler)
 
@@ -843,6 +847,46 @@ def test_pretrained_weights_are_sent_as_the_pretrained_channel(cloud, capsys, up
 
 
 # -------------------------------------------------------------------------- requests SageMaker accepts
+# S3 operations whose IAM action has another name (the S3 authorization reference).
+S3_ACTIONS = {"ListObjectsV2": "ListBucket", "ListObjects": "ListBucket", "HeadBucket": "ListBucket",
+              "HeadObject": "GetObject", "DeleteObjects": "DeleteObject", "CreateMultipartUpload": "PutObject",
+              "UploadPart": "PutObject", "CompleteMultipartUpload": "PutObject"}
+
+
+def readme_iam_actions():
+    """{prefix: {actions}} from README's table of what the launcher's credentials need: a bare `Action`
+    belongs to the last `prefix:` named before it in its row; `prefix:*` allows all of that service."""
+    text = (PROJECT_DIR / "README.md").read_text()
+    table = text.split("| service | actions | used by |", 1)[1].split("\n\n", 1)[0]
+    allowed = {}
+    for row in table.splitlines()[2:]:
+        prefix = None
+        for name in re.findall(r"`([a-z0-9-]+:[A-Za-z*]+|[A-Z][A-Za-z]+)`", row.split("|")[2]):
+            if ":" in name:
+                prefix, name = name.split(":")
+            allowed.setdefault(prefix, set()).add(name)
+    return allowed
+
+
+def iam_actions_missing_from_readme(actions):
+    allowed = readme_iam_actions()
+    missing = []
+    for prefix, operation in sorted(actions):
+        action = S3_ACTIONS.get(operation, operation) if prefix == "s3" else operation
+        if not {action, "*"} & allowed.get(prefix, set()):
+            missing.append(f"{prefix}:{action}")
+    return missing
+
+
+def test_the_readme_iam_table_is_read_as_written():
+    allowed = readme_iam_actions()
+    assert {"CreateTrainingJob", "InvokeEndpoint", "UpdateEndpointWeightsAndCapacities"} <= allowed["sagemaker"]
+    assert "*" in allowed["application-autoscaling"] and "CreateServiceLinkedRole" in allowed["iam"]
+    assert iam_actions_missing_from_readme({("sagemaker", "CreateTrainingJob"), ("s3", "ListObjectsV2")}) == []
+    assert iam_actions_missing_from_readme({("sagemaker", "StopTrainingJob"), ("kms", "Decrypt")}) == [
+        "kms:Decrypt", "sagemaker:StopTrainingJob"]
+
+
 def test_every_command_sends_requests_the_service_model_accepts(cloud, capsys, uploaded, tmp_path):
     """tune, train, deploy in each mode, transform, predict and delete, against moto and as dry runs: every
     request passes request_validator (required members, enums, lengths, ranges, patterns, no unknown member)."""
@@ -872,6 +916,7 @@ def test_every_command_sends_requests_the_service_model_accepts(cloud, capsys, u
     for argv in commands:  # the dry runs' printed requests, checked the same way
         for call in json.loads(ok(capsys, *argv, "--dry-run")):
             assert problems(call["service"], call["operation"], call["params"]) == [], argv
+    assert iam_actions_missing_from_readme(cloud.sent.actions) == []
     checked = cloud.sent.checker.checked
     for operation in ("CreateHyperParameterTuningJob", "CreateTrainingJob", "CreateModel", "CreateEndpointConfig",
                       "CreateEndpoint", "RegisterScalableTarget", "PutScalingPolicy", "InvokeEndpoint",
@@ -913,6 +958,11 @@ def test_kms_key_on_volumes_only_where_the_type_has_no_local_storage(cloud, caps
     definition = cloud.sent.one("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
     assert "VolumeKmsKeyId" not in definition["HyperParameterTuningResourceConfig"]
     assert definition["OutputDataConfig"]["KmsKeyId"] == "key-1"
+    # An endpoint's storage key too: CreateEndpointConfig fails with one on a type with local NVMe storage.
+    cloud.sent.handlers.append(("before-call.*.InvokeEndpoint", endpoint_answers({"predictions": [[]]})))
+    ok(capsys, "deploy", "--model-data", f"s3://{BUCKET}/m.tar.gz", "--endpoint", "ep-nvme",
+       "--instance-type", "ml.g4dn.xlarge", "--kms-key", "key-1")
+    assert "KmsKeyId" not in cloud.sent.one("CreateEndpointConfig")
 
 
 def test_the_sdks_lifecycle_warning_is_shown_once_and_stdout_stays_json(tmp_path):

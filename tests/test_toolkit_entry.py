@@ -2,7 +2,8 @@
 (resourceconfig.json with `instance_groups`), intercepting only the final process spawn (runner_probe.py).
 
 The GPU count is faked the way the toolkit reads it: an `nvidia-smi` on PATH that lists N GPUs. Every tree
-carries hostile values (hyperparameters, the job name, a channel name) that must not reach the command."""
+carries hostile values (hyperparameters, the job name) that must not reach the command. Channel names are
+not among them: SageMaker accepts only [A-Za-z0-9.-_] there, and they reach environment variables only."""
 import json
 import os
 import shlex
