@@ -27,13 +27,8 @@ $(STAMP): requirements.lock container_src/pyproject.toml
 demo: setup
 	PY=$(PY) scripts/demo.sh
 
-# The SDK local-mode transform test runs in a pytest process of its own: in the whole suite's process the
-# interpreter died with SIGSEGV as that file started, in two CI runs (2026-12-03), and not when the files
-# that load the same native libraries ran before it; the cause is not found yet (README, "Tests").
-ISOLATED_TESTS := tests/test_transform_container.py
 test: setup
-	$(PY) -m pytest --ignore=$(ISOLATED_TESTS)
-	$(PY) -m pytest $(ISOLATED_TESTS)
+	$(PY) -m pytest
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not docker"

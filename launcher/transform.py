@@ -54,12 +54,13 @@ def batch_serving_settings(environ=None):
     """The serving settings a local job starts `serve` with: one single-thread worker per core, unless
     the shell sets the workers or threads itself, or a GPU may be there (then `serve`'s defaults).
 
-    Why not `serve`'s CPU default (one worker per two cores, two torch threads each): that one is for
-    latency. A batch job wants only throughput, and on a workstation it shares the cores with whatever
-    else runs: a two-thread worker's OpenMP threads wait for each other at every barrier, so when one of
-    its cores is taken the other idles. On 2 cores with one kept busy, it did 0.9 pictures/s where one
-    single-thread worker per core did 12 (bench/bench_transform.py --compare --busy 1, docs/BENCHMARKS.md).
-    On a quiet machine both give the same throughput (serving benchmark: 1.07x and 1.03x the floor)."""
+    Why not `serve`'s CPU default (one worker per core, each request on every core while the other workers
+    are idle): a lone request's latency matters there. A batch job wants only throughput, and on a
+    workstation it shares the cores with whatever else runs: a multi-thread request's threads wait for each
+    other at every barrier, so when one of its cores is taken the others idle. Measured with the earlier
+    default (one worker per two cores, two threads each), on 2 cores with one kept busy: 0.9 pictures/s,
+    where one single-thread worker per core did 12 (bench/bench_transform.py --compare --busy 1,
+    docs/BENCHMARKS.md)."""
     environ = os.environ if environ is None else environ
     chosen = (serving_settings.WORKERS_ENV, serving_settings.TORCH_THREADS_ENV)
     if any(environ.get(name, "").strip() for name in chosen) or shutil.which("nvidia-smi"):
@@ -74,7 +75,9 @@ def local_workers(environ=None):
     the serving default on CPU)."""
     environ = os.environ if environ is None else environ
     try:
-        default = serving_settings.default_workers(0, serving_settings.cpu_count())
+        share = serving_settings.env_bool(serving_settings.SHARE_CORES_ENV, serving_settings.DEFAULT_SHARE_CORES,
+                                          environ=environ)
+        default = serving_settings.default_workers(0, serving_settings.cpu_count(), share)
         return serving_settings.env_int(serving_settings.WORKERS_ENV, default, environ=environ,
                                         maximum=serving_settings.MAX_WORKERS)
     except ValueError as error:

@@ -11,7 +11,7 @@
 # Env:   PY             the interpreter (default .venv/bin/python)
 #        MUTATION_DOCKER=1  also the mutations whose tests need the image (each builds a mutated image once;
 #                           the current content-hashed image is kept under a spare tag meanwhile)
-# About 6 minutes on a quiet 2-core machine without the docker mutation (.ci/run runs it); with it, before
+# About 7 minutes on a quiet 2-core machine without the docker mutation (.ci/run runs it); with it, before
 # each release (README "Tests").
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -88,6 +88,14 @@ MUTATIONS = {
         "a request's pictures may decode to at most the pixel budget",
         f"{PKG}/serving/handler.py", "    if total > budget:\n", "    if total > budget * 1000:\n",
         ["tests/test_serving_handler.py", "-k", "budget"], False),
+    "cores-never-shared": (
+        "a request runs on its share of the cores while other workers are busy",
+        f"{PKG}/serving/handler.py", "yield model.forward if alone else model.narrow_forward", "yield model.forward",
+        ["tests/test_core_share.py"], False),
+    "openvino-signal-stack": (
+        "OpenVINO models freed in any order leave the process able to take a signal",
+        f"{PKG}/serving/engine.py", "        libc.sigaltstack(ctypes.byref(saved), None)\n", "        pass\n",
+        ["tests/test_engine.py::test_models_freed_in_any_order_leave_a_signal_stack_that_exists"], False),
     "pickles-loaded": (
         "pickles that ask for code are refused",
         f"{PKG}/model.py", 'torch.load(path, map_location="cpu", weights_only=True)',

@@ -47,15 +47,15 @@ def make_dataset(root, per_split=None, classes=TINY_CLASSES, nested=True):
     return root
 
 
-def untrained_artifact(folder, classes):
-    """A real artifact (random ResNet-18 at 16 px), made without training, for tests where only its shape
-    matters."""
+def untrained_artifact(folder, classes, arch="resnet18", image_size=16):
+    """A real artifact (random weights, a ResNet-18 at 16 px unless told), made without training, for tests
+    where only its shape matters."""
     import torch
 
     from image_classifier.model import ModelConfig, build_model, save_artifact
 
     torch.manual_seed(0)
-    save_artifact(folder, build_model("resnet18", len(classes)), ModelConfig("resnet18", list(classes), 16))
+    save_artifact(folder, build_model(arch, len(classes)), ModelConfig(arch, list(classes), image_size))
     return folder
 
 

@@ -72,7 +72,7 @@ def _crafted_run(out, epochs, lr, optimizer, train, valid, valid_seed, valid_lab
             for name, parameter in model.named_parameters():
                 if parameter.ndim > 1:
                     parameter.mul_(weight_scale)
-    set_trainable(model, trainable_layers)
+    set_trainable(model, trainable_layers, "resnet18")
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = training.build_optimizer(hp, [p for p in model.parameters() if p.requires_grad])
     scheduler = training.build_scheduler(hp, optimizer, 1)

@@ -2,7 +2,9 @@
 load and served with torch, artifacts without an export served, serve's one export, no telemetry."""
 import json
 import logging
+import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -63,6 +65,22 @@ def test_auto_picks_openvino_on_a_cpu_and_torch_on_a_gpu():
     assert engine.resolve("auto", "cuda") == "torch"
     assert engine.resolve("openvino", "cuda") == "torch"
     assert engine.resolve("torch", "cpu") == "torch"
+
+
+@pytest.mark.parametrize("name", ["torch", pytest.param("openvino", marks=needs_openvino)])
+def test_each_engine_serves_a_mobilenet_as_eager_does(name, tmp_path, test_pictures, monkeypatch):
+    """The other family: the engine's optimisations (batch-norm folding, OpenVINO's conversion of
+    hardswish and squeeze-excitation) keep eager's answers."""
+    model_dir = untrained_artifact(tmp_path, CLASSES, "mobilenet_v3_small", image_size=64)
+    expected_probabilities, expected = top_k(served(model_dir, monkeypatch, **{settings.ENGINE_ENV: "torch",
+                                                                               settings.OPTIMIZE_ENV: "false"}),
+                                             test_pictures)
+    model = served(model_dir, monkeypatch, **{settings.ENGINE_ENV: name})
+    assert model.engine == name
+    probabilities, answers = top_k(model, test_pictures)
+    assert [[item["label"] for item in json.loads(a)] for a in answers] == \
+        [[item["label"] for item in json.loads(a)] for a in expected]
+    assert float((probabilities - expected_probabilities).abs().max()) < 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +181,31 @@ def test_openvino_s_usage_reports_are_off():
 
     assert sys.modules["openvino_telemetry"] is None
     assert convert_impl.tm.__name__.endswith("telemetry_stub")
+
+
+@needs_openvino
+def test_models_freed_in_any_order_leave_a_signal_stack_that_exists(tmp_path):
+    """Two compiled models freed in the order they were made, then a signal with a Python handler: without
+    same_signal_stack the thread is left on an unmapped alternate stack and the process dies (SIGSEGV)."""
+    script = tmp_path / "two_models.py"
+    script.write_text(textwrap.dedent("""
+        import faulthandler, gc, os, signal, time
+        import torch
+        from image_classifier.model import build_model
+        from image_classifier.serving import engine
+        faulthandler.enable()  # an alternate stack of the thread's own, as pytest's and serve's have
+        converted = engine.convert_openvino(build_model("resnet18", 3).eval(), 16)
+        first, second = engine.openvino_forward(converted, 2), engine.openvino_forward(converted, 1)
+        first(torch.zeros(1, 3, 16, 16)), second(torch.zeros(1, 3, 16, 16))
+        del first
+        gc.collect()
+        del second
+        gc.collect()
+        signal.signal(signal.SIGUSR1, lambda *_: print("handled", flush=True))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.2)
+        print("alive", flush=True)
+        """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["handled", "alive"]

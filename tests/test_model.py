@@ -9,7 +9,7 @@ import torchvision
 
 from image_classifier.contract import atomic_write
 from image_classifier.model import (ArtifactError, ModelConfig, PretrainedWeightsError, build_model, load_artifact,
-                                    pretrained_state, save_artifact, set_trainable)
+                                    family, pretrained_state, save_artifact, set_trainable)
 
 
 def test_artifact_round_trip(tmp_path):
@@ -83,8 +83,59 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 ])
 def test_trainable_layers(layers, trainable):
     model = build_model("resnet18", 2)
-    set_trainable(model, layers)
+    set_trainable(model, layers, "resnet18")
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == trainable
+
+
+# torchvision's MobileNetV3s: the feature blocks where the resolution halves (stride 2) start a stage.
+MOBILENET_STAGE_STARTS = {"mobilenet_v3_small": (1, 2, 4, 9), "mobilenet_v3_large": (2, 4, 7, 13)}
+
+
+@pytest.mark.parametrize("arch", sorted(MOBILENET_STAGE_STARTS))
+def test_mobilenet_stages_start_where_the_resolution_halves(arch):
+    """The family table's stages match the network itself: each stage after the first starts at a block
+    that halves the resolution, and the stages cover every feature block after the stem."""
+    model = build_model(arch, 5).eval()
+    sizes, picture = [], torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        for block in model.features:
+            picture = block(picture)
+            sizes.append(picture.shape[-1])
+    halving = [i for i in range(1, len(sizes)) if sizes[i] < sizes[i - 1]]
+    stages = family(arch).stages
+    firsts = [int(stage[0].split(".")[1]) for stage in stages[1:]]
+    assert halving == list(MOBILENET_STAGE_STARTS[arch]) and firsts[0] == 1 and firsts[1:] == halving[1:]
+    covered = [int(prefix.split(".")[1]) for stage in stages for prefix in stage]
+    assert covered == list(range(len(model.features)))
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("arch", sorted(MOBILENET_STAGE_STARTS))
+def test_mobilenet_trains_its_classifier_and_the_last_stages(arch):
+    model = build_model(arch, 5)
+
+    def trained_blocks(layers):
+        set_trainable(model, layers, arch)
+        return {".".join(n.split(".")[:2]) if n.startswith("features.") else n.split(".")[0]
+                for n, p in model.named_parameters() if p.requires_grad}
+
+    blocks, last_stage = len(model.features), MOBILENET_STAGE_STARTS[arch][-1]
+    assert trained_blocks(0) == {"classifier"}
+    assert trained_blocks(1) == {"classifier"} | {f"features.{i}" for i in range(last_stage, blocks)}
+    assert trained_blocks(4) == {"classifier"} | {f"features.{i}" for i in range(blocks)}
+
+
+def test_pretrained_mobilenet_weights_load_all_but_the_head(tmp_path):
+    channel = tmp_path / "pretrained"
+    channel.mkdir()
+    imagenet = torchvision.models.mobilenet_v3_small()
+    torch.save(imagenet.state_dict(), channel / "w.pth")
+    model = build_model("mobilenet_v3_small", 3, pretrained_state("mobilenet_v3_small", channel))
+    assert torch.equal(model.features[5].block[0][0].weight, imagenet.features[5].block[0][0].weight)
+    assert torch.equal(model.classifier[0].weight, imagenet.classifier[0].weight)
+    assert model.classifier[3].out_features == 3
+    with pytest.raises(PretrainedWeightsError, match="do not fit mobilenet_v3_large"):
+        build_model("mobilenet_v3_large", 3, pretrained_state("mobilenet_v3_large", channel))
 
 
 def test_atomic_write_syncs_a_unique_temporary_file_and_keeps_the_previous(tmp_path, monkeypatch):

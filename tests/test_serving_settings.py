@@ -17,7 +17,8 @@ SERVE = Path(sys.executable).parent / "serve"
 
 def test_defaults():
     served = settings.load({}, gpus=0, cores=2, load_seconds=5)
-    assert (served.port, served.bind_address, served.workers, served.torch_threads) == (8080, "0.0.0.0", 1, 2)
+    assert (served.port, served.bind_address, served.workers, served.torch_threads) == (8080, "0.0.0.0", 2, 2)
+    assert served.cores_shared and served.narrow_threads == 1
     assert (served.payload_cap_mb, served.max_pixels, served.pixel_budget) == (6, 50_000_000, 100_000_000)
     assert (served.max_batch, served.forward_batch, served.top_k, served.optimize) == (None, 16, 5, True)
     assert (served.batch_seconds, served.timeout_seconds, served.workerless_seconds) == (15, 60, 45)
@@ -27,11 +28,26 @@ def test_defaults():
     assert settings.load({}, gpus=4, cores=16).workers == 4
 
 
-@pytest.mark.parametrize("gpus, cores, workers, threads", [(0, 1, 1, 1), (0, 2, 1, 2), (0, 3, 1, 3), (0, 4, 2, 2),
-                                                           (0, 16, 8, 2), (4, 16, 4, 4), (8, 4, 8, 1)])
-def test_default_workers_get_two_cores_each(gpus, cores, workers, threads):
+@pytest.mark.parametrize("gpus, cores, workers, threads, shared", [
+    (0, 1, 1, 1, False), (0, 2, 2, 2, True), (0, 3, 3, 3, True), (0, 16, 16, 16, True), (4, 16, 4, 4, False),
+    (8, 4, 8, 1, False)])
+def test_default_cpu_workers_one_per_core_sharing_the_cores(gpus, cores, workers, threads, shared):
     served = settings.load({}, gpus=gpus, cores=cores)
-    assert (served.workers, served.torch_threads) == (workers, threads)
+    assert (served.workers, served.torch_threads, served.cores_shared) == (workers, threads, shared)
+    assert served.narrow_threads == (1 if gpus == 0 else threads)
+
+
+@pytest.mark.parametrize("cores, workers, threads", [(1, 1, 1), (2, 1, 2), (3, 1, 3), (4, 2, 2), (16, 8, 2)])
+def test_without_sharing_each_worker_gets_two_cores(cores, workers, threads):
+    served = settings.load({settings.SHARE_CORES_ENV: "false"}, cores=cores)
+    assert (served.workers, served.torch_threads, served.cores_shared) == (workers, threads, False)
+
+
+def test_a_fixed_thread_count_is_shared_down_to_the_workers_share():
+    served = settings.load({settings.WORKERS_ENV: "2", settings.TORCH_THREADS_ENV: "4"}, cores=8)
+    assert (served.torch_threads, served.narrow_threads, served.cores_shared) == (4, 4, False)
+    served = settings.load({settings.WORKERS_ENV: "4", settings.TORCH_THREADS_ENV: "8"}, cores=8)
+    assert (served.torch_threads, served.narrow_threads, served.cores_shared) == (8, 2, True)
 
 
 def test_overrides():
@@ -105,3 +121,10 @@ def test_a_local_docker_deploy_passes_this_shell_s_serving_settings(monkeypatch)
     assert command[-2:] == ["img", "serve"] and "127.0.0.1:28080:8080" in command
     assert f"{settings.PIXEL_BUDGET_ENV}=2000000" in command
     assert not any(arg.startswith((contract.PORT_ENV, "HOME")) for arg in command)
+
+
+def test_serve_gives_workers_that_share_the_cores_their_lock_folder(tmp_path):
+    shared = serve.Server(tmp_path / "model", 0, settings.load({}, cores=2), tmp_path)
+    assert serve.mms_environment(shared)[settings.CORE_SHARE_DIR_ENV] == str(tmp_path)
+    fixed = serve.Server(tmp_path / "model", 0, settings.load({settings.SHARE_CORES_ENV: "false"}, cores=2), tmp_path)
+    assert settings.CORE_SHARE_DIR_ENV not in serve.mms_environment(fixed)

@@ -128,9 +128,11 @@ def test_a_local_job_serves_with_one_single_thread_worker_per_core_unless_told(m
     monkeypatch.setattr(transform.psutil, "virtual_memory", lambda: plenty)
     assert transform.batch_serving_settings({}) == {settings.WORKERS_ENV: "4", settings.TORCH_THREADS_ENV: "1"}
     assert transform.local_workers(transform.batch_serving_settings({})) == 4
-    # The shell's own choice wins, and then serve's defaults hold (one worker per two cores).
+    # The shell's own choice wins, and then serve's defaults hold (one worker per core sharing the cores;
+    # one per two cores without sharing).
     assert transform.batch_serving_settings({settings.TORCH_THREADS_ENV: "2"}) == {}
-    assert transform.local_workers({}) == 2
+    assert transform.local_workers({}) == 4
+    assert transform.local_workers({settings.SHARE_CORES_ENV: "false"}) == 2
     # No more workers than the free memory holds.
     short = type("Memory", (), {"available": 2.5 * transform.WORKER_MEMORY_BYTES})
     monkeypatch.setattr(transform.psutil, "virtual_memory", lambda: short)

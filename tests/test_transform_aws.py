@@ -27,7 +27,7 @@ def test_transform_sends_one_picture_per_request_with_the_serving_caps(cloud, ca
     assert {key: job[key] for key in job if key != "Tags"} == {
         "TransformJobName": "ic-batch-1",
         "ModelName": "ic-batch-1",
-        "MaxConcurrentTransforms": 4,  # ml.m5.xlarge: 4 vCPUs -> 2 workers -> 2 requests each
+        "MaxConcurrentTransforms": 8,  # ml.m5.xlarge: 4 vCPUs -> 4 workers -> 2 requests each
         "MaxPayloadInMB": 6,  # the model server's cap
         "BatchStrategy": "SingleRecord",
         "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data}},

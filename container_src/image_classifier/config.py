@@ -10,7 +10,9 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from .metrics import quote_for_log
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# torchvision networks the job fine-tunes (model.FAMILIES: each one's head and stages). The MobileNetV3s cost
+# a few percent of a ResNet-50's forward pass: cheap CPU endpoints, and jobs whose input pipeline is the limit.
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v3_small", "mobilenet_v3_large")
 # Keys SageMaker and its tools add to hyperparameters.json, not ours to validate: `sagemaker_*` (the SDK's
 # script-mode and tuner keys, the toolkit's framework parameters, read by the toolkit and toolkit_entry) and
 # the one `_` key a tuning job adds to its trials. Any other `_` key is refused like an unknown key.
@@ -30,11 +32,11 @@ def _hp(default, help, *, min=None, max=None, choices=None):
 @dataclass(frozen=True)
 class Hyperparameters:
     # model
-    arch: str = _hp("resnet50", "torchvision ResNet to fine-tune.", choices=ARCHS)
+    arch: str = _hp("resnet50", "torchvision network to fine-tune.", choices=ARCHS)
     pretrained: bool = _hp(True, "Start from ImageNet weights (cache, `pretrained` channel or download).")
     weights_download: bool = _hp(False, "Allow downloading pretrained weights when none are cached.")
     trainable_layers: int = _hp(
-        1, "How many of the last ResNet stages train besides the new head (0 = head only, 4 = all).",
+        1, "How many of the last stages (one per resolution) train besides the new head (0 = head only, 4 = all).",
         min=0, max=4)
     image_size: int = _hp(224, "Square input size in pixels.", min=16, max=1024)
     # optimisation

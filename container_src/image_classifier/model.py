@@ -1,4 +1,4 @@
-"""The network and its artifact: build a ResNet with a new head, load pretrained weights, save/load.
+"""The network and its artifact: build a ResNet or a MobileNetV3 with a new head, load pretrained weights, save/load.
 
 The artifact is two files in the model folder: `model.pth` (a state_dict only, loadable with
 `weights_only=True`) and `model.json` (everything needed to use it: arch, classes, preprocessing,
@@ -55,29 +55,64 @@ class ModelConfig:
         return round(self.image_size / constants.RESIZE_RATIO)
 
 
+# Each family's new head (the last Linear layer, replaced for our classes), what trains with it (a
+# MobileNetV3's classifier has a hidden Linear layer before the head) and its stages, from the input side:
+# the stem, then one stage per resolution (1/4, 1/8, 1/16, 1/32). A ResNet's stages are layer1-4; a
+# MobileNetV3's are its feature blocks grouped the same way (torchvision's inverted_residual_setting).
+def _blocks(first, last):
+    return tuple(f"features.{index}" for index in range(first, last + 1))
+
+
+@dataclass(frozen=True)
+class Family:
+    head: str
+    head_group: str
+    stages: tuple
+
+
+FAMILIES = {
+    "resnet": Family("fc", "fc", (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))),
+    "mobilenet_v3_small": Family("classifier.3", "classifier", (("features.0",), _blocks(1, 1), _blocks(2, 3),
+                                                                _blocks(4, 8), _blocks(9, 12))),
+    "mobilenet_v3_large": Family("classifier.3", "classifier", (("features.0",), _blocks(1, 3), _blocks(4, 6),
+                                                                _blocks(7, 12), _blocks(13, 16))),
+}
+
+
+def family(arch):
+    return next(value for prefix, value in FAMILIES.items() if arch.startswith(prefix))
+
+
+def _under(name, prefixes):
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
 def build_model(arch, num_classes, backbone_state=None):
-    """A torchvision ResNet; `backbone_state` (any ResNet state_dict) is loaded before the new head."""
+    """A torchvision network (config.ARCHS) with a new head for `num_classes`; `backbone_state` (ImageNet
+    weights of the same architecture) is loaded before the head is replaced, all but the old head."""
     model = torchvision.models.get_model(arch, weights=None)
+    head = family(arch).head
     if backbone_state is not None:
-        backbone_state = {k: v for k, v in backbone_state.items() if not k.startswith("fc.")}
+        backbone_state = {k: v for k, v in backbone_state.items() if not _under(k, [head])}
         try:
             missing, unexpected = model.load_state_dict(backbone_state, strict=False)
         except RuntimeError as error:  # shape mismatches: weights of another architecture
             raise PretrainedWeightsError(f"The pretrained weights do not fit {arch}: {str(error)[:300]}") from None
-        if unexpected or any(not key.startswith("fc.") for key in missing):
+        if unexpected or any(not _under(key, [head]) for key in missing):
             raise PretrainedWeightsError(
                 f"The pretrained weights do not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}.")
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    model.set_submodule(head, nn.Linear(model.get_submodule(head).in_features, num_classes))
     return model
 
 
-def set_trainable(model, trainable_layers):
-    """Freeze all but the head and the last `trainable_layers` ResNet stages (4 = the whole network)."""
-    stages = ["layer4", "layer3", "layer2", "layer1"][:trainable_layers]
+def set_trainable(model, trainable_layers, arch):
+    """Freeze all but the head and the last `trainable_layers` stages (4 = the whole network)."""
+    parts = family(arch)
+    trainable = [parts.head_group, *[prefix for stage in parts.stages[::-1][:trainable_layers] for prefix in stage]]
     if trainable_layers >= 4:
-        stages += ["conv1", "bn1"]
+        trainable += parts.stages[0]  # the stem
     for name, parameter in model.named_parameters():
-        parameter.requires_grad = name.startswith("fc.") or name.split(".")[0] in stages
+        parameter.requires_grad = _under(name, trainable)
 
 
 def pretrained_state(arch, channel_dir=None, allow_download=False):

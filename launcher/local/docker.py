@@ -31,7 +31,7 @@ SHM_SIZE = "2g"  # DataLoader workers share tensors through /dev/shm (docker's d
 STOP_TIMEOUT_SECONDS = 30
 # Serving settings a local `deploy --local docker` passes from this shell into the container, as a
 # process-mode server inherits them (not the port or the address: the container serves on 0.0.0.0:8080).
-SERVING_SETTINGS_ENV = (serving_settings.WORKERS_ENV, serving_settings.TORCH_THREADS_ENV,
+SERVING_SETTINGS_ENV = (serving_settings.WORKERS_ENV, serving_settings.TORCH_THREADS_ENV, serving_settings.SHARE_CORES_ENV,
                         serving_settings.TIMEOUT_ENV, PAYLOAD_CAP_ENV,
                         serving_settings.MAX_PIXELS_ENV, serving_settings.PIXEL_BUDGET_ENV,
                         serving_settings.MAX_BATCH_ENV, serving_settings.FORWARD_BATCH_ENV,

@@ -16,6 +16,8 @@ of serving's. `serve` converts once, checks the result and saves it in its priva
 Never silently wrong: each worker compares its engine's logits with eager fp32 on a fixed input and, past
 the tolerance, logs it and serves with torch.
 """
+import contextlib
+import ctypes
 import logging
 import sys
 import time
@@ -38,6 +40,7 @@ CHECK_SEED, CHECK_BATCH = 1234, 2
 class Engine:
     name: str  # the engine serving: "torch" or "openvino"
     forward: object  # normalised input batch (N, 3, H, W) on the model's device -> float32 logits (N, classes)
+    at_threads: object = None  # threads -> the same forward on that many CPU threads (core_share.py)
 
 
 class EngineMismatch(RuntimeError):
@@ -114,6 +117,19 @@ def torch_forward(network, example, optimize=True):
     return network, forward
 
 
+def torch_at_threads(forward, threads):
+    """`forward` on `threads` torch threads (the worker's own count is restored after each call)."""
+    def run(inputs):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return forward(inputs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return run
+
+
 # --------------------------------------------------------------------------------------- openvino
 def convert_openvino(network, image_size):
     """The eager network as an OpenVINO model (any batch size)."""
@@ -125,18 +141,41 @@ def convert_openvino(network, image_size):
     return converted
 
 
+class _SignalStack(ctypes.Structure):  # stack_t of sigaltstack(2)
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def same_signal_stack():
+    """Puts back the calling thread's alternate signal stack after the block. OpenVINO's CPU plugin installs
+    a stack of its own when it compiles a model and reinstalls the one it found when that model is freed:
+    two models freed in the order they were made leave the thread on the first one's stack, unmapped by
+    then, and the next signal with a Python handler (Python installs them SA_ONSTACK: SIGTERM in serve,
+    SIGCHLD after a torch DataLoader) kills the process with SIGSEGV. With the thread's own stack put back
+    after each compile, every model finds that one, and reinstalls it, whatever the order."""
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+    saved = _SignalStack()
+    if libc is None or libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(saved), None)
+
+
 def openvino_forward(converted, threads):
     """forward() running `converted` (an openvino.Model or the path of a saved one) on the CPU, tuned for
     one request at a time with `threads` threads, as a worker serves."""
     openvino = import_openvino()
     core = openvino.Core()
-    compiled = core.compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                     # fp32 everywhere: bf16 on AMX/AVX512-BF16 CPUs
-                                                     # would change the answers
-                                                     "INFERENCE_PRECISION_HINT": "f32",
-                                                     # each MMS worker is a process of its own: pinned (the
-                                                     # default), every worker binds to the same first cores
-                                                     "ENABLE_CPU_PINNING": False})
+    with same_signal_stack():
+        compiled = core.compile_model(converted, "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",  # bf16 on AMX/AVX512-BF16 CPUs would change the answers
+            # each MMS worker is a process of its own: pinned (the default), every worker binds to the same
+            # first cores
+            "ENABLE_CPU_PINNING": False})
     request = compiled.create_infer_request()
 
     def forward(inputs):
@@ -165,7 +204,8 @@ def build(name, network, image_size, device, threads, exported=None):
     if name == "openvino":
         saved = Path(exported) / OPENVINO_MODEL if exported else None
         converted = str(saved) if saved is not None and saved.is_file() else convert_openvino(network, image_size)
-        return Engine("openvino", openvino_forward(converted, threads))
+        return Engine("openvino", openvino_forward(converted, threads),
+                      lambda other_threads: openvino_forward(converted, other_threads))
     raise ValueError(f"no engine {name!r}")
 
 
@@ -211,4 +251,4 @@ def load(requested, network, image_size, device, threads, tolerance, optimize=Tr
             log.error("The optimised torch model differs from eager fp32 (largest logit difference %.2e, tolerance "
                       "%.0e): serving plain eager fp32", relative, tolerance)
             network, forward = reference, reference
-    return Engine("torch", forward), network
+    return Engine("torch", torch_at_threads(forward, threads), lambda other: torch_at_threads(forward, other)), network

@@ -25,7 +25,7 @@ from .. import contract
 from ..data import DECODE_ERRORS, build_transforms
 from ..images import ImageTooLargeError, charged_pixels, eval_resize, open_rgb, read_header
 from ..model import load_artifact
-from . import engine, settings
+from . import core_share, engine, settings
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ class LoadedModel:
     settings: settings.ServingSettings
     engine: str  # the engine serving (engine.py), named in every response's ENGINE_HEADER
     max_batch: int = settings.DEFAULT_MAX_BATCH  # pictures per request (batch_limit)
+    core_share: object = None  # core_share.CoreShare when the workers share the CPU cores
+    narrow_forward: object = None  # `forward` on settings.narrow_threads, while other workers are busy
 
 
 def seconds_per_picture(forward, example, device):
@@ -166,11 +168,16 @@ def model_fn(model_dir, context=None):
     _, transform = build_transforms(config.image_size, "none", config.mean, config.std)
     log.info("Loaded %s (%d classes, %d px) on %s with %d torch threads, engine: %s, optimised: %s", config.arch,
              config.num_classes, config.image_size, device, torch.get_num_threads(), served_by.name, served.optimize)
+    shared = core_share.from_environment(served, os.environ.get(settings.CORE_SHARE_DIR_ENV))
+    narrow = served_by.at_threads(served.narrow_threads) if shared else served_by.forward
+    if shared:  # the rest of a request's torch work (decoded pixels to a tensor) on the narrow share too
+        torch.set_num_threads(served.narrow_threads)
+    # Timed on the narrow forward: a request must fit SageMaker's limit while the other workers are busy too.
     max_batch, why = batch_limit(served, seconds_per_picture(
-        served_by.forward, torch.zeros(1, 3, config.image_size, config.image_size, device=device), device))
+        narrow, torch.zeros(1, 3, config.image_size, config.image_size, device=device), device))
     log.info("Batch limit: %d picture(s) per request (%s)", max_batch, why)
     return LoadedModel(network, served_by.forward, list(config.classes), transform, device,
-                       eval_resize(config.image_size), served, served_by.name, max_batch)
+                       eval_resize(config.image_size), served, served_by.name, max_batch, shared, narrow)
 
 
 # ------------------------------------------------------------------------------------------- input
@@ -306,21 +313,35 @@ def prepare(request, model):
     return torch.stack([to_tensor(picture, model) for picture in request.pictures])
 
 
-def forward(inputs, model):
+@contextmanager
+def cores(model):
+    """Yields the forward pass a request may use: on every thread while no other worker is busy, on this
+    worker's share of the cores while one is (core_share.py). Hold it for the whole request: decoding keeps
+    a core busy too."""
+    if model.core_share is None:
+        yield model.forward
+        return
+    with model.core_share.claim() as alone:
+        yield model.forward if alone else model.narrow_forward
+
+
+def forward(inputs, model, run=None):
     """Class probabilities (on the CPU) for a batch of any size, in forward passes of at most forward_batch
-    pictures, through the model's engine."""
+    pictures, through `run` (a forward from `cores`; the model's own forward when not given)."""
+    run = run or model.forward
     batch_size = model.settings.forward_batch
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
             chunk = inputs[start:start + batch_size].to(model.device)
-            outputs.append(torch.softmax(model.forward(chunk).float(), dim=1).cpu())
+            outputs.append(torch.softmax(run(chunk).float(), dim=1).cpu())
     return torch.cat(outputs)
 
 
 def predict_fn(request, model):
     """Class probabilities for every picture of one request."""
-    return Prediction(forward(prepare(request, model), model), model.classes, request.top_k)
+    with cores(model) as run:
+        return Prediction(forward(prepare(request, model), model, run), model.classes, request.top_k)
 
 
 # ------------------------------------------------------------------------------------------ output

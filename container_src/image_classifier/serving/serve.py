@@ -192,6 +192,8 @@ def mms_environment(server):
         "MKL_NUM_THREADS": threads,
     })
     env.update(dict(server.engine_env))
+    if server.settings.cores_shared:  # the workers' busy locks (core_share.py) live in the runtime folder
+        env[settings.CORE_SHARE_DIR_ENV] = str(server.runtime_dir)
     if server.java_home:
         env[JAVA_HOME_ENV] = server.java_home
     if server.account:
@@ -326,9 +328,10 @@ def run(environ=None):
     server = dataclasses.replace(server, settings=served, engine_env=tuple(engine_env.items()))
     config_file = runtime_dir / "mms.properties"
     config_file.write_text(mms_properties(server))
-    log.info("Starting multi-model-server on %s: engine %s, %d worker(s) x %d torch thread(s), timeout %d s, "
+    sharing = f" ({served.narrow_threads} per request while other workers are busy)" if served.cores_shared else ""
+    log.info("Starting multi-model-server on %s: engine %s, %d worker(s) x %d torch thread(s)%s, timeout %d s, "
              "payload cap %d MB, pixel budget %s per request, management API on %s",
-             served.address, engine_name, served.workers, served.torch_threads, served.timeout_seconds,
+             served.address, engine_name, served.workers, served.torch_threads, sharing, served.timeout_seconds,
              served.payload_cap_mb, f"{served.pixel_budget:,}", server.management_address)
     process = subprocess.Popen(mms_command(server, config_file), env=mms_environment(server),
                                cwd=runtime_dir, start_new_session=True,

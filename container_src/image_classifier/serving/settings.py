@@ -32,13 +32,16 @@ MAX_PORT = 32766  # MMS 1.1.11 refuses ports >= 32767 ("Invalid port number"), e
 WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"  # default: default_workers()
 TORCH_THREADS_ENV = "IMAGE_CLASSIFIER_TORCH_THREADS"  # default: default_threads()
 MAX_WORKERS = MAX_THREADS = 256
-# On CPU each worker gets two cores (two torch threads): a lone request runs at two-thread latency and
-# the workers together still keep every core busy. On 2 cores this is the one setting measured to meet
-# both the latency and the throughput target (docs/BENCHMARKS.md): one worker per core with one thread
-# each has twice the latency; two workers of two threads oversubscribe and lose two thirds of the
-# throughput (with OMP_WAIT_POLICY=PASSIVE they are the fastest under load, but the threads' wake-ups
-# bring a lone request to the latency limit).
+# On CPU, by default, one worker per core, and the workers share the cores request by request
+# (core_share.py): a request runs on every core while the other workers are idle, on cores / workers
+# threads while they are busy. Measured on 2 cores (docs/BENCHMARKS.md): a lone request as fast as one
+# worker with both cores, the throughput of one single-thread worker per core. With
+# IMAGE_CLASSIFIER_SHARE_CORES=false the split is fixed: one worker per CORES_PER_WORKER cores, each with
+# that many threads (two workers of two threads each oversubscribe the cores and lose throughput).
+SHARE_CORES_ENV, DEFAULT_SHARE_CORES = "IMAGE_CLASSIFIER_SHARE_CORES", True
 CORES_PER_WORKER = 2
+# Set by serve for its workers: the folder of the workers' busy-lock files (core_share.py).
+CORE_SHARE_DIR_ENV = "IMAGE_CLASSIFIER_CORE_SHARE_DIR"
 # Seconds, not the toolkit's SAGEMAKER_MODEL_SERVER_TIMEOUT (read as minutes). MMS applies it to model
 # loading too, so the default is well above the load time measured at start.
 TIMEOUT_ENV, MIN_TIMEOUT_SECONDS = "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60
@@ -154,14 +157,22 @@ def cpu_count():
         return os.cpu_count() or 1
 
 
-def default_workers(gpus, cores):
-    """One per GPU; on CPU one per CORES_PER_WORKER cores (one worker on 2 cores)."""
-    return gpus if gpus > 0 else max(1, cores // CORES_PER_WORKER)
+def default_workers(gpus, cores, share_cores=DEFAULT_SHARE_CORES):
+    """One per GPU; on CPU one per core when they share the cores, else one per CORES_PER_WORKER cores."""
+    if gpus > 0:
+        return gpus
+    return cores if share_cores else max(1, cores // CORES_PER_WORKER)
 
 
-def default_threads(cores, workers):
-    """Torch threads per worker so that workers x threads = cores (more only oversubscribes)."""
-    return max(1, cores // workers)
+def default_threads(cores, workers, share_cores=False):
+    """Threads per worker: every core when the workers share them (a lone request uses them all), else so
+    that workers x threads = cores (more only oversubscribes)."""
+    return cores if share_cores else max(1, cores // workers)
+
+
+def narrow_threads(cores, workers, threads):
+    """The threads of a request while other workers are busy: its share of the cores, at most `threads`."""
+    return max(1, min(threads, cores // workers))
 
 
 def workerless_seconds(load_seconds):
@@ -192,8 +203,15 @@ class ServingSettings:
     engine: str
     engine_tolerance: float
     jvm_args: str
+    share_cores: bool = False  # on CPU only (core_share.py)
+    narrow_threads: int = 1  # threads per request while other workers are busy, when sharing
     workerless_seconds: int = DEFAULT_WORKERLESS_SECONDS
     server_user: str = DEFAULT_SERVER_USER
+
+    @property
+    def cores_shared(self):
+        """Whether requests take fewer threads while other workers are busy (core_share.py)."""
+        return self.share_cores and self.workers > 1 and self.narrow_threads < self.torch_threads
 
     @property
     def payload_cap_bytes(self):
@@ -218,9 +236,12 @@ def load(environ=None, gpus=0, cores=None, load_seconds=0.0):
             values[key] = args[1] if len(args) > 1 else None
 
     read("port", env_int, contract.PORT_ENV, contract.SERVING_PORT, maximum=MAX_PORT)
-    read("workers", env_int, WORKERS_ENV, default_workers(gpus, cores), maximum=MAX_WORKERS)
-    read("torch_threads", env_int, TORCH_THREADS_ENV, default_threads(cores, values["workers"]),
-         maximum=MAX_THREADS)
+    read("share_cores", env_bool, SHARE_CORES_ENV, DEFAULT_SHARE_CORES)
+    values["share_cores"] = bool(values["share_cores"]) and gpus == 0
+    read("workers", env_int, WORKERS_ENV, default_workers(gpus, cores, values["share_cores"]), maximum=MAX_WORKERS)
+    read("torch_threads", env_int, TORCH_THREADS_ENV,
+         default_threads(cores, values["workers"] or 1, values["share_cores"]), maximum=MAX_THREADS)
+    values["narrow_threads"] = narrow_threads(cores, values["workers"] or 1, values["torch_threads"] or 1)
     read("timeout_seconds", env_int, TIMEOUT_ENV, response_timeout(load_seconds))
     read("payload_cap_mb", env_int, contract.PAYLOAD_CAP_ENV, contract.DEFAULT_PAYLOAD_CAP_MB,
          maximum=contract.MAX_PAYLOAD_CAP_MB)

@@ -77,6 +77,10 @@ class ImageTransformer(Transformer):
     def transform(self, data, context):
         """One response per request of the batch, in order."""
         self.validate_and_initialize(model_dir=context.system_properties.get("model_dir"), context=context)
+        with handler.cores(self._model) as run:  # the whole batch's work, decoding included
+            return self._transform(data, context, run)
+
+    def _transform(self, data, context, run):
         model, responses, accepted = self._model, [None] * len(data), []
         for idx, item in enumerate(data):
             try:
@@ -90,7 +94,7 @@ class ImageTransformer(Transformer):
         if not accepted:
             return responses
         try:
-            probabilities = handler.forward(torch.cat([inputs for *_, inputs in accepted]), model)
+            probabilities = handler.forward(torch.cat([inputs for *_, inputs in accepted]), model, run)
         except Exception as error:  # noqa: BLE001  (a fault of ours: every request of the pass gets a 500)
             for idx, *_ in accepted:
                 responses[idx] = self.refuse(context, idx, error)

@@ -1,0 +1,98 @@
+"""Workers sharing the CPU cores request by request (serving/core_share.py): the busy locks between
+processes, a dead worker's lock released, and the handler's choice of forward pass."""
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import untrained_artifact
+from image_classifier.serving import core_share, engine, handler, settings
+
+CLASSES = ["a", "b", "c"]
+
+
+def test_a_request_is_alone_until_another_worker_is_busy(tmp_path):
+    first, second = core_share.CoreShare(tmp_path, 2), core_share.CoreShare(tmp_path, 2)  # two workers' files
+    with first.claim() as alone:
+        assert alone
+        with second.claim() as second_alone:
+            assert not second_alone
+            with first.claim() as third_alone:  # more requests than slots: counted busy, never alone
+                assert not third_alone
+    with second.claim() as alone:
+        assert alone
+
+
+def test_a_killed_workers_slot_is_free_again(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from image_classifier.serving import core_share
+        with core_share.CoreShare({str(tmp_path)!r}, 2).claim():
+            print("busy", flush=True)
+            time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "busy"
+        share = core_share.CoreShare(tmp_path, 2)
+        with share.claim() as alone:
+            assert not alone
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        with share.claim() as alone:
+            assert alone
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.fixture
+def shared_model(tmp_path, monkeypatch):
+    """A worker's model as serve starts it on 2 cores: 2 workers, sharing the cores."""
+    model_dir = untrained_artifact(tmp_path / "model", CLASSES)
+    for name in (settings.WORKERS_ENV, settings.TORCH_THREADS_ENV, settings.SHARE_CORES_ENV, settings.ENGINE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(settings, "cpu_count", lambda: 2)
+    monkeypatch.setenv(settings.CORE_SHARE_DIR_ENV, str(tmp_path))
+    return handler.model_fn(str(model_dir))
+
+
+def test_the_handler_uses_the_narrow_forward_while_another_worker_is_busy(shared_model, tmp_path):
+    assert shared_model.core_share is not None and shared_model.narrow_forward is not shared_model.forward
+    used = []
+    model = dataclasses.replace(shared_model, forward=lambda x: used.append("wide") or shared_model.forward(x),
+                                narrow_forward=lambda x: used.append("narrow") or shared_model.narrow_forward(x))
+    inputs = torch.zeros(1, 3, 16, 16)
+    with handler.cores(model) as run:
+        expected = handler.forward(inputs, model, run)
+    with core_share.CoreShare(tmp_path, 2).claim(), handler.cores(model) as run:  # the other worker, busy
+        busy = handler.forward(inputs, model, run)
+    assert used == ["wide", "narrow"]
+    assert torch.allclose(expected, busy, atol=1e-6)
+
+
+def test_the_narrow_forward_runs_on_the_workers_share_of_the_cores(shared_model):
+    if shared_model.engine == "openvino":
+        threads = lambda forward: forward.compiled.get_property("INFERENCE_NUM_THREADS")  # noqa: E731
+        assert (threads(shared_model.forward), threads(shared_model.narrow_forward)) == (2, 1)
+    else:
+        seen = []
+        forward = engine.torch_at_threads(lambda x: seen.append(torch.get_num_threads()), 1)
+        forward(None)
+        assert seen == [1]
+
+
+def test_one_worker_or_a_fixed_split_shares_nothing(tmp_path, monkeypatch):
+    model_dir = untrained_artifact(tmp_path / "model", CLASSES)
+    monkeypatch.setenv(settings.CORE_SHARE_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(settings, "cpu_count", lambda: 2)
+    for env in ({settings.WORKERS_ENV: "1"}, {settings.SHARE_CORES_ENV: "false"}):
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            assert handler.model_fn(str(model_dir)).core_share is None
+    assert not list(tmp_path.glob("*.busy"))
