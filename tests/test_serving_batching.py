@@ -22,7 +22,11 @@ from image_classifier.serving import engine, handler, settings
 
 pytestmark = [harness.require_java(pytest), pytest.mark.slow]
 CLASSES = ["Red fox", "Green frog", "Blue whale", "Grey seal"]
-BATCH = 8
+# Batches of 4, not 8: MMS 1.1.11's frontend decoder fails on a worker's response that arrives split inside a
+# header ("CorruptedFrameException: Message size exceed limit"), kills the worker and answers 500 to the whole
+# batch. With batches of 8 that happened in 2 of 2 runs of this file (2026-12-04) and in about 1 of 8 runs of
+# the same requests outside pytest; with batches of 4 (smaller responses) in none of 9.
+BATCH = 4
 BATCHED = "batched"  # the name of the batched registration
 
 
@@ -91,7 +95,7 @@ def expected_answers(model_dir, monkeypatch):
 
 
 def test_a_batch_of_good_and_bad_requests_gets_one_right_answer_each(server, model_dir, monkeypatch):
-    requests = (GOOD + BAD) * 2  # 16 clients at once: at least two batches of 8
+    requests = (GOOD + BAD) * 2  # 16 clients at once: at least four batches of 4
     results = [None] * len(requests)
 
     def client(number):
