@@ -119,11 +119,21 @@ def make_scaler(hp, device):
     return torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else False
 
 
+# channels_last: always on a GPU (tensor cores); on the CPU from this size, where a training step was 1.3x
+# (ResNet-18, ResNet-50) to 2.5x (MobileNetV3-small) faster than in NCHW; at 32 px it was 0.8x (docs/BENCHMARKS.md).
+CPU_CHANNELS_LAST_MIN_SIZE = 224
+
+
+def use_channels_last(device, image_size):
+    return device.type == "cuda" or image_size >= CPU_CHANNELS_LAST_MIN_SIZE
+
+
 def model_input(images, device):
     """A batch on the device, normalised there when it came as uint8 (the decode cache), and channels_last
-    like the model (faster convolutions: tensor cores on CUDA, oneDNN on the CPU)."""
+    where the model is (use_channels_last)."""
     images = to_model_input(images.to(device, non_blocking=True))
-    return images.contiguous(memory_format=torch.channels_last)
+    return images.contiguous(memory_format=torch.channels_last) if use_channels_last(device, images.shape[-1]) \
+        else images
 
 
 def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scaler, progress, stop,
@@ -384,9 +394,8 @@ def set_up(env, hp):
     optimizer = build_optimizer(hp, trainable)
     scheduler = build_scheduler(hp, optimizer, steps_per_epoch * hp.epochs)
     scaler = make_scaler(hp, device)
-    # channels_last on every device: on this kind of CPU a training step was 1.3x (ResNet-18, ResNet-50) to
-    # 2.5x (MobileNetV3-small) faster than in NCHW (docs/BENCHMARKS.md); on GPUs tensor cores want it.
-    model.to(memory_format=torch.channels_last)
+    if use_channels_last(device, hp.image_size):
+        model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         log.info("GPU: channels_last, %s, %d loader workers, pinned memory",
                  f"AMP {str(amp_dtype(device)).removeprefix('torch.')}" if scaler is not None else "no AMP", workers)
