@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import launch  # noqa: E402
 from image_classifier.metrics import parse_metrics  # noqa: E402
 from launcher import SAMPLE_DIR  # noqa: E402
 from launcher.local import process as local_process, trees  # noqa: E402
+from launcher.local.training import DIGITS_HYPERPARAMETERS  # noqa: E402
 from launcher.sample_data import write_digits  # noqa: E402
 
 FLOOR = 0.90
@@ -40,7 +40,7 @@ EXIT_CODES = {"met": 0, "inconclusive": 3, "missed": 1}  # in order of severity
 
 def one_run(jobs_dir, name, epochs, hook):
     """(mean images/s over the epochs, whole job wall seconds) of one real job."""
-    hps = dict(launch.DIGITS_HYPERPARAMETERS, epochs=str(epochs), **{"debug-hook": str(hook).lower()})
+    hps = dict(DIGITS_HYPERPARAMETERS, epochs=str(epochs), **{"debug-hook": str(hook).lower()})
     job = trees.prepare_job(jobs_dir, name, {"train": SAMPLE_DIR}, hps)
     started = time.perf_counter()
     exit_code = local_process.train(job, echo=False)

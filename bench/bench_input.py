@@ -29,8 +29,9 @@ from PIL import Image
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "container_src"),
                 str(Path(__file__).resolve().parent.parent / "tests")]
 
-from image_classifier import decode_cache  # noqa: E402
-from image_classifier.data import PictureDataset, build_transforms  # noqa: E402
+from image_classifier.training import decode_cache  # noqa: E402
+from image_classifier.preprocessing import build_transforms  # noqa: E402
+from image_classifier.training.data import PictureDataset  # noqa: E402
 from image_classifier.images import eval_resize  # noqa: E402
 
 TARGET = 5.0  # the cache (CPU crop) against the PIL pipeline, per core

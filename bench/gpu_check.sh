@@ -43,7 +43,7 @@ EOF
 fi
 
 echo "== gpu tests"
-timeout 300 "$PY" -m pytest -m gpu -q -rs tests/test_gpu.py tests/test_gpu_input.py tests/test_decode_cache.py || status=1
+timeout 300 "$PY" -m pytest -m gpu -q -rs tests/ground/test_gpu.py tests/training/test_gpu_input.py tests/training/test_decode_cache.py || status=1
 
 echo "== ResNet-50 AMP training throughput, 224 px, channels_last"
 timeout 150 "$PY" - <<'EOF' || status=1

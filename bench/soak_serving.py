@@ -7,7 +7,7 @@ mixed good and hostile requests, then 8 clients again while one worker is killed
 Passes (exit 0) when every answer has the status its body expects, no worker dies in the first phase,
 no worker's lowest RSS grows by more than --rss-growth-mib from the middle third of the phase to the
 last third, and in the second phase the killed worker is replaced (new pid) while the other requests
-keep succeeding. Loopback only. The short version of the same checks is tests/test_serving_load.py
+keep succeeding. Loopback only. The short version of the same checks is tests/serving/test_serving_load.py
 (`slow`).
 """
 import argparse

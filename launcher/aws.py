@@ -1,27 +1,24 @@
-"""The AWS side of the launcher: settings, sessions, the state file, dry runs and one-line errors.
+"""The connection to AWS: settings, sessions, the state file, the image and bucket checks.
 
 launch.py configures the SageMaker objects (Estimator, HyperparameterTuner, Model); this module gives it
 what they need and nothing it should read there: where the values come from (flag, environment, state),
-a boto3/SageMaker session with the SDK's telemetry off, the dry-run recorder that answers every API call
-itself (boto3's `before-call` event) so nothing is sent, the waits, and the translation of AWS
-exceptions into `LauncherError` lines.
+a boto3/SageMaker session with the SDK's telemetry off (and, with --dry-run, dry_run.DryRun answering every
+call), and the checks that the image and the bucket are where the jobs will run. Beside it: waiting.py
+(following jobs and endpoints) and aws_errors.py (AWS exceptions as one-line errors).
 """
-import contextlib
-import io
 import json
 import logging
 import os
 import re
 import sys
-import threading
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from image_classifier.contract import atomic_write_text
 
-from . import IMAGE_NAME, LOCAL_JOBS_DIR, LauncherError, api_rules, recorded_image_uri
+from . import IMAGE_NAME, LOCAL_JOBS_DIR, LauncherError, recorded_image_uri
+from .dry_run import DRY_RUN_PLACEHOLDERS, DryRun
 
 # boto3, botocore and the SageMaker SDK are imported where they are used: slow imports (over a second for the
 # SDK) that local commands and --help never need.
@@ -45,20 +42,9 @@ TAG_PREFIX = "image-classifier:"         # AWS tags that link the steps (e.g. im
 PROJECT_TAG = {"Key": "project", "Value": "image-classifier"}
 # An ECR image URI (China regions end in .amazonaws.com.cn): account, region, repository, tag, digest.
 ECR_IMAGE = re.compile(r"(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+)(?::([^@]+))?(?:@(.+))?")
-# Hyperparameters a tuning job adds to its trials, and those the launcher sets for trials only (`tune`
-# turns Debugger tensors and rules off in trials): `train --from-tuning` takes neither.
-PLATFORM_HYPERPARAMETER_PREFIXES = ("_tuning_objective_metric", "sagemaker_")
-TRIAL_ONLY_HYPERPARAMETERS = {"debug-hook": "false", "rules": "false"}
 # Laid over the SDK's own config files (/etc/xdg/sagemaker/config.yaml, the user's, or the files named by
 # SAGEMAKER_ADMIN_CONFIG_OVERRIDE / SAGEMAKER_USER_CONFIG_OVERRIDE): telemetry off.
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
-QUOTAS_CONSOLE = "https://console.aws.amazon.com/servicequotas/home/services/sagemaker/quotas"
-POLL_SECONDS = 20.0                      # between status checks while waiting ($LAUNCHER_POLL_SECONDS overrides)
-
-# Dry runs need no account: these stand in for values that would come from the user or from AWS.
-DRY_RUN_ACCOUNT = "000000000000"
-DRY_RUN_PLACEHOLDERS = {"region": "us-east-1", "role": f"arn:aws:iam::{DRY_RUN_ACCOUNT}:role/YOUR-SAGEMAKER-ROLE",
-                        "bucket": "your-bucket"}
 
 # setting -> (flag, environment variables in order, what it is)
 SETTINGS = {
@@ -123,78 +109,6 @@ def tags(**links):
     """The project tag plus one `image-classifier:<link>` tag per step this resource comes from."""
     return [PROJECT_TAG] + [{"Key": TAG_PREFIX + key.replace("_", "-"), "Value": str(value)}
                             for key, value in links.items() if value]
-
-
-# -------------------------------------------------------------------------------------------- dry run
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (bytes, bytearray)):
-        return f"<{len(value)} bytes>"
-    if hasattr(value, "read"):
-        return f"<file {getattr(value, 'name', '?')}>"
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def _fake_response(operation, params):
-    """What AWS would answer, as far as the launcher and the SDK read it during a dry run."""
-    if operation == "GetCallerIdentity":
-        return {"Account": DRY_RUN_ACCOUNT, "Arn": f"arn:aws:iam::{DRY_RUN_ACCOUNT}:user/dry-run", "UserId": "DRYRUN"}
-    if operation == "DescribeImages":
-        return {"imageDetails": [{"imageTags": [i.get("imageTag") for i in params.get("imageIds", [])]}]}
-    if operation == "ListObjectsV2":
-        return {"Contents": [], "KeyCount": 0, "IsTruncated": False}
-    if operation == "DescribeHyperParameterTuningJob":
-        return {"HyperParameterTuningJobStatus": "Completed",
-                "BestTrainingJob": {"TrainingJobName": "BEST-TRAINING-JOB-OF-" + params["HyperParameterTuningJobName"],
-                                    "TunedHyperParameters": {}}}
-    if operation == "DescribeTrainingJob":
-        return {"TrainingJobStatus": "Completed", "ModelArtifacts": {
-            "S3ModelArtifacts": f"s3://MODEL-DATA-OF-{params['TrainingJobName']}/model.tar.gz"}}
-    if operation == "DescribeEndpoint":
-        return {"EndpointStatus": "InService", "EndpointConfigName": params["EndpointName"]}
-    if operation == "DescribeEndpointConfig":
-        return {"ProductionVariants": [{"ModelName": params["EndpointConfigName"]}]}
-    if operation == "InvokeEndpoint":
-        from botocore.response import StreamingBody
-
-        body = b'{"predictions": []}'
-        return {"ContentType": "application/json", "Body": StreamingBody(io.BytesIO(body), len(body))}
-    return {}
-
-
-class DryRun:
-    """Attached to a boto3 session: records every API call and answers it itself, so nothing is sent."""
-
-    def __init__(self, boto_session):
-        self.calls = []
-        self._lock = threading.Lock()
-        events = boto_session.events  # clients made from this session copy its handlers
-        events.register("provide-client-params", self._record)
-        events.register("before-call", self._answer)
-        events.register("before-send", self._refuse)
-
-    def _record(self, params, model, **_):
-        with self._lock:
-            self.calls.append({"service": model.service_model.service_name, "operation": model.name,
-                               "params": _json_safe(params)})
-
-    def _answer(self, model, **_):
-        from botocore.awsrequest import AWSResponse
-
-        params = self.calls[-1]["params"] if self.calls else {}
-        return AWSResponse("https://dry-run.invalid", 200, {}, None), _fake_response(model.name, params)
-
-    @staticmethod
-    def _refuse(**_):  # a safety net: `before-call` answers first, so this never runs
-        raise RuntimeError("dry run: an AWS request was about to be sent")
-
-    def print(self):
-        print(json.dumps(self.calls, indent=2))
 
 
 # -------------------------------------------------------------------------------------------- session
@@ -362,217 +276,4 @@ class Aws:
             raise LauncherError(f"bucket {self.bucket} is in {region}, the jobs run in {self.region}: use a bucket in "
                                 f"{self.region} (--bucket) or pass --region {region}")
 
-    # --- tuning jobs
-    def winning_hyperparameters(self, tuning_job, allow_interim=False):
-        """(best training job's name, its hyperparameters): the tuning job's static values and the best job's
-        tuned ones, without the platform's own keys. A running tuning job's best is only the best so far."""
-        description = self.client("sagemaker").describe_hyper_parameter_tuning_job(
-            HyperParameterTuningJobName=tuning_job)
-        status = description.get("HyperParameterTuningJobStatus")
-        best = description.get("BestTrainingJob")
-        if not best:
-            raise LauncherError(f"tuning job {tuning_job} has no best training job yet (status {status})")
-        if status in ("InProgress", "Stopping") and not allow_interim:
-            raise LauncherError(f"tuning job {tuning_job} is {status}: its best training job so far is an interim "
-                                f"best; wait for it (python launch.py tune --attach {tuning_job}) or pass "
-                                "--allow-interim")
-        static = description.get("TrainingJobDefinition", {}).get("StaticHyperParameters", {})
-        values = {k: v for k, v in static.items() if k not in TRIAL_ONLY_HYPERPARAMETERS}
-        best["TunedHyperParameters"] = {k: v.strip('"') for k, v in best.get("TunedHyperParameters", {}).items()
-                                        if not k.startswith(PLATFORM_HYPERPARAMETER_PREFIXES)}
-        values.update(best["TunedHyperParameters"])
-        values = {k: v for k, v in values.items() if not k.startswith(PLATFORM_HYPERPARAMETER_PREFIXES)}
-        return best, values
 
-    def check_warm_start_parents(self, parents, image_uri, data_uri, objective, hyperparameter_names):
-        """Refuses parents SageMaker would refuse (another objective, another number of hyperparameters); returns
-        whether any ran another image or other data (then only TransferLearning applies)."""
-        client = self.client("sagemaker")
-        differs = False
-        for parent in parents:
-            description = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=parent)
-            if not self.dry_run:  # a dry run's answer is a placeholder
-                api_rules.check_warm_start_parent(parent, description, objective, hyperparameter_names)
-            definition = description.get("TrainingJobDefinition", {})
-            image = definition.get("AlgorithmSpecification", {}).get("TrainingImage")
-            data = {c.get("DataSource", {}).get("S3DataSource", {}).get("S3Uri", "").rstrip("/").rsplit("/", 1)[0]
-                    for c in definition.get("InputDataConfig", [])}
-            differs = differs or image != image_uri or bool(data - {data_uri.rstrip("/")})
-        return differs
-
-    # --- endpoints
-    def project_resources(self):
-        """[(kind, name)] of the endpoints, endpoint configs and models tagged project=image-classifier."""
-        client = self.client("sagemaker")
-        kinds = (("endpoint", "list_endpoints", "Endpoints", "EndpointName", "EndpointArn"),
-                 ("endpoint config", "list_endpoint_configs", "EndpointConfigs", "EndpointConfigName",
-                  "EndpointConfigArn"),
-                 ("model", "list_models", "Models", "ModelName", "ModelArn"))
-        found = []
-        for kind, operation, key, name_key, arn_key in kinds:
-            for page in client.get_paginator(operation).paginate():
-                for item in page.get(key, []):
-                    tags = client.list_tags(ResourceArn=item[arn_key]).get("Tags", [])
-                    if PROJECT_TAG in tags:
-                        found.append((kind, item[name_key]))
-        return found
-
-    @contextlib.contextmanager
-    def costs_until_deleted(self, endpoint):
-        """From the CreateEndpoint request on, every way out (success, error, Ctrl-C) says that the endpoint
-        costs money until it is deleted, and how."""
-        created = []
-        events = self.client("sagemaker").meta.events
-        handler_id = f"costs-{endpoint}"
-        events.register("before-call.sagemaker.CreateEndpoint", lambda **_: created.append(True), unique_id=handler_id)
-        try:
-            yield
-        finally:
-            events.unregister("before-call.sagemaker.CreateEndpoint", unique_id=handler_id)
-            if created and not self.dry_run:
-                print(f"Endpoint {endpoint} costs money until you delete it: python launch.py delete --endpoint "
-                      f"{endpoint}", flush=True)
-
-    def endpoint_is_live(self, name):
-        client = self.client("sagemaker")
-        try:
-            status = client.describe_endpoint(EndpointName=name)["EndpointStatus"]
-        except client.exceptions.ClientError as error:
-            if "Could not find" in str(error):
-                return False
-            raise
-        return status not in ("Deleting", "Failed")
-
-    # --- waiting
-    def poll_seconds(self):
-        return float(os.environ.get("LAUNCHER_POLL_SECONDS") or POLL_SECONDS)
-
-    def follow_training_job(self, name):
-        """Stream the job's CloudWatch logs until it ends; a failure raises with its FailureReason."""
-        from sagemaker.exceptions import UnexpectedStatusException
-
-        with interrupted_while_waiting("training job", name, training_job_commands(name, self.region)):
-            try:
-                self.sagemaker.logs_for_job(name, wait=True, poll=self.poll_seconds(), log_type="All")
-            except UnexpectedStatusException:
-                pass  # described below, in one line
-        description = self.client("sagemaker").describe_training_job(TrainingJobName=name)
-        if description["TrainingJobStatus"] != "Completed":
-            raise LauncherError(f"training job {name} {description['TrainingJobStatus'].lower()}: "
-                                f"{description.get('FailureReason', 'no reason given')}")
-        return description
-
-    def wait_for_tuning_job(self, name):
-        client = self.client("sagemaker")
-        commands = (f"aws sagemaker describe-hyper-parameter-tuning-job --region {self.region} "
-                    f"--hyper-parameter-tuning-job-name {name}",
-                    f"aws sagemaker stop-hyper-parameter-tuning-job --region {self.region} "
-                    f"--hyper-parameter-tuning-job-name {name}")
-        last = None
-        with interrupted_while_waiting("tuning job", name, commands):
-            while True:
-                description = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
-                status = description["HyperParameterTuningJobStatus"]
-                counters = description.get("TrainingJobStatusCounters", {})
-                line = f"{status}: " + ", ".join(f"{k} {v}" for k, v in counters.items() if v)
-                if line != last:
-                    print(f"  {name}: {line}", flush=True)
-                    last = line
-                if status in ("Completed", "Failed", "Stopped"):
-                    break
-                time.sleep(self.poll_seconds())
-        if status != "Completed":
-            raise LauncherError(f"tuning job {name} {status.lower()}: {description.get('FailureReason') or 'no reason given'}")
-        return description
-
-    def wait_for_endpoint(self, name):
-        client = self.client("sagemaker")
-        commands = (f"aws sagemaker describe-endpoint --region {self.region} --endpoint-name {name}",
-                    f"python launch.py delete --endpoint {name}")
-        with interrupted_while_waiting("endpoint", name, commands):
-            while True:
-                description = client.describe_endpoint(EndpointName=name)
-                status = description["EndpointStatus"]
-                if status not in ("Creating", "Updating", "SystemUpdating"):
-                    break
-                time.sleep(self.poll_seconds())
-        if status != "InService":
-            raise LauncherError(f"endpoint {name} is {status}: {description.get('FailureReason') or 'no reason given'}"
-                                f" (remove it with: python launch.py delete --endpoint {name})")
-        return description
-
-
-def training_job_commands(name, region):
-    return (f"aws logs tail /aws/sagemaker/TrainingJobs --region {region} --log-stream-name-prefix {name} --follow",
-            f"aws sagemaker stop-training-job --region {region} --training-job-name {name}")
-
-
-@contextlib.contextmanager
-def interrupted_while_waiting(kind, name, commands):
-    """Ctrl-C stops our waiting, not the job: say so, and how to follow or stop it."""
-    follow, stop = commands
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise LauncherError(f"stopped waiting; {kind} {name} keeps running. Follow it: {follow}  Stop it: {stop}") from None
-
-
-# ------------------------------------------------------------------------------------------------ errors
-_EXPIRED = {"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"}
-_BAD_CREDENTIALS = {"InvalidClientTokenId", "UnrecognizedClientException", "InvalidAccessKeyId",
-                    "SignatureDoesNotMatch", "AuthFailure"}
-
-
-class ErrorContext:
-    """What the one-line error should add: `attach`, once a job exists, is the command that re-attaches to it
-    (running the command again would start a second job)."""
-    attach = None
-
-
-@contextlib.contextmanager
-def errors():
-    """Turn what AWS and the SDK raise into one-line LauncherErrors."""
-    import botocore.exceptions as bx
-
-    context = ErrorContext()
-    try:
-        yield context
-    except bx.NoCredentialsError:
-        raise LauncherError("no AWS credentials found: run `aws configure` (or `aws sso login`), or set "
-                            "AWS_PROFILE / AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; or try --dry-run") from None
-    except (bx.TokenRetrievalError, bx.SSOTokenLoadError, bx.UnauthorizedSSOTokenError) as error:
-        raise LauncherError(f"AWS credentials expired or unusable ({error}): log in again, e.g. `aws sso login`"
-                            + _then(context)) from None
-    except bx.ClientError as error:
-        info = error.response.get("Error", {})
-        code, message = info.get("Code", "?"), info.get("Message", str(error))
-        operation = getattr(error, "operation_name", "?")
-        if code in _EXPIRED:
-            raise LauncherError("AWS credentials expired: refresh them (e.g. `aws sso login`, or new temporary keys)"
-                                + _then(context)) from None
-        if code in _BAD_CREDENTIALS:
-            raise LauncherError(f"AWS rejected the credentials ({code}): check AWS_PROFILE / the access keys") from None
-        if code == "ResourceLimitExceeded":
-            quota = re.search(r"'([^']+)'", message)
-            raise LauncherError(f"{operation}: the account's SageMaker quota "
-                                f"{repr(quota.group(1)) if quota else '(see the message)'} is too low ({message}). "
-                                f"Request an increase in the Service Quotas console ({QUOTAS_CONSOLE}) or choose "
-                                "another --instance-type; spot and on-demand have separate quotas (--no-spot)") from None
-        if code == "ValidationException" and re.search(r"assume (the )?role", message, re.IGNORECASE):
-            raise LauncherError(f"SageMaker cannot assume the role ({message}): the role's trust policy must allow "
-                                "the principal sagemaker.amazonaws.com (sts:AssumeRole); see README, Run on SageMaker")\
-                from None
-        if code in ("AccessDenied", "AccessDeniedException"):
-            raise LauncherError(f"access denied for {operation}: {message}") from None
-        raise LauncherError(f"{operation} failed: {code}: {message}") from None
-    except bx.EndpointConnectionError as error:
-        raise LauncherError(f"cannot reach AWS ({error}): check the network, --region and AWS_ENDPOINT_URL") from None
-    except bx.ParamValidationError as error:
-        raise LauncherError(f"invalid request: {error}") from None
-
-
-def _then(context):
-    if context.attach:
-        return (f", then re-attach to the job: {context.attach} (running the command again would start a second "
-                "job)")
-    return ", and run the command again"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from image_classifier.contract import DEFAULT_TOP_K, SERVING_PORT
 
-from . import LOCAL_JOBS_DIR, SAMPLE_DIR, aws
+from . import LOCAL_JOBS_DIR, SAMPLE_DIR, LauncherError, aws
 from .local import MODES
 from .scaling import DEFAULT_TARGET_INVOCATIONS
 from .transform import DEFAULT_PORT as TRANSFORM_PORT, TRANSFORM_INSTANCE
@@ -57,6 +57,18 @@ def positive_int(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number from 1 up, got {text!r}")
     return int(text)
+
+
+def parse_hp(pairs):
+    """`--hp KEY=VALUE` pairs into a dict (values stay strings, as SageMaker passes them)."""
+    hps = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise LauncherError(f"--hp expects KEY=VALUE, got {pair!r}")
+        hps[key.strip()] = value.strip()
+    return hps
+
 
 
 def add_job_arguments(parser):

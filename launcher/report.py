@@ -5,7 +5,7 @@ valid loss per step), the log's metric lines (accuracy per epoch, parsed with ME
 reports in output/data (test predictions, rules.json, profiler and system metrics), plus the job's
 hyperparameters. A local job is local_jobs/<name>/; a SageMaker job's outputs are downloaded from S3 first
 (paths from DescribeTrainingJob). When the job has tensors but no rules.json, the rules are run here, as a
-separate process (`python -m image_classifier.rules`), like any other reader of the tensors.
+separate process (`python -m image_classifier.diagnostics.debugger_rules`), like any other reader of the tensors.
 """
 import base64
 import html
@@ -187,7 +187,7 @@ def confusion(predictions):
 
 def run_rules(tensors_dir, out_file):
     """The rules over a job's tensors, in their own process (the launcher does not import training code)."""
-    result = subprocess.run([sys.executable, "-m", "image_classifier.rules", str(tensors_dir), "--out", str(out_file)],
+    result = subprocess.run([sys.executable, "-m", "image_classifier.diagnostics.debugger_rules", str(tensors_dir), "--out", str(out_file)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         print(f"note: the rules could not run: {result.stderr.strip()[-500:]}")

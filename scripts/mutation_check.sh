@@ -39,47 +39,47 @@ PKG = "container_src/image_classifier"
 MUTATIONS = {
     "dp-resume-sums": (
         "a resumed data-parallel epoch counts each picture once",
-        f"{PKG}/train.py", '"debugger": job.recorder.position(), "state": state,',
+        f"{PKG}/training/checkpoints.py", '"debugger": job.recorder.position(), "state": state,',
         '"debugger": job.recorder.position(), "state": job.state,',
-        ["tests/test_distributed.py::test_a_stop_inside_epoch_2_resumes_with_both_ranks_sums"], False),
+        ["tests/training/test_distributed.py::test_a_stop_inside_epoch_2_resumes_with_both_ranks_sums"], False),
     "atomic-write-fixed-temp": (
         "atomic_write's temporary files are unique",
         f"{PKG}/contract.py", '    tmp = _create_unique(path.parent, f".{path.name}.", ".tmp")\n',
         '    tmp = path.with_name(f".{path.name}.tmp")\n',
-        ["tests/test_model.py::test_two_concurrent_atomic_writes_to_one_path_use_their_own_temporary_files"], False),
+        ["tests/ground/test_model.py::test_two_concurrent_atomic_writes_to_one_path_use_their_own_temporary_files"], False),
     "rule-margin-inf-or-zero": (
         "each rule's margin says how far past (or short of) its threshold it went",
-        f"{PKG}/profiler_rules.py",  # the one margin() of both rule sets
+        f"{PKG}/diagnostics/profiler_rules.py",  # the one margin() of both rule sets
         "    if low <= 0:\n        return math.inf if high > low else (1.0 if high == low else 0.0)\n"
         "    return max(high / low, 0.0)\n",
         "    return math.inf if high > low else 0.0\n",
-        ["tests/test_rules.py", "-k", "margin_of or margin_without"], False),
+        ["tests/diagnostics/test_debugger_rules.py", "-k", "margin_of or margin_without"], False),
     "s3-prefix-without-slash": (
         "upload --delete touches only the data set's own prefix",
         "launcher/s3_upload.py", 'paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")',
         "paginate(Bucket=bucket, Prefix=prefix)",
-        ["tests/test_aws_launcher.py::test_upload_delete_leaves_a_sibling_dataset_alone"], False),
+        ["tests/launcher/test_aws_jobs.py::test_upload_delete_leaves_a_sibling_dataset_alone"], False),
     "entrypoint-no-grace": (
         "a stopped container saves its checkpoint and resumes bit for bit",
         "docker/entrypoint.sh", "grace=${STOP_GRACE_SECONDS:-110}", "grace=0",
-        ["tests/test_container.py::test_docker_stop_then_restart_on_the_same_opt_ml_resumes_bit_for_bit"], True),
+        ["tests/container/test_container.py::test_docker_stop_then_restart_on_the_same_opt_ml_resumes_bit_for_bit"], True),
     "dockerfile-port-drift": (
         "contract facts are defined once (the Dockerfile agrees with contract.py)",
         "docker/Dockerfile", "EXPOSE 8080", "EXPOSE 8081",
-        ["tests/test_contract.py"], False),
+        ["tests/ground/test_contract.py"], False),
     "module-spells-opt-ml": (
         "contract facts are defined once (no module spells /opt/ml)",
         "launcher/local/docker.py", 'f"{model_dir}:{CONTAINER_PATHS.model}:ro"', 'f"{model_dir}:/opt/ml/model:ro"',
-        ["tests/test_contract.py"], False),
+        ["tests/ground/test_contract.py"], False),
     "delete-keeps-endpoint-config": (
         "delete leaves nothing that costs money",
-        "launch.py", "        client.delete_endpoint_config(EndpointConfigName=config_name)\n", "",
-        ["tests/test_aws_launcher.py::test_delete_after_a_refused_second_deploy_leaves_nothing"], False),
+        "launcher/endpoints.py", "    client.delete_endpoint_config(EndpointConfigName=config_name)\n", "",
+        ["tests/launcher/test_aws_endpoints.py::test_delete_after_a_refused_second_deploy_leaves_nothing"], False),
     "verdict-depends-on-simd": (
         "rule verdicts hold on any x86 CPU (no SIMD too)",
-        f"{PKG}/rules.py", "decrease = 1 - last / first if",
+        f"{PKG}/diagnostics/debugger_rules.py", "decrease = 1 - last / first if",
         'decrease = (1 - last / first) * (__import__("torch").backends.cpu.get_cpu_capability() != "DEFAULT") if',
-        ["tests/test_rules.py::test_margins_hold_on_other_cpu_kernels"], False),
+        ["tests/diagnostics/test_debugger_rules.py::test_margins_hold_on_other_cpu_kernels"], False),
     "ci-skips-docker": (
         "CI never skips the container tests",
         ".ci/run", '    install_missing || fail "could not install', '    install_missing || return 0 # "',
@@ -87,28 +87,28 @@ MUTATIONS = {
     "pixel-budget-off": (
         "a request's pictures may decode to at most the pixel budget",
         f"{PKG}/serving/handler.py", "    if total > budget:\n", "    if total > budget * 1000:\n",
-        ["tests/test_serving_handler.py", "-k", "budget"], False),
+        ["tests/serving/test_serving_handler.py", "-k", "budget"], False),
     "cores-never-shared": (
         "a request runs on its share of the cores while other workers are busy",
         f"{PKG}/serving/handler.py", "yield model.forward if alone else model.narrow_forward", "yield model.forward",
-        ["tests/test_core_share.py"], False),
+        ["tests/serving/test_core_share.py"], False),
     "openvino-signal-stack": (
         "OpenVINO models freed in any order leave the process able to take a signal",
         f"{PKG}/serving/engine.py", "        libc.sigaltstack(ctypes.byref(saved), None)\n", "        pass\n",
-        ["tests/test_engine.py::test_models_freed_in_any_order_leave_a_signal_stack_that_exists"], False),
+        ["tests/serving/test_engine.py::test_models_freed_in_any_order_leave_a_signal_stack_that_exists"], False),
     "pickles-loaded": (
         "pickles that ask for code are refused",
         f"{PKG}/model.py", 'torch.load(path, map_location="cpu", weights_only=True)',
         'torch.load(path, map_location="cpu", weights_only=False)',
-        ["tests/test_training_faults.py", "-k", "pickle"], False),
+        ["tests/training/test_training_faults.py", "-k", "pickle"], False),
     "metric-lines-forgeable": (
         "class names and paths cannot forge metric lines",
         f"{PKG}/metrics.py", '    return json.dumps(str(text)).replace("=", "\\\\u003d")\n', "    return str(text)\n",
-        ["tests/test_training_faults.py::test_class_names_and_paths_cannot_forge_metric_lines"], False),
+        ["tests/training/test_training_faults.py::test_class_names_and_paths_cannot_forge_metric_lines"], False),
     "resume-forgets-optimizer": (
         "a stopped and resumed job ends bit for bit like an uninterrupted one",
-        f"{PKG}/train.py", '    job.optimizer.load_state_dict(saved["optimizer"])\n', "",
-        ["tests/test_training_faults.py::"
+        f"{PKG}/training/checkpoints.py", '    job.optimizer.load_state_dict(saved["optimizer"])\n', "",
+        ["tests/training/test_training_faults.py::"
          "test_stop_inside_an_epoch_then_resume_ends_bit_for_bit_like_an_uninterrupted_run"], False),
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the debugging-rules tests (tests/test_rules.py) under other CPU settings, to show that no crafted run
+# Run the debugging-rules tests (tests/diagnostics/test_debugger_rules.py) under other CPU settings, to show that no crafted run
 # sits on a threshold: intra-op threads 1 and 2 (the crafted runs and the real job), deterministic algorithms
 # off and on, and the instruction set this CPU picks, AVX2, and SSE4 (oneDNN, MKL and ATen's own kernels
 # forced down together; a level above the CPU's own has no effect). One line per combination; exits non-zero
@@ -33,7 +33,7 @@ for combination in "${combinations[@]}"; do
     read -r isa threads deterministic <<<"$combination"
     # shellcheck disable=SC2046  # isa_env prints NAME=VALUE words on purpose
     summary=$(env $(isa_env "$isa") OMP_NUM_THREADS="$threads" RULES_TEST_THREADS="$threads" \
-        RULES_TEST_DETERMINISTIC="$deterministic" "$py" -m pytest tests/test_rules.py -q -p no:cacheprovider "$@" 2>&1 | tail -1)
+        RULES_TEST_DETERMINISTIC="$deterministic" "$py" -m pytest tests/diagnostics/test_debugger_rules.py -q -p no:cacheprovider "$@" 2>&1 | tail -1)
     status=ok
     [[ $summary == *failed* || $summary == *error* || $summary != *passed* ]] && { status=FAILED; failed=1; }
     printf '%-6s isa=%-6s threads=%s deterministic=%s  %s\n' "$status" "$isa" "$threads" "$deterministic" "$summary"

@@ -15,6 +15,9 @@ TINY_HYPERPARAMETERS = {
     "arch": "resnet18", "pretrained": "false", "trainable-layers": "4", "image-size": "16",
     "epochs": "2", "batch-size": "8", "lr": "0.01", "augment": "crop-flip", "workers": "0",
 }
+# /proc/driver/nvidia/version of a host with the 470 driver (SageMaker's default on g4dn/g5/p4d).
+DRIVER_BANNER = ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.82.01  Wed Oct 27 21:21:55 UTC 2021\n"
+                 "GCC version:  gcc version 7.3.1 20180712 (Red Hat 7.3.1-13) (GCC)\n")
 TINY_CLASSES = ("001.Red_fox", "002.Green_frog", "003.Blue_whale")
 _COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
 

@@ -54,10 +54,10 @@ def crafted_run(out, *, epochs=3, lr=0.001, optimizer="adam", train=(12, 12, 12)
 
 def _crafted_run(out, epochs, lr, optimizer, train, valid, valid_seed, valid_labels, weight_scale, trainable_layers,
                  tensor_interval):
-    from image_classifier import train as training
-    from image_classifier.config import Hyperparameters
-    from image_classifier.debugging import TensorRecorder
-    from image_classifier.environment import TrainingEnvironment
+    from image_classifier.training import loop
+    from image_classifier.training.hyperparameters import Hyperparameters
+    from image_classifier.diagnostics.debugger_hook import TensorRecorder
+    from image_classifier.training.environment import TrainingEnvironment
     from image_classifier.model import build_model, set_trainable
 
     torch.manual_seed(0)
@@ -74,20 +74,20 @@ def _crafted_run(out, epochs, lr, optimizer, train, valid, valid_seed, valid_lab
                     parameter.mul_(weight_scale)
     set_trainable(model, trainable_layers, "resnet18")
     criterion = torch.nn.CrossEntropyLoss()
-    optimizer = training.build_optimizer(hp, [p for p in model.parameters() if p.requires_grad])
-    scheduler = training.build_scheduler(hp, optimizer, 1)
+    optimizer = loop.build_optimizer(hp, [p for p in model.parameters() if p.requires_grad])
+    scheduler = loop.build_scheduler(hp, optimizer, 1)
     train_batches, valid_batches = batches(train, seed=1), batches(valid, seed=valid_seed, labels_of=valid_labels)
     # Settle the batch-norm statistics first: a tiny run's validation would otherwise be dominated by them.
     with torch.no_grad():
         for images, _, _ in train_batches * 3:
             model(images)
     recorder = TensorRecorder.start(env, hp, model, criterion)
-    stop = training.StopRequested()
+    stop = loop.StopRequested()
     for _ in range(epochs):
         recorder.set_mode("train")
-        training.train_one_epoch(model, criterion, optimizer, scheduler, train_batches, torch.device("cpu"), None,
-                                 training._new_progress(), stop)
+        loop.train_one_epoch(model, criterion, optimizer, scheduler, train_batches, torch.device("cpu"), None,
+                                 loop.new_progress(), stop)
         recorder.set_mode("eval")
-        training.evaluate(model, criterion, valid_batches, torch.device("cpu"))
+        loop.evaluate(model, criterion, valid_batches, torch.device("cpu"))
     recorder.close()
     return recorder.out_dir

@@ -28,7 +28,7 @@ if __name__ == "__main__":
     import sagemaker_training.process as toolkit_process  # noqa: E402
 
     toolkit_process.subprocess = types.SimpleNamespace(Popen=_record_popen)  # only the runner's own Popen
-    from image_classifier import toolkit_entry  # noqa: E402
+    from image_classifier.training import toolkit_entry  # noqa: E402
 
     try:
         toolkit_entry.main()

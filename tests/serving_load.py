@@ -1,6 +1,6 @@
 """Mixed good and hostile load on a local `serve`, bounded in time and count, loopback only.
 
-Used by tests/test_serving_load.py (short) and bench/soak_serving.py (the full 8 clients x 60 s). Each
+Used by tests/serving/test_serving_load.py (short) and bench/soak_serving.py (the full 8 clients x 60 s). Each
 client sends the bodies of `mixed_bodies()` in turn, from its own offset; every answer must have the
 status its body expects. A sampler records the workers' total RSS once a second.
 """

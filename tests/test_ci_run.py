@@ -53,7 +53,7 @@ def test_container_tests_fail_instead_of_skipping_where_ci_requires_them(tmp_pat
     # CI's own run exports the requirement: the developer's run here must not inherit it
     env = {key: value for key, value in os.environ.items() if key != "IMAGE_CLASSIFIER_REQUIRE_DOCKER_TESTS"}
     env["PATH"] = path
-    command = [sys.executable, "-m", "pytest", "tests/test_container.py", "-q", "-p", "no:cacheprovider", "-k",
+    command = [sys.executable, "-m", "pytest", "tests/container/test_container.py", "-q", "-p", "no:cacheprovider", "-k",
                "image_lock"]
     developer = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300)
     assert developer.returncode == 0 and "1 skipped" in developer.stdout, developer.stdout[-2000:]

@@ -32,7 +32,7 @@ SIGTERM_EXIT_CODE = 143
 # after this global training step. Read once by TrainingEnvironment.
 STOP_AT_STEP_ENV = "IMAGE_CLASSIFIER_STOP_AT_STEP"
 
-# Debugging and profiling outputs (debugging.py, rules.py, profiling.py; read back by the launcher's report).
+# Debugging and profiling outputs (diagnostics/: debugger_hook.py, debugger_rules.py, profiling.py; read back by the launcher's report).
 # smdebug's tensors go to <output>/tensors (contract.TENSORS_FOLDER), where SageMaker's DebugHookConfig
 # LocalPath also points.
 # Where the tensors go when SageMaker passes no Debugger hook configuration (default <output>/tensors): the

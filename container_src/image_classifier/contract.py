@@ -114,7 +114,7 @@ TRAINING_JOB_NAME = "TRAINING_JOB_NAME"  # set by SageMaker (and the SDK's local
 # What the toolkit's `train` runs: our script (local process runs) or a framework module (data parallel).
 PROGRAM_ENV = "SAGEMAKER_PROGRAM"
 TRAINING_MODULE_ENV = "SAGEMAKER_TRAINING_MODULE"
-TRAINING_MODULE = "image_classifier.toolkit_entry:main"  # ours (toolkit_entry.py); docker/Dockerfile sets it too
+TRAINING_MODULE = "image_classifier.training.toolkit_entry:main"  # ours (training/toolkit_entry.py); docker/Dockerfile sets it too
 STUDIO_LOCAL_MODE_ENV = "SM_STUDIO_LOCAL_MODE"  # "true": the toolkit skips its DNS wait for the other hosts
 
 # --- serving: SageMaker's port, header and payload cap (the server's other settings: serving/settings.py)

@@ -35,6 +35,8 @@ MAX_JPEG_SCANS = 32
 # JPEG markers: those without a length field (TEM, RST0-7, SOI; EOI ends the image), start of scan.
 _PARAMETERLESS_MARKERS = {0x01, *range(0xD0, 0xD9)}
 _EOI, _SOS = 0xD9, 0xDA
+# What a broken picture can raise while decoding (PIL raises OSError subclasses, SyntaxError for some).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class ImageTooLargeError(ValueError):

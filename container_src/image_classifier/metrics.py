@@ -33,10 +33,10 @@ METRIC_DEFINITIONS = [
 ] + [{"Name": name, "Regex": _regex(name)}
        for name in EPOCH_METRICS + GPU_EPOCH_METRICS + FINAL_METRICS + SAVED_MODEL_METRICS]
 
-# One line per debugging rule at the end of training (rules.py): 1 triggered, 0 passed, -1 not enough data.
+# One line per debugging rule at the end of training (diagnostics/debugger_rules.py): 1 triggered, 0 passed, -1 not enough data.
 RULE_METRICS = ("rule_loss_not_decreasing", "rule_overfit", "rule_overtraining", "rule_vanishing_gradient",
                 "rule_exploding_tensor", "rule_poor_weight_initialization", "rule_class_imbalance")
-# One line per profiler rule (profiler_rules.py): 1 triggered, 0 passed, -1 not enough data, -2 not applicable
+# One line per profiler rule (diagnostics/profiler_rules.py): 1 triggered, 0 passed, -1 not enough data, -2 not applicable
 # (a GPU rule on a CPU job).
 PROFILER_RULE_METRICS = ("rule_dataloader", "rule_cpu_bottleneck", "rule_io_bottleneck", "rule_low_gpu_utilization",
                          "rule_gpu_memory_increase", "rule_step_outlier", "rule_batch_size",

@@ -2,7 +2,7 @@
 
 The real code is the installed `image_classifier` package; this shim only hands over to it.
 """
-from image_classifier.train import main
+from image_classifier.training.job import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -22,9 +22,9 @@ from PIL import Image
 from sagemaker_inference.errors import BaseInferenceToolkitError
 
 from .. import contract
-from ..data import DECODE_ERRORS, build_transforms
-from ..images import ImageTooLargeError, charged_pixels, eval_resize, open_rgb, read_header
+from ..images import DECODE_ERRORS, ImageTooLargeError, charged_pixels, eval_resize, open_rgb, read_header
 from ..model import load_artifact
+from ..preprocessing import build_transforms
 from . import core_share, engine, settings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,163 @@
+"""Profiler rules (profiler_rules.py): each rule on a crafted firing case and a passing case, the statistic
+asserted; GPU rules say "not applicable" on CPU; and real jobs: a starved loader fires the data-loader rule
+with a margin of at least 2, a healthy one passes it."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_CLASSES, make_dataset, train_job
+from image_classifier import constants
+from image_classifier.metrics import PROFILER_RULE_METRICS, parse_metrics
+from image_classifier.diagnostics.profiler_rules import (ALL_PROFILER_RULES, BatchSize, CPUBottleneck, Dataloader,
+                                            GPUMemoryIncrease, IOBottleneck, LoadBalancing, LowGPUUtilization,
+                                            MaxInitializationTime, ProfileData, StepOutlier, run_profiler_rules)
+
+
+def gpu_samples(n, gpu=(90,), cpu=50, iowait=0.0, memory=(80,), memory_growth=0.0):
+    """n monitor samples of a GPU job: utilisation per GPU, CPU %, I/O wait %, GPU memory % (growing)."""
+    return [{"cpu_percent": cpu, "iowait_percent": iowait, "gpu_percent": list(gpu),
+             "gpu_memory_percent": [m + memory_growth * i / n for m in memory]} for i in range(n)]
+
+
+def judge(rule, data, **parameters):
+    return rule(**parameters).evaluate(data)
+
+
+def test_dataloader_fires_on_waiting_and_passes_when_fed():
+    starved = judge(Dataloader, ProfileData(data_seconds=[5, 0.3, 0.3, 0.3], compute_seconds=[0.1] * 4, workers=1,
+                                            cpu_count=8))
+    assert starved["status"] == "triggered" and starved["statistic"] == pytest.approx(75.0)
+    assert starved["margin"] == pytest.approx(7.5) and "1 loader workers for 8 CPUs" in starved["finding"]
+    fed = judge(Dataloader, ProfileData(data_seconds=[5, 0.01, 0.01], compute_seconds=[0.1] * 3, workers=8,
+                                        cpu_count=8))
+    assert fed["status"] == "passed" and fed["statistic"] == pytest.approx(100 / 11)  # the first step is skipped
+    assert judge(Dataloader, ProfileData())["status"] == "no data"
+
+
+@pytest.mark.parametrize("rule, firing, passing, statistic", [
+    (CPUBottleneck, gpu_samples(10, gpu=(5,), cpu=95), gpu_samples(10, gpu=(5,), cpu=50), 100.0),
+    (IOBottleneck, gpu_samples(10, gpu=(5,), iowait=80), gpu_samples(10, gpu=(95,), iowait=80), 100.0),
+    (LowGPUUtilization, gpu_samples(10, gpu=(30,)), gpu_samples(10, gpu=(95,)), 30.0),
+    (GPUMemoryIncrease, gpu_samples(40, memory=(20,), memory_growth=40), gpu_samples(40, memory=(20,)), 30.0),
+    (BatchSize, gpu_samples(10, gpu=(35,), cpu=35, memory=(35,)), gpu_samples(10, gpu=(35,), cpu=35, memory=(90,)),
+     50.0),
+    (LoadBalancing, gpu_samples(10, gpu=(90, 20)), gpu_samples(10, gpu=(90, 80)), 1 - 20 / 90),
+])
+def test_gpu_rule_fires_and_passes(rule, firing, passing, statistic):
+    fired = judge(rule, ProfileData(device="cuda", samples=firing))
+    assert fired["status"] == "triggered" and fired["margin"] > 1
+    assert fired["statistic"] == pytest.approx(statistic, rel=0.02) and fired["finding"] and fired["recommendation"]
+    passed = judge(rule, ProfileData(device="cuda", samples=passing))
+    assert passed["status"] == "passed" and passed["margin"] < 1
+
+
+@pytest.mark.parametrize("rule", [CPUBottleneck, IOBottleneck, LowGPUUtilization, GPUMemoryIncrease, BatchSize,
+                                  LoadBalancing])
+def test_gpu_rules_are_not_applicable_on_cpu(rule):
+    result = judge(rule, ProfileData(device="cpu", samples=[{"cpu_percent": 100}] * 50))
+    assert result["status"] == "not applicable" and result["finding"].startswith("not applicable on CPU")
+
+
+def test_load_balancing_needs_two_gpus():
+    result = judge(LoadBalancing, ProfileData(device="cuda", samples=gpu_samples(10, gpu=(10,))))
+    assert result["status"] == "not applicable" and "one GPU" in result["finding"]
+
+
+def test_step_outlier_counts_more_than_n_outliers():
+    steady = [0.1] * 100
+    spiky = steady[:70] + [1.0] * 3 + steady[73:]
+    fired = judge(StepOutlier, ProfileData(compute_seconds=[5.0] + spiky), n_outliers=2)
+    assert fired["status"] == "triggered" and fired["statistic"] > 3  # the 3rd slowest is an outlier too
+    assert "3 of 100 steps" in fired["finding"]
+    # The same spikes under the default n_outliers (10): fewer than 11, so it passes.
+    passed = judge(StepOutlier, ProfileData(compute_seconds=[5.0] + spiky))
+    assert passed["status"] == "passed" and passed["statistic"] < 0
+
+
+def test_max_initialization_time():
+    fired = judge(MaxInitializationTime, ProfileData(init_seconds=25 * 60))
+    assert fired["status"] == "triggered" and fired["statistic"] == 25 and fired["margin"] == 1.25
+    assert judge(MaxInitializationTime, ProfileData(init_seconds=60))["status"] == "passed"
+    assert judge(MaxInitializationTime, ProfileData(init_seconds=60), threshold=0.5)["status"] == "triggered"
+
+
+def test_sagemakers_documented_defaults():
+    defaults = {r.__name__: r.defaults for r in ALL_PROFILER_RULES}
+    assert defaults["CPUBottleneck"] == {"threshold": 50.0, "gpu_threshold": 10.0, "cpu_threshold": 90.0}
+    assert defaults["IOBottleneck"] == {"threshold": 50.0, "gpu_threshold": 10.0, "io_threshold": 50.0}
+    assert defaults["LowGPUUtilization"] == {"threshold_p95": 70.0, "threshold_p5": 10.0}
+    assert defaults["GPUMemoryIncrease"]["increase"] == 5.0 and defaults["StepOutlier"]["stddev"] == 3.0
+    assert defaults["MaxInitializationTime"] == {"threshold": 20.0} and defaults["LoadBalancing"] == {"threshold": 0.5}
+    assert {k: defaults["BatchSize"][k] for k in ("cpu_threshold_p95", "gpu_threshold_p95",
+                                                  "gpu_memory_threshold_p95")} == dict.fromkeys(
+        ("cpu_threshold_p95", "gpu_threshold_p95", "gpu_memory_threshold_p95"), 70.0)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        Dataloader(treshold=5)
+
+
+def test_parameters_reach_the_rules():
+    data = ProfileData(data_seconds=[0, 0.2, 0.2], compute_seconds=[0.1] * 3)
+    assert [r["status"] for r in run_profiler_rules(data, {"Dataloader": {"threshold": 90}})][:1] == ["passed"]
+    assert [r["status"] for r in run_profiler_rules(data)][:1] == ["triggered"]
+
+
+# ---- real jobs: the data-loader rule judges the job's own loader
+def _large_jpegs(root, per_class=4, size=(4000, 3000)):
+    """dogImages-style train/valid, with 12-megapixel grainy training JPEGs: draft decoding skips most of the
+    inverse DCT but not the entropy decoding of every coefficient, so they starve a tiny model (small
+    validation pictures keep the rest of the job quick)."""
+    rng = np.random.default_rng(0)
+    for split, count, (width, height) in (("train", per_class, size), ("valid", 2, (40, 30))):
+        for folder in TINY_CLASSES:
+            for i in range(count):
+                grain = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+                path = root / split / folder / f"{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(grain).save(path, quality=95)
+    return root
+
+
+def _dataloader_result(job):
+    rules = json.loads((job.dir / "output" / "data" / constants.RULES_FILE).read_text())["profiler_rules"]
+    return {r["rule"]: r for r in rules}["Dataloader"]
+
+
+@pytest.mark.slow
+def test_a_starved_loader_fires_the_dataloader_rule_and_a_fed_one_passes(tmp_path):
+    # A tiny model: a ResNet-18 at 16 px training its head only; one loader process.
+    hps = {"epochs": "2", "batch-size": "4", "debug-hook": "false", "workers": "0", "trainable-layers": "0"}
+    starved, code = train_job(tmp_path / "s", dict(hps, **{"decode-cache": "off"}),
+                              channels={"train": _large_jpegs(tmp_path / "big")}, name="starved")
+    assert code == 0, starved.log_file.read_text()[-3000:]
+    result = _dataloader_result(starved)
+    assert result["status"] == "triggered" and result["margin"] >= 2 and result["statistic"] >= 20
+    metrics = parse_metrics(starved.log_file.read_text().splitlines())
+    assert metrics["rule_dataloader"] == [1.0] and set(PROFILER_RULE_METRICS) <= set(metrics)
+    assert metrics["data_wait_share"][-1] > 0.2
+
+    # fed: cached pictures, and a model with real work per step (the whole network trains); with the head
+    # only at 16 px a step is so short that even cached pictures were 17 % of it on a loaded machine
+    fed, code = train_job(tmp_path / "f", dict(hps, **{"decode-cache": "on", "trainable-layers": "4"}),
+                          channels={"train": make_dataset(tmp_path / "small")}, name="fed")
+    assert code == 0, fed.log_file.read_text()[-3000:]
+    result = _dataloader_result(fed)
+    assert result["status"] == "passed" and result["statistic"] < 10
+    assert parse_metrics(fed.log_file.read_text().splitlines())["rule_dataloader"] == [0.0]
+    assert "Decode cache on (decode-cache=on)" in fed.log_file.read_text()
+
+
+def test_gpu_use_falls_back_to_nvidia_smi(tmp_path, monkeypatch):
+    """Without NVML bindings in the image, the monitor asks nvidia-smi (here a stand-in on PATH)."""
+    from image_classifier.diagnostics import profiling
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '37, 1000, 16000\\n85, 8000, 16000\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(profiling.torch.cuda, "utilization", lambda i: (_ for _ in ()).throw(ModuleNotFoundError("pynvml")))
+    assert profiling._gpu_use(2) == {"gpu_percent": [37.0, 85.0], "gpu_memory_percent": [6.25, 50.0]}
+    fake.unlink()
+    assert profiling._gpu_use(2) == {}

@@ -1,0 +1,137 @@
+"""Picture decoding shared by training and serving (images.py): the format allowlist, the header checks,
+EXIF orientation, and decoding big pictures small (JPEG draft, box reduction) for serving."""
+import time
+
+import pytest
+from PIL import Image
+
+import serving_samples as samples
+from image_classifier import images
+
+
+@pytest.mark.parametrize("name", sorted(samples.GOOD_PICTURES))
+def test_every_picture_mode_becomes_rgb(name):
+    _, make = samples.GOOD_PICTURES[name]
+    assert images.open_rgb(make()).mode == "RGB"
+
+
+@pytest.mark.parametrize("data", [samples.ico(), b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"],
+                         ids=["ico", "eps"])
+def test_formats_outside_the_allowlist_are_refused_unread(tmp_path, data):
+    """The same for training (a path) and serving (bytes): Pillow reads ICO and EPS, we do not."""
+    path = tmp_path / "picture.jpg"
+    path.write_bytes(data)
+    for source in (path, data):
+        with pytest.raises(Image.UnidentifiedImageError):
+            images.open_rgb(source)
+        with pytest.raises(Image.UnidentifiedImageError):
+            images.read_header(source)
+
+
+def test_the_pixel_cap_is_checked_from_the_header():
+    with pytest.raises(images.ImageTooLargeError, match="7000x7000 pixels, more than 1,000,000"):
+        images.read_header(samples.pixel_bomb_webp(), max_pixels=1_000_000)
+    with pytest.raises(images.ImageTooLargeError):
+        images.open_rgb(samples.bomb_png())  # 400 MP: Pillow's own bomb guard, raised as our error
+
+
+@pytest.mark.parametrize("min_side", [None, 5])
+def test_exif_orientation_is_applied_before_and_after_reduction(min_side):
+    upright = images.open_rgb(samples.exif_rotated_jpeg(width=40, height=20), min_side=min_side)
+    assert upright.width < upright.height
+
+
+def test_exif_orientation_survives_the_box_reduction_of_a_png():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    png = samples.encode(samples.rgb_image((800, 400)), "PNG", exif=exif.tobytes())
+    assert images.open_rgb(png).size == (400, 800)
+    assert images.open_rgb(png, min_side=100).size == (100, 200)  # reduced by 4, then turned upright
+
+
+def test_a_big_jpeg_is_decoded_at_the_smallest_scale_that_keeps_the_short_side():
+    header = images.read_header(samples.big_jpeg(), min_side=256)
+    assert (header.size, header.decoded_size, header.decoded_pixels) == ((4000, 3000), (500, 375), 187_500)
+    assert images.open_rgb(samples.big_jpeg(), min_side=256).size == (500, 375)
+    assert images.read_header(samples.big_jpeg(), min_side=400).decoded_size == (1000, 750)  # 1/4: 375 < 400
+    assert images.open_rgb(samples.big_jpeg()).size == (4000, 3000)  # training: full size
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "1", "I;16", "RGBA", "L"])
+def test_big_pictures_of_any_mode_are_reduced_and_keep_the_short_side(mode):
+    picture = Image.new("RGB", (1000, 600), (10, 200, 30)).convert(mode, dither=Image.Dither.NONE)
+    decoded = images.open_rgb(samples.encode(picture, "PNG" if mode != "1" else "BMP"), min_side=100)
+    assert decoded.mode == "RGB" and decoded.size == (167, 100)  # reduced by 6, rounded up
+    assert decoded.getpixel((80, 50)) == images.open_rgb(samples.encode(picture, "PNG" if mode != "1" else "BMP")
+                                                         ).getpixel((480, 300))  # same colour as full size
+
+
+def test_small_pictures_are_not_reduced():
+    assert images.open_rgb(samples.png((40, 30)), min_side=100).size == (40, 30)
+
+
+def test_eval_resize_is_torchvision_s_256_for_224():
+    assert images.eval_resize(224) == 256 and images.eval_resize(16) == 18
+
+
+# ------------------------------------------------------------------------- JPEG scans (issue 20)
+@pytest.mark.parametrize("mode, options, scans", [
+    ("RGB", {}, 1), ("RGB", {"progressive": True}, 10), ("RGB", {"progressive": True, "optimize": True}, 10),
+    ("L", {"progressive": True}, 6), ("CMYK", {"progressive": True}, 18),
+], ids=["baseline", "progressive", "progressive-optimized", "grey-progressive", "cmyk-progressive"])
+def test_the_scans_of_real_encoders_are_counted_and_accepted(mode, options, scans):
+    data = samples.encode(samples.rgb_image((64, 48)).convert(mode), "JPEG", **options)
+    assert images.count_jpeg_scans(data) == scans <= images.MAX_JPEG_SCANS
+    assert images.open_rgb(data, min_side=16).mode == "RGB"
+
+
+def test_scans_are_counted_from_the_marker_segments_not_from_bytes_that_look_like_markers():
+    """A comment full of SOS bytes is skipped by its length; garbage before a marker, which libjpeg skips
+    with a warning, does not hide the scans after it."""
+    fake = samples.encode(samples.rgb_image(), "JPEG", comment=b"\xff\xda" * 100)
+    assert fake.count(b"\xff\xda") == 101 and images.count_jpeg_scans(fake) == 1
+    images.read_header(fake)
+    bomb = samples.scan_bomb_jpeg(side=64, repeats=40)
+    scan = bomb.index(b"\xff\xda", bomb.index(b"\xff\xda") + 2)
+    hidden = bomb[:scan] + b"\x00garbage" + bomb[scan:]
+    assert images.count_jpeg_scans(hidden) == images.MAX_JPEG_SCANS + 1
+
+
+def test_the_progressive_scan_bomb_is_refused_before_decoding(tmp_path):
+    """Issue 20's attack: 7000x7000, one scan repeated 3,000 times (about 16 s of decoding)."""
+    bomb = samples.scan_bomb_jpeg()
+    assert len(bomb) < 500_000 and images.count_jpeg_scans(bomb, stop_after=10 ** 6) > 3_000
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(bomb)
+    for source in (bomb, path):  # serving (bytes) and training (a path)
+        started = time.perf_counter()
+        with pytest.raises(images.ImageTooLargeError, match="more than 32 scans"):
+            images.open_rgb(source, min_side=256)
+        with pytest.raises(images.ImageTooLargeError, match="more than 32 scans"):
+            images.read_header(source)
+        assert time.perf_counter() - started < 1
+
+
+def test_training_counts_a_scan_bomb_as_a_bad_picture(tmp_path, caplog):
+    """Training decodes with the same code: the picture is skipped and counted at scan time, and the
+    loader's decoding refuses it too (a BadPicture, counted per epoch)."""
+    from image_classifier.training import data
+
+    good = tmp_path / "good.jpg"
+    samples.rgb_image((32, 32)).save(good)
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(samples.scan_bomb_jpeg(side=64, repeats=40))
+    kept, bad = data.check_pictures([(str(good), 0), (str(bomb), 1)], "skip", "train")
+    assert kept == [(str(good), 0)] and bad == [str(bomb)]
+    assert "Skipping 1 unreadable picture(s)" in caplog.text and "scans" in caplog.text
+    with pytest.raises(data.DataError, match="bomb.jpg"):
+        data.check_pictures([(str(bomb), 1)], "fail", "train")
+    dataset = data.PictureDataset([(str(bomb), 0)], lambda image: image)
+    assert isinstance(dataset[0], data.BadPicture) and "scans" in dataset[0]
+
+
+def test_charged_pixels_are_the_declared_size_or_the_upsampled_one():
+    assert images.charged_pixels((4000, 3000), 256) == 12_000_000  # a drafted JPEG still reads every pixel
+    assert images.charged_pixels((1, 1), 256) == 256 * 256
+    assert images.charged_pixels((1, 50_000), 256) == 256 * 12_800_000
+    assert images.charged_pixels((300, 200), 256) == 384 * 256

@@ -1,0 +1,125 @@
+"""Decode once: the decode cache (decode_cache.py) gives what a fresh decode gives, is shared by the loader
+workers through one file, and feeds evaluation exactly as the PIL pipeline does."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_dataset
+from image_classifier.training import decode_cache
+from image_classifier.preprocessing import build_transforms
+from image_classifier.training.data import (EpochSampler, PictureDataset, load_splits, make_loader,
+                                   to_model_input)
+from image_classifier.images import eval_resize
+
+
+def _photo(path, size=(500, 375), seed=0):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (size[1] // 25, size[0] // 25, 3), dtype=np.uint8)
+    Image.fromarray(small).resize(size, Image.BICUBIC).save(path, quality=90)
+    return str(path)
+
+
+def test_cached_picture_is_the_fresh_decode_byte_for_byte(tmp_path):
+    paths = [_photo(tmp_path / f"p{i}.jpg", size, seed=i) for i, size in enumerate([(500, 375), (375, 500), (1200, 900)])]
+    cache = decode_cache.DecodeCache(paths, 64)
+    assert cache.filled() == 0
+    first = [cache.get(i) for i in range(3)]
+    assert cache.filled() == 3
+    for i, path in enumerate(paths):
+        fresh = torch.from_numpy(decode_cache.decode_resized(path, 64)).permute(2, 0, 1)
+        assert torch.equal(first[i], fresh) and torch.equal(cache.get(i), fresh)
+        assert min(fresh.shape[1:]) == 64
+    # the 1200x900 JPEG was draft-decoded at 1/8 (150x113: at least twice the size needed), then resized: its
+    # long side is 84, where a full decode would give 85
+    assert tuple(first[2].shape) == (3, 64, 84)
+    file = cache.file
+    cache.close()
+    assert not os.path.exists(file)
+
+
+def test_workers_fill_one_shared_file(tmp_path):
+    """Two loader workers fill the cache during the first pass; the parent then reads every picture from the
+    same file without decoding (the JPEGs are gone)."""
+    paths = [_photo(tmp_path / f"p{i}.jpg", seed=i) for i in range(8)]
+    cache = decode_cache.DecodeCache(paths, 32)
+    dataset = PictureDataset([(p, 0) for p in paths], decode_cache.CachedTransform(28, "none", train=False),
+                             cache=cache)
+    loader = make_loader(dataset, EpochSampler(len(dataset), 0, shuffle=False), 4, workers=2)
+    first = torch.cat([images for images, _, _ in loader])
+    assert first.dtype == torch.uint8 and cache.filled() == 8
+    for path in paths:
+        os.remove(path)
+    again = torch.stack([dataset[i][0] for i in range(8)])
+    assert torch.equal(first, again)
+
+
+def test_cached_evaluation_equals_the_pil_pipeline(tmp_path):
+    make_dataset(tmp_path / "data", {"train": 2, "valid": 3})
+    splits = load_splits({"train": str(tmp_path / "data")})
+    samples = splits.samples["valid"]
+    _, eval_tf = build_transforms(24, "crop-flip")
+    side = eval_resize(24)
+    plain = PictureDataset(samples, eval_tf, min_side=side)
+    cache = decode_cache.DecodeCache([p for p, _ in samples], side)
+    cached = PictureDataset(samples, decode_cache.CachedTransform(24, "crop-flip", train=False), cache=cache)
+    for i in range(len(samples)):
+        assert torch.equal(to_model_input(cached[i][0][None])[0], plain[i][0]), i
+
+
+def test_cached_augmentation_is_seeded_per_sample(tmp_path):
+    path = _photo(tmp_path / "p.jpg")
+    cache = decode_cache.DecodeCache([path], 64)
+    dataset = PictureDataset([(path, 0)], decode_cache.CachedTransform(56, "crop-flip", train=True), seed=3,
+                             cache=cache)
+    a, b, other_epoch = dataset[(1, 0)][0], dataset[(1, 0)][0], dataset[(2, 0)][0]
+    assert a.dtype == torch.uint8 and tuple(a.shape) == (3, 56, 56)
+    assert torch.equal(a, b) and not torch.equal(a, other_epoch)
+
+
+def test_bad_picture_is_counted_every_time(tmp_path):
+    good = _photo(tmp_path / "good.jpg")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(open(good, "rb").read()[:400])  # a header, then nothing
+    cache = decode_cache.DecodeCache([good, str(bad)], 32)
+    dataset = PictureDataset([(good, 0), (str(bad), 1)], decode_cache.CachedTransform(28, "none", train=False),
+                             cache=cache)
+    assert dataset[1] == dataset[1] and "bad.jpg" in dataset[1]  # a BadPicture, both times
+    assert cache.filled() == 0 and dataset[0][1] == 0 and cache.filled() == 1
+
+
+def test_auto_decides_by_memory(monkeypatch, caplog):
+    shapes = [np.array([[256, 341]] * 1000)]
+    caplog.set_level("INFO")
+    monkeypatch.setenv(decode_cache.MEMORY_SHARE_ENV, "0.5")
+    assert decode_cache.decide("auto", shapes, 256) is True
+    assert "Decode cache on (decode-cache=auto)" in caplog.text and "within 50%" in caplog.text
+    monkeypatch.setenv(decode_cache.MEMORY_SHARE_ENV, "1e-9")
+    assert decode_cache.decide("auto", shapes, 256) is False
+    assert "more than 0%" in caplog.text and decode_cache.decide("on", shapes, 256) is True
+    assert decode_cache.decide("off", shapes, 256) is False
+
+
+@pytest.mark.gpu
+def test_uint8_batches_are_normalised_on_the_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    from image_classifier.training.loop import model_input
+
+    batch = torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8)
+    on_gpu = model_input(batch, torch.device("cuda"))
+    assert on_gpu.device.type == "cuda" and on_gpu.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(on_gpu.cpu(), to_model_input(batch), atol=1e-6)
+
+
+def test_no_cache_where_the_disk_cannot_hold_it(monkeypatch, caplog, tmp_path):
+    """The file is memory-mapped: writing past a full disk would kill a worker (SIGBUS), so it is not made."""
+    import collections
+
+    monkeypatch.setenv(decode_cache.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(decode_cache.shutil, "disk_usage", lambda folder: collections.namedtuple(
+        "usage", "total used free")(10**9, 10**9, 1000))
+    assert decode_cache.decide("on", [np.array([[256, 341]] * 10)], 256) is False
+    assert "more than the 0.0 GB free" in caplog.text

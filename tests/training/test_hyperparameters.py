@@ -1,0 +1,81 @@
+"""Hyperparameters: parsing SageMaker's strings, validation messages, the README table."""
+import re
+from dataclasses import fields
+
+import pytest
+
+from image_classifier.training.hyperparameters import Hyperparameters, HyperparameterError, markdown_table
+from conftest import PROJECT_DIR
+
+
+def test_defaults_are_the_documented_ones():
+    hp = Hyperparameters.from_strings({})
+    assert (hp.lr, hp.batch_size, hp.arch, hp.pretrained, hp.image_size) == (0.0026, 64, "resnet50", True, 224)
+
+
+def test_parses_sagemaker_strings():
+    hp = Hyperparameters.from_strings({
+        "lr": "0.01", "batch-size": "128", "arch": "resnet18", "pretrained": "False", "amp": "true",
+        "trainable-layers": "0", "epochs": "3.0", "optimizer": '"sgd"', "label-smoothing": "0.1"})
+    assert hp.lr == 0.01 and hp.batch_size == 128 and hp.arch == "resnet18"
+    assert hp.pretrained is False and hp.amp is True and hp.trainable_layers == 0
+    assert hp.epochs == 3  # a tuner may send integers as "3.0"
+    assert hp.optimizer == "sgd"  # framework estimators JSON-encode strings
+
+
+def test_platform_keys_are_ignored():
+    hp = Hyperparameters.from_strings({"sagemaker_program": "train.py", "_tuning_objective_metric": "valid_acc"})
+    assert hp == Hyperparameters()
+
+
+def test_round_trip_through_strings():
+    hp = Hyperparameters(lr=0.5, arch="resnet34", pretrained=False)
+    assert Hyperparameters.from_strings(hp.to_strings()) == hp
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"learning-rate": "0.1"}, r"Unknown hyperparameter 'learning-rate'.*Known: .*\blr\b"),
+    ({"batch_size": "32"}, r"Unknown hyperparameter 'batch_size'\. Did you mean 'batch-size'\?"),
+    ({"lr": "fast"}, r"'lr' = 'fast' is not valid: expected a number from 1e-07 to 10.0"),
+    ({"lr": "-1"}, r"'lr' = '-1' is out of range"),
+    ({"lr": "nan"}, r"'lr' = 'nan' is not valid"),
+    ({"batch-size": "0"}, r"'batch-size' = '0' is out of range: expected an integer from 1 to 4096"),
+    ({"batch-size": "12.5"}, r"'batch-size' = '12.5' is not valid: expected an integer"),
+    ({"arch": "vgg16"}, r"'arch' = 'vgg16' is not allowed: expected one of resnet18, resnet34, resnet50"),
+    ({"pretrained": "yes"}, r"'pretrained' = 'yes' is not valid: expected true or false"),
+    ({"trainable-layers": "5"}, r"'trainable-layers' = '5' is out of range: expected an integer from 0 to 4"),
+    ({"on-bad-image": "ignore"}, r"'on-bad-image' = 'ignore' is not allowed: expected one of skip, fail"),
+])
+def test_bad_values_name_the_key_and_what_is_allowed(raw, message):
+    with pytest.raises(HyperparameterError, match=message):
+        Hyperparameters.from_strings(raw)
+
+
+def test_every_hyperparameter_is_documented_and_typed():
+    for spec in fields(Hyperparameters):
+        assert spec.metadata["help"], spec.name
+        assert spec.type in (int, float, str, bool), spec.name
+        if spec.type in (int, float):
+            assert spec.metadata["min"] <= spec.default <= spec.metadata["max"], spec.name
+        if spec.type is str:
+            assert spec.default in spec.metadata["choices"], spec.name
+
+
+def test_readme_table_is_generated_from_the_dataclass():
+    readme = (PROJECT_DIR / "README.md").read_text()
+    block = re.search(r"<!-- hyperparameters:begin -->\n(.*?)\n<!-- hyperparameters:end -->", readme, re.S)
+    assert block, "README.md lacks the generated hyperparameter table markers"
+    assert block.group(1).strip() == markdown_table(), \
+        "README's table is stale: paste the output of `python -m image_classifier.training.hyperparameters`"
+
+
+@pytest.mark.parametrize("key", ["_note", "_tuning_objective_metricx", "_"])
+def test_unknown_underscore_keys_are_refused_naming_them(key):
+    with pytest.raises(HyperparameterError, match=f"^Unknown hyperparameter '{key}'"):
+        Hyperparameters.from_strings({key: "$(touch x)"})
+
+
+def test_a_key_that_is_not_plain_text_is_quoted_in_the_error():
+    with pytest.raises(HyperparameterError) as refused:
+        Hyperparameters.from_strings({"_x\ntest_acc=0.999": "1"})
+    assert "\n" not in str(refused.value) and "test_acc=" not in str(refused.value)
