@@ -1,4 +1,5 @@
-"""`launch.py report`: one self-contained HTML page (figures embedded as PNG) about a finished training job.
+"""`launch.py report`: one self-contained HTML page (figures inline as SVG, and as PNG files beside it) about a
+finished training job.
 
 It reads only what the job left behind, through the platform contract: the smdebug tensors (train and
 valid loss per step), the log's metric lines (accuracy per epoch, parsed with METRIC_DEFINITIONS), and the
@@ -7,29 +8,30 @@ hyperparameters. A local job is local_jobs/<name>/; a SageMaker job's outputs ar
 (paths from DescribeTrainingJob). When the job has tensors but no rules.json, the rules are run here, as a
 separate process (`python -m image_classifier.diagnostics.debugger_rules`), like any other reader of the tensors.
 """
-import base64
-import html
-import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from image_classifier import constants
 from image_classifier.contract import TENSORS_FOLDER, MLPaths
 from image_classifier.metrics import parse_metrics
+from image_classifier.training.hyperparameters import HyperparameterError, Hyperparameters
 
 from . import LOCAL_JOBS_DIR, PROJECT_DIR, LauncherError
+from . import report_figures as charts, report_html as html
 from .terminal import printable
 
 # boto3, smdebug and matplotlib are imported where they are used: slow imports that not every report needs.
 
 REPORTS_DIR = PROJECT_DIR / "reports"
 REPORT_FILE = "report.html"
-MOST_CONFUSED = 10
+MOST_CONFUSED = 15  # rows of the most-confused-pairs table
 TOP_OPERATORS = 15
 
 
@@ -41,6 +43,9 @@ class JobFiles:
     tensors_dir: Path | None
     log_lines: list = field(default_factory=list)
     hyperparameters: dict = field(default_factory=dict)
+    instance: str | None = None  # where it ran: "1 x ml.g4dn.xlarge", or this machine
+    started: datetime | None = None  # SageMaker's times; a local job's come from its log
+    ended: datetime | None = None
 
 
 # ------------------------------------------------------------------------------------------- sources
@@ -56,10 +61,12 @@ def local_job(job):
     log = folder / "train.log"
     hps = paths.hyperparameters
     tensors = paths.tensors
+    hosts = len((_read_json(paths.resource_config) or {}).get("hosts", [])) or 1
     return JobFiles(name=folder.name, data_dir=paths.output_data,
                     tensors_dir=tensors if tensors.is_dir() else None,
                     log_lines=log.read_text(errors="replace").splitlines() if log.is_file() else [],
-                    hyperparameters=json.loads(hps.read_text()) if hps.is_file() else {})
+                    hyperparameters=json.loads(hps.read_text()) if hps.is_file() else {},
+                    instance=f"this machine (a local job, {hosts} host{'s' if hosts > 1 else ''})")
 
 
 def sagemaker_job(name, work_dir, session=None):
@@ -93,8 +100,11 @@ def sagemaker_job(name, work_dir, session=None):
         # SageMaker syncs LocalPath to <S3OutputPath>/<job name>/debug-output.
         prefix = f"{hook_output.rstrip('/')}/{name}/debug-output"
         tensors_dir = _download_prefix(s3, prefix, MLPaths(work_dir).tensors)
+    resources = job.get("ResourceConfig", {})
     return JobFiles(name=name, data_dir=data_dir, tensors_dir=tensors_dir, log_lines=_cloudwatch_lines(session, name),
-                    hyperparameters=job.get("HyperParameters", {}))
+                    hyperparameters=job.get("HyperParameters", {}),
+                    instance=f"{resources.get('InstanceCount', 1)} x {resources.get('InstanceType', '?')} (SageMaker)",
+                    started=job.get("TrainingStartTime"), ended=job.get("TrainingEndTime"))
 
 
 def _split_s3(uri):
@@ -174,15 +184,16 @@ def loss_series(tensors_dir):
 
 
 def confusion(predictions):
-    """(matrix[actual][predicted], per-class accuracy, most confused (actual, predicted, count) pairs)."""
+    """(matrix[actual][predicted], per-class accuracy, the most confused (actual, predicted, count, share of the
+    actual class's pictures) pairs, most first)."""
     classes = predictions["classes"]
     matrix = [[0] * len(classes) for _ in classes]
     for actual, predicted in zip(predictions["actual"], predictions["predicted"]):
         matrix[actual][predicted] += 1
     per_class = [row[i] / sum(row) if sum(row) else float("nan") for i, row in enumerate(matrix)]
-    pairs = sorted(((matrix[a][p], classes[a], classes[p]) for a in range(len(classes))
-                    for p in range(len(classes)) if a != p and matrix[a][p]), reverse=True)[:MOST_CONFUSED]
-    return matrix, per_class, [(a, p, n) for n, a, p in pairs]
+    pairs = sorted((-matrix[a][p], a, p) for a in range(len(classes)) for p in range(len(classes))
+                   if a != p and matrix[a][p])[:MOST_CONFUSED]
+    return matrix, per_class, [(classes[a], classes[p], -n, -n / sum(matrix[a])) for n, a, p in pairs]
 
 
 def run_rules(tensors_dir, out_file):
@@ -199,136 +210,61 @@ def _read_json(path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-# --------------------------------------------------------------------------------------- figures
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    # Labels are data (class folder names): `$...$` must print as written, never go through math text or TeX.
-    matplotlib.rcParams.update({"text.parse_math": False, "text.usetex": False})
-    import matplotlib.pyplot as plt
-
-    return plt
+# ------------------------------------------------------------------------------------------ facts
+# The job's log lines (logging's "%(asctime)s %(levelname)s %(message)s", locally and in CloudWatch).
+LOG_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})[,.]\d+ ")
+LOG_PICTURES = re.compile(r"Classes: (\d+) \(.*; pictures: ([^;]*)$")
+LOG_DEVICE = re.compile(r": [\d.]+M parameters, [\d.]+M trainable, on (\S+)$")
+# The metrics the header shows, in this order, when the job printed them.
+HEADER_METRICS = ("test_acc", "test_loss", "best_valid_acc", "best_valid_loss", "images_per_sec")
 
 
-def figure_loss(series):
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(8, 4))
-    for label, (steps, values) in series.items():
-        axes.plot(steps, values, label=f"{label} loss", marker="." if label == "valid" else None,
-                  linestyle="none" if label == "valid" else "-")
-    axes.set(xlabel="step (all modes)", ylabel="cross-entropy loss", title="Loss per step (smdebug tensors)")
-    axes.set_yscale("log")
-    axes.legend()
-    return figure
+def _last_match(pattern, lines):
+    return next((m for m in map(pattern.search, reversed(lines)) if m), None)
 
 
-def figure_accuracy(metrics):
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(8, 4))
-    for name in ("train_acc", "valid_acc"):
-        values = metrics.get(name, [])
-        axes.plot(range(1, len(values) + 1), values, marker="o", label=name)
-    axes.set(xlabel="epoch", ylabel="accuracy", title="Accuracy per epoch", ylim=(0, 1.02))
-    axes.legend()
-    return figure
+def _log_times(lines):
+    times = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S") for m in map(LOG_TIME.match, lines) if m]
+    return (times[0], times[-1]) if times else (None, None)
 
 
-def figure_confusion(matrix, classes):
-    plt = _pyplot()
-    size = min(4 + len(classes) * 0.35, 16)
-    figure, axes = plt.subplots(figsize=(size, size))
-    image = axes.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=axes, fraction=0.046)
-    if len(classes) <= 40:
-        axes.set_xticks(range(len(classes)), classes, rotation=90)
-        axes.set_yticks(range(len(classes)), classes)
-        for a, row in enumerate(matrix):
-            for p, count in enumerate(row):
-                if count:
-                    axes.text(p, a, count, ha="center", va="center", fontsize=7)
-    axes.set(xlabel="predicted", ylabel="actual", title="Test confusion matrix")
-    figure.tight_layout()
-    return figure
+def _duration(seconds):
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
-def figure_per_class(per_class, classes):
-    plt = _pyplot()
-    order = sorted(range(len(classes)), key=lambda i: per_class[i])
-    figure, axes = plt.subplots(figsize=(8, max(3, 0.22 * len(classes) + 1)))
-    axes.barh([classes[i] for i in order], [per_class[i] for i in order], color="tab:green")
-    axes.set(xlabel="test accuracy", title="Per-class test accuracy", xlim=(0, 1))
-    figure.tight_layout()
-    return figure
+def job_facts(files, metrics):
+    """The header's rows: job, date, dataset, where it ran, how long, final metrics."""
+    started, ended = files.started, files.ended
+    if started is None:
+        started, ended = _log_times(files.log_lines)
+    pictures, device = _last_match(LOG_PICTURES, files.log_lines), _last_match(LOG_DEVICE, files.log_lines)
+    final = [f"{name} {values[-1]:.4g}" for name in HEADER_METRICS if (values := metrics.get(name))]
+    return {
+        "job": files.name,
+        "date": started.strftime("%Y-%m-%d %H:%M") + (" UTC" if started.tzinfo else "") if started else None,
+        "dataset": f"{pictures.group(1)} classes; pictures: {pictures.group(2)}" if pictures else None,
+        "instance": files.instance,
+        "device": device.group(1) if device else None,
+        "duration": _duration((ended - started).total_seconds()) if started and ended else None,
+        "final metrics": ", ".join(final) or None,
+    }
 
 
-def figure_system(system):
-    plt = _pyplot()
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6))
-    samples = system["samples"]
-    times = [s["t"] for s in samples]
-    for key, label in (("cpu_percent", "CPU %"), ("memory_percent", "memory %"), ("gpu_percent", "GPU %")):
-        if samples and key in samples[0]:
-            top.plot(times, [s.get(key) for s in samples], label=label)
-    top.set(xlabel="seconds", ylabel="%", title="System utilisation", ylim=(0, 100))
-    top.legend()
-    data, compute = system["steps"]["data_seconds"], system["steps"]["compute_seconds"]
-    share = [d / (d + c) if d + c else 0 for d, c in zip(data, compute)]
-    bottom.plot(range(1, len(share) + 1), share, color="tab:red", label="share waiting for data")
-    bottom.set(xlabel="training step", ylabel="share", ylim=(0, 1), title="Share of each step spent waiting for data")
-    bottom.legend()
-    figure.tight_layout()
-    return figure
+def hyperparameter_rows(raw):
+    """(key, value, from) for every hyperparameter the job used: its own values, the defaults it did not set,
+    and the platform's keys. Values this version cannot read are listed as the job gave them."""
+    defaults = Hyperparameters().to_strings()
+    try:
+        used = Hyperparameters.from_strings(raw).to_strings()
+    except HyperparameterError:
+        used = {**defaults, **raw}
+    rows = [(key, value, "default" if key not in raw else "set by the job") for key, value in used.items()]
+    rows += [(key, value, "platform") for key, value in sorted(raw.items()) if key not in used]
+    return rows
 
 
-def save_png(figure, path):
-    """Write the figure as PNG and return its bytes (the HTML embeds the same image)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    _pyplot().close(figure)
-    path.write_bytes(buffer.getvalue())
-    return buffer.getvalue()
-
-
-# ------------------------------------------------------------------------------------------ HTML
-def _text(value):
-    """Any value as HTML text or attribute value: every value on the page is data (rules.json, logs, names)."""
-    return html.escape(str(value), quote=True)
-
-
-def _table(header, rows):
-    head = "".join(f"<th>{_text(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_text(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _image(png, alt):
-    return f'<img alt="{_text(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-
-STYLE = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}table{border-collapse:collapse;"
-         "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%}"
-         ".triggered{color:#b00;font-weight:bold}.passed{color:#070}.not-applicable{color:#777}img{max-width:100%}")
-
-
-def _number(value):
-    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value if value is not None else "")
-
-
-def _profiler_rules_section(results):
-    """The profiler rules (profiler_rules.py): status, statistic against threshold, finding, recommendation."""
-    rows = "".join(
-        f"<tr><td>{html.escape(r['rule'])}</td>"
-        f"<td class=\"{html.escape(r['status'].replace(' ', '-'))}\">{html.escape(r['status'])}</td>"
-        + "".join(f"<td>{html.escape(_number(r.get(key)))}</td>" for key in ("statistic", "threshold", "margin"))
-        + f"<td>{html.escape(r.get('finding') or '')}</td><td>{html.escape(r.get('recommendation') or '')}</td></tr>"
-        for r in results)
-    return ("<h2>Profiler rules</h2><p>SageMaker's profiler rules, judged in the job over its system monitor and "
-            "step timings (margin: how many times past the threshold; above 1 the rule fired).</p>"
-            "<table id=\"profiler-rules\"><tr><th>rule</th><th>status</th><th>statistic</th><th>threshold</th>"
-            f"<th>margin</th><th>finding</th><th>recommendation</th></tr>{rows}</table>")
-
-
+# ------------------------------------------------------------------------------------------ build
 def build(files, out_dir):
     """Write report.html and the PNG figures into out_dir; returns (report path, {figure name: PNG path})."""
     out_dir = Path(out_dir)
@@ -337,39 +273,40 @@ def build(files, out_dir):
 
     def figure(name, make, *args):
         path = out_dir / f"{name}.png"
-        png = save_png(make(*args), path)
+        svg = charts.save(make(*args), path)
         figures[name] = path
-        return _image(png, name)
+        return html.figure(svg, name)
 
-    series = loss_series(files.tensors_dir) if files.tensors_dir else {}
-    sections.append("<h2>Loss</h2>" + (figure("loss", figure_loss, series) if series else
-                                        "<p>No saved tensors (the job ran with debug-hook=false).</p>"))
     metrics = parse_metrics(files.log_lines)
+    sections.append(html.header_section(job_facts(files, metrics)))
+    series = loss_series(files.tensors_dir) if files.tensors_dir else {}
+    sections.append("<h2>Loss</h2>" + (figure("loss", charts.figure_loss, series) if series else
+                                        "<p>No saved tensors (the job ran with debug-hook=false).</p>"))
     if metrics.get("train_acc"):
-        final = ", ".join(f"{k} {metrics[k][-1]:.4f}" for k in ("test_loss", "test_acc") if k in metrics)
-        sections.append("<h2>Accuracy</h2>" + figure("accuracy", figure_accuracy, metrics)
-                        + (f"<p>Test: {final}</p>" if final else ""))
+        sections.append("<h2>Accuracy</h2>" + figure("accuracy", charts.figure_accuracy, metrics))
     predictions = _read_json(files.data_dir / constants.PREDICTIONS_FILE)
     if predictions:
         matrix, per_class, pairs = confusion(predictions)
         classes = predictions["classes"]
-        sections.append("<h2>Test confusion matrix</h2>" + figure("confusion", figure_confusion, matrix, classes)
-                        + "<h3>Most confused pairs</h3>"
-                        + (_table(["actual", "predicted as", "pictures"], pairs) if pairs else "<p>None.</p>")
-                        + "<h3>Per-class accuracy</h3>" + figure("per_class_accuracy", figure_per_class, per_class, classes))
+        sections.append(
+            "<h2>Test confusion matrix</h2>" + figure("confusion", charts.figure_confusion, matrix, classes)
+            + "<h3>Most confused pairs</h3>"
+            + (html.table(["true", "predicted as", "pictures", "share of the true class"],
+                          [(a, p, n, f"{share:.0%}") for a, p, n, share in pairs], table_id="confused")
+               if pairs else "<p>None.</p>")
+            + "<h3>Per-class accuracy</h3>" + figure("per_class_accuracy", charts.figure_per_class, per_class, classes))
     rules = _read_json(files.data_dir / constants.RULES_FILE)
     if rules is None and files.tensors_dir:
         rules = run_rules(files.tensors_dir, out_dir / constants.RULES_FILE)
-    if rules:
-        rows = "".join(
-            f"<tr><td>{_text(r['rule'])}</td><td class=\"{_text(str(r['status']).replace(' ', '-'))}\">"
-            f"{_text(r['status'])}</td>"
-            f"<td>{_text(r['findings'][0]['message'] if r['findings'] else r['description'])}</td></tr>"
-            for r in rules["rules"])
-        sections.append(f"<h2>Rules</h2><table><tr><th>rule</th><th>status</th><th>finding / what it checks</th></tr>"
-                        f"{rows}</table>")
+    if rules and rules.get("rules"):
+        sections.append(html.rules_section(
+            "Rules", "Our Debugger rules over the saved tensors (margin: how many times past the threshold; 1 or "
+            "more fired).", rules["rules"], "debugger-rules"))
     if rules and rules.get("profiler_rules"):
-        sections.append(_profiler_rules_section(rules["profiler_rules"]))
+        sections.append(html.rules_section(
+            "Profiler rules", "SageMaker's profiler rules, judged in the job over its system monitor and step "
+            "timings (margin: how many times past the threshold; above 1 the rule fired).", rules["profiler_rules"],
+            "profiler-rules"))
     operators = _read_json(files.data_dir / constants.PROFILER_OPS_FILE)
     system = _read_json(files.data_dir / constants.SYSTEM_METRICS_FILE)
     if operators or system:
@@ -377,21 +314,17 @@ def build(files, out_dir):
         if operators:
             part += (f"<p>Top operators by self CPU time over the profiled steps (trace: "
                      f"{constants.PROFILER_TRACE_FILE} in the job's output data).</p>"
-                     + _table(["operator", "calls", "self CPU ms", "total CPU ms", "self device ms"],
-                              [(o["name"], o["calls"], f"{o['self_cpu_ms']:.2f}", f"{o['cpu_total_ms']:.2f}",
-                                f"{o['self_device_ms']:.2f}") for o in operators[:TOP_OPERATORS]]))
+                     + html.table(["operator", "calls", "self CPU ms", "total CPU ms", "self device ms"],
+                                  [(o["name"], o["calls"], f"{o['self_cpu_ms']:.2f}", f"{o['cpu_total_ms']:.2f}",
+                                    f"{o['self_device_ms']:.2f}") for o in operators[:TOP_OPERATORS]]))
         if system:
-            part += ("<h3>System metrics</h3>" + _table(["measure", "value"], [
+            part += ("<h3>System metrics</h3>" + html.table(["measure", "value"], [
                 (k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in system["summary"].items()])
-                + figure("system", figure_system, system))
+                + figure("system", charts.figure_system, system))
         sections.append(part)
-    if files.hyperparameters:
-        sections.append("<h2>Hyperparameters</h2>" + _table(["key", "value"], sorted(files.hyperparameters.items())))
-    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Training report: {_text(files.name)}"
-            f"</title><style>{STYLE}</style></head><body><h1>Training report: {_text(files.name)}</h1>"
-            + "".join(sections) + "</body></html>")
+    sections.append(html.hyperparameters_section(hyperparameter_rows(files.hyperparameters)))
     report = out_dir / REPORT_FILE
-    report.write_text(page)
+    report.write_text(html.page(f"Training report: {files.name}", sections))
     return report, figures
 
 

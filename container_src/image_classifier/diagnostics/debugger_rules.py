@@ -40,6 +40,7 @@ class ProjectRule(Rule):
 
     metric = None  # its name in metrics.RULE_METRICS
     description = ""
+    recommendation = ""  # what to change when it fires (the report shows it)
     defaults = {}
     threshold_parameter = None  # the parameter the decisive statistic is compared with
     fires_above = True          # the rule fires when the statistic reaches the threshold from below (else above)
@@ -79,7 +80,7 @@ class ProjectRule(Rule):
         return {"rule": self.rule_name, "metric": self.metric, "status": status, "violations": self.violations,
                 "datapoints": self.datapoints, "description": self.description, "parameters": self.params,
                 "statistic": self.statistic, "threshold": self.threshold, "margin": self.margin(),
-                "findings": self.findings}
+                "findings": self.findings, "recommendation": self.recommendation}
 
     def margin(self):
         """How many times past the threshold the statistic went (>= 1 fired); None without data."""
@@ -143,6 +144,8 @@ class LossSeriesRule(ProjectRule):
 
 class LossNotDecreasing(LossSeriesRule):
     metric = "rule_loss_not_decreasing"
+    recommendation = ("Lower lr (or raise it if the loss barely moves from the start), check the labels, train more "
+                      "layers (trainable-layers).")
     description = "The training loss of the last part of the run is not clearly below that of the first part."
     defaults = {"min_relative_decrease": 0.1, "fraction": 1 / 3, "min_steps": 6}
     threshold_parameter, fires_above = "min_relative_decrease", False  # statistic: 1 - last / first
@@ -170,6 +173,8 @@ def _overfit_change(train0, valid0, train1, valid1):
 
 class Overfit(LossSeriesRule):
     metric = "rule_overfit"
+    recommendation = ("Stop earlier (early-stopping-patience), augment more (augment=crop-flip), add weight-decay or "
+                      "label-smoothing, or get more pictures.")
     description = ("The validation loss rises while the training loss falls (each by more than `min_relative_change`), "
                    "for `patience` epochs in a row.")
     defaults = {"patience": 2, "min_relative_change": 0.01}
@@ -195,6 +200,8 @@ class Overfit(LossSeriesRule):
 
 class Overtraining(LossSeriesRule):
     metric = "rule_overtraining"
+    recommendation = ("Fewer epochs or early-stopping-patience: the saved model is the best-valid one, the epochs "
+                      "after it cost money for nothing.")
     description = "Training went on for `patience` epochs or more after the validation loss last improved."
     defaults = {"patience": 3, "min_relative_improvement": 0.0}
     threshold_parameter = "patience"  # statistic: epochs after the best valid loss
@@ -219,6 +226,7 @@ class Overtraining(LossSeriesRule):
 
 class VanishingGradient(ProjectRule):
     metric = "rule_vanishing_gradient"
+    recommendation = "Raise lr, try optimizer=adamw, or freeze fewer layers (trainable-layers); check the pictures."
     description = "At a saved step, at least `min_share` of the gradients have a mean absolute value below `threshold`."
     defaults = {"threshold": 1e-7, "min_share": 0.5}
     threshold_parameter = "min_share"  # statistic: the share of gradients below `threshold`
@@ -238,6 +246,7 @@ class VanishingGradient(ProjectRule):
 
 class ExplodingTensor(ProjectRule):
     metric = "rule_exploding_tensor"
+    recommendation = "Lower lr (or batch-size with it), try amp=false, and check the data for broken pictures."
     description = "A saved loss, weight, gradient or bias is NaN or infinite, or larger than `threshold` in absolute value."
     defaults = {"threshold": 1e8}
     threshold_parameter = "threshold"  # statistic: the largest |x| (infinite for NaN or inf)
@@ -265,6 +274,8 @@ class ExplodingTensor(ProjectRule):
 
 class PoorWeightInitialization(ProjectRule):
     metric = "rule_poor_weight_initialization"
+    recommendation = ("Start from the pretrained weights (pretrained=true) or check the weights file given to the "
+                      "pretrained channel.")
     description = ("At the first saved step, a conv/linear weight is constant, or its standard deviation is "
                    "more than `ratio` times outside the range of the usual initialisations (LeCun, Glorot, He).")
     defaults = {"ratio": 10.0}
@@ -302,6 +313,7 @@ class PoorWeightInitialization(ProjectRule):
 
 class ClassImbalance(ProjectRule):
     metric = "rule_class_imbalance"
+    recommendation = "Collect more pictures of the rare classes (or fewer of the common one) before trusting accuracy."
     description = ("In the training labels seen, the most frequent class has more than `threshold` times the "
                    "pictures of the least frequent one (or a class never appears, given `num_classes`).")
     defaults = {"threshold": 10.0, "num_classes": None}

@@ -117,7 +117,8 @@ class ProfilerRule:
         return {"rule": self.name, "metric": self.metric, "status": status, "statistic": statistic,
                 "threshold": self.threshold, "margin": margin(statistic, self.threshold, self.fires_above),
                 "datapoints": datapoints, "description": self.description, "parameters": self.params,
-                "finding": finding, "recommendation": self.recommendation,
+                "finding": finding,
+                "recommendation": "" if status == "not applicable" else self.recommendation,  # nothing to act on
                 "findings": [{"step": -1, "message": finding}] if status == "triggered" else []}
 
     def measure(self, data):
