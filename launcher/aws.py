@@ -25,7 +25,7 @@ from .dry_run import DRY_RUN_PLACEHOLDERS, DryRun
 
 # Before the SDK is imported: it logs its config look-ups at INFO to stdout (where a dry run writes its JSON)
 # unless its logger already has a level and a handler.
-# The SDK's v2 lifecycle notice is shown, once per command (README, "The SageMaker SDK v2's lifecycle"): the
+# The SDK's v2 lifecycle notice is shown, once per command (docs/SAGEMAKER.md, "The SageMaker SDK v2's lifecycle"): the
 # SDK repeats it through logging and once more for each class used (Estimator, Model...); those repeats go.
 # SAGEMAKER_SUPPRESS_V2_WARNING=1 silences the notice itself.
 logging.getLogger("sagemaker.deprecations").setLevel(logging.ERROR)

@@ -51,7 +51,7 @@ def errors():
                                 "another --instance-type; spot and on-demand have separate quotas (--no-spot)") from None
         if code == "ValidationException" and re.search(r"assume (the )?role", message, re.IGNORECASE):
             raise LauncherError(f"SageMaker cannot assume the role ({message}): the role's trust policy must allow "
-                                "the principal sagemaker.amazonaws.com (sts:AssumeRole); see README, Run on SageMaker")\
+                                "the principal sagemaker.amazonaws.com (sts:AssumeRole); see docs/SAGEMAKER.md, Before you start")\
                 from None
         if code in ("AccessDenied", "AccessDeniedException"):
             raise LauncherError(f"access denied for {operation}: {message}") from None

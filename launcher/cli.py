@@ -175,7 +175,7 @@ def build_parser(description=None):
                         help="SageMaker: scale between MIN and MAX instances on invocations per instance")
     deploy.add_argument("--target-invocations", type=float, default=DEFAULT_TARGET_INVOCATIONS, metavar="N",
                         help="with --autoscale: invocations per instance per minute to keep (default "
-                             f"{DEFAULT_TARGET_INVOCATIONS}, from the measured throughput: see README)")
+                             f"{DEFAULT_TARGET_INVOCATIONS}, from the measured throughput: see docs/BATCH_AND_SCALE.md)")
     deploy.add_argument("--serverless", type=int, metavar="MEMORY_MB",
                         help="SageMaker: a serverless endpoint (CPU) with this memory: 2048, 3072, ... 6144")
     deploy.add_argument("--max-concurrency", type=int, default=5, metavar="N",
@@ -184,7 +184,7 @@ def build_parser(description=None):
                         help="SageMaker: capture this share of requests and answers to s3://BUCKET/image-classifier/capture/")
     deploy.add_argument("--inference-ami", metavar="VERSION",
                         help="SageMaker: the endpoint's InferenceAmiVersion on GPU types (default on ml.g*/ml.p*: "
-                             "one whose driver runs the image's CUDA 12, see README)")
+                             "one whose driver runs the image's CUDA 12, see docs/IMAGE_AND_GPUS.md)")
     deploy.add_argument("--sample-image", type=Path, help="SageMaker: picture for the first prediction "
                                                           "(default: one of the uploaded dataset's test pictures)")
     add_network_arguments(deploy)

@@ -26,4 +26,12 @@ done
 "$PY" launch.py delete --local --port "$PORT"
 trap - EXIT
 "$PY" launch.py report --local "$JOB"
-echo "demo finished in $(( $(date +%s) - started )) s (after set-up)"
+
+# The figures of this run, on this machine (README quotes the range seen elsewhere).
+"$PY" - "local_jobs/$JOB/model/model.json" "$JOB" "$(( $(date +%s) - started ))" <<'PYTHON'
+import json, sys
+path, job, seconds = sys.argv[1:]
+metrics = json.load(open(path))["metrics"]
+print(f"\nDemo summary (this machine): job {job}, test accuracy {metrics['test_acc']:.4f} "
+      f"(best epoch {metrics['best_epoch']}), {seconds} s after set-up; report: reports/{job}/report.html")
+PYTHON

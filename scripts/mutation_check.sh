@@ -12,7 +12,7 @@
 #        MUTATION_DOCKER=1  also the mutations whose tests need the image (each builds a mutated image once;
 #                           the current content-hashed image is kept under a spare tag meanwhile)
 # About 7 minutes on a quiet 2-core machine without the docker mutation (.ci/run runs it); with it, before
-# each release (README "Tests").
+# each release (docs/TESTING.md).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 py=${PY:-.venv/bin/python}

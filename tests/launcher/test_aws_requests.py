@@ -1,5 +1,5 @@
 """Every request launch.py sends is one SageMaker accepts (botocore's service model, request_validator.py) and
-that the README's IAM table allows; the static hyperparameters and KMS keys each request carries."""
+that the IAM table of docs/SAGEMAKER.md allows; the static hyperparameters and KMS keys each request carries."""
 import json
 import re
 
@@ -18,10 +18,10 @@ S3_ACTIONS = {"ListObjectsV2": "ListBucket", "ListObjects": "ListBucket", "HeadB
               "UploadPart": "PutObject", "CompleteMultipartUpload": "PutObject"}
 
 
-def readme_iam_actions():
-    """{prefix: {actions}} from README's table of what the launcher's credentials need: a bare `Action`
+def documented_iam_actions():
+    """{prefix: {actions}} from the docs' table of what the launcher's credentials need: a bare `Action`
     belongs to the last `prefix:` named before it in its row; `prefix:*` allows all of that service."""
-    text = (PROJECT_DIR / "README.md").read_text()
+    text = (PROJECT_DIR / "docs" / "SAGEMAKER.md").read_text()
     table = text.split("| service | actions | used by |", 1)[1].split("\n\n", 1)[0]
     allowed = {}
     for row in table.splitlines()[2:]:
@@ -33,8 +33,8 @@ def readme_iam_actions():
     return allowed
 
 
-def iam_actions_missing_from_readme(actions):
-    allowed = readme_iam_actions()
+def iam_actions_missing_from_the_docs(actions):
+    allowed = documented_iam_actions()
     missing = []
     for prefix, operation in sorted(actions):
         action = S3_ACTIONS.get(operation, operation) if prefix == "s3" else operation
@@ -43,12 +43,12 @@ def iam_actions_missing_from_readme(actions):
     return missing
 
 
-def test_the_readme_iam_table_is_read_as_written():
-    allowed = readme_iam_actions()
+def test_the_documented_iam_table_is_read_as_written():
+    allowed = documented_iam_actions()
     assert {"CreateTrainingJob", "InvokeEndpoint", "UpdateEndpointWeightsAndCapacities"} <= allowed["sagemaker"]
     assert "*" in allowed["application-autoscaling"] and "CreateServiceLinkedRole" in allowed["iam"]
-    assert iam_actions_missing_from_readme({("sagemaker", "CreateTrainingJob"), ("s3", "ListObjectsV2")}) == []
-    assert iam_actions_missing_from_readme({("sagemaker", "StopTrainingJob"), ("kms", "Decrypt")}) == [
+    assert iam_actions_missing_from_the_docs({("sagemaker", "CreateTrainingJob"), ("s3", "ListObjectsV2")}) == []
+    assert iam_actions_missing_from_the_docs({("sagemaker", "StopTrainingJob"), ("kms", "Decrypt")}) == [
         "kms:Decrypt", "sagemaker:StopTrainingJob"]
 
 
@@ -81,7 +81,7 @@ def test_every_command_sends_requests_the_service_model_accepts(cloud, capsys, u
     for argv in commands:  # the dry runs' printed requests, checked the same way
         for call in json.loads(ok(capsys, *argv, "--dry-run")):
             assert problems(call["service"], call["operation"], call["params"]) == [], argv
-    assert iam_actions_missing_from_readme(cloud.sent.actions) == []
+    assert iam_actions_missing_from_the_docs(cloud.sent.actions) == []
     checked = cloud.sent.checker.checked
     for operation in ("CreateHyperParameterTuningJob", "CreateTrainingJob", "CreateModel", "CreateEndpointConfig",
                       "CreateEndpoint", "RegisterScalableTarget", "PutScalingPolicy", "InvokeEndpoint",

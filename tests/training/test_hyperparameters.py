@@ -1,4 +1,4 @@
-"""Hyperparameters: parsing SageMaker's strings, validation messages, the README table."""
+"""Hyperparameters: parsing SageMaker's strings, validation messages, the documented table."""
 import re
 from dataclasses import fields
 
@@ -61,12 +61,12 @@ def test_every_hyperparameter_is_documented_and_typed():
             assert spec.default in spec.metadata["choices"], spec.name
 
 
-def test_readme_table_is_generated_from_the_dataclass():
-    readme = (PROJECT_DIR / "README.md").read_text()
-    block = re.search(r"<!-- hyperparameters:begin -->\n(.*?)\n<!-- hyperparameters:end -->", readme, re.S)
-    assert block, "README.md lacks the generated hyperparameter table markers"
+def test_the_documented_table_is_generated_from_the_dataclass():
+    page = (PROJECT_DIR / "docs" / "TRAINING.md").read_text()
+    block = re.search(r"<!-- hyperparameters:begin -->\n(.*?)\n<!-- hyperparameters:end -->", page, re.S)
+    assert block, "docs/TRAINING.md lacks the generated hyperparameter table markers"
     assert block.group(1).strip() == markdown_table(), \
-        "README's table is stale: paste the output of `python -m image_classifier.training.hyperparameters`"
+        "docs/TRAINING.md's table is stale: paste the output of `python -m image_classifier.training.hyperparameters`"
 
 
 @pytest.mark.parametrize("key", ["_note", "_tuning_objective_metricx", "_"])

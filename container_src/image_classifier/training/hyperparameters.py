@@ -2,7 +2,7 @@
 
 SageMaker passes every hyperparameter as a string (`hyperparameters.json`), with kebab-case keys as the
 original project used them (`lr`, `batch-size`). `Hyperparameters.from_strings` turns them into this
-frozen dataclass, or raises `HyperparameterError` naming the key and what it allows. The README's table
+frozen dataclass, or raises `HyperparameterError` naming the key and what it allows. The table in docs/TRAINING.md
 is generated from the same fields (`python -m image_classifier.training.hyperparameters`), and a test keeps them equal.
 """
 import re
@@ -110,7 +110,7 @@ def _format(value):
 
 
 def describe(spec):
-    """What a hyperparameter allows, in words (used in errors and in the README table)."""
+    """What a hyperparameter allows, in words (used in errors and in the docs/TRAINING.md table)."""
     meta = spec.metadata
     if meta["choices"]:
         return "one of " + ", ".join(meta["choices"])
@@ -152,7 +152,7 @@ def _parse(key, spec, value):
 
 
 def markdown_table():
-    """The README's hyperparameter table, generated from the dataclass."""
+    """The hyperparameter table of docs/TRAINING.md, generated from the dataclass."""
     rows = ["| key | default | allowed | what it does |", "| --- | --- | --- | --- |"]
     for spec in fields(Hyperparameters):
         default = spec.default if spec.default is not MISSING else ""
