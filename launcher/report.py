@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from image_classifier import constants
@@ -228,6 +228,15 @@ def _log_times(lines):
     return (times[0], times[-1]) if times else (None, None)
 
 
+def _when(moment):
+    """A job's start as the header shows it: SageMaker's times in UTC, a local log's as written."""
+    if moment is None:
+        return None
+    if moment.tzinfo:
+        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
 def _duration(seconds):
     minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
@@ -242,7 +251,7 @@ def job_facts(files, metrics):
     final = [f"{name} {values[-1]:.4g}" for name in HEADER_METRICS if (values := metrics.get(name))]
     return {
         "job": files.name,
-        "date": started.strftime("%Y-%m-%d %H:%M") + (" UTC" if started.tzinfo else "") if started else None,
+        "date": _when(started),
         "dataset": f"{pictures.group(1)} classes; pictures: {pictures.group(2)}" if pictures else None,
         "instance": files.instance,
         "device": device.group(1) if device else None,

@@ -99,6 +99,7 @@ def test_report_job_reads_what_the_job_left_in_s3_and_cloudwatch(cloud, capsys, 
     for section in ("Loss", "Accuracy", "Test confusion matrix", "Rules", "Hyperparameters"):
         assert f"<h2>{section}</h2>" in page, section
     assert "No saved tensors" not in page
+    assert "<td>instance</td><td>1 x ml.g4dn.xlarge (SageMaker)</td>" in page  # the header, from DescribeTrainingJob
     pages = [p for op, p in cloud.sent.calls if op == "GetLogEvents"]
     assert len(pages) > len(lines) // LOG_PAGE and pages[1]["nextToken"]  # followed page after page
     where = tmp_path / "report" / "job"
