@@ -19,13 +19,13 @@ def number(value):
 
 
 def table(header, rows, table_id=None, row_classes=None):
-    """A table of text cells; `row_classes` gives each row a CSS class (or None)."""
-    head = "".join(f"<th>{text(h)}</th>" for h in header)
+    """A table of text cells (`header` None: no header row); `row_classes` gives each row a CSS class (or None)."""
+    head = "<tr>" + "".join(f"<th>{text(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join(
         (f'<tr class="{text(cls)}">' if cls else "<tr>") + "".join(f"<td>{text(c)}</td>" for c in row) + "</tr>"
         for row, cls in zip(rows, row_classes or [None] * len(rows)))
     attribute = f' id="{text(table_id)}"' if table_id else ""
-    return f"<table{attribute}><tr>{head}</tr>{body}</table>"
+    return f"<table{attribute}>{head}{body}</table>"
 
 
 def figure(svg, name):
@@ -35,8 +35,7 @@ def figure(svg, name):
 
 def header_section(facts):
     """What the job was, in a few rows: {field: value} (fields without a value are left out)."""
-    return "<h2>The job</h2>" + table(["", ""], [(k, v) for k, v in facts.items() if v not in (None, "")],
-                                      table_id="job")
+    return "<h2>The job</h2>" + table(None, [(k, v) for k, v in facts.items() if v not in (None, "")], table_id="job")
 
 
 def hyperparameters_section(rows):

@@ -294,7 +294,7 @@ def crafted_page(tmp_path_factory):
 
 
 def test_the_header_says_what_the_job_was(crafted_page):
-    header = dict(crafted_page[2].tables["job"][1:])
+    header = dict(crafted_page[2].tables["job"])
     assert header == {"job": "crafted-job", "date": "2026-12-06 10:00",
                       "dataset": f"{MANY} classes; pictures: train 500, valid 100, test 100",
                       "instance": "this machine (a local job, 1 host)", "device": "cpu", "duration": "12 min 30 s",
