@@ -25,12 +25,13 @@ from image_classifier import constants
 from image_classifier.contract import CONTAINER_PATHS, TENSORS_FOLDER
 from image_classifier.metrics import METRIC_DEFINITIONS
 from image_classifier.training.hyperparameters import Hyperparameters
-from launcher import (LauncherError, api_rules, aws, endpoints, report, s3_upload, scaling, terminal, transform,
-                      unique_name)
+from launcher import (LauncherError, api_rules, aws, endpoints, report, rollback, s3_upload, scaling, terminal,
+                      transform, unique_name)
 from launcher.aws_errors import errors
 from launcher.cli import ENDPOINT_INSTANCE, LAST, TRAINING_INSTANCE, TUNING_JOB_PREFIX, build_parser, parse_hp
 from launcher.local import client, serving, trees
 from launcher.local.training import train_local
+from launcher.preflight import dry_run_first
 from launcher.sample_data import write_digits
 from launcher.training_jobs import (TRIAL_ONLY_HYPERPARAMETERS, attach_training_job, attach_tuning_job,
                                     check_warm_start_parents, format_hp, job_inputs, sagemaker_hyperparameters,
@@ -39,6 +40,8 @@ from launcher.waiting import wait_for_endpoint
 
 # The SageMaker SDK (sagemaker.*, launcher.sdk) is imported inside the recipes that use it: it takes over a
 # second to import, which every local command and --help would otherwise pay.
+# @dry_run_first: a recipe that makes something runs as a dry run first, every request checked against
+# botocore's service model, so nothing is sent unless all of it would be accepted (launcher/preflight.py).
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -55,7 +58,7 @@ TENSORS_IN_OUTPUT_DATA = {constants.TENSORS_DIR_ENV: str(CONTAINER_PATHS.output_
 
 def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugger=False):
     """Our image as a generic SDK Estimator. `checkpoints`: where a spot job's checkpoints go in S3 (ending in `/`:
-    SageMaker syncs back every object under the prefix, and `run1` would also match `run10`).
+    SageMaker restores every object under the prefix into a new job, and `run1` would also match `run10`).
     `debugger` (training jobs only; tuning jobs have no field for it): SageMaker's Debugger hook, profiler and
     built-in rules. Without it the job's own tensors travel in its output data (output.tar.gz)."""
     from sagemaker.debugger import CollectionConfig, DebuggerHookConfig, ProfilerConfig
@@ -150,6 +153,7 @@ def cmd_upload(args):
 
 
 # ---------------------------------------------------------------------------------------------- tune
+@dry_run_first
 def cmd_tune(args):
     """A hyperparameter tuning job over the learning rate and the batch size (the original project's ranges)."""
     from sagemaker.tuner import (CategoricalParameter, ContinuousParameter, HyperparameterTuner, WarmStartConfig,
@@ -164,8 +168,10 @@ def cmd_tune(args):
         trial_values = {} if args.trial_debugging else dict(TRIAL_ONLY_HYPERPARAMETERS)
         hyperparameters = sagemaker_hyperparameters({**trial_values, **parse_hp(args.hp)}, args.network_isolation)
         data, splits, pretrained = job_inputs(connection, args, name)
-        training = estimator(connection, hyperparameters, args, tags=aws.tags(data=data),
-                             checkpoints=connection.s3_uri("checkpoints", name) + "/")  # a trial resumes after spot
+        # No checkpoint location for the trials: a tuning job has one CheckpointConfig for all its trials and
+        # SageMaker restores all of it into each new trial (AWS: "Resume training from a checkpoint"), so trial
+        # k would download k-1 others' checkpoints. An interrupted spot trial restarts from its first epoch.
+        training = estimator(connection, hyperparameters, args, tags=aws.tags(data=data), checkpoints=None)
         # The saved model's own value (the job's last line for it), maximised, or minimised for a loss.
         objective = {"MetricName": args.objective, "Type": "Minimize" if args.objective.endswith("loss") else "Maximize"}
         ranges = {
@@ -210,6 +216,7 @@ def cmd_train(args):
     return train_sagemaker(args)
 
 
+@dry_run_first
 def train_sagemaker(args):
     """A training job with the best tuning values, Debugger hook and profiler, on a spot instance."""
     connection = aws.Aws(args)
@@ -265,6 +272,7 @@ def serving_model(connection, model_data, name, args):
     )
 
 
+@dry_run_first
 def deploy_sagemaker(args):
     """A real-time endpoint serving the model our image, then one sample prediction."""
     connection = aws.Aws(args)
@@ -280,13 +288,14 @@ def deploy_sagemaker(args):
         name = args.endpoint or unique_name()
         model = serving_model(connection, model_data, name, args)
         with endpoints.costs_until_deleted(connection, name):  # says so on every way out, Ctrl-C included
-            model.deploy(
-                **capacity,
-                endpoint_name=name,
-                kms_key=endpoints.endpoint_kms_key(args),  # none on local NVMe storage
-                tags=aws.tags(training_job=training_job, model_data=model_data),
-                wait=False,
-            )
+            with rollback.all_or_nothing(connection):  # a refused endpoint (config) takes its model with it
+                model.deploy(
+                    **capacity,
+                    endpoint_name=name,
+                    kms_key=endpoints.endpoint_kms_key(args),  # none on local NVMe storage
+                    tags=aws.tags(training_job=training_job, model_data=model_data),
+                    wait=False,
+                )
             if not connection.dry_run:
                 connection.remember(endpoint=name, model=name)
                 print(f"Endpoint {name} is being created ({endpoints.describe_capacity(args)}); this takes a few "
@@ -391,6 +400,7 @@ def cmd_transform(args):
     return 2 if bad or not complete else 0
 
 
+@dry_run_first
 def transform_sagemaker(args):
     """A batch transform job: the deploy recipe's Model, one picture per request, `<key>.out` per picture."""
     if not args.data.startswith("s3://"):
@@ -405,27 +415,33 @@ def transform_sagemaker(args):
         if ami:  # SDK v2's transformer has no parameter for it
             api_rules.add_to_request(connection.client("sagemaker"), "CreateTransformJob",
                                      TransformResources={"TransformAmiVersion": ami})
+        data = s3_upload.folder_uri(args.data)  # that folder, not its siblings (photos-old for photos)
+        pictures = transform.s3_keys(connection.client("s3"), data)
+        if not pictures and not connection.dry_run:
+            raise LauncherError(f"no objects in {data}: a transform job reads that folder (and those below it)")
+        content_type = transform.job_content_type(pictures)
         training_job, model_data = endpoints.model_to_serve(connection, args)
         name = args.job_name or unique_name()
         output = str(args.output) if args.output else connection.s3_uri("transform", name)
-        transformer = serving_model(connection, model_data, name, args).transformer(
-            instance_count=args.instance_count,
-            instance_type=instance_type,
-            strategy="SingleRecord",  # one picture per request
-            output_path=output,
-            accept="application/json",
-            max_concurrent_transforms=max_concurrent,
-            max_payload=transform.MAX_PAYLOAD_MB,  # the model server's own cap
-            volume_kms_key=api_rules.volume_kms_key(instance_type, args.kms_key),  # none on local NVMe storage
-            output_kms_key=args.kms_key,
-            tags=aws.tags(training_job=training_job, model_data=model_data),
-        )
-        transformer.transform(args.data, data_type="S3Prefix", split_type="None", job_name=name, wait=False,
-                              content_type=transform.job_content_type(transform.s3_keys(connection.client("s3"), args.data)))
+        with rollback.all_or_nothing(connection):  # a refused transform job takes its Model with it
+            transformer = serving_model(connection, model_data, name, args).transformer(
+                instance_count=args.instance_count,
+                instance_type=instance_type,
+                strategy="SingleRecord",  # one picture per request
+                output_path=output,
+                accept="application/json",
+                max_concurrent_transforms=max_concurrent,
+                max_payload=transform.MAX_PAYLOAD_MB,  # the model server's own cap
+                volume_kms_key=api_rules.volume_kms_key(instance_type, args.kms_key),  # none on local NVMe storage
+                output_kms_key=args.kms_key,
+                tags=aws.tags(training_job=training_job, model_data=model_data),
+            )
+            transformer.transform(data, data_type="S3Prefix", split_type="None", job_name=name, wait=False,
+                                  content_type=content_type)
         if connection.dry_run:
             return connection.finish_dry_run()
         connection.remember(transform_job=name, transform_output=output)
-        print(f"Transform job {name} started ({args.instance_count} x {instance_type}): {args.data} -> {output}\n"
+        print(f"Transform job {name} started ({args.instance_count} x {instance_type}): {data} -> {output}\n"
               f"Then: aws s3 cp --recursive {output} OUT && python launch.py transform --summarize OUT")
 
 

@@ -1,5 +1,5 @@
 """What SageMaker refuses (or runs into a failure) that the SDK v2 lets through, checked before any request,
-and the request fields the SDK v2 cannot send. launch.py's recipes call these; tests/request_validator.py
+and the request fields the SDK v2 cannot send. launch.py's recipes call these; request_checks.py
 checks the requests themselves against botocore's service model.
 
 Sources: AWS's API reference (CreateTrainingJob, CreateHyperParameterTuningJob, CreateTransformJob,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from image_classifier.contract import atomic_write_text
 
-from . import IMAGE_NAME, LOCAL_JOBS_DIR, LauncherError, recorded_image_uri
+from . import IMAGE_NAME, LOCAL_JOBS_DIR, LauncherError, recorded_image_uri, request_checks
 from .dry_run import DRY_RUN_PLACEHOLDERS, DryRun
 
 # boto3, botocore and the SageMaker SDK are imported where they are used: slow imports (over a second for the
@@ -106,8 +106,11 @@ def load_state():
 
 
 def tags(**links):
-    """The project tag plus one `image-classifier:<link>` tag per step this resource comes from."""
-    return [PROJECT_TAG] + [{"Key": TAG_PREFIX + key.replace("_", "-"), "Value": str(value)}
+    """The project tag plus one `image-classifier:<link>` tag per step this resource comes from. A value is
+    made to fit TagValue (botocore's model: letters, digits, spaces and `_.:/=+-@`, 256 at most): an S3 URI
+    may hold `(`, `,` or `#`, and SageMaker refuses the whole create request for one tag."""
+    return [PROJECT_TAG] + [{"Key": TAG_PREFIX + key.replace("_", "-"),
+                             "Value": request_checks.fit_to_pattern(value, "sagemaker", "TagValue")}
                             for key, value in links.items() if value]
 
 
@@ -169,6 +172,8 @@ class Aws:
         self.region = self.boto.region_name
         if not self.region:
             raise LauncherError("missing AWS region: pass --region or set AWS_REGION or AWS_DEFAULT_REGION")
+        # Every request is checked against botocore's model before it goes (or, in a dry run, is recorded).
+        request_checks.refuse_invalid(self.boto)
         self.recorder = DryRun(self.boto) if self.dry_run else None
         self.state = load_state()
         self._sagemaker = None

@@ -144,15 +144,22 @@ def project_resources(connection):
 @contextlib.contextmanager
 def costs_until_deleted(connection, endpoint):
     """From the CreateEndpoint request on, every way out (success, error, Ctrl-C) says that the endpoint
-    costs money until it is deleted, and how."""
+    costs money until it is deleted, and how; not when SageMaker refused the request (nothing was made)."""
     created = []
     events = connection.client("sagemaker").meta.events
     handler_id = f"costs-{endpoint}"
+
+    def refused(http_response, **_):
+        if http_response.status_code >= 300:
+            created.clear()
+
     events.register("before-call.sagemaker.CreateEndpoint", lambda **_: created.append(True), unique_id=handler_id)
+    events.register("after-call.sagemaker.CreateEndpoint", refused, unique_id=handler_id + "-refused")
     try:
         yield
     finally:
         events.unregister("before-call.sagemaker.CreateEndpoint", unique_id=handler_id)
+        events.unregister("after-call.sagemaker.CreateEndpoint", unique_id=handler_id + "-refused")
         if created and not connection.dry_run:
             print(f"Endpoint {endpoint} costs money until you delete it: python launch.py delete --endpoint "
                   f"{endpoint}", flush=True)

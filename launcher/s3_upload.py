@@ -26,6 +26,13 @@ def split_s3_uri(uri):
     return bucket, prefix.strip("/")
 
 
+def folder_uri(uri):
+    """`uri` as the S3 prefix of exactly that folder: ending in `/`, since an S3 prefix is a string prefix
+    (`s3://b/photos` also matches `s3://b/photos-old/...`). Checked as an S3 URI."""
+    split_s3_uri(uri)
+    return uri.rstrip("/") + "/"
+
+
 def dataset_files(root):
     """{relative posix path: Path} of the files to upload; the folder must hold train/ (and valid/, test/)."""
     root = Path(root)

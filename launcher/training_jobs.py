@@ -37,7 +37,7 @@ def training_channels(data_uri, splits, pretrained=None):
     not also match `train_old`), and the `pretrained` channel when weights are given."""
     from sagemaker.inputs import TrainingInput
 
-    channels = {split: TrainingInput(f"{data_uri.rstrip('/')}/{split}/") for split in splits}
+    channels = {split: TrainingInput(s3_upload.folder_uri(f"{data_uri.rstrip('/')}/{split}")) for split in splits}
     if pretrained:
         channels["pretrained"] = TrainingInput(pretrained)
     return channels

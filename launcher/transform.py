@@ -324,12 +324,13 @@ def local(data_dir, out_dir, model=None, mode="auto", port=DEFAULT_PORT, max_con
 
 
 # ------------------------------------------------------------------------------------------ SageMaker
-TRANSFORM_INSTANCE = "ml.m5.xlarge"  # CPU, 4 vCPUs: two model-server workers
-# (vCPUs, GPUs) of the instance types a transform job is likely to run on (AWS's published figures): the
-# model server's workers on them, hence MaxConcurrentTransforms, follow from these.
+TRANSFORM_INSTANCE = "ml.m5.xlarge"  # CPU, 4 vCPUs: four model-server workers (serve's default, one per core)
+# (vCPUs, GPUs) of common CreateTransformJob instance types (AWS's published figures; every one in botocore's
+# TransformInstanceType, which has no ml.c5.large: the c5 family starts at xlarge there). `serve` starts
+# its workers from these (serving.settings.default_workers), and MaxConcurrentTransforms follows.
 INSTANCE_RESOURCES = {
     "ml.m5.large": (2, 0), "ml.m5.xlarge": (4, 0), "ml.m5.2xlarge": (8, 0), "ml.m5.4xlarge": (16, 0),
-    "ml.c5.large": (2, 0), "ml.c5.xlarge": (4, 0), "ml.c5.2xlarge": (8, 0), "ml.c5.4xlarge": (16, 0),
+    "ml.c5.xlarge": (4, 0), "ml.c5.2xlarge": (8, 0), "ml.c5.4xlarge": (16, 0),
     "ml.g4dn.xlarge": (4, 1), "ml.g4dn.2xlarge": (8, 1), "ml.g5.xlarge": (4, 1), "ml.g5.2xlarge": (8, 1),
 }
 # The request body cap a transform job may send: the model server's own cap, so a picture the server
@@ -339,7 +340,7 @@ MAX_PAYLOAD_MB = contract.DEFAULT_PAYLOAD_CAP_MB
 
 def max_concurrent_transforms(instance_type):
     """Requests in flight per instance: two per model-server worker, the workers being what `serve`
-    starts on that instance (one per GPU, else one per two vCPUs)."""
+    starts on that instance by default (one per GPU, else one per vCPU), within SageMaker's cap."""
     if instance_type not in INSTANCE_RESOURCES:
         raise LauncherError(f"--instance-type {instance_type}: its vCPUs and GPUs are not known here, so its "
                             "model-server workers are not either: pass --max-concurrent N (two per worker)")
@@ -356,9 +357,11 @@ def job_content_type(keys):
 
 
 def s3_keys(s3, uri):
-    """Every object key under an s3:// prefix (what the transform job will send)."""
+    """Every object key in the S3 folder `uri` and below it (what the transform job will send), not in its
+    siblings (`photos` also matching `photos-old`)."""
     from .s3_upload import split_s3_uri
 
     bucket, prefix = split_s3_uri(uri)
+    prefix = f"{prefix}/" if prefix else ""
     return [item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for item in page.get("Contents", [])]

@@ -6,8 +6,9 @@ MetricDefinitions, completes jobs at once and fakes the best tuning job: so the 
 the launcher sends (recorded with boto3's `provide-client-params` event) and use the server for the
 create / describe / delete flow. Where AWS would answer something moto cannot (a failed job, an expired
 token), a boto3 event handler plays that answer. Every request of every test that uses the `cloud` fixture
-is checked against botocore's service model as strictly as SageMaker checks it (request_validator.py): a
-test that sends a request SageMaker would refuse fails.
+is checked against botocore's service model as strictly as SageMaker checks it (launcher/request_checks.py,
+the launcher's own check, here as a witness that runs after it): a test that sends a request SageMaker
+would refuse fails.
 """
 import io
 import json
@@ -17,8 +18,8 @@ import pytest
 import launch
 from conftest import make_dataset
 from moto_server import moto_url, reset  # noqa: F401 - moto_url is a fixture
-from request_validator import RequestChecker
 from launcher import aws
+from launcher.request_checks import RequestChecker
 
 ACCOUNT = "123456789012"  # moto's account
 REGION = "us-east-1"
@@ -37,12 +38,17 @@ class Sent:
         self.handlers = []  # (event, handler) added to every session the launcher makes
         self.checker = RequestChecker()  # each request against botocore's service model
 
-    def attach(self, boto_session):
+    def attach(self, boto_session, dry_run=False):
+        """Last on each request, so a request the launcher itself refuses is neither checked nor recorded.
+        A dry run's session (a user's --dry-run, or preflight.py's rehearsal) sends nothing: its requests are
+        checked, not recorded, and get no played answers (the dry run answers them)."""
         self.checker.attach(boto_session)
-        boto_session.events.register(
+        if dry_run:
+            return
+        boto_session.events.register_last(
             "provide-client-params",
             lambda params, model, **_: self.calls.append((model.name, json.loads(json.dumps(params, default=str)))))
-        boto_session.events.register(
+        boto_session.events.register_last(
             "provide-client-params",
             lambda model, **_: self.actions.add((model.service_model.signing_name, model.name)))
         for event, handler in self.handlers:
@@ -92,7 +98,7 @@ def cloud(moto_url, tmp_path, monkeypatch):
 
     def recorded_session(region, dry_run):
         boto_session = make_session(region, dry_run)
-        sent.attach(boto_session)
+        sent.attach(boto_session, dry_run)
         return boto_session
 
     monkeypatch.setattr(aws, "new_boto_session", recorded_session)

@@ -1,10 +1,10 @@
-"""The request rules SageMaker applies and the SDK v2 does not (launcher/api_rules.py), the request validator
-of the test harness (request_validator.py) on requests it must refuse, and the terminal's text filter."""
+"""The request rules SageMaker applies and the SDK v2 does not (launcher/api_rules.py), the request
+checks (launcher/request_checks.py) on requests they must refuse, and the terminal's text filter."""
 import pytest
 
 from image_classifier.cuda_check import GPU_INFERENCE_AMI
 from launcher import LauncherError, api_rules, terminal, transform
-from request_validator import problems
+from launcher.request_checks import problems
 
 
 # ------------------------------------------------------------------------------------------ inference AMIs

@@ -200,11 +200,11 @@ def test_builtin_rules_send_each_collection_once(cloud, capsys, uploaded):
     assert intervals["gradients"] == str(defaults.debug_tensor_interval)
 
 
-def test_tune_dry_run_shows_checkpoints_and_no_debugging_in_trials(cloud, capsys, monkeypatch):
+def test_tune_dry_run_shows_spot_trials_without_checkpoints_or_debugging(cloud, capsys, monkeypatch):
     monkeypatch.delenv("SAGEMAKER_BUCKET")
     calls = json.loads(ok(capsys, "tune", "--data", "s3://b/d", "--job-name", "ic-tune-dry", "--dry-run"))
     definition = calls[-1]["params"]["TrainingJobDefinition"]
-    assert definition["CheckpointConfig"]["S3Uri"] == "s3://your-bucket/image-classifier/checkpoints/ic-tune-dry/"
+    assert definition["EnableManagedSpotTraining"] is True and "CheckpointConfig" not in definition
     assert definition["StaticHyperParameters"]["debug-hook"] == "false"
 
 

@@ -1,5 +1,5 @@
-"""Every request launch.py sends is one SageMaker accepts (botocore's service model, request_validator.py) and
-that the IAM table of docs/SAGEMAKER.md allows; the static hyperparameters and KMS keys each request carries."""
+"""Every request launch.py sends is one SageMaker accepts (botocore's service model, launcher/request_checks.py)
+and that the IAM table of docs/SAGEMAKER.md allows; the static hyperparameters and KMS keys each request carries."""
 import json
 import re
 
@@ -54,8 +54,8 @@ def test_the_documented_iam_table_is_read_as_written():
 
 def test_every_command_sends_requests_the_service_model_accepts(cloud, capsys, uploaded, tmp_path):
     """tune, train, deploy in each mode, transform, predict and delete, against moto and as dry runs: every
-    request passes request_validator (required members, enums, lengths, ranges, patterns, no unknown member)."""
-    from request_validator import problems
+    request passes request_checks (required members, enums, lengths, ranges, patterns, no unknown member)."""
+    from launcher.request_checks import problems
 
     model_data = f"s3://{BUCKET}/jobs/j1/output/model.tar.gz"
     picture = uploaded / "test" / "001.Red_fox" / "Red_fox_00000.JPG"
