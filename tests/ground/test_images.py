@@ -1,12 +1,14 @@
 """Picture decoding shared by training and serving (images.py): the format allowlist, the header checks,
 EXIF orientation, and decoding big pictures small (JPEG draft, box reduction) for serving."""
+import io
+import struct
 import time
 
 import pytest
 from PIL import Image
 
 import serving_samples as samples
-from image_classifier import images
+from image_classifier import images, picture_containers
 
 
 @pytest.mark.parametrize("name", sorted(samples.GOOD_PICTURES))
@@ -135,3 +137,91 @@ def test_charged_pixels_are_the_declared_size_or_the_upsampled_one():
     assert images.charged_pixels((1, 1), 256) == 256 * 256
     assert images.charged_pixels((1, 50_000), 256) == 256 * 12_800_000
     assert images.charged_pixels((300, 200), 256) == 384 * 256
+
+
+# -------------------------------------------------------- containers (issue 31, item 10)
+@pytest.mark.parametrize("name", sorted(samples.HOSTILE_CONTAINERS))
+def test_a_hostile_container_is_refused_from_its_bytes_before_pillow_opens_it(name, monkeypatch):
+    """Floods of segments, chunks, blocks or IFD entries are counted from the bytes: Pillow is never asked."""
+    make, words = samples.HOSTILE_CONTAINERS[name]
+    data = make()
+    assert words in picture_containers.container_excess(data)
+
+    def pillow(*args, **kwargs):
+        raise AssertionError("Pillow opened a hostile container")
+
+    monkeypatch.setattr(images.Image, "open", pillow)
+    started = time.perf_counter()
+    for check in (images.read_header, images.open_rgb):
+        with pytest.raises(images.ImageTooLargeError, match=words):
+            check(data)
+    assert time.perf_counter() - started < 1  # a sanity bound: the walks stop at their bounds
+
+
+@pytest.mark.parametrize("name", sorted(samples.CAMERA_PICTURES))
+def test_pictures_as_cameras_and_phones_write_them_still_decode(name):
+    data = samples.CAMERA_PICTURES[name]()
+    assert picture_containers.container_excess(data) is None
+    assert images.open_rgb(data, min_side=64).mode == "RGB"
+
+
+def test_the_phone_jpeg_carries_what_phones_write():
+    """So that the test above means something: EXIF with a thumbnail, a 600 KB ICC profile in 10 APP2
+    segments, XMP, a comment, ten progressive scans."""
+    data = samples.phone_jpeg()
+    with Image.open(io.BytesIO(data)) as image:
+        assert len(image.info["icc_profile"]) == 600_000 and image.info["xmp"] and image.info["comment"]
+        assert image.getexif().get_ifd(0x8769)[0x927C][:2] == b"\xff\xd8"  # the thumbnail
+    counts = picture_containers.walk_jpeg(data)
+    assert data.count(b"\xff\xe2\xff\xef") == 0 and counts["scans"] == 10 and 30 < counts["segments"] < 100
+
+
+@pytest.mark.parametrize("extra, refused", [(0, False), (1, True)])
+def test_the_jpeg_segment_bound_is_exact(extra, refused):
+    """A picture at the bound passes; one segment more is refused."""
+    picture = samples.jpeg((16, 16))
+    own = picture_containers.walk_jpeg(picture)["segments"]
+    comments = b"\xff\xfe\x00\x02" * (picture_containers.MAX_JPEG_SEGMENTS - own + extra)
+    assert bool(picture_containers.container_excess(picture[:2] + comments + picture[2:])) is refused
+
+
+def test_a_big_png_split_into_libpng_s_8_kb_idats_passes():
+    """The PNG bound grows with the file: a noisy 1500x1000 PNG (about 4 MB) split into libpng's 8 KB IDATs
+    passes; split into 256-byte IDATs (more chunks than the flat allowance and one per 4 KB) it does not."""
+    picture = samples.png((1500, 1000))
+    start, end = picture.index(b"IDAT") - 4, picture.index(b"IEND") - 4
+    stream = b"".join(picture[at + 8:at + 8 + struct.unpack(">I", picture[at:at + 4])[0]]
+                      for at in _chunks(picture, start, end))
+
+    def split(size):
+        chunks = b"".join(samples.png_chunk(b"IDAT", stream[i:i + size]) for i in range(0, len(stream), size))
+        return picture[:start] + chunks + picture[end:]
+
+    assert picture_containers.container_excess(split(8192)) is None
+    assert images.open_rgb(split(8192), min_side=256).size == (500, 334)  # box-reduced by 3
+    assert "chunks" in picture_containers.container_excess(split(256))
+
+
+def _chunks(png, start, end):
+    while start < end:
+        yield start
+        start += 12 + struct.unpack(">I", png[start:start + 4])[0]
+
+
+def test_training_skips_a_hostile_container_before_pillow_walks_it(tmp_path, monkeypatch):
+    """check_pictures counts the container before its Pillow verify() (which walks every chunk), and the
+    loader's decoding refuses it too."""
+    from image_classifier.training import data
+
+    good = tmp_path / "good.png"
+    good.write_bytes(samples.phone_png())
+    flood = tmp_path / "flood.png"
+    flood.write_bytes(samples.png_chunk_flood())
+    opened, pillow_open = [], Image.open
+    monkeypatch.setattr(Image, "open", lambda source, *args, **kwargs: opened.append(source) or pillow_open(
+        source, *args, **kwargs))
+    kept, bad = data.check_pictures([(str(good), 0), (str(flood), 1)], "skip", "train")
+    assert str(flood) not in opened and str(good) in opened
+    assert kept == [(str(good), 0)] and bad == [str(flood)]
+    dataset = data.PictureDataset([(str(flood), 0)], lambda image: image)
+    assert isinstance(dataset[0], data.BadPicture) and "chunks" in dataset[0]

@@ -251,6 +251,23 @@ def test_the_scan_bomb_is_a_413_from_its_header(model):
     assert time.perf_counter() - started < 1
 
 
+@pytest.mark.parametrize("name", sorted(samples.HOSTILE_CONTAINERS))
+def test_a_hostile_container_is_a_413_from_its_bytes(name):
+    """Issue 31: floods of segments, chunks or blocks are refused by check_picture, before any decoding."""
+    make, words = samples.HOSTILE_CONTAINERS[name]
+    started = time.perf_counter()
+    with pytest.raises(handler.PayloadTooLarge) as raised:
+        handler.check_picture(make())
+    assert raised.value.status_code == 413 and words in raised.value.message
+    assert raised.value.message.startswith("The body is too large: the ")
+    assert time.perf_counter() - started < 1
+
+
+@pytest.mark.parametrize("name", sorted(samples.CAMERA_PICTURES))
+def test_pictures_as_cameras_and_phones_write_them_are_served(model, name):
+    assert predict(model, samples.CAMERA_PICTURES[name](), "application/x-image").probabilities.shape == (1, len(CLASSES))
+
+
 @pytest.mark.parametrize("per_picture, expected", [(0.001, 32), (1.0, 15), (4.0, 3), (100.0, 1)])
 def test_the_batch_limit_keeps_a_full_batch_within_the_batch_seconds(model, per_picture, expected):
     served = dataclasses.replace(model.settings, max_batch=None, batch_seconds=15)

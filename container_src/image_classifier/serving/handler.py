@@ -2,7 +2,7 @@
 
 input_fn parses a request (raw picture bytes, or a JSON batch of base64 pictures; at most the batch
 limit model_fn derived from a timed forward pass) and checks each picture's header (allowed format,
-declared size, a JPEG's scan count); predict_fn checks the request's pixel budget, then decodes the pictures one at a time straight into model-size tensors and runs them through the
+declared size, what its container repeats); predict_fn checks the request's pixel budget, then decodes the pictures one at a time straight into model-size tensors and runs them through the
 network in batches; output_fn writes the top-k labels as JSON. Every client mistake raises an
 `InferenceError` carrying its HTTP status and a short message; the toolkit turns it into the response
 (see transformer.py).
@@ -212,7 +212,8 @@ def client_errors(what):
 
 def check_picture(data, what="The body", max_pixels=settings.DEFAULT_MAX_PIXELS):
     """Bytes -> EncodedPicture after reading the header: 400 if empty or not an allowed format, 413 if it
-    declares more pixels than the cap (or is a JPEG of too many scans). No pixel is decoded here."""
+    declares more pixels than the cap, or its container repeats more than picture_containers.py allows (a
+    JPEG's scans or segments, a PNG's chunks...). No pixel is decoded here."""
     if not data:
         raise BadRequest(f"{what} is empty: send the bytes of a picture.")
     with client_errors(what):

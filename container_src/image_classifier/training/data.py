@@ -145,9 +145,11 @@ def check_pictures(samples, policy, split):
     good, bad = [], []
     for path, label in samples:
         try:
+            # First the decode-cost checks open_rgb makes (declared pixels, the container's scans, segments
+            # and chunks, counted from the bytes), so that Pillow never walks a hostile container.
+            read_header(path)
             with Image.open(path, formats=PICTURE_FORMATS) as image:  # the formats training decodes
                 image.verify()
-            read_header(path)  # the decode-cost checks open_rgb makes (declared pixels, a JPEG's scans)
             good.append((path, label))
         except DECODE_ERRORS as error:
             bad.append((path, str(error)))
