@@ -268,6 +268,7 @@ def serving_model(connection, model_data, name, args):
         name=name,
         vpc_config=vpc_config(args),
         enable_network_isolation=args.network_isolation,
+        env=scaling.serverless_environment(getattr(args, "serverless", None)),  # the memory the workers fit in
         sagemaker_session=connection.sagemaker,
     )
 

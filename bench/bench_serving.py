@@ -17,12 +17,15 @@ top-1 agreement with plain eager fp32 on the benchmark pictures and its largest 
 Each round measures everything; rounds alternate the order (floors first, then endpoint first). The
 figures are the median and the spread (min-max) of the rounds. Targets, at the default settings:
 p50 <= 0.8x the latency floor, throughput >= 1.3x the throughput floor, and every engine's top-1 agrees
-with eager on every picture; the script exits 1 when one is missed. Random weights: speed does not depend
-on them. Loopback only; run it under the CPU lock.
+with eager on every picture; the script exits 1 when one is missed. A full run (>= 3 rounds of >= 200 samples)
+records the default endpoint's pictures/s in bench/serving_capacity.json, which launcher/scaling.py derives the
+default autoscaling target from, and exits 1 too when that figure moved more than 20 % from the one recorded
+before. Random weights: speed does not depend on them. Loopback only; run it under the CPU lock.
 """
 import argparse
 import datetime
 import io
+import json
 import multiprocessing
 import os
 import platform
@@ -41,7 +44,10 @@ from PIL import Image
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR / "tests"))  # the serving test harness: start, wait, invoke, stop
 
+sys.path.insert(0, str(PROJECT_DIR))  # launcher.scaling: the capacity record the autoscaling target is read from
+
 import serving_harness as harness  # noqa: E402
+from launcher import scaling  # noqa: E402
 import serving_samples as samples  # noqa: E402
 from image_classifier.model import ModelConfig, build_model, save_artifact  # noqa: E402
 from image_classifier.serving import engine, handler, settings  # noqa: E402
@@ -252,6 +258,31 @@ def spread(values, scale=1.0, digits=0):
             if len(values) > 1 else f"{values[0]:.{digits}f}")
 
 
+def record_capacity(rounds, cores, path=scaling.CAPACITY_FILE, today=None):
+    """Write the default endpoint's throughput (median of the rounds) where launcher/scaling.py reads it; returns
+    the problem when it moved more than scaling.CAPACITY_DRIFT_LIMIT from the figure recorded before, else None."""
+    figures = [r["default"]["throughput"] for r in rounds]
+    measured = round(statistics.median(figures), 2)
+    try:
+        recorded = float(scaling.measured_capacity(path)["pictures_per_second"])
+    except scaling.LauncherError:
+        recorded = None
+    Path(path).write_text(json.dumps({
+        "pictures_per_second": measured, "spread": [round(min(figures), 2), round(max(figures), 2)], "vcpus": cores,
+        "workers": rounds[0]["default"]["workers"], "engine": rounds[0]["default"]["engine"], "settings": "default",
+        "date": str(today or datetime.date.today()),
+        "machine": f"{cores}-core {platform.machine()} ({platform.processor() or platform.node()}), torch "
+                   f"{torch.__version__}",
+        "source": f"bench/bench_serving.py, {len(rounds)} rounds, median throughput of the default endpoint "
+                  f"({rounds[0]['default']['clients']} clients)"}, indent=2) + "\n")
+    print(f"Recorded {measured} pictures/s on {cores} cores in {path} (the autoscaling target follows it)")
+    if recorded is not None and scaling.capacity_drift(recorded, measured) > scaling.CAPACITY_DRIFT_LIMIT:
+        return (f"the measured capacity {measured} pictures/s is {scaling.capacity_drift(recorded, measured):.0%} "
+                f"away from the {recorded} recorded before (limit {scaling.CAPACITY_DRIFT_LIMIT:.0%}): update what "
+                "quotes it (README's autoscaling target and cost figures, docs/BENCHMARKS.md)")
+    return None
+
+
 def parse_variant(text):
     name, _, assignments = text.partition(":")
     return name, dict(item.split("=", 1) for item in assignments.split(",") if item)
@@ -295,7 +326,13 @@ def main():
                   f"{default['throughput']:.2f}/s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return report(rounds, variants, cores, len(pictures[0]))
+    missed = report(rounds, variants, cores, len(pictures[0]))
+    if args.samples >= 200 and args.rounds >= 3:  # figures for the record only
+        drifted = record_capacity(rounds, cores)
+        if drifted:
+            print(f"CAPACITY DRIFTED: {drifted}")
+            return 1
+    return missed
 
 
 def report(rounds, variants, cores, picture_bytes):

@@ -4,16 +4,45 @@ settings. Used by launch.py's `deploy` and `delete`.
 The default scaling target: SageMaker's metric SageMakerVariantInvocationsPerInstance counts requests per
 instance per minute; AWS's guidance is a target of the measured peak per-instance throughput x 60 x a
 safety factor of 0.5 (room for bursts while new instances start). The throughput is the serving
-benchmark's (docs/BENCHMARKS.md): 8.41 pictures/s on 2 cores, the vCPUs of the default ml.m5.large,
-with the default serving settings (one worker x 2 torch threads). 8.41 x 60 x 0.5 = 252.
+benchmark's, read from the one file that records it (CAPACITY_FILE: bench/bench_serving.py writes it on each
+full run): pictures/s on the vCPUs of the default ml.m5.large at the default serving settings.
 """
+import json
+from pathlib import Path
+
+from image_classifier.serving import settings as serving_settings
+
 from . import LauncherError
 
 SERVICE_NAMESPACE = "sagemaker"
 VARIANT = "AllTraffic"  # the SDK's name for an endpoint's only production variant
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 METRIC = "SageMakerVariantInvocationsPerInstance"
-MEASURED_PICTURES_PER_SECOND = 8.41  # per 2-vCPU instance, docs/BENCHMARKS.md (Serving, default settings)
+# The serving benchmark's measured capacity: {"pictures_per_second", "vcpus", "date", "source", ...}.
+CAPACITY_FILE = Path(__file__).resolve().parent.parent / "bench" / "serving_capacity.json"
+
+
+def measured_capacity(path=CAPACITY_FILE):
+    """The serving benchmark's last recorded figures (a dict); LauncherError when the file is missing or wrong."""
+    try:
+        capacity = json.loads(Path(path).read_text())
+        if not float(capacity["pictures_per_second"]) > 0 or not int(capacity["vcpus"]) > 0:
+            raise ValueError("pictures_per_second and vcpus must be positive")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise LauncherError(f"{path}: the serving benchmark's capacity cannot be read ({error}); run "
+                            "bench/bench_serving.py to record it") from None
+    return capacity
+
+
+def capacity_drift(recorded, measured):
+    """How far a new measurement is from the recorded one, as a fraction of the recorded (0.25 = 25 %)."""
+    return abs(measured - recorded) / recorded
+
+
+# A new measurement this far from the recorded one means the engine, the defaults or the machine changed: the
+# benchmark still records it, and exits non-zero so that someone updates what quotes it (README, BENCHMARKS).
+CAPACITY_DRIFT_LIMIT = 0.2
+MEASURED_PICTURES_PER_SECOND = float(measured_capacity()["pictures_per_second"])  # per instance of the default type
 SAFETY_FACTOR = 0.5
 DEFAULT_TARGET_INVOCATIONS = round(MEASURED_PICTURES_PER_SECOND * 60 * SAFETY_FACTOR)  # per instance per minute
 SCALE_OUT_COOLDOWN_SECONDS = 60    # add instances soon after a rise
@@ -47,6 +76,15 @@ def check_serverless(memory_mb, instance_type, instance_count, autoscale):
     if instance_type or instance_count or autoscale:
         raise LauncherError("--serverless endpoints have no instances: drop --instance-type, --instance-count "
                             "and --autoscale (serverless runs on CPU and scales by itself)")
+
+
+def serverless_environment(memory_mb):
+    """The container's environment for a serverless endpoint of `memory_mb`: its memory size, which `serve`
+    sizes its workers and the Java heap by (one ResNet-50 worker holds about 1.2 GB; inside the endpoint the
+    container may see more CPUs, or more memory, than the size it is billed and killed at). None without one."""
+    if not memory_mb:
+        return None
+    return {serving_settings.MEMORY_ENV: str(memory_mb)}
 
 
 def resource_id(endpoint):

@@ -40,9 +40,9 @@ DEFAULT_PORT = 8090  # not deploy's 8080, so a batch job can run beside a served
 # MMS's queue, so the worker never idles during an HTTP round trip; more only lengthens the queue.
 REQUESTS_PER_WORKER = 2
 PROGRESS_EVERY_SECONDS = 0.5
-# A served ResNet-50 worker's memory (948 MiB RSS in the serving benchmark, docs/BENCHMARKS.md), rounded
-# up: a local job starts no more workers than the free memory holds.
-WORKER_MEMORY_BYTES = 1 << 30
+# A served ResNet-50 worker's memory (serving/settings.py, measured): a local job starts no more workers than
+# the free memory holds.
+WORKER_MEMORY_BYTES = serving_settings.WORKER_MEMORY_MIB << 20
 
 
 def concurrent_requests(workers):

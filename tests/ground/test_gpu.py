@@ -93,6 +93,61 @@ def test_serve_exits_non_zero_with_the_message(tmp_path, fake_driver):
     assert_names_driver_cuda_and_fix(message)
 
 
+# ------------------------------------------------------------------- issue 31: the fix, and the workers' user
+def host(driver):
+    return cuda_check.HostGpus(driver, ("/dev/nvidia0",), 0)
+
+
+@pytest.mark.parametrize("driver, cuda, words, not_words", [
+    # SageMaker's default inference driver with the image's CUDA 12.8 build: either endpoint AMI runs it.
+    ("470.82.01", "12.8", ["al2-ami-sagemaker-inference-gpu-2-1 (driver 535) or al2-ami-sagemaker-inference-gpu-3-1 "
+                           "(driver 550)", "a training host's driver cannot be chosen"], ["it is not the driver"]),
+    # A CUDA 13 build needs 580: no inference AMI here has it, so no AMI is recommended.
+    ("550.90.07", "13.0", ["no SageMaker inference AMI has a driver that runs this build", "rebuild the image"],
+     ["InferenceAmiVersion"]),
+    # A driver new enough: the AMI would change nothing; the device files and the user are the suspects.
+    ("535.183.01", "12.8", ["it is not the driver", "may open the device files", "/dev/nvidia0"],
+     ["InferenceAmiVersion"]),
+    (None, None, ["a CPU-only build", "rebuild the image with a CUDA build of torch"], ["InferenceAmiVersion"]),
+])
+def test_the_fix_depends_on_what_the_driver_needs(driver, cuda, words, not_words):
+    message = cuda_check.unusable_message(host(driver), "2.10.0", cuda, "torch.cuda.is_available() is False")
+    for word in words:
+        assert word in message
+    for word in not_words:
+        assert word not in message
+    assert len(message) < 1024
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch can use this host's GPU: nothing is unusable")
+def test_a_serving_worker_that_cannot_use_the_gpu_fails_its_load(trained_model_dir, fake_driver, monkeypatch):
+    """A worker whose user cannot use the GPU raises at load (MMS never calls it ready) instead of serving from
+    the CPU; here torch sees no GPU while the fake driver tree says there is one."""
+    from image_classifier.serving import handler
+
+    monkeypatch.setenv(cuda_check.PROBE_ROOT_ENV, str(fake_driver))
+    with pytest.raises(cuda_check.GpuUnusableError) as raised:
+        handler.model_fn(str(trained_model_dir))
+    message = str(raised.value)
+    assert f"(model server worker, uid {os.getuid()}) (torch.cuda.is_available() is False)" in message
+    assert_names_driver_cuda_and_fix(message)
+    monkeypatch.setenv(cuda_check.ALLOW_CPU_ENV, "true")  # the deliberate opt-out still serves from the CPU
+    assert handler.model_fn(str(trained_model_dir)).device.type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch can use this host's GPU: nothing is unusable")
+def test_serve_checks_the_gpu_as_the_model_server_s_user_before_mms_starts(tmp_path, fake_driver):
+    """Before multi-model-server starts (so /ping never answers), in a process of the server's user."""
+    from image_classifier.serving import serve, settings
+
+    server = serve.Server(tmp_path / "model", 1, settings.load({}, cores=2, memory_mib=8192), tmp_path)
+    with pytest.raises(serve.ServeError) as raised:
+        serve.check_gpu_for(server, {cuda_check.PROBE_ROOT_ENV: str(fake_driver), **os.environ})
+    assert f"uid {os.getuid()}) (torch.cuda.is_available() is False)" in str(raised.value)
+    assert_names_driver_cuda_and_fix(str(raised.value))
+    serve.check_gpu_for(server, {cuda_check.PROBE_ROOT_ENV: str(tmp_path)})  # no GPU: nothing is run
+
+
 # ---------------------------------------------------------------------------- on a GPU (bench/gpu_check.sh)
 @pytest.mark.gpu
 @pytest.mark.slow
@@ -133,3 +188,16 @@ def test_serving_on_the_gpu(trained_model_dir):
     body, _ = handler.output_fn(prediction, "application/json")
     answer = json.loads(body)
     assert answer["predictions"][0][0]["label"] in ("Red fox", "Green frog", "Blue whale")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_process_that_cannot_use_the_real_gpu_fails_with_the_reason(tmp_path):
+    """On a GPU host: the check as run for the model server's user passes; hide the GPUs from a process (as a
+    missing device permission does) and it fails with the reason while the driver and devices are there."""
+    check = [sys.executable, "-m", "image_classifier.cuda_check"]
+    assert subprocess.run(check, capture_output=True, text=True, timeout=300).returncode == 0
+    hidden = subprocess.run(check, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert hidden.returncode == 1, hidden.stderr
+    assert "NVIDIA GPUs are present" in hidden.stderr and "torch cannot use them (user " in hidden.stderr

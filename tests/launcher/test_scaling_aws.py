@@ -44,10 +44,12 @@ def test_autoscale_registers_the_variant_and_tracks_invocations_then_delete_remo
 
 
 def test_default_target_is_derived_from_the_measured_throughput(cloud, capsys):
-    assert scaling.DEFAULT_TARGET_INVOCATIONS == round(8.41 * 60 * 0.5) == 252
+    """19.74 pictures/s on 2 vCPUs (bench/serving_capacity.json, the benchmark of 2026-12-04), not 8.41."""
+    measured = json.loads(scaling.CAPACITY_FILE.read_text())["pictures_per_second"]
+    assert scaling.DEFAULT_TARGET_INVOCATIONS == round(measured * 60 * 0.5)
     deploy(capsys, "--autoscale", "1:3")
     policy = cloud.sent.one("PutScalingPolicy")["TargetTrackingScalingPolicyConfiguration"]
-    assert policy["TargetValue"] == 252.0
+    assert policy["TargetValue"] == float(round(measured * 60 * 0.5))
 
 
 def test_instance_count_and_data_capture(cloud, capsys):
@@ -69,6 +71,14 @@ def test_serverless_endpoint(cloud, capsys):
     assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 8}
     assert "InstanceType" not in variant and "InitialInstanceCount" not in variant
     assert "serverless, 3072 MB" in out
+    # serve sizes its workers (about 1.2 GB each) and the Java heap by the endpoint's memory, not by the vCPUs.
+    container = cloud.sent.one("CreateModel")["PrimaryContainer"]
+    assert container["Environment"] == {"IMAGE_CLASSIFIER_MEMORY_MB": "3072"}
+
+
+def test_an_instance_endpoint_sends_no_memory_size(cloud, capsys):
+    deploy(capsys)
+    assert not cloud.sent.one("CreateModel")["PrimaryContainer"].get("Environment")  # serve reads the instance's
 
 
 @pytest.mark.parametrize("extra, words", [

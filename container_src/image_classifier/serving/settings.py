@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from .. import contract
+from . import resources
 from ..images import DEFAULT_MAX_PIXELS, PICTURE_FORMATS  # noqa: F401  (one definition, used by the handler)
 
 # Content types of the serving contract (DESIGN section 4).
@@ -40,6 +41,24 @@ MAX_WORKERS = MAX_THREADS = 256
 # that many threads (two workers of two threads each oversubscribe the cores and lose throughput).
 SHARE_CORES_ENV, DEFAULT_SHARE_CORES = "IMAGE_CLASSIFIER_SHARE_CORES", True
 CORES_PER_WORKER = 2
+# Memory: the default workers are as many as the cores allow and the memory holds (memory_workers). One
+# ResNet-50 worker (torch + OpenVINO, its engine compiled at both thread counts) holds WORKER_MEMORY_MIB of
+# RSS: 2,458 MiB for the two default workers in bench/bench_serving.py (docs/BENCHMARKS.md, 2026-12-04),
+# 1,225-1,227 MiB each again on 2026-12-06 (docker, 2 cores). About 680 MiB of it is the worker's own
+# (anonymous); the rest are shared libraries, which the kernel charges once: that slack is a picture at the
+# pixel cap's room (0.2-0.6 GB while converting).
+WORKER_MEMORY_MIB = 1229
+# serve itself, which stays as the supervisor after checking the artifact and exporting the engine: 766 MiB
+# RSS (1,079 MiB at its peak, before any worker starts), measured in the container on 2026-12-06.
+SUPERVISOR_MEMORY_MIB = 800
+# The Java frontend beyond its heap (metaspace, code, threads, netty's direct buffers): 130 MiB of RSS in
+# all after 80 requests (2026-12-06). Its heap (-Xmx) is a sixteenth of the memory, within the bounds.
+JVM_NATIVE_MIB = 200
+JVM_HEAP_MIB_MIN, JVM_HEAP_MIB_MAX = 256, 1024
+# The memory the server may use (MiB), where the platform knows it better than the container sees it:
+# launch.py sets it to a serverless endpoint's memory size. Unset: the container's cgroup limit, else the
+# host's RAM (resources.py); set, the smaller of it and those.
+MEMORY_ENV = "IMAGE_CLASSIFIER_MEMORY_MB"
 # Set by serve for its workers: the folder of the workers' busy-lock files (core_share.py).
 CORE_SHARE_DIR_ENV = "IMAGE_CLASSIFIER_CORE_SHARE_DIR"
 # Seconds, not the toolkit's SAGEMAKER_MODEL_SERVER_TIMEOUT (read as minutes). MMS applies it to model
@@ -79,14 +98,15 @@ ENGINE_TOLERANCE_ENV, DEFAULT_ENGINE_TOLERANCE = "IMAGE_CLASSIFIER_ENGINE_TOLERA
 ENGINE_EXPORT_ENV = "IMAGE_CLASSIFIER_ENGINE_EXPORT"
 # Every response names the engine that answered it.
 ENGINE_HEADER = "X-Image-Classifier-Engine"
-JVM_ARGS_ENV, DEFAULT_JVM_ARGS = "SAGEMAKER_MODEL_SERVER_VMARGS", "-XX:-UseContainerSupport"
+# The Java frontend's options; unset: jvm_args() (container support on, the heap from the memory).
+JVM_ARGS_ENV = "SAGEMAKER_MODEL_SERVER_VMARGS"
 # Where serve keeps its MMS config, logs, pid file and sockets (a fresh folder under it).
 RUNTIME_DIR_ENV = "IMAGE_CLASSIFIER_RUNTIME_DIR"
 # How long serve waits for MMS to stop on SIGTERM before killing it.
 STOP_GRACE_SECONDS = 10
-# serve exits (non-zero, so that the platform replaces the instance) when no model worker has been ready
-# for this long: MMS's /ping answers 200 without any. The default is well inside SageMaker's health
-# checks (a few minutes) and well above a crashed worker's reload; it grows with a slow model load
+# serve exits (non-zero, so that /ping stops answering: serve.py says what AWS documents of that) when no model
+# worker has been ready for this long: MMS's /ping answers 200 without any. The default is well inside
+# SageMaker's startup health check (minutes) and well above a crashed worker's reload; it grows with a slow model load
 # (workerless_seconds). Workers are polled every WORKER_POLL_SECONDS through the management socket.
 WORKERLESS_SECONDS_ENV, DEFAULT_WORKERLESS_SECONDS = "IMAGE_CLASSIFIER_WORKERLESS_SECONDS", 45
 WORKER_POLL_SECONDS = 1.0
@@ -150,18 +170,38 @@ def env_float(name, default, minimum=0.0, environ=None):
 
 
 def cpu_count():
-    """Cores this process may use (a container's CPU set, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """Cores this process may use: a container's CPU set, within its CPU quota (resources.py), not the host's."""
+    return resources.read().cores
 
 
-def default_workers(gpus, cores, share_cores=DEFAULT_SHARE_CORES):
-    """One per GPU; on CPU one per core when they share the cores, else one per CORES_PER_WORKER cores."""
+def jvm_heap_mib(memory_mib):
+    """The Java frontend's heap: a sixteenth of the memory, within JVM_HEAP_MIB_MIN..JVM_HEAP_MIB_MAX."""
+    return min(JVM_HEAP_MIB_MAX, max(JVM_HEAP_MIB_MIN, (memory_mib or 0) // 16))
+
+
+def jvm_args(memory_mib):
+    """The JVM's options. An explicit heap from the same memory figure the workers are counted from (which may be
+    the serverless size the launcher sent, unseen by the JVM); container support on, so that the JVM's own
+    thread pools follow the CPU quota (the toolkit's default turns it off)."""
+    return f"-XX:+UseContainerSupport -Xmx{jvm_heap_mib(memory_mib)}m"
+
+
+def memory_workers(memory_mib):
+    """Workers the memory holds next to serve and the Java frontend (at least 1); None when it is unknown."""
+    if not memory_mib:
+        return None
+    reserved = SUPERVISOR_MEMORY_MIB + jvm_heap_mib(memory_mib) + JVM_NATIVE_MIB
+    return max(1, (memory_mib - reserved) // WORKER_MEMORY_MIB)
+
+
+def default_workers(gpus, cores, share_cores=DEFAULT_SHARE_CORES, memory_mib=None):
+    """One per GPU; on CPU one per core when they share the cores, else one per CORES_PER_WORKER cores; never
+    more than the memory holds (memory_workers)."""
     if gpus > 0:
-        return gpus
-    return cores if share_cores else max(1, cores // CORES_PER_WORKER)
+        wanted = gpus
+    else:
+        wanted = cores if share_cores else max(1, cores // CORES_PER_WORKER)
+    return min(wanted, memory_workers(memory_mib) or wanted)
 
 
 def default_threads(cores, workers, share_cores=False):
@@ -207,6 +247,8 @@ class ServingSettings:
     narrow_threads: int = 1  # threads per request while other workers are busy, when sharing
     workerless_seconds: int = DEFAULT_WORKERLESS_SECONDS
     server_user: str = DEFAULT_SERVER_USER
+    memory_mib: int = 0  # the memory the server may use (0: unknown), which bounds the default workers
+    memory_source: str = "unknown"  # where memory_mib comes from
 
     @property
     def cores_shared(self):
@@ -222,10 +264,15 @@ class ServingSettings:
         return f"http://{self.bind_address}:{self.port}"
 
 
-def load(environ=None, gpus=0, cores=None, load_seconds=0.0):
-    """Every setting, checked; SettingsError lists all the bad ones at once."""
+def load(environ=None, gpus=0, cores=None, load_seconds=0.0, memory_mib=None, found=None):
+    """Every setting, checked; SettingsError lists all the bad ones at once. `cores` and `memory_mib` default to
+    what the container may use (`found`, else resources.read())."""
     env = os.environ if environ is None else environ
-    cores = cores or cpu_count()
+    if cores is None or memory_mib is None:
+        found = found or resources.read()
+    cores = cores or found.cores
+    memory_source = "given" if memory_mib is not None else found.memory_source
+    memory_mib = found.memory_mib if memory_mib is None else memory_mib
     problems, values = [], {}
 
     def read(key, function, *args, **kwargs):
@@ -238,7 +285,12 @@ def load(environ=None, gpus=0, cores=None, load_seconds=0.0):
     read("port", env_int, contract.PORT_ENV, contract.SERVING_PORT, maximum=MAX_PORT)
     read("share_cores", env_bool, SHARE_CORES_ENV, DEFAULT_SHARE_CORES)
     values["share_cores"] = bool(values["share_cores"]) and gpus == 0
-    read("workers", env_int, WORKERS_ENV, default_workers(gpus, cores, values["share_cores"]), maximum=MAX_WORKERS)
+    read("memory_mib", env_int, MEMORY_ENV, None, minimum=256)
+    if values["memory_mib"] is not None and (not memory_mib or values["memory_mib"] < memory_mib):
+        memory_mib, memory_source = values["memory_mib"], MEMORY_ENV
+    values["memory_mib"] = memory_mib
+    read("workers", env_int, WORKERS_ENV, default_workers(gpus, cores, values["share_cores"], memory_mib),
+         maximum=MAX_WORKERS)
     read("torch_threads", env_int, TORCH_THREADS_ENV,
          default_threads(cores, values["workers"] or 1, values["share_cores"]), maximum=MAX_THREADS)
     values["narrow_threads"] = narrow_threads(cores, values["workers"] or 1, values["torch_threads"] or 1)
@@ -261,5 +313,5 @@ def load(environ=None, gpus=0, cores=None, load_seconds=0.0):
     if problems:
         raise SettingsError("invalid serving settings: " + "; ".join(problems))
     return ServingSettings(bind_address=env.get(contract.BIND_ADDRESS_ENV) or contract.DEFAULT_BIND_ADDRESS,
-                           jvm_args=env.get(JVM_ARGS_ENV) or DEFAULT_JVM_ARGS,
+                           jvm_args=env.get(JVM_ARGS_ENV) or jvm_args(memory_mib), memory_source=memory_source,
                            server_user=env.get(SERVER_USER_ENV) or DEFAULT_SERVER_USER, **values)
