@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Break each property README claims, one at a time, and check that its tests notice: every mutation below
+# Break each property the project claims, one at a time, and check that its tests notice: every mutation below
 # is a small exact text replacement, made in a temporary copy of this tree (never in the tree itself), and
 # the mutation's named tests run against that copy (the shared interpreter, PYTHONPATH pointing at the copy),
 # first unmutated (they must pass, or their failure would prove nothing), then mutated.
