@@ -126,7 +126,7 @@ def add_local_mode(parser, help_text):
 def build_parser(description=None):
     """launch.py's command line; `args.command` names the command to run. `description`: launch.py's own."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"image-classifier {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = add_command(commands, "data")
@@ -165,6 +165,8 @@ def build_parser(description=None):
     train.add_argument("--job-name", help="job name (default: image-classifier-<timestamp>)")
     train.add_argument("--replace", action="store_true",
                        help="with --local: remove an earlier local job of the same --job-name first")
+    train.add_argument("--resume", action="store_true",
+                       help="with --local: go on with the --job-name job that did not complete, from its checkpoint")
     train.add_argument("--verbose", action="store_true",
                        help="with --local: show the job's whole output (always in its train.log)")
     train.add_argument("--keep-checkpoints", action="store_true",

@@ -67,12 +67,21 @@ def check_pretrained_weights(hp, weights_given):
         "(or --preset cpu-quick). With internet access, --hp weights-download=true fetches them.")
 
 
-def refuse_existing_job(job_dir, replace):
+def refuse_existing_job(job_dir, replace=False, resume=False):
     """A job name is used once (SageMaker refuses a duplicate too): an existing local job is left as it is,
-    unless the user asked to replace it (removed by `replace_job`, after every other check passed)."""
-    if Path(job_dir).exists() and not replace:
-        raise LauncherError(f"A local job named {Path(job_dir).name} already exists ({job_dir}): pick another "
-                            "--job-name, leave it out for a new name, or add --replace to remove the old job first.")
+    unless the user asked to replace it (removed by `replace_job`, after every other check passed) or to resume
+    it (a job that did not complete goes on from its checkpoint, as a restarted SageMaker job does)."""
+    job_dir = Path(job_dir)
+    if resume and replace:
+        raise LauncherError("--resume and --replace contradict each other: resume the job, or replace it")
+    if resume and not job_dir.is_dir():
+        raise LauncherError(f"--resume: there is no local job named {job_dir.name} ({job_dir})")
+    if resume and (job_dir / "output" / "success").is_file():
+        raise LauncherError(f"--resume: the local job {job_dir.name} has completed; nothing to resume")
+    if job_dir.exists() and not (replace or resume):
+        raise LauncherError(f"A local job named {job_dir.name} already exists ({job_dir}): pick another "
+                            "--job-name, leave it out for a new name, add --replace to remove the old job first, "
+                            "or --resume to go on with a job that did not complete.")
 
 
 def replace_job(job_dir):

@@ -80,7 +80,8 @@ def job_of(model):
     return LocalJob(folder.name, folder) if folder is not None and (folder / "input").is_dir() else None
 
 
-def print_jobs(jobs_dir, out=sys.stdout):
+def print_jobs(jobs_dir, out=None):
+    out = out or sys.stdout
     jobs = local_jobs(jobs_dir)
     if not jobs:
         print(f"No local jobs in {jobs_dir}.", file=out)
@@ -95,7 +96,7 @@ def print_jobs(jobs_dir, out=sys.stdout):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
 
 
-def clean(jobs_dir, names=(), older_than=None, yes=False, ask=input):
+def clean(jobs_dir, names=(), older_than=None, yes=False):
     """Remove the jobs named, or those older than `older_than` (e.g. "7d"), after one question unless `yes`.
     Returns the names removed."""
     if not names and not older_than:
@@ -113,7 +114,7 @@ def clean(jobs_dir, names=(), older_than=None, yes=False, ask=input):
         return []
     total = sum(size(job.dir) for job in chosen)
     print(f"{len(chosen)} job(s), {human_size(total)}: " + ", ".join(job.name for job in chosen))
-    if not yes and ask("Remove them? [y/N] ").strip().lower() not in ("y", "yes"):
+    if not yes and input("Remove them? [y/N] ").strip().lower() not in ("y", "yes"):
         print("Nothing removed.")
         return []
     for job in chosen:

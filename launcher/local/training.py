@@ -27,7 +27,7 @@ def train_local(args):
         hyperparameters["pretrained"] = parse_hp(args.hp).get("pretrained", "true")
     name = args.job_name or unique_name()
     job_dir = trees.job_dir(args.jobs_dir, name)
-    preflight.refuse_existing_job(job_dir, args.replace)  # before anything of the earlier job is touched
+    preflight.refuse_existing_job(job_dir, args.replace, args.resume)  # before anything of the earlier job is touched
     hp = preflight.check_hyperparameters(hyperparameters)
     if not args.data:
         write_digits(SAMPLE_DIR)
