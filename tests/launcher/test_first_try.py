@@ -174,6 +174,8 @@ def test_progress_lines_are_plain_throttled_and_never_metrics():
 
 def test_quiet_output_keeps_the_job_lines_and_drops_the_toolkits():
     toolkit = ["2026-12-06 20:50:18,238 sagemaker-training-toolkit INFO     Invoking user script", "SM_CHANNEL_TRAIN=/x",
+               "2026-12-06 20:50:22,102 INFO Hyperparameters: arch=resnet18 pretrained=false",  # the job's, in the log
+               "2026-12-06 20:50:32,901 INFO Profiler rule BatchSize NOT APPLICABLE: not applicable on CPU",
                "/usr/lib/python3/x.py:1: UserWarning: something", "rule_overfit=0"]
     assert all(job_output.summary_of(line) is None for line in toolkit)
     epoch = ("epoch=3 train_loss=0.8120 train_acc=0.7710 valid_loss=0.6330 valid_acc=0.8230 images_per_sec=412.5 "
