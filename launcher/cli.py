@@ -78,11 +78,12 @@ def parse_hp(pairs):
 
 
 
-def add_job_arguments(parser):
-    """Options of SageMaker training (and tuning) jobs."""
+def add_job_arguments(parser, local=False):
+    """Options of SageMaker training (and tuning) jobs; `local`: the command also runs with --local."""
     parser.add_argument("--instance-type", help=f"SageMaker: training instance (default {TRAINING_INSTANCE})")
     parser.add_argument("--instance-count", type=positive_int, default=1, metavar="N",
-                        help="instances (data-parallel on every GPU of each); with --local process: emulated hosts")
+                        help="instances (data-parallel on every GPU of each)"
+                             + ("; with --local process: emulated hosts" if local else ""))
     parser.add_argument("--no-spot", action="store_true", help="SageMaker: on-demand instead of managed spot")
     parser.add_argument("--max-run", type=int, default=MAX_RUN_SECONDS, metavar="SECONDS",
                         help=f"SageMaker: stop a job after this long (default {MAX_RUN_SECONDS})")
@@ -182,7 +183,7 @@ def build_parser(description=None):
                        help="SageMaker: no Debugger hook or profiler configuration (accounts without Debugger); "
                             "the job's tensors and rules travel in its output data")
     train.add_argument("--attach", metavar="JOB", help="SageMaker: follow a training job started earlier")
-    add_job_arguments(train)
+    add_job_arguments(train, local=True)
 
     deploy = add_command(commands, "deploy")
     add_local_mode(deploy, "serve on this machine: in the image (docker), as a plain process, or auto")

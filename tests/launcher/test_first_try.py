@@ -224,3 +224,17 @@ def test_the_documented_presets_are_the_launchers():
     for name, (_, values) in PRESETS.items():
         row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
         assert " ".join(f"{key}={value}" for key, value in values.items()) in row, name
+
+
+def test_every_positional_has_help_and_tune_says_nothing_of_local(capsys):
+    from launcher.cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions if action.dest == "command").choices
+    for name, command in commands.items():
+        for action in command._actions:
+            if not action.option_strings:
+                assert action.help, f"{name} {action.metavar or action.dest}"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["tune", "--help"])
+    assert "--local" not in capsys.readouterr().out
