@@ -25,11 +25,11 @@ from image_classifier import constants
 from image_classifier.contract import CONTAINER_PATHS, TENSORS_FOLDER
 from image_classifier.metrics import METRIC_DEFINITIONS
 from image_classifier.training.hyperparameters import Hyperparameters
-from launcher import (LauncherError, api_rules, aws, endpoints, report, rollback, s3_upload, scaling, terminal,
-                      transform, unique_name)
+from launcher import (LauncherError, api_rules, aws, endpoints, job_checks, presets, report, rollback, s3_upload,
+                      scaling, terminal, transform, unique_name)
 from launcher.aws_errors import errors
 from launcher.cli import ENDPOINT_INSTANCE, LAST, TRAINING_INSTANCE, TUNING_JOB_PREFIX, build_parser, parse_hp
-from launcher.local import client, serving, trees
+from launcher.local import client, jobs, serving, trees
 from launcher.local.training import train_local
 from launcher.preflight import dry_run_first
 from launcher.sample_data import write_digits
@@ -159,14 +159,15 @@ def cmd_tune(args):
     from sagemaker.tuner import (CategoricalParameter, ContinuousParameter, HyperparameterTuner, WarmStartConfig,
                                  WarmStartTypes)
 
+    # Trials save no tensors and run no rules unless asked: nobody reads them.
+    trial_values = {} if args.trial_debugging else dict(TRIAL_ONLY_HYPERPARAMETERS)
+    given = {**trial_values, **presets.hyperparameters(args.preset, parse_hp(args.hp))}
+    hyperparameters = sagemaker_hyperparameters(given, args.network_isolation)  # checked before any AWS call
     connection = aws.Aws(args)
     with errors() as on_error:
         if args.attach:
             return attach_tuning_job(connection, args.attach, on_error)
         name = args.job_name or unique_name(TUNING_JOB_PREFIX)
-        # Trials save no tensors and run no rules unless asked: nobody reads them.
-        trial_values = {} if args.trial_debugging else dict(TRIAL_ONLY_HYPERPARAMETERS)
-        hyperparameters = sagemaker_hyperparameters({**trial_values, **parse_hp(args.hp)}, args.network_isolation)
         data, splits, pretrained = job_inputs(connection, args, name)
         # No checkpoint location for the trials: a tuning job has one CheckpointConfig for all its trials and
         # SageMaker restores all of it into each new trial (AWS: "Resume training from a checkpoint"), so trial
@@ -219,6 +220,8 @@ def cmd_train(args):
 @dry_run_first
 def train_sagemaker(args):
     """A training job with the best tuning values, Debugger hook and profiler, on a spot instance."""
+    preset_values = presets.hyperparameters(args.preset, parse_hp(args.hp))
+    sagemaker_hyperparameters(preset_values, args.network_isolation)  # --preset and --hp, before any AWS call
     connection = aws.Aws(args)
     with errors() as on_error:
         if args.attach:
@@ -234,7 +237,7 @@ def train_sagemaker(args):
             overrides.update(winning)  # the tuning job's static values and the best trial's tuned ones
             print(f"From tuning job {tuning_job}: best training job {best['TrainingJobName']} "
                   f"{format_hp(winning)}", file=sys.stderr)
-        overrides.update(parse_hp(args.hp))
+        overrides.update(preset_values)
         hyperparameters = sagemaker_hyperparameters(overrides, args.network_isolation)
         name = args.job_name or unique_name()
         data, splits, pretrained = job_inputs(connection, args, name)
@@ -391,6 +394,7 @@ def cmd_transform(args):
         raise LauncherError("transform needs --data (a folder with --local, else an s3:// prefix), or --summarize OUT")
     if not args.local:
         return transform_sagemaker(args)
+    job_checks.check_transform_input(args.data)  # before the model server starts
     out = args.output or Path(args.data).resolve().parent / f"{Path(args.data).resolve().name}-transform"
     _, bad, complete = transform.local(Path(args.data), Path(out), model=args.model, mode=args.local, port=args.port,
                                        max_concurrent=args.max_concurrent, stop_on_bad=args.stop_on_bad,
@@ -446,6 +450,15 @@ def transform_sagemaker(args):
               f"Then: aws s3 cp --recursive {output} OUT && python launch.py transform --summarize OUT")
 
 
+# ------------------------------------------------------------------------------------------ local jobs
+def cmd_jobs(args):
+    jobs.print_jobs(args.jobs_dir)
+
+
+def cmd_clean(args):
+    jobs.clean(args.jobs_dir, args.names, args.older_than, args.yes)
+
+
 # -------------------------------------------------------------------------------------------- report
 def cmd_report(args):
     if args.job:
@@ -459,7 +472,8 @@ def cmd_report(args):
 
 
 COMMANDS = {"data": cmd_data, "upload": cmd_upload, "tune": cmd_tune, "train": cmd_train, "deploy": cmd_deploy,
-            "predict": cmd_predict, "delete": cmd_delete, "transform": cmd_transform, "report": cmd_report}
+            "predict": cmd_predict, "delete": cmd_delete, "transform": cmd_transform, "report": cmd_report,
+            "jobs": cmd_jobs, "clean": cmd_clean}
 
 
 def main(argv=None):

@@ -25,11 +25,40 @@ from .dry_run import DRY_RUN_PLACEHOLDERS, DryRun
 
 # Before the SDK is imported: it logs its config look-ups at INFO to stdout (where a dry run writes its JSON)
 # unless its logger already has a level and a handler.
-# The SDK's v2 lifecycle notice is shown, once per command (docs/SAGEMAKER.md, "The SageMaker SDK v2's lifecycle"): the
+# The SDK's v2 lifecycle notice is shown once per machine, on one line (docs/SAGEMAKER.md, "The SageMaker SDK v2's lifecycle"): the
 # SDK repeats it through logging and once more for each class used (Estimator, Model...); those repeats go.
 # SAGEMAKER_SUPPRESS_V2_WARNING=1 silences the notice itself.
 logging.getLogger("sagemaker.deprecations").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=r"\S+ is part of the SageMaker Python SDK v2")
+NOTICE_DIR_ENV = "IMAGE_CLASSIFIER_CACHE_DIR"  # where the "notice shown" marker goes (tests: a tmp folder)
+
+
+def notice_marker():
+    """The marker that says this machine's user has seen the SDK's lifecycle notice (under the user's cache)."""
+    base = os.environ.get(NOTICE_DIR_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / IMAGE_NAME
+    return Path(base) / "sdk-v2-notice-shown"
+
+
+_show_warning = warnings.showwarning
+
+
+def _sdk_notice_once_per_machine(message, category, filename, lineno, file=None, line=None):
+    """The SDK's notice on one line, the first time on this machine; every other warning as Python shows it."""
+    if category.__name__ != "SageMakerV2DeprecationWarning":
+        return _show_warning(message, category, filename, lineno, file, line)
+    marker = notice_marker()
+    if marker.exists():
+        return None
+    print("note: " + " ".join(str(message).split()) + " (shown once on this machine)", file=sys.stderr)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:  # a read-only home: the notice shows again next time, nothing worse
+        pass
+    return None
+
+
+warnings.showwarning = _sdk_notice_once_per_machine
 _sdk_config_logger = logging.getLogger("sagemaker.config")
 _sdk_config_logger.setLevel(logging.WARNING)
 _sdk_config_logger.addHandler(logging.StreamHandler(sys.stderr))
@@ -187,9 +216,15 @@ class Aws:
         return self.settings.require("bucket")
 
     def require(self, *names):
-        """Fail now, before any AWS call, when a setting this command uses is missing."""
+        """Fail now, before any AWS call, when a setting this command uses is missing: all of them named at once."""
+        problems = []
         for name in names:
-            self.settings.require(name)
+            try:
+                self.settings.require(name)
+            except LauncherError as error:
+                problems.append(str(error).removeprefix("missing "))
+        if problems:
+            raise LauncherError(f"missing {len(problems)} setting(s): " + "; ".join(problems))
 
     def s3_uri(self, *parts):
         return "s3://" + "/".join([self.bucket, S3_PREFIX, *parts])

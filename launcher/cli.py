@@ -8,7 +8,9 @@ from pathlib import Path
 
 from image_classifier.contract import DEFAULT_TOP_K, SERVING_PORT
 
-from . import LOCAL_JOBS_DIR, SAMPLE_DIR, LauncherError, aws
+from image_classifier import __version__
+
+from . import LOCAL_JOBS_DIR, SAMPLE_DIR, LauncherError, aws, presets
 from .local import MODES
 from .scaling import DEFAULT_TARGET_INVOCATIONS
 from .transform import DEFAULT_PORT as TRANSFORM_PORT, TRANSFORM_INSTANCE
@@ -46,6 +48,11 @@ COMMAND_HELP = {
         "transform does, and write its answer to OUT/<file>.out; then a summary CSV. A refused "
         "picture does not stop the job (as on SageMaker): the others are answered, the refused ones "
         "listed, and the job exits 2; --stop-on-bad stops at the first."),
+    "jobs": ("list the local training jobs (name, status, accuracy, size, date)",
+        "List the local training jobs in local_jobs/: name, status, test accuracy, size on disk, date."),
+    "clean": ("remove local training jobs (named, or older than an age)",
+        "Remove local training jobs: those named, or those older than --older-than AGE, after one question "
+        "(--yes: none)."),
     "report": ("write an HTML report of a finished training job",
         "One self-contained HTML page plus PNG figures: loss per step, "
         "accuracy per epoch, test confusion matrix, rules, profiler, "
@@ -71,11 +78,12 @@ def parse_hp(pairs):
 
 
 
-def add_job_arguments(parser):
-    """Options of SageMaker training (and tuning) jobs."""
+def add_job_arguments(parser, local=False):
+    """Options of SageMaker training (and tuning) jobs; `local`: the command also runs with --local."""
     parser.add_argument("--instance-type", help=f"SageMaker: training instance (default {TRAINING_INSTANCE})")
     parser.add_argument("--instance-count", type=positive_int, default=1, metavar="N",
-                        help="instances (data-parallel on every GPU of each); with --local process: emulated hosts")
+                        help="instances (data-parallel on every GPU of each)"
+                             + ("; with --local process: emulated hosts" if local else ""))
     parser.add_argument("--no-spot", action="store_true", help="SageMaker: on-demand instead of managed spot")
     parser.add_argument("--max-run", type=int, default=MAX_RUN_SECONDS, metavar="SECONDS",
                         help=f"SageMaker: stop a job after this long (default {MAX_RUN_SECONDS})")
@@ -101,6 +109,12 @@ def add_command(commands, name):
     return commands.add_parser(name, help=help_text, description=description)
 
 
+def add_preset(parser):
+    parser.add_argument("--preset", choices=list(presets.PRESETS), metavar="NAME",
+                        help="start from a named set of hyperparameters (--hp overrides any of them): "
+                             + presets.describe())
+
+
 def add_local_port(parser):
     parser.add_argument("--port", type=int, default=SERVING_PORT, help=f"local port (default {SERVING_PORT})")
 
@@ -113,6 +127,7 @@ def add_local_mode(parser, help_text):
 def build_parser(description=None):
     """launch.py's command line; `args.command` names the command to run. `description`: launch.py's own."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"image-classifier {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = add_command(commands, "data")
@@ -129,6 +144,7 @@ def build_parser(description=None):
     tune = add_command(commands, "tune")
     tune.add_argument("--data", help="dataset in S3 (default: the one `upload` recorded)")
     tune.add_argument("--hp", action="append", metavar="KEY=VALUE", help="fixed hyperparameter, repeatable")
+    add_preset(tune)
     tune.add_argument("--objective", choices=["best_valid_acc", "best_valid_loss"], default="best_valid_acc",
                       help="the saved model's validation accuracy, maximised (default), or its loss, minimised")
     tune.add_argument("--strategy", choices=["Bayesian", "Random"], default="Bayesian", help="search strategy")
@@ -146,7 +162,16 @@ def build_parser(description=None):
     train.add_argument("--data", help="dataset folder (dogImages layout); default: the digits sample. "
                                       "On SageMaker: an S3 URI, default: the one `upload` recorded")
     train.add_argument("--hp", action="append", metavar="KEY=VALUE", help="hyperparameter, repeatable")
+    add_preset(train)
     train.add_argument("--job-name", help="job name (default: image-classifier-<timestamp>)")
+    train.add_argument("--replace", action="store_true",
+                       help="with --local: remove an earlier local job of the same --job-name first")
+    train.add_argument("--resume", action="store_true",
+                       help="with --local: go on with the --job-name job that did not complete, from its checkpoint")
+    train.add_argument("--verbose", action="store_true",
+                       help="with --local: show the job's whole output (always in its train.log)")
+    train.add_argument("--keep-checkpoints", action="store_true",
+                       help="with --local: keep a completed job's intermediate checkpoints (default: only its model)")
     train.add_argument("--jobs-dir", type=Path, default=LOCAL_JOBS_DIR, help=argparse.SUPPRESS)
     train.add_argument("--from-tuning", nargs="?", const=LAST, metavar="TUNING_JOB",
                        help="start from the best values of this tuning job (no name: the one `tune` recorded)")
@@ -158,7 +183,7 @@ def build_parser(description=None):
                        help="SageMaker: no Debugger hook or profiler configuration (accounts without Debugger); "
                             "the job's tensors and rules travel in its output data")
     train.add_argument("--attach", metavar="JOB", help="SageMaker: follow a training job started earlier")
-    add_job_arguments(train)
+    add_job_arguments(train, local=True)
 
     deploy = add_command(commands, "deploy")
     add_local_mode(deploy, "serve on this machine: in the image (docker), as a plain process, or auto")
@@ -191,7 +216,7 @@ def build_parser(description=None):
     aws.add_arguments(deploy)
 
     predict = add_command(commands, "predict")
-    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="picture file(s) to classify")
     predict.add_argument("--local", action="store_true", help="ask the locally served model")
     add_local_port(predict)
     predict.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"labels per picture (default {DEFAULT_TOP_K})")
@@ -236,6 +261,15 @@ def build_parser(description=None):
     transform.add_argument("--csv", type=Path, help="with --summarize: the CSV's path (default OUT/summary.csv)")
     add_network_arguments(transform)
     aws.add_arguments(transform)
+
+    jobs = add_command(commands, "jobs")
+    jobs.add_argument("--jobs-dir", type=Path, default=LOCAL_JOBS_DIR, help=argparse.SUPPRESS)
+
+    clean = add_command(commands, "clean")
+    clean.add_argument("names", nargs="*", metavar="JOB", help="local job name(s) to remove (see `launch.py jobs`)")
+    clean.add_argument("--older-than", metavar="AGE", help="remove the jobs older than this: 30m, 12h, 7d, 2w")
+    clean.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    clean.add_argument("--jobs-dir", type=Path, default=LOCAL_JOBS_DIR, help=argparse.SUPPRESS)
 
     report = add_command(commands, "report")
     source = report.add_mutually_exclusive_group(required=True)

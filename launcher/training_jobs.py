@@ -21,15 +21,13 @@ TRIAL_ONLY_HYPERPARAMETERS = {"debug-hook": "false", "rules": "false"}
 def sagemaker_hyperparameters(overrides, network_isolation=False):
     """All hyperparameters as SageMaker passes them: the defaults, overlaid by `overrides` (the best tuning
     job's values, then --hp). Checked here, so a bad key or value fails before any AWS call."""
-    values = Hyperparameters().to_strings()
     # SageMaker jobs reach the internet, unless network isolation cuts them off.
-    values["weights-download"] = "false" if network_isolation else "true"
-    values.update(overrides)
-    try:
-        Hyperparameters.from_strings(values)
+    given = {"weights-download": "false" if network_isolation else "true", **overrides}
+    try:  # parsed from what was given, so defaults that follow other values (trainable-layers) follow them
+        resolved = Hyperparameters.from_strings(given).to_strings()
     except HyperparameterError as error:
         raise LauncherError(str(error)) from None
-    return values
+    return {**resolved, **given}
 
 
 def training_channels(data_uri, splits, pretrained=None):

@@ -22,6 +22,7 @@ SUBPACKAGES = ("training", "diagnostics", "serving")
 ALLOWED_ARROWS = {"training": {"diagnostics"}, "diagnostics": set(), "serving": set()}
 # What the launcher may take from inside a subpackage: torch-free modules that define a shared fact once.
 LAUNCHER_MAY_IMPORT = {"training.hyperparameters",  # the hyperparameter table, checked before any job starts
+                       "training.layout",           # the data-layout rules, checked on a local folder before a job
                        "serving.settings"}          # the serving defaults and the environment names that set them
 MAX_MODULE_LINES, MAX_TEST_LINES = 500, 600
 # Folders that hold no project code: environments, build and job outputs (hidden folders are skipped too).

@@ -9,7 +9,7 @@ JOB=demo-$(date +%Y%m%d-%H%M%S)
 started=$(date +%s)
 
 "$PY" launch.py data --sample digits
-"$PY" launch.py train --local --job-name "$JOB" --hp profile=true  # watched: hook, rules, profiler
+"$PY" launch.py train --local --preset cpu-quick --job-name "$JOB" --hp profile=true  # watched: hook, rules, profiler
 
 "$PY" launch.py deploy --local --model "local_jobs/$JOB/model.tar.gz" --port "$PORT" --detach
 trap '"$PY" launch.py delete --local --port "$PORT"' EXIT

@@ -75,6 +75,12 @@ def train_job(tmp_path, hyperparameters=None, channels=None, name="job", echo=Fa
     return job, exit_code
 
 
+@pytest.fixture(autouse=True)
+def _notice_marker_in_tmp(tmp_path, monkeypatch):
+    """The SDK notice's once-per-machine marker (launcher/aws.py) goes to the test's folder, never the user's."""
+    monkeypatch.setenv("IMAGE_CLASSIFIER_CACHE_DIR", str(tmp_path / "user-cache"))
+
+
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory):
     """A real model folder (model.pth + model.json) from a tiny training run, shared by the session."""

@@ -57,3 +57,9 @@ def distribution_hyperparameter(instance_count):
     trial see the same static set): torchrun across several instances, else toolkit_entry's choice (one
     instance with several GPUs runs torchrun, one GPU or none a plain process)."""
     return "true" if int(instance_count) > 1 else TORCH_DISTRIBUTED_AUTO
+
+# The job's progress line inside an epoch (loop.Progress): this prefix, at most every PROGRESS_SECONDS (the
+# environment variable overrides it; tests use 0). Its text holds no `key=value`, so no metric regex reads it.
+PROGRESS_PREFIX = "progress: "
+PROGRESS_SECONDS = 15
+PROGRESS_SECONDS_ENV = "IMAGE_CLASSIFIER_PROGRESS_SECONDS"

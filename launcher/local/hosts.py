@@ -9,12 +9,11 @@ private mount namespace) or `docker.host_commands` (a docker network of the job'
 """
 import signal
 import subprocess
-import sys
 import time
 
 from image_classifier import contract
 
-from .processes import signal_tree, wait_tree
+from .processes import echo_raw, signal_tree, wait_tree
 from .trees import prepare_job, write_resource_config
 
 HOSTS_FOLDER = "hosts"
@@ -56,8 +55,7 @@ def run_hosts(jobs, commands, echo=True):
             for line in first.stdout:
                 log.write(line)
                 log.flush()
-                sys.stdout.buffer.write(line)
-                sys.stdout.flush()
+                (echo_raw if echo is True else echo)(line)
         return _wait_all(processes)
     except KeyboardInterrupt:
         _signal_all(processes, signal.SIGTERM)

@@ -76,8 +76,14 @@ def stop_tree(pid, signum=signal.SIGTERM, timeout=STOP_TIMEOUT_SECONDS, everyone
     return count
 
 
+def echo_raw(line):
+    sys.stdout.buffer.write(line)
+    sys.stdout.flush()
+
+
 def stream(command, log_file, env=None, echo=True):
-    """Run `command` in its own session, copying its output live to the terminal and to `log_file`.
+    """Run `command` in its own session, copying its output live to `log_file` and to the terminal (`echo`:
+    True, or a callable given each line, e.g. job_output.Display).
     Ctrl-C or SIGTERM is passed on to its tree as SIGTERM so the job checkpoints; returns the exit code
     once the whole tree has exited (a job's script may outlive the toolkit that started it)."""
     with open(log_file, "ab") as log:
@@ -89,8 +95,7 @@ def stream(command, log_file, env=None, echo=True):
                 log.write(line)
                 log.flush()
                 if echo:
-                    sys.stdout.buffer.write(line)
-                    sys.stdout.flush()
+                    (echo_raw if echo is True else echo)(line)
             return process.wait()
         except KeyboardInterrupt:
             signal_tree(process.pid, signal.SIGTERM)

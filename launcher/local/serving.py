@@ -11,6 +11,7 @@ from image_classifier.contract import SERVING_PORT, MLPaths
 from .. import LOCAL_JOBS_DIR, LauncherError
 from . import backend, docker, process
 from .client import port_in_use
+from .jobs import describe, job_of
 from .trees import install_model, newest_model, server_dir
 
 
@@ -28,6 +29,8 @@ def deploy(model=None, port=SERVING_PORT, mode="auto", detach=False):
                             f"stop it with `python launch.py delete --local --port {port}`.")
     if port_in_use(port):
         raise LauncherError(f"Port {port} is already in use: pick another with --port.")
+    job = job_of(model)
+    print(f"Serving {describe(job) if job else 'the model'} from {model}", flush=True)
     model_dir = MLPaths(server_dir(port)).model
     install_model(model, model_dir)
     runner.serve(model_dir, port, detach)

@@ -1,47 +1,84 @@
 """`train --local`: a training job on this machine, in the image (docker) or as processes, over a job
-folder laid out as SageMaker's /opt/ml (trees.py), on one emulated host or several (hosts.py)."""
+folder laid out as SageMaker's /opt/ml (trees.py), on one emulated host or several (hosts.py).
+
+Everything the job would refuse is checked first (job_checks.py), before a job folder or a process exists.
+The job's whole output goes to its train.log; the terminal gets a short version (job_output.py) and, at the
+end, a summary of a few lines.
+"""
 import shutil
+import time
 from pathlib import Path
 
-from .. import SAMPLE_DIR, LauncherError, s3_upload, unique_name
+from .. import SAMPLE_DIR, LauncherError, job_checks, presets, s3_upload, unique_name
 from ..cli import parse_hp
 from ..sample_data import write_digits
-from . import backend, hosts, trees
+from . import backend, hosts, jobs, trees
+from .job_output import Display
 
-# The demo's training run: digits are tiny, so a small ResNet from scratch at 32 px learns them in a minute.
-DIGITS_HYPERPARAMETERS = {
-    "arch": "resnet18", "pretrained": "false", "trainable-layers": "4", "image-size": "32",
-    "epochs": "8", "batch-size": "32", "lr": "0.002", "augment": "none", "workers": "2",
-}
+DEFAULT_PRESET = "cpu-quick"  # without --data: the digits sample, with the demo's settings
+DIGITS_HYPERPARAMETERS = presets.PRESETS[DEFAULT_PRESET][1]  # the demo's values (benchmarks and tests use them)
 
 
 def train_local(args):
     data = Path(args.data) if args.data else SAMPLE_DIR
-    hyperparameters = dict(DIGITS_HYPERPARAMETERS) if not args.data else {}
-    hyperparameters.update(parse_hp(args.hp))
+    preset = args.preset or (None if args.data else DEFAULT_PRESET)
+    hyperparameters = presets.hyperparameters(preset, parse_hp(args.hp))
+    if args.pretrained_weights:
+        hyperparameters["pretrained"] = parse_hp(args.hp).get("pretrained", "true")
+    name = args.job_name or unique_name()
+    job_dir = trees.job_dir(args.jobs_dir, name)
+    job_checks.refuse_existing_job(job_dir, args.replace, args.resume)  # before anything of the earlier job is touched
+    hp = job_checks.check_hyperparameters(hyperparameters)
     if not args.data:
         write_digits(SAMPLE_DIR)
+    job_checks.check_local_data(data, hp.on_bad_image)
     runner = backend(args.local)
-    name = args.job_name or unique_name()
+    if runner.MODE == "process":  # the image has its own cache (weights baked in with BAKE_WEIGHTS)
+        job_checks.check_pretrained_weights(hp, args.pretrained_weights)
+    if args.replace:
+        job_checks.replace_job(job_dir)
+
     channels = {"train": data}
     if args.pretrained_weights:
-        channels["pretrained"] = local_pretrained_channel(args.pretrained_weights, Path(args.jobs_dir) / name)
-        hyperparameters["pretrained"] = parse_hp(args.hp).get("pretrained", "true")
+        channels["pretrained"] = local_pretrained_channel(args.pretrained_weights, job_dir)
+    display = Display(verbose=args.verbose)
+    started = time.monotonic()
     if args.instance_count > 1:
-        jobs = hosts.prepare_hosts(args.jobs_dir, name, channels, hyperparameters, args.instance_count,
-                                   runner.HOST_INTERFACE)
-        job = jobs[0]
-        print(f"Training job {name} ({runner.MODE}, {args.instance_count} emulated hosts) in {job.dir}")
-        exit_code = runner.train_hosts(jobs)  # every host's `train` at once: containers on a network, or processes
+        host_jobs = hosts.prepare_hosts(args.jobs_dir, name, channels, hyperparameters, args.instance_count,
+                                        runner.HOST_INTERFACE)
+        job = host_jobs[0]
+        print(f"Training job {name} ({runner.MODE}, {args.instance_count} emulated hosts{preset_words(preset)}) "
+              f"in {job.dir}")
+        exit_code = runner.train_hosts(host_jobs, echo=display)  # every host's `train` at once
     else:
         job = trees.prepare_job(args.jobs_dir, name, channels, hyperparameters)
-        print(f"Training job {name} ({runner.MODE}) in {job.dir}")
-        exit_code = runner.train(job)  # `docker run IMAGE train` over the tree, or the toolkit's `train` process
+        print(f"Training job {name} ({runner.MODE}{preset_words(preset)}) in {job.dir}; log: {job.log_file}")
+        exit_code = runner.train(job, echo=display)  # `docker run IMAGE train` over the tree, or the toolkit's `train`
+    display.close()
     metrics = trees.finish(job)
-    summary = " ".join(f"{k}={v:g}" for k, v in metrics.items())
     if not job.succeeded:
-        raise LauncherError(f"Training job {name} failed (exit {exit_code}): {job.failure_reason or 'see ' + str(job.log_file)}")
-    print(f"\nTraining job {name} completed. {summary}\nModel artifact: {job.model_tar}\nLog: {job.log_file}")
+        raise LauncherError(f"Training job {name} failed (exit {exit_code}): "
+                            f"{job.failure_reason or 'see ' + str(job.log_file)}"
+                            + ("" if args.verbose else f" (whole output: {job.log_file}, or add --verbose)"))
+    if not args.keep_checkpoints:
+        jobs.drop_checkpoints(job)
+    print(summary(job, metrics, preset, time.monotonic() - started))
+
+
+def preset_words(preset):
+    return f", preset {preset}" if preset else ""
+
+
+def summary(job, metrics, preset, seconds):
+    """The few lines a finished job ends with: accuracy, time, where the model is, the next command."""
+    accuracy = (f"test accuracy {metrics['test_acc']:.1%}" if "test_acc" in metrics else "no test split")
+    valid = f", best valid accuracy {metrics['best_valid_acc']:.1%}" if "best_valid_acc" in metrics else ""
+    return (f"\nTraining job {job.name} completed in {jobs.duration(seconds)}{preset_words(preset)}: "
+            f"{accuracy}{valid}.\n"
+            f"  model:  {job.model_tar}\n"
+            f"  log:    {job.log_file}\n"
+            f"  next:   python launch.py deploy --local --model {job.model_tar}\n"
+            f"          python launch.py report --local {job.name}")
 
 
 def local_pretrained_channel(weights, job_dir):

@@ -59,7 +59,7 @@ def job_dir(jobs_dir, name):
     if not isinstance(name, str) or not JOB_NAME_PATTERN.fullmatch(name):
         raise LauncherError(f"Job name {name!r} is not allowed: use 1-128 letters, digits, '-', '_' or '.', "
                             "starting with a letter or digit.")
-    return Path(jobs_dir) / name
+    return Path(jobs_dir).absolute() / name  # absolute: the job runs from its code folder
 
 
 def prepare_job(jobs_dir, name, channels, hyperparameters):

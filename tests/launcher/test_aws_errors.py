@@ -87,6 +87,13 @@ def test_missing_setting_names_flag_and_variable(cloud, capsys, monkeypatch, var
     assert flag in line and variable in line
 
 
+def test_every_missing_setting_is_named_at_once(cloud, capsys, monkeypatch):
+    monkeypatch.delenv("SAGEMAKER_ROLE_ARN")
+    monkeypatch.delenv("SAGEMAKER_BUCKET")
+    line = fails(capsys, "train", "--data", "s3://b/d")
+    assert "missing 2 setting(s)" in line and "--role" in line and "--bucket" in line, line
+
+
 def test_flags_win_over_the_environment(cloud, capsys, uploaded):
     role = f"arn:aws:iam::{ACCOUNT}:role/Other"
     cloud.boto.client("s3").create_bucket(Bucket="other-bucket")

@@ -140,10 +140,15 @@ def test_the_sdks_lifecycle_warning_is_shown_once_and_stdout_stays_json(tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_"))}
     env.update(AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_EC2_METADATA_DISABLED="true",
                AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
-               IMAGE_URI_FILE=str(tmp_path / "none"), IMAGE_CLASSIFIER_STATE=str(tmp_path / "state.json"))
+               IMAGE_URI_FILE=str(tmp_path / "none"), IMAGE_CLASSIFIER_STATE=str(tmp_path / "state.json"),
+               IMAGE_CLASSIFIER_CACHE_DIR=str(tmp_path / "cache"))
     done = subprocess.run([sys.executable, str(Path(launch.__file__)), "deploy", "--model-data", "s3://b/m.tar.gz",
                            "--endpoint", "e1", "--dry-run"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert [c["operation"] for c in json.loads(done.stdout)][-1] == "CreateEndpoint"
     assert done.stderr.count("You are using the SageMaker Python SDK v2") == 1
-    assert "SAGEMAKER_SUPPRESS_V2_WARNING=1" in done.stderr
+    notice = next(line for line in done.stderr.splitlines() if "SageMaker Python SDK v2" in line)
+    assert "SAGEMAKER_SUPPRESS_V2_WARNING=1" in notice  # on one line
+    again = subprocess.run([sys.executable, str(Path(launch.__file__)), "deploy", "--model-data", "s3://b/m.tar.gz",
+                            "--endpoint", "e1", "--dry-run"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "SDK v2" not in again.stderr  # once per machine (its marker in tmp_path)

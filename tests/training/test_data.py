@@ -36,9 +36,9 @@ def test_separate_channels(tmp_path):
 
 def test_missing_valid_is_a_clear_error(tmp_path):
     root = make_dataset(tmp_path / "d", {"train": 2})
-    with pytest.raises(DataError, match="No validation data: add a 'valid' channel"):
+    with pytest.raises(DataError, match="No validation pictures: .* needs a valid/ folder beside train/"):
         resolve_splits({"train": root / "train"})
-    with pytest.raises(DataError, match="No 'train' channel"):
+    with pytest.raises(DataError, match="No training data"):
         resolve_splits({"valid": root})
 
 
@@ -180,7 +180,7 @@ def test_only_regular_files_inside_the_channel_are_read(tmp_path, caplog):
     assert str(inside) in train and len(train) == 7
     assert not any(name in path for path in train for name in ("link-out", "dangling", "fifo", "secret"))
     assert splits.folders == ["001.Red_fox", "002.Green_frog", "003.Blue_whale"]
-    assert "Skipped 4 entries in 'train' that are not regular files inside the channel" in caplog.text
+    assert "Skipped 4 entries in 'train' that are not regular files inside the data folder" in caplog.text
 
 
 def test_a_link_out_of_a_separate_channel_is_skipped(tmp_path, caplog):

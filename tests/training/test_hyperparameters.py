@@ -45,6 +45,11 @@ def test_round_trip_through_strings():
     ({"pretrained": "yes"}, r"'pretrained' = 'yes' is not valid: expected true or false"),
     ({"trainable-layers": "5"}, r"'trainable-layers' = '5' is out of range: expected an integer from 0 to 4"),
     ({"on-bad-image": "ignore"}, r"'on-bad-image' = 'ignore' is not allowed: expected one of skip, fail"),
+    ({"epoch": "3"}, r"Unknown hyperparameter 'epoch'\. Did you mean 'epochs'\?"),
+    ({"image_sise": "3"}, r"Unknown hyperparameter 'image_sise'\. Did you mean 'image-size'\?"),
+    ({"preset": "My Preset"}, r"'preset' = 'My Preset' is not valid: expected a name"),
+    ({"momentum": "0.5"}, r"^Contradictory hyperparameters: momentum=0.5 applies to optimizer=sgd only"),
+    ({"profile-steps": "3"}, r"^Contradictory hyperparameters: profile-start-step and profile-steps need profile=true"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(raw, message):
     with pytest.raises(HyperparameterError, match=message):
@@ -57,7 +62,7 @@ def test_every_hyperparameter_is_documented_and_typed():
         assert spec.type in (int, float, str, bool), spec.name
         if spec.type in (int, float):
             assert spec.metadata["min"] <= spec.default <= spec.metadata["max"], spec.name
-        if spec.type is str:
+        if spec.type is str and spec.metadata["choices"]:
             assert spec.default in spec.metadata["choices"], spec.name
 
 
@@ -79,3 +84,21 @@ def test_a_key_that_is_not_plain_text_is_quoted_in_the_error():
     with pytest.raises(HyperparameterError) as refused:
         Hyperparameters.from_strings({"_x\ntest_acc=0.999": "1"})
     assert "\n" not in str(refused.value) and "test_acc=" not in str(refused.value)
+
+
+def test_pretrained_false_trains_every_layer_unless_trainable_layers_is_set():
+    """A random network with frozen stages trains to chance: without ImageNet weights, every stage trains."""
+    import torchvision
+
+    from image_classifier.model import build_model, set_trainable
+
+    assert Hyperparameters.from_strings({}).trainable_layers == 1  # fine-tuning: the last stage and the head
+    scratch = Hyperparameters.from_strings({"pretrained": "false", "arch": "resnet18"})
+    assert scratch.trainable_layers == 4
+    model = build_model("resnet18", 3)
+    set_trainable(model, scratch.trainable_layers, scratch.arch)
+    assert all(parameter.requires_grad for parameter in model.parameters())
+    assert len(list(model.parameters())) == len(list(torchvision.models.resnet18().parameters()))
+    # The user's own value stands.
+    assert Hyperparameters.from_strings({"pretrained": "false", "trainable-layers": "0"}).trainable_layers == 0
+    assert Hyperparameters.from_strings({"momentum": "0.5", "optimizer": "sgd"}).momentum == 0.5

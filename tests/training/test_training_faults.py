@@ -170,7 +170,7 @@ SCRIPT = [sys.executable, "-m", "image_classifier.training.job"]
     ({"SM_NUM_GPUS": "two"}, r"^SM_NUM_GPUS must be an integer >= 0, got 'two'$"),
     ("resourceconfig.json", r"^Cannot read \S+/resourceconfig\.json: "),
     ("hyperparameters.json", r"^\S+/hyperparameters\.json must hold a JSON object of hyperparameters$"),
-    ("channel is a file", r"^The 'train' channel \"\S+/input/data/train\" is not a folder that can be read\.$"),
+    ("channel is a file", r"^The 'train' data \"\S+/input/data/train\" is not a folder that can be read\.$"),
 ], ids=["SM_HOSTS not JSON", "current host not in SM_HOSTS", "SM_NUM_GPUS", "resourceconfig.json",
         "hyperparameters.json", "channel is a file"])
 def test_a_bad_environment_or_channel_writes_the_failure_file(tmp_path, fault, expected):

@@ -87,7 +87,7 @@ def test_launch_py_trains_a_dogimages_style_folder(tmp_path):
         + ["--hp", "epochs=1"],
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Training job cli completed." in result.stdout and "test_acc=" in result.stdout
+    assert "Training job cli completed in " in result.stdout and "test accuracy " in result.stdout
     assert (tmp_path / "jobs" / "cli" / "model.tar.gz").is_file()
     assert (tmp_path / "jobs" / "cli" / "train.log").read_text().count("epoch=1 ") == 1
 
@@ -100,5 +100,6 @@ def test_launch_py_reports_a_failed_job_in_one_line(tmp_path):
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"error: Training job bad failed \(exit \d+\): Hyperparameter 'lr' = 'abc' is not "
+    assert re.fullmatch(r"error: --hp: Hyperparameter 'lr' = 'abc' is not "
                         r"valid: expected a number from 1e-07 to 10\.0\.", last_line), last_line
+    assert not (tmp_path / "jobs").exists()  # refused before the job started

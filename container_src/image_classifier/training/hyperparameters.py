@@ -5,6 +5,7 @@ original project used them (`lr`, `batch-size`). `Hyperparameters.from_strings` 
 frozen dataclass, or raises `HyperparameterError` naming the key and what it allows. The table in docs/TRAINING.md
 is generated from the same fields (`python -m image_classifier.training.hyperparameters`), and a test keeps them equal.
 """
+import difflib
 import re
 from dataclasses import MISSING, dataclass, field, fields
 
@@ -19,6 +20,8 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilene
 PLATFORM_PREFIX = "sagemaker_"
 PLATFORM_KEYS = ("_tuning_objective_metric",)
 _PLAIN_KEY = re.compile(r"[\w.-]{1,100}")
+_NAME = re.compile(r"[a-z0-9-]{0,40}")  # a free-text value (str without choices): a short plain name
+ALL_LAYERS = 4  # trainable-layers: the whole network
 
 
 class HyperparameterError(ValueError):
@@ -36,8 +39,8 @@ class Hyperparameters:
     pretrained: bool = _hp(True, "Start from ImageNet weights (cache, `pretrained` channel or download).")
     weights_download: bool = _hp(False, "Allow downloading pretrained weights when none are cached.")
     trainable_layers: int = _hp(
-        1, "How many of the last stages (one per resolution) train besides the new head (0 = head only, 4 = all).",
-        min=0, max=4)
+        1, "How many of the last stages (one per resolution) train besides the new head (0 = head only, 4 = all). "
+        "With pretrained=false and no value given: 4 (a random network trains whole).", min=0, max=ALL_LAYERS)
     image_size: int = _hp(224, "Square input size in pixels.", min=16, max=1024)
     # optimisation
     epochs: int = _hp(5, "Passes over the training set.", min=1, max=1000)
@@ -75,6 +78,9 @@ class Hyperparameters:
     profile: bool = _hp(False, "torch.profiler over a few steps, and a system monitor (CPU, memory, GPU, data wait).")
     profile_start_step: int = _hp(5, "Training step where the torch.profiler window starts.", min=0, max=10**7)
     profile_steps: int = _hp(5, "Training steps the torch.profiler window records.", min=1, max=1000)
+    # provenance
+    preset: str = _hp("", "The launcher's `--preset` these values started from (recorded in the log and model.json; "
+                      "sets nothing itself).")
 
     @staticmethod
     def key(name):
@@ -90,17 +96,43 @@ class Hyperparameters:
                 continue
             spec = by_key.get(key)
             if spec is None:
-                close = sorted(k for k in by_key if k.replace("-", "") == key.replace("-", "").replace("_", ""))
+                close = difflib.get_close_matches(key.replace("_", "-"), by_key, n=1, cutoff=0.6)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 shown = f"'{key}'" if _PLAIN_KEY.fullmatch(key) else quote_for_log(key)  # a key is data too
                 raise HyperparameterError(
                     f"Unknown hyperparameter {shown}.{hint} Known: {', '.join(sorted(by_key))}.")
             values[spec.name] = _parse(key, spec, value)
-        return cls(**values)
+        if not values.get("pretrained", True) and "trainable_layers" not in values:
+            values["trainable_layers"] = ALL_LAYERS  # frozen random layers never learn: train them all
+        hp = cls(**values)
+        check_pairs(hp)
+        return hp
 
     def to_strings(self):
         """The kebab-case string form SageMaker stores (what `from_strings` reads back)."""
         return {self.key(f.name): _format(getattr(self, f.name)) for f in fields(self)}
+
+
+# Values that contradict each other (a value set that another makes meaningless): hp -> the problem and its fix,
+# or None. Judged on values, not on which keys were given, as SageMaker jobs receive every key.
+CONTRADICTIONS = (
+    lambda hp: f"momentum={hp.momentum:g} applies to optimizer=sgd only (optimizer={hp.optimizer}): drop momentum "
+               "or set optimizer=sgd" if hp.momentum != _default("momentum") and hp.optimizer != "sgd" else None,
+    lambda hp: "profile-start-step and profile-steps need profile=true: add it, or drop them"
+    if not hp.profile and (hp.profile_start_step, hp.profile_steps) != (_default("profile_start_step"),
+                                                                        _default("profile_steps")) else None,
+)
+
+
+def _default(name):
+    return next(spec.default for spec in fields(Hyperparameters) if spec.name == name)
+
+
+def check_pairs(hp):
+    """Refuse values that contradict each other, all named at once."""
+    problems = [problem for rule in CONTRADICTIONS if (problem := rule(hp))]
+    if problems:
+        raise HyperparameterError("Contradictory hyperparameters: " + "; ".join(problems) + ".")
 
 
 def _format(value):
@@ -114,6 +146,8 @@ def describe(spec):
     meta = spec.metadata
     if meta["choices"]:
         return "one of " + ", ".join(meta["choices"])
+    if spec.type is str:
+        return "a name: up to 40 lower-case letters, digits and '-'"
     if spec.type is bool:
         return "true or false"
     kind = "an integer" if spec.type is int else "a number"
@@ -144,6 +178,8 @@ def _parse(key, spec, value):
     except ValueError:
         raise HyperparameterError(f"Hyperparameter '{key}' = {value!r} is not valid: expected {describe(spec)}.") from None
     meta = spec.metadata
+    if spec.type is str and not meta["choices"] and not _NAME.fullmatch(parsed):
+        raise HyperparameterError(f"Hyperparameter '{key}' = {value!r} is not valid: expected {describe(spec)}.")
     if meta["choices"] and parsed not in meta["choices"]:
         raise HyperparameterError(f"Hyperparameter '{key}' = {value!r} is not allowed: expected {describe(spec)}.")
     if meta["min"] is not None and not meta["min"] <= parsed <= meta["max"]:

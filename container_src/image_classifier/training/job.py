@@ -38,7 +38,7 @@ from .data import DataError, EpochSampler, PictureDataset, Splits, load_splits, 
 from .distributed import Distributed
 from .environment import EnvironmentConfigError, TrainingEnvironment, failure_file
 from .hyperparameters import HyperparameterError, Hyperparameters
-from .loop import (StopRequested, amp_dtype, build_optimizer, build_scheduler, evaluate, make_scaler, new_progress,
+from .loop import (ProgressLine, StopRequested, amp_dtype, build_optimizer, build_scheduler, evaluate, make_scaler, new_progress,
                    seed_everything, train_one_epoch, use_channels_last)
 
 log = logging.getLogger("image_classifier")
@@ -236,9 +236,12 @@ def train_epochs(job):
         job.stop.epoch_first_step = epoch * job.steps_per_epoch
         job.recorder.set_mode("train")
         start_epoch_measures(job)
+        pictures = min(job.steps_per_epoch * hp.batch_size, len(job.train_sampler) + job.train_sampler.start)
+        progress_line = ProgressLine(epoch + 1, hp.epochs, pictures * job.dist.world_size, job.dist.world_size) \
+            if job.dist.is_master else None
         finished = train_one_epoch(job.train_model, job.criterion, job.optimizer, job.scheduler, job.train_loader,
                                    job.device, job.scaler, progress, job.stop, job.steps_per_epoch,
-                                   on_step=job.profiling)
+                                   on_step=job.profiling, on_progress=progress_line)
         if not finished:
             save_checkpoint(job)
             log.warning("Stopped by SIGTERM in epoch %d at step %d (global step %d); checkpoint saved to %s. "
@@ -417,6 +420,8 @@ def main():
         env = TrainingEnvironment.read()
         hp = Hyperparameters.from_strings(env.hyperparameters)
         log.info("Hyperparameters: %s", " ".join(f"{k}={v}" for k, v in hp.to_strings().items()))
+        if hp.preset:
+            log.info("Preset: %s", hp.preset)
         exit_code = run(env, hp)
         if exit_code == constants.SIGTERM_EXIT_CODE:
             write_failure(failure, "Stopped by SIGTERM; the checkpoint is saved and a restarted job resumes from it.")

@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
 
 import numpy as np
@@ -43,6 +44,37 @@ class StopRequested:
             self.requested = True  # the handler sets it too; this makes the stop step exact
             os.killpg(os.getpgrp(), signal.SIGTERM)
 
+
+
+class ProgressLine:
+    """The progress line inside an epoch: pictures done, images/s and the epoch's ETA, at most every `interval`
+    seconds (constants.PROGRESS_SECONDS, or its environment variable). A plain line each time, so SageMaker's
+    CloudWatch log stays readable; on a terminal the lines overwrite each other. `total`: the epoch's pictures
+    over all ranks; rank 0 counts its own and scales by `world_size` (every rank takes the same steps)."""
+
+    def __init__(self, epoch, epochs, total, world_size=1, interval=None, out=None):
+        if interval is None:
+            interval = float(os.environ.get(constants.PROGRESS_SECONDS_ENV, constants.PROGRESS_SECONDS))
+        self.epoch, self.epochs, self.total, self.world_size, self.interval = epoch, epochs, total, world_size, interval
+        self.out = out or sys.stdout
+        self.started = self.last = time.monotonic()
+        self.first_done = None  # pictures already done when this line started (a resumed epoch)
+
+    def __call__(self, images_done):
+        now = time.monotonic()
+        done = images_done * self.world_size
+        if self.first_done is None:
+            self.first_done, self.started = done, now  # the rate counts from the first step (after the start-up)
+            return
+        if now - self.last < self.interval or done >= self.total:
+            return
+        self.last = now
+        rate = (done - self.first_done) / max(now - self.started, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else 0
+        end = "\r" if self.out.isatty() else "\n"
+        self.out.write(f"{constants.PROGRESS_PREFIX}epoch {self.epoch}/{self.epochs}, {done:,}/{self.total:,} pictures, "
+                       f"{rate:.1f} images/s, ETA {int(eta) // 60}:{int(eta) % 60:02d}{end}")
+        self.out.flush()
 
 
 def seed_everything(seed):
@@ -97,9 +129,10 @@ def model_input(images, device):
 
 
 def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scaler, progress, stop,
-                    max_steps=0, on_step=None):
+                    max_steps=0, on_step=None, on_progress=None):
     """One pass over `loader`. `progress` holds the running sums (restored from a mid-epoch checkpoint);
-    `on_step(data_seconds=, compute_seconds=)` is told each step's timing (the profiler's system monitor).
+    `on_step(data_seconds=, compute_seconds=)` is told each step's timing (the profiler's system monitor),
+    `on_progress(pictures done)` the epoch's progress (a ProgressLine).
     Returns True when the epoch ran to the end, False when a stop was requested."""
     model.train()
     amp = scaler is not None  # a GradScaler: float16 AMP; False: bfloat16 AMP (no scaling needed); None: no AMP
@@ -133,6 +166,8 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, scal
         progress["data_seconds"] = progress.get("data_seconds", 0.0) + loaded - waiting_since
         progress["wall_seconds"] = progress.get("wall_seconds", 0.0) + time.perf_counter() - waiting_since
         progress["step"] += 1
+        if on_progress is not None:
+            on_progress(progress["images"])
         stop.step_done(progress["step"])
         waiting_since = time.perf_counter()
         if stop.requested or (max_steps and progress["step"] >= max_steps):
