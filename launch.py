@@ -220,15 +220,15 @@ def cmd_train(args):
 @dry_run_first
 def train_sagemaker(args):
     """A training job with the best tuning values, Debugger hook and profiler, on a spot instance."""
-    preset_values = presets.hyperparameters(args.preset, parse_hp(args.hp))
-    sagemaker_hyperparameters(preset_values, args.network_isolation)  # --preset and --hp, before any AWS call
+    # --preset and --hp checked before any AWS call
+    sagemaker_hyperparameters(presets.hyperparameters(args.preset, parse_hp(args.hp)), args.network_isolation)
     connection = aws.Aws(args)
     with errors() as on_error:
         if args.attach:
             return attach_training_job(connection, args.attach, on_error)
         if args.builtin_rules and args.no_debugger:
             raise LauncherError("--builtin-rules needs SageMaker Debugger: drop --no-debugger (or --builtin-rules)")
-        overrides = {}
+        overrides = presets.hyperparameters(args.preset, {})  # the preset first: a tuning job's winners override it
         tuning_job = None
         if args.from_tuning:
             tuning_job = connection.recall("tuning_job", None if args.from_tuning == LAST else args.from_tuning,
@@ -237,7 +237,7 @@ def train_sagemaker(args):
             overrides.update(winning)  # the tuning job's static values and the best trial's tuned ones
             print(f"From tuning job {tuning_job}: best training job {best['TrainingJobName']} "
                   f"{format_hp(winning)}", file=sys.stderr)
-        overrides.update(preset_values)
+        overrides.update(parse_hp(args.hp))
         hyperparameters = sagemaker_hyperparameters(overrides, args.network_isolation)
         name = args.job_name or unique_name()
         data, splits, pretrained = job_inputs(connection, args, name)
