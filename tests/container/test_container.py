@@ -211,7 +211,7 @@ def test_launch_py_trains_deploys_and_predicts_in_the_image(image, tmp_path, mon
     assert launch.main(["train", "--local", "--data", str(data), "--job-name", "in-image",
                         "--jobs-dir", str(tmp_path / "jobs"), *hps]) == 0
     out = capsys.readouterr().out
-    assert f"local mode: docker ({image})" in out and "Training job in-image completed." in out
+    assert f"local mode: docker ({image})" in out and "Training job in-image completed in " in out
     model = tmp_path / "jobs" / "in-image" / "model.tar.gz"
     port = free_port()
     assert launch.main(["deploy", "--local", "docker", "--model", str(model), "--port", str(port), "--detach"]) == 0
