@@ -15,7 +15,6 @@ format's floor.
     python bench/bench_containers.py [--rounds 5]
 """
 import argparse
-import io
 import statistics
 import struct
 import sys

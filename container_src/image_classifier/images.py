@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from .picture_containers import MAX_JPEG_SCANS, container_excess, count_jpeg_scans  # noqa: F401 (re-exported)
+from .picture_containers import container_excess
 
 # Formats decoded from datasets and requests; anything else (EPS, PDF, ICO...) is refused unread.
 PICTURE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")

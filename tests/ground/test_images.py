@@ -83,7 +83,7 @@ def test_eval_resize_is_torchvision_s_256_for_224():
 ], ids=["baseline", "progressive", "progressive-optimized", "grey-progressive", "cmyk-progressive"])
 def test_the_scans_of_real_encoders_are_counted_and_accepted(mode, options, scans):
     data = samples.encode(samples.rgb_image((64, 48)).convert(mode), "JPEG", **options)
-    assert images.count_jpeg_scans(data) == scans <= images.MAX_JPEG_SCANS
+    assert picture_containers.count_jpeg_scans(data) == scans <= picture_containers.MAX_JPEG_SCANS
     assert images.open_rgb(data, min_side=16).mode == "RGB"
 
 
@@ -91,18 +91,18 @@ def test_scans_are_counted_from_the_marker_segments_not_from_bytes_that_look_lik
     """A comment full of SOS bytes is skipped by its length; garbage before a marker, which libjpeg skips
     with a warning, does not hide the scans after it."""
     fake = samples.encode(samples.rgb_image(), "JPEG", comment=b"\xff\xda" * 100)
-    assert fake.count(b"\xff\xda") == 101 and images.count_jpeg_scans(fake) == 1
+    assert fake.count(b"\xff\xda") == 101 and picture_containers.count_jpeg_scans(fake) == 1
     images.read_header(fake)
     bomb = samples.scan_bomb_jpeg(side=64, repeats=40)
     scan = bomb.index(b"\xff\xda", bomb.index(b"\xff\xda") + 2)
     hidden = bomb[:scan] + b"\x00garbage" + bomb[scan:]
-    assert images.count_jpeg_scans(hidden) == images.MAX_JPEG_SCANS + 1
+    assert picture_containers.count_jpeg_scans(hidden) == picture_containers.MAX_JPEG_SCANS + 1
 
 
 def test_the_progressive_scan_bomb_is_refused_before_decoding(tmp_path):
     """Issue 20's attack: 7000x7000, one scan repeated 3,000 times (about 16 s of decoding)."""
     bomb = samples.scan_bomb_jpeg()
-    assert len(bomb) < 500_000 and images.count_jpeg_scans(bomb, stop_after=10 ** 6) > 3_000
+    assert len(bomb) < 500_000 and picture_containers.count_jpeg_scans(bomb, stop_after=10 ** 6) > 3_000
     path = tmp_path / "bomb.jpg"
     path.write_bytes(bomb)
     for source in (bomb, path):  # serving (bytes) and training (a path)
@@ -117,17 +117,17 @@ def test_the_progressive_scan_bomb_is_refused_before_decoding(tmp_path):
 def test_training_counts_a_scan_bomb_as_a_bad_picture(tmp_path, caplog):
     """Training decodes with the same code: the picture is skipped and counted at scan time, and the
     loader's decoding refuses it too (a BadPicture, counted per epoch)."""
-    from image_classifier.training import data
+    from image_classifier.training import data, layout
 
     good = tmp_path / "good.jpg"
     samples.rgb_image((32, 32)).save(good)
     bomb = tmp_path / "bomb.jpg"
     bomb.write_bytes(samples.scan_bomb_jpeg(side=64, repeats=40))
-    kept, bad = data.check_pictures([(str(good), 0), (str(bomb), 1)], "skip", "train")
+    kept, bad = layout.check_pictures([(str(good), 0), (str(bomb), 1)], "skip", "train")
     assert kept == [(str(good), 0)] and bad == [str(bomb)]
     assert "Skipping 1 unreadable picture(s)" in caplog.text and "scans" in caplog.text
-    with pytest.raises(data.DataError, match="bomb.jpg"):
-        data.check_pictures([(str(bomb), 1)], "fail", "train")
+    with pytest.raises(layout.DataError, match="bomb.jpg"):
+        layout.check_pictures([(str(bomb), 1)], "fail", "train")
     dataset = data.PictureDataset([(str(bomb), 0)], lambda image: image)
     assert isinstance(dataset[0], data.BadPicture) and "scans" in dataset[0]
 
@@ -211,7 +211,7 @@ def _chunks(png, start, end):
 def test_training_skips_a_hostile_container_before_pillow_walks_it(tmp_path, monkeypatch):
     """check_pictures counts the container before its Pillow verify() (which walks every chunk), and the
     loader's decoding refuses it too."""
-    from image_classifier.training import data
+    from image_classifier.training import data, layout
 
     good = tmp_path / "good.png"
     good.write_bytes(samples.phone_png())
@@ -220,7 +220,7 @@ def test_training_skips_a_hostile_container_before_pillow_walks_it(tmp_path, mon
     opened, pillow_open = [], Image.open
     monkeypatch.setattr(Image, "open", lambda source, *args, **kwargs: opened.append(source) or pillow_open(
         source, *args, **kwargs))
-    kept, bad = data.check_pictures([(str(good), 0), (str(flood), 1)], "skip", "train")
+    kept, bad = layout.check_pictures([(str(good), 0), (str(flood), 1)], "skip", "train")
     assert str(flood) not in opened and str(good) in opened
     assert kept == [(str(good), 0)] and bad == [str(flood)]
     dataset = data.PictureDataset([(str(flood), 0)], lambda image: image)

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from image_classifier.preprocessing import build_transforms
-from image_classifier.training.data import (DataError, EpochSampler, PictureDataset, check_pictures,
-                                   class_name, collate, load_splits, resolve_splits)
+from image_classifier.training.data import EpochSampler, PictureDataset, collate
+from image_classifier.training.layout import DataError, check_pictures, class_name, load_splits, resolve_splits
 from conftest import make_dataset, write_picture
 
 

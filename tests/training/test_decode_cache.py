@@ -10,8 +10,8 @@ from PIL import Image
 from conftest import make_dataset
 from image_classifier.training import decode_cache
 from image_classifier.preprocessing import build_transforms
-from image_classifier.training.data import (EpochSampler, PictureDataset, load_splits, make_loader,
-                                   to_model_input)
+from image_classifier.training.data import EpochSampler, PictureDataset, make_loader, to_model_input
+from image_classifier.training.layout import load_splits
 from image_classifier.images import eval_resize
 
 

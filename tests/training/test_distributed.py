@@ -14,7 +14,8 @@ import torch
 from image_classifier import constants
 from image_classifier.training import loop
 from image_classifier.preprocessing import build_transforms
-from image_classifier.training.data import EpochSampler, PictureDataset, load_splits, make_loader
+from image_classifier.training.data import EpochSampler, PictureDataset, make_loader
+from image_classifier.training.layout import load_splits
 from image_classifier.metrics import parse_metrics
 from image_classifier.training.hyperparameters import Hyperparameters
 from image_classifier.model import build_model, load_artifact

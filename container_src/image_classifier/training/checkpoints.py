@@ -18,7 +18,7 @@ from .. import constants
 from ..contract import atomic_write
 from ..metrics import quote_for_log
 from ..model import load_weights, unwrap
-from .data import DataError
+from .layout import DataError
 from .loop import SUMMED_PROGRESS, progress_over_ranks
 
 log = logging.getLogger("image_classifier")

@@ -10,8 +10,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .. import constants
 from ..images import DECODE_ERRORS, open_rgb
 from ..metrics import quote_for_log
-from .layout import (DataError, Splits, check_pictures, class_name, list_classes, load_splits,  # noqa: F401
-                     report_bad_pictures, resolve_splits, scan_split)
 
 
 class BadPicture(str):

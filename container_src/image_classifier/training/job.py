@@ -34,10 +34,11 @@ from ..model import (ArtifactError, ModelConfig, PretrainedWeightsError, build_m
 from ..preprocessing import build_transforms
 from . import decode_cache
 from .checkpoints import atomic_save, resume, save_checkpoint
-from .data import DataError, EpochSampler, PictureDataset, Splits, load_splits, make_loader
+from .data import EpochSampler, PictureDataset, make_loader
 from .distributed import Distributed
 from .environment import EnvironmentConfigError, TrainingEnvironment, failure_file
 from .hyperparameters import HyperparameterError, Hyperparameters
+from .layout import DataError, Splits, load_splits
 from .loop import (ProgressLine, StopRequested, amp_dtype, build_optimizer, build_scheduler, evaluate, make_scaler, new_progress,
                    seed_everything, train_one_epoch, use_channels_last)
 

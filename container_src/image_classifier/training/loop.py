@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .. import constants
-from .data import DataError, to_model_input
+from .data import to_model_input
+from .layout import DataError
 
 log = logging.getLogger("image_classifier")
 
