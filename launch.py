@@ -461,13 +461,13 @@ def cmd_clean(args):
 
 # -------------------------------------------------------------------------------------------- report
 def cmd_report(args):
-    if args.job:
+    if not args.local:
         connection = aws.Aws(args)
         with errors():
             out = args.out or trees.job_dir(report.REPORTS_DIR, args.job)  # one safe path component
             path, _ = report.build(report.sagemaker_job(args.job, Path(out) / "job", connection.boto), out)
     else:
-        path = report.report(local=args.local, out=args.out)
+        path = report.report(local=args.job, out=args.out)
     print(f"Report: {terminal.printable(path)}")
 
 
@@ -477,7 +477,7 @@ COMMANDS = {"data": cmd_data, "upload": cmd_upload, "tune": cmd_tune, "train": c
 
 
 def main(argv=None):
-    args = build_parser(__doc__).parse_args(argv)
+    args = build_parser(__doc__).parse_args(argv)  # refuses an option given where it does not apply
     try:
         return COMMANDS[args.command](args) or 0
     except LauncherError as error:

@@ -85,12 +85,13 @@ SETTINGS = {
 
 
 def add_arguments(parser):
-    """The AWS options every SageMaker subcommand takes."""
+    """The AWS options every SageMaker subcommand takes (their group, returned)."""
     group = parser.add_argument_group("AWS (SageMaker)")
     for name, (flag, envs, what) in SETTINGS.items():
         group.add_argument(flag, dest=name, help=f"{what} (env {' / '.join(envs)})")
     group.add_argument("--dry-run", action="store_true",
                        help="print the AWS API calls as JSON and send nothing (needs no credentials)")
+    return group
 
 
 # ------------------------------------------------------------------------------------------- settings

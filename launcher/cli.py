@@ -20,6 +20,7 @@ ENDPOINT_INSTANCE = "ml.m5.large"     # CPU: one picture through a ResNet-50 tak
 MAX_RUN_SECONDS = 3 * 3600            # a training job is stopped after this; spot jobs may wait as long again
 LAST = "last"                         # `--from-tuning` without a name: the tuning job recorded by `tune`
 TUNING_JOB_PREFIX = "ic-tune"         # tuning job names: 32 characters at most
+LOCAL, SAGEMAKER = "local", "sagemaker"  # where a command runs
 
 
 # Each command's one-line help (in `launch.py --help`) and its description (in `launch.py COMMAND --help`).
@@ -78,30 +79,29 @@ def parse_hp(pairs):
 
 
 
-def add_job_arguments(parser, local=False):
-    """Options of SageMaker training (and tuning) jobs; `local`: the command also runs with --local."""
-    parser.add_argument("--instance-type", help=f"SageMaker: training instance (default {TRAINING_INSTANCE})")
+def add_job_arguments(parser, sagemaker):
+    """Options of training (and tuning) jobs: those of both places on `parser` (after its --local, if any),
+    SageMaker's on `sagemaker` (the parser itself for a SageMaker-only command)."""
     parser.add_argument("--instance-count", type=positive_int, default=1, metavar="N",
                         help="instances (data-parallel on every GPU of each)"
-                             + ("; with --local process: emulated hosts" if local else ""))
-    parser.add_argument("--no-spot", action="store_true", help="SageMaker: on-demand instead of managed spot")
-    parser.add_argument("--max-run", type=int, default=MAX_RUN_SECONDS, metavar="SECONDS",
-                        help=f"SageMaker: stop a job after this long (default {MAX_RUN_SECONDS})")
-    parser.add_argument("--no-wait", action="store_true", help="SageMaker: return once the job is created")
+                             + ("; with --local process: emulated hosts" if parser.where[LOCAL] else ""))
     parser.add_argument("--pretrained-weights", metavar="PATH|S3URI",
                         help="a .pth state_dict (file, folder or s3:// URI) sent as the `pretrained` channel: "
                              "ImageNet weights for offline or isolated jobs, or your own earlier model")
-    add_network_arguments(parser)
-    aws.add_arguments(parser)
+    sagemaker.add_argument("--instance-type", help=f"training instance (default {TRAINING_INSTANCE})")
+    sagemaker.add_argument("--no-spot", action="store_true", help="on-demand instead of managed spot")
+    sagemaker.add_argument("--max-run", type=int, default=MAX_RUN_SECONDS, metavar="SECONDS",
+                           help=f"stop a job after this long (default {MAX_RUN_SECONDS})")
+    sagemaker.add_argument("--no-wait", action="store_true", help="return once the job is created")
+    add_network_arguments(sagemaker)
 
 
-def add_network_arguments(parser):
+def add_network_arguments(group):
     """Options for locked-down accounts (also settable in the SageMaker SDK's config file)."""
-    parser.add_argument("--subnets", nargs="+", metavar="SUBNET", help="SageMaker: run in these VPC subnets")
-    parser.add_argument("--security-groups", nargs="+", metavar="SG", help="SageMaker: VPC security group ids")
-    parser.add_argument("--kms-key", metavar="KEY", help="SageMaker: KMS key for volumes and outputs")
-    parser.add_argument("--network-isolation", action="store_true",
-                        help="SageMaker: no network access from the container")
+    group.add_argument("--subnets", nargs="+", metavar="SUBNET", help="run in these VPC subnets")
+    group.add_argument("--security-groups", nargs="+", metavar="SG", help="VPC security group ids")
+    group.add_argument("--kms-key", metavar="KEY", help="KMS key for volumes and outputs")
+    group.add_argument("--network-isolation", action="store_true", help="no network access from the container")
 
 
 def add_command(commands, name):
@@ -115,18 +115,61 @@ def add_preset(parser):
                              + presets.describe())
 
 
-def add_local_port(parser):
-    parser.add_argument("--port", type=int, default=SERVING_PORT, help=f"local port (default {SERVING_PORT})")
+def add_local_port(group):
+    group.add_argument("--port", type=int, default=SERVING_PORT, help=f"local port (default {SERVING_PORT})")
 
 
-def add_local_mode(parser, help_text):
-    """`--local [auto|docker|process]`: the backend of a local run (alone: auto)."""
-    parser.add_argument("--local", nargs="?", const="auto", choices=MODES, help=help_text)
+# `--local` means one thing on every command: on this machine instead of SageMaker. Where the command starts
+# something (a job, a model server), it may also say how: in the image (docker), as a process, or auto.
+def local_options(parser, what, starts=False):
+    """The group of options that apply with --local only (given without it, they are refused)."""
+    group = parser.add_argument_group("on this machine (with --local)")
+    if starts:
+        group.add_argument("--local", nargs="?", const="auto", choices=MODES, metavar="HOW",
+                           help=f"{what}; HOW: in the image (docker), as a plain process, or auto (the default)")
+    else:
+        group.add_argument("--local", action="store_true", help=what)
+    parser.where[LOCAL].append(group)
+    return group
+
+
+def sagemaker_options(parser):
+    """The groups of options that apply on SageMaker only (given with --local, they are refused): the
+    command's own, and the AWS settings."""
+    group = parser.add_argument_group("on SageMaker (without --local)")
+    parser.where[SAGEMAKER] += [group, aws.add_arguments(parser)]
+    return group
+
+
+def misplaced_options(parser, args):
+    """The options given that do not apply where the command runs (with or without --local)."""
+    here = LOCAL if getattr(args, "local", None) else SAGEMAKER
+    return [action.option_strings[0] for place, groups in parser.where.items() if place != here
+            for group in groups for action in group._group_actions
+            if action.dest != "local" and getattr(args, action.dest, None) != action.default]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with each command's options grouped by where they apply (`where`), and an option given
+    where it does not apply refused, rather than ignored."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.where = {LOCAL: [], SAGEMAKER: []}
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        command = self._subparsers._group_actions[0].choices[parsed.command] if self._subparsers else self
+        misplaced = misplaced_options(command, parsed)
+        if misplaced and command.where[LOCAL]:  # a command that runs in one place only has nothing misplaced
+            where = "on SageMaker (without --local)" if getattr(parsed, "local", None) else "with --local"
+            command.error(f"{', '.join(misplaced)}: only {where} (see `launch.py {parsed.command} --help`)")
+        return parsed
 
 
 def build_parser(description=None):
     """launch.py's command line; `args.command` names the command to run. `description`: launch.py's own."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"image-classifier {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -155,112 +198,108 @@ def build_parser(description=None):
     tune.add_argument("--trial-debugging", action="store_true",
                       help="trials save tensors and run the rules (default: debug-hook=false rules=false)")
     tune.add_argument("--attach", metavar="TUNING_JOB", help="wait for a tuning job started earlier, print its best")
-    add_job_arguments(tune)
+    add_job_arguments(tune, tune)
+    aws.add_arguments(tune)
 
     train = add_command(commands, "train")
-    add_local_mode(train, "run on this machine: in the image (docker), as a plain process, or auto")
     train.add_argument("--data", help="dataset folder (dogImages layout); default: the digits sample. "
                                       "On SageMaker: an S3 URI, default: the one `upload` recorded")
     train.add_argument("--hp", action="append", metavar="KEY=VALUE", help="hyperparameter, repeatable")
     add_preset(train)
     train.add_argument("--job-name", help="job name (default: image-classifier-<timestamp>)")
-    train.add_argument("--replace", action="store_true",
-                       help="with --local: remove an earlier local job of the same --job-name first")
-    train.add_argument("--resume", action="store_true",
-                       help="with --local: go on with the --job-name job that did not complete, from its checkpoint")
-    train.add_argument("--verbose", action="store_true",
-                       help="with --local: show the job's whole output (always in its train.log)")
-    train.add_argument("--keep-checkpoints", action="store_true",
-                       help="with --local: keep a completed job's intermediate checkpoints (default: only its model)")
+    here = local_options(train, "train on this machine", starts=True)
+    here.add_argument("--replace", action="store_true", help="remove an earlier local job of the same --job-name first")
+    here.add_argument("--resume", action="store_true",
+                      help="go on with the --job-name job that did not complete, from its checkpoint")
+    here.add_argument("--verbose", action="store_true", help="show the job's whole output (always in its train.log)")
+    here.add_argument("--keep-checkpoints", action="store_true",
+                      help="keep a completed job's intermediate checkpoints (default: only its model)")
     train.add_argument("--jobs-dir", type=Path, default=LOCAL_JOBS_DIR, help=argparse.SUPPRESS)
-    train.add_argument("--from-tuning", nargs="?", const=LAST, metavar="TUNING_JOB",
+    cloud = sagemaker_options(train)
+    cloud.add_argument("--from-tuning", nargs="?", const=LAST, metavar="TUNING_JOB",
                        help="start from the best values of this tuning job (no name: the one `tune` recorded)")
-    train.add_argument("--allow-interim", action="store_true",
+    cloud.add_argument("--allow-interim", action="store_true",
                        help="--from-tuning while the tuning job still runs (its best so far)")
-    train.add_argument("--builtin-rules", action="store_true",
+    cloud.add_argument("--builtin-rules", action="store_true",
                        help="also run SageMaker's built-in Debugger rules (accounts with Debugger access only)")
-    train.add_argument("--no-debugger", action="store_true",
-                       help="SageMaker: no Debugger hook or profiler configuration (accounts without Debugger); "
+    cloud.add_argument("--no-debugger", action="store_true",
+                       help="no Debugger hook or profiler configuration (accounts without Debugger); "
                             "the job's tensors and rules travel in its output data")
-    train.add_argument("--attach", metavar="JOB", help="SageMaker: follow a training job started earlier")
-    add_job_arguments(train, local=True)
+    cloud.add_argument("--attach", metavar="JOB", help="follow a training job started earlier")
+    add_job_arguments(train, cloud)
 
     deploy = add_command(commands, "deploy")
-    add_local_mode(deploy, "serve on this machine: in the image (docker), as a plain process, or auto")
-    deploy.add_argument("--model", type=Path,
-                        help="model.tar.gz or model folder (default: the newest successful local job's)")
-    add_local_port(deploy)
-    deploy.add_argument("--detach", action="store_true", help="return once the server is ready, leave it running")
-    deploy.add_argument("--job", help="SageMaker: the training job whose model to deploy (default: the last `train`)")
-    deploy.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
-    deploy.add_argument("--endpoint", help="SageMaker: endpoint (and model) name (default: image-classifier-<timestamp>)")
-    deploy.add_argument("--instance-type", help=f"SageMaker: endpoint instance (default {ENDPOINT_INSTANCE})")
-    deploy.add_argument("--instance-count", type=int, metavar="N", help="SageMaker: instances (default 1)")
-    deploy.add_argument("--autoscale", metavar="MIN:MAX",
-                        help="SageMaker: scale between MIN and MAX instances on invocations per instance")
-    deploy.add_argument("--target-invocations", type=float, default=DEFAULT_TARGET_INVOCATIONS, metavar="N",
-                        help="with --autoscale: invocations per instance per minute to keep (default "
-                             f"{DEFAULT_TARGET_INVOCATIONS}, from the measured throughput: see docs/BATCH_AND_SCALE.md)")
-    deploy.add_argument("--serverless", type=int, metavar="MEMORY_MB",
-                        help="SageMaker: a serverless endpoint (CPU) with this memory: 2048, 3072, ... 6144")
-    deploy.add_argument("--max-concurrency", type=int, default=5, metavar="N",
-                        help="with --serverless: concurrent requests at most (default 5)")
-    deploy.add_argument("--data-capture", type=int, metavar="PERCENT",
-                        help="SageMaker: capture this share of requests and answers to s3://BUCKET/image-classifier/capture/")
-    deploy.add_argument("--inference-ami", metavar="VERSION",
-                        help="SageMaker: the endpoint's InferenceAmiVersion on GPU types (default on ml.g*/ml.p*: "
-                             "one whose driver runs the image's CUDA 12, see docs/IMAGE_AND_GPUS.md)")
-    deploy.add_argument("--sample-image", type=Path, help="SageMaker: picture for the first prediction "
-                                                          "(default: one of the uploaded dataset's test pictures)")
-    add_network_arguments(deploy)
-    aws.add_arguments(deploy)
+    here = local_options(deploy, "serve on this machine", starts=True)
+    here.add_argument("--model", type=Path,
+                      help="model.tar.gz or model folder (default: the newest successful local job's)")
+    add_local_port(here)
+    here.add_argument("--detach", action="store_true", help="return once the server is ready, leave it running")
+    cloud = sagemaker_options(deploy)
+    cloud.add_argument("--job", help="the training job whose model to deploy (default: the last `train`)")
+    cloud.add_argument("--model-data", metavar="S3URI", help="a model.tar.gz in S3 instead of --job")
+    cloud.add_argument("--endpoint", help="endpoint (and model) name (default: image-classifier-<timestamp>)")
+    cloud.add_argument("--instance-type", help=f"endpoint instance (default {ENDPOINT_INSTANCE})")
+    cloud.add_argument("--instance-count", type=positive_int, metavar="N", help="instances (default 1)")
+    cloud.add_argument("--autoscale", metavar="MIN:MAX",
+                       help="scale between MIN and MAX instances on invocations per instance")
+    cloud.add_argument("--target-invocations", type=float, default=DEFAULT_TARGET_INVOCATIONS, metavar="N",
+                       help="with --autoscale: invocations per instance per minute to keep (default "
+                            f"{DEFAULT_TARGET_INVOCATIONS}, from the measured throughput: see docs/BATCH_AND_SCALE.md)")
+    cloud.add_argument("--serverless", type=int, metavar="MEMORY_MB",
+                       help="a serverless endpoint (CPU) with this memory: 2048, 3072, ... 6144")
+    cloud.add_argument("--max-concurrency", type=int, default=5, metavar="N",
+                       help="with --serverless: concurrent requests at most (default 5)")
+    cloud.add_argument("--data-capture", type=int, metavar="PERCENT",
+                       help="capture this share of requests and answers to s3://BUCKET/image-classifier/capture/")
+    cloud.add_argument("--inference-ami", metavar="VERSION",
+                       help="the endpoint's InferenceAmiVersion on GPU types (default on ml.g*/ml.p*: "
+                            "one whose driver runs the image's CUDA 12, see docs/IMAGE_AND_GPUS.md)")
+    cloud.add_argument("--sample-image", type=Path, help="picture for the first prediction "
+                                                         "(default: one of the uploaded dataset's test pictures)")
+    add_network_arguments(cloud)
 
     predict = add_command(commands, "predict")
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="picture file(s) to classify")
-    predict.add_argument("--local", action="store_true", help="ask the locally served model")
-    add_local_port(predict)
     predict.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"labels per picture (default {DEFAULT_TOP_K})")
     predict.add_argument("--json", action="store_true", help="print the raw JSON response")
-    predict.add_argument("--endpoint", help="SageMaker endpoint (default: the one `deploy` recorded)")
-    aws.add_arguments(predict)
+    add_local_port(local_options(predict, "ask the model served on this machine (`deploy --local`)"))
+    sagemaker_options(predict).add_argument("--endpoint", help="endpoint (default: the one `deploy` recorded)")
 
     delete = add_command(commands, "delete")
-    delete.add_argument("--local", action="store_true", help="stop the local model server")
-    add_local_port(delete)
-    delete.add_argument("--endpoint", help="SageMaker endpoint to delete with its config and model "
-                                           "(default: the one `deploy` recorded)")
-    delete.add_argument("--all", action="store_true",
-                        help="SageMaker: every endpoint, endpoint config and model tagged project=image-classifier")
-    delete.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
-    aws.add_arguments(delete)
+    add_local_port(local_options(delete, "stop the model server on this machine (`deploy --local --detach`)"))
+    cloud = sagemaker_options(delete)
+    cloud.add_argument("--endpoint", help="the endpoint to delete with its config and model "
+                                          "(default: the one `deploy` recorded)")
+    cloud.add_argument("--all", action="store_true",
+                       help="every endpoint, endpoint config and model tagged project=image-classifier")
+    cloud.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
 
     transform = add_command(commands, "transform")
-    add_local_mode(transform, "run on this machine: the model server in the image (docker), as a process, or auto")
     transform.add_argument("--data", help="folder of pictures with --local, else an s3:// prefix "
                                           "(every file under it is sent)")
     transform.add_argument("--output", help="where the .out files go (default: <data>-transform beside it; "
                                             "SageMaker: s3://BUCKET/image-classifier/transform/<job>)")
-    transform.add_argument("--model", type=Path,
-                           help="model.tar.gz or model folder (default: the newest successful local job's)")
-    transform.add_argument("--port", type=int, default=TRANSFORM_PORT,
-                           help=f"the local model server's port (default {TRANSFORM_PORT})")
-    transform.add_argument("--max-concurrent", type=int, metavar="N",
+    transform.add_argument("--max-concurrent", type=positive_int, metavar="N",
                            help="requests in flight (per instance on SageMaker; default: two per model-server worker)")
-    transform.add_argument("--job", help="SageMaker: the training job whose model to use (default: the last `train`)")
-    transform.add_argument("--model-data", metavar="S3URI", help="SageMaker: a model.tar.gz in S3 instead of --job")
-    transform.add_argument("--job-name", help="SageMaker: transform job (and model) name")
-    transform.add_argument("--instance-type", help=f"SageMaker: instance (default {TRANSFORM_INSTANCE})")
-    transform.add_argument("--instance-count", type=int, default=1, help="SageMaker: instances (default 1)")
-    transform.add_argument("--stop-on-bad", action="store_true",
-                           help="stop at the first refused picture (default: go on, list them at the end, exit 2)")
-    transform.add_argument("--resume", action="store_true",
-                           help="with --local: send only the pictures that have no .out file yet")
     transform.add_argument("--summarize", type=Path, metavar="OUT",
                            help="only summarize the .out files in OUT: a CSV and the label counts (with --data "
                                 "FOLDER: outputs with no picture in it are flagged and left out)")
     transform.add_argument("--csv", type=Path, help="with --summarize: the CSV's path (default OUT/summary.csv)")
-    add_network_arguments(transform)
-    aws.add_arguments(transform)
+    here = local_options(transform, "run the model server on this machine", starts=True)
+    here.add_argument("--model", type=Path,
+                      help="model.tar.gz or model folder (default: the newest successful local job's)")
+    here.add_argument("--port", type=int, default=TRANSFORM_PORT,
+                      help=f"the local model server's port (default {TRANSFORM_PORT})")
+    here.add_argument("--stop-on-bad", action="store_true",
+                      help="stop at the first refused picture (default: go on, list them at the end, exit 2)")
+    here.add_argument("--resume", action="store_true", help="send only the pictures that have no .out file yet")
+    cloud = sagemaker_options(transform)
+    cloud.add_argument("--job", help="the training job whose model to use (default: the last `train`)")
+    cloud.add_argument("--model-data", metavar="S3URI", help="a model.tar.gz in S3 instead of --job")
+    cloud.add_argument("--job-name", help="transform job (and model) name")
+    cloud.add_argument("--instance-type", help=f"instance (default {TRANSFORM_INSTANCE})")
+    cloud.add_argument("--instance-count", type=positive_int, default=1, help="instances (default 1)")
+    add_network_arguments(cloud)
 
     jobs = add_command(commands, "jobs")
     jobs.add_argument("--jobs-dir", type=Path, default=LOCAL_JOBS_DIR, help=argparse.SUPPRESS)
@@ -272,9 +311,9 @@ def build_parser(description=None):
     clean.add_argument("--jobs-dir", type=Path, default=LOCAL_JOBS_DIR, help=argparse.SUPPRESS)
 
     report = add_command(commands, "report")
-    source = report.add_mutually_exclusive_group(required=True)
-    source.add_argument("--local", metavar="JOB_DIR_OR_NAME", help="a local job: its folder or its name")
-    source.add_argument("--job", metavar="NAME", help="a SageMaker training job (outputs downloaded from S3)")
+    report.add_argument("--job", required=True, metavar="NAME",
+                        help="the training job: a SageMaker job's name, or with --local a local job's name or folder")
     report.add_argument("--out", type=Path, help="output folder (default: reports/<job name>)")
-    aws.add_arguments(report)
+    local_options(report, "a job on this machine (local_jobs/<name>, or its folder)")
+    sagemaker_options(report)  # the AWS settings: the job's outputs come from S3, its log from CloudWatch
     return parser

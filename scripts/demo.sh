@@ -25,7 +25,7 @@ done
 
 "$PY" launch.py delete --local --port "$PORT"
 trap - EXIT
-"$PY" launch.py report --local "$JOB"
+"$PY" launch.py report --local --job "$JOB"
 
 # The figures of this run, on this machine (README quotes the range seen elsewhere).
 "$PY" - "local_jobs/$JOB/model/model.json" "$JOB" "$(( $(date +%s) - started ))" <<'PYTHON'

@@ -78,7 +78,7 @@ def summary(job, metrics, preset, seconds):
             f"  model:  {job.model_tar}\n"
             f"  log:    {job.log_file}\n"
             f"  next:   python launch.py deploy --local --model {job.model_tar}\n"
-            f"          python launch.py report --local {job.name}")
+            f"          python launch.py report --local --job {job.name}")
 
 
 def local_pretrained_channel(weights, job_dir):

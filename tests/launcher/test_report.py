@@ -90,7 +90,7 @@ def test_confusion_helpers_on_a_known_case():
 
 
 def test_report_command_by_job_folder(job, tmp_path, capsys):
-    assert launch.main(["report", "--local", str(job.dir), "--out", str(tmp_path)]) == 0
+    assert launch.main(["report", "--local", "--job", str(job.dir), "--out", str(tmp_path)]) == 0
     assert f"Report: {tmp_path / 'report.html'}" in capsys.readouterr().out
     assert (tmp_path / "loss.png").stat().st_size > 0
 
