@@ -12,9 +12,9 @@ from pathlib import Path
 
 from image_classifier import constants
 from image_classifier.training.hyperparameters import HyperparameterError, Hyperparameters
-from image_classifier.training.layout import DataError, load_splits
+from image_classifier.training.layout import DataError, check_listing, load_splits
 
-from . import LauncherError
+from . import LauncherError, s3_upload
 
 
 def check_hyperparameters(values):
@@ -25,10 +25,10 @@ def check_hyperparameters(values):
         raise LauncherError(f"--hp: {error}") from None
 
 
-def check_local_data(folder, on_bad_image="skip"):
+def check_local_data(folder, on_bad_image="skip", out=None):
     """The dataset folder's layout and pictures, as the job will find them (the folder is its `train` input).
-    Prints one line about what it found; unreadable pictures are named (skipped by the job, or refused with
-    on-bad-image=fail)."""
+    Prints one line about what it found (to `out`, default stdout); unreadable pictures are named (skipped by the
+    job, or refused with on-bad-image=fail)."""
     started = time.perf_counter()
     folder = Path(folder)
     if not folder.is_dir():
@@ -40,8 +40,25 @@ def check_local_data(folder, on_bad_image="skip"):
         raise LauncherError(f"--data {folder}: {error}") from None
     counts = ", ".join(f"{split} {len(samples)}" for split, samples in splits.samples.items())
     print(f"Data: {len(splits.classes)} classes in {folder} (pictures: {counts}); checked in "
-          f"{time.perf_counter() - started:.1f} s.", flush=True)
+          f"{time.perf_counter() - started:.1f} s.", file=out, flush=True)
     return splits
+
+
+def check_s3_data(s3, uri):
+    """A dataset already in S3: the same layout rules on its listing (the job checks the pictures). Returns
+    the splits found, in channel order."""
+    started = time.perf_counter()
+    bucket, prefix = s3_upload.split_s3_uri(uri)
+    keys = s3_upload.existing_objects(s3, bucket, prefix)
+    base = f"{prefix}/" if prefix else ""
+    try:
+        counts = check_listing([key[len(base):] for key in keys])
+    except DataError as error:
+        raise LauncherError(f"--data {uri}: {error} (fix the local folder and `python launch.py upload --data DIR "
+                            "--delete`, which also removes what is gone locally)") from None
+    print(f"Data: {uri} (pictures: {', '.join(f'{split} {n}' for split, n in counts.items())}); layout checked in "
+          f"{time.perf_counter() - started:.1f} s.", flush=True)
+    return [split for split in constants.SPLIT_FOLDERS if constants.SPLIT_FOLDERS[split] in counts]
 
 
 def torch_hub_dir():

@@ -120,13 +120,3 @@ def sync(s3, files, uri, parallel=PARALLEL_UPLOADS, progress=True, delete=False)
         s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[start:start + DELETE_BATCH]],
                                                  "Quiet": True})
     return len(todo), len(files) - len(todo), len(stale)
-
-
-def splits_in_s3(s3, uri):
-    """Which of train/ valid/ test/ exist under the dataset URI (one listing, by common prefix)."""
-    bucket, prefix = split_s3_uri(uri)
-    base = f"{prefix}/" if prefix else ""
-    found = set()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base, Delimiter="/"):
-        found.update(p["Prefix"][len(base):].rstrip("/") for p in page.get("CommonPrefixes", []))
-    return [split for split in SPLITS if split in found]

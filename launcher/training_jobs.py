@@ -9,7 +9,7 @@ import sys
 
 from image_classifier.training.hyperparameters import HyperparameterError, Hyperparameters
 
-from . import LauncherError, api_rules, s3_upload, waiting
+from . import LauncherError, api_rules, job_checks, s3_upload, waiting
 from .cli import parse_hp
 
 # Hyperparameters a tuning job adds to its trials, and those the launcher sets for trials only (`tune`
@@ -49,13 +49,11 @@ def job_inputs(connection, args, job):
     data = connection.recall("data_s3_uri", args.data, "run `python launch.py upload --data DIR` or pass --data s3://...")
     connection.require("role", "bucket")
     connection.check_bucket_region()
-    if data == connection.state.get("data_s3_uri") and connection.state.get("data_splits"):
-        splits = connection.state["data_splits"]  # recorded by `upload` for this very dataset
-    else:
-        splits = s3_upload.splits_in_s3(connection.client("s3"), data) or (
-            list(s3_upload.SPLITS) if connection.dry_run else [])
-        if "train" not in splits:
-            raise LauncherError(f"no train/ folder under {data}: expected the dogImages layout (train/ valid/ test/)")
+    if connection.dry_run:  # nothing is read from S3: the splits `upload` recorded, else all three
+        splits = connection.state.get("data_splits") if data == connection.state.get("data_s3_uri") else None
+        splits = splits or list(s3_upload.SPLITS)
+    else:  # the layout rules on the data as it is in S3 now (stale objects included), before the job exists
+        splits = job_checks.check_s3_data(connection.client("s3"), data)
     pretrained = None
     if args.pretrained_weights:
         pretrained = str(args.pretrained_weights)

@@ -39,7 +39,8 @@ def test_upload_copies_the_dataset_layout_and_skips_what_is_there(cloud, capsys,
 
 def test_upload_refuses_a_folder_without_train(cloud, capsys, tmp_path):
     (tmp_path / "pictures").mkdir()
-    assert "has no train/ folder" in fails(capsys, "upload", "--data", tmp_path / "pictures")
+    assert "needs train/ and valid/ folders" in fails(capsys, "upload", "--data", tmp_path / "pictures")
+    assert cloud.sent.calls == []  # checked before any AWS call
 
 
 # ---------------------------------------------------------------------------------------------- tune
@@ -224,14 +225,28 @@ def test_upload_delete_leaves_a_sibling_dataset_alone(cloud, capsys, tmp_path):
 
 def test_a_new_dataset_gets_its_own_splits_and_exact_prefixes(cloud, capsys, uploaded):
     s3 = cloud.boto.client("s3")
-    for key in ("other/train/001.a/x.jpg", "other/train_old/001.a/y.jpg"):
+    for key in ("other/train/001.a/x.jpg", "other/train_old/001.a/y.jpg", "other/valid/001.a/z.jpg"):
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
     ok(capsys, "train", "--data", f"s3://{BUCKET}/other", "--no-wait")
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
                 for c in cloud.sent.one("CreateTrainingJob")["InputDataConfig"]}
-    assert channels == {"train": f"s3://{BUCKET}/other/train/"}  # not the splits recorded for dogImages
+    assert channels == {"train": f"s3://{BUCKET}/other/train/", "valid": f"s3://{BUCKET}/other/valid/"}
     s3.put_object(Bucket=BUCKET, Key="empty/readme.txt", Body=b"x")
-    assert "no train/ folder under" in fails(capsys, "train", "--data", f"s3://{BUCKET}/empty")
+    assert "No pictures under train/" in fails(capsys, "train", "--data", f"s3://{BUCKET}/empty")
+
+
+@pytest.mark.parametrize("command", [["train", "--no-wait"], ["tune"]])
+def test_data_in_s3_gets_the_layout_check_before_any_job_exists(cloud, capsys, uploaded, command):
+    s3 = cloud.boto.client("s3")
+    # A class folder removed locally but left in S3 by an upload without --delete: valid/ has it, train/ not.
+    s3.put_object(Bucket=BUCKET, Key="image-classifier/data/dogImages/valid/009.Gone/x.jpg", Body=b"x")
+    error = fails(capsys, *command, "--hp", "epochs=1")
+    assert f"--data s3://{BUCKET}/image-classifier/data/dogImages: The 'valid' classes do not match 'train': " \
+           "missing [none], extra [" in error and "009.Gone" in error and "upload --data DIR --delete" in error
+    assert not {"CreateTrainingJob", "CreateHyperParameterTuningJob"} & set(cloud.sent.operations())
+    s3.delete_object(Bucket=BUCKET, Key="image-classifier/data/dogImages/valid/009.Gone/x.jpg")
+    out = ok(capsys, *command, "--hp", "epochs=1", "--no-wait")
+    assert f"Data: s3://{BUCKET}/image-classifier/data/dogImages (pictures: train 6, valid 3, test 3)" in out
 
 
 # ------------------------------------------------------------------------------------ locked-down accounts

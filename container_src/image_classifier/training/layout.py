@@ -50,7 +50,8 @@ def resolve_splits(channels):
     else:
         splits = {split: Path(channels[split]) for split in constants.SPLIT_FOLDERS if split in channels}
     if constants.VALID_CHANNEL not in splits:
-        raise DataError(f"No validation pictures: {quote_for_log(train_root)} needs a valid/ folder beside train/ "
+        needs = "a valid/ folder beside train/" if nested[constants.TRAIN_CHANNEL].is_dir() else "train/ and valid/ folders"
+        raise DataError(f"No validation pictures: {quote_for_log(train_root)} needs {needs} "
                         "(the dogImages layout: train/, valid/ and test/, one sub-folder per class in each).")
     return splits
 
@@ -108,17 +109,47 @@ def _picture_files(folder, channel_real):
     return files, skipped
 
 
-def scan_split(root, folders, split, channel=None):
-    """All (path, label) pairs of a split, in a fixed order; stray non-picture files are ignored, and
-    anything that is not a regular file inside `channel` (default: `root`) is skipped with a count."""
-    root = Path(root)
-    channel_real = os.path.realpath(channel if channel is not None else root)
-    found = list_classes(root, channel_real)
+def match_classes(split, found, folders):
+    """Every split has the training split's class folders, no more, no fewer."""
     if found != folders:
         missing, extra = sorted(set(folders) - set(found)), sorted(set(found) - set(folders))
         raise DataError(f"The '{split}' classes do not match 'train': missing [{_names(missing[:5]) or 'none'}], "
                         f"extra [{_names(extra[:5]) or 'none'}] ({len(found)} folders vs {len(folders)}): every split needs "
                         "the same class folders.")
+
+
+def check_listing(paths):
+    """The layout rules on a listing of a dataset's files (paths relative to it, `train/<class>/<file>`: an S3
+    prefix's keys), as the job will find them: {split: picture count}. A class folder shows only through its
+    pictures there, so an empty one is a missing one (the job's copy of the data will not have it either);
+    the pictures themselves are checked by the job."""
+    tree = {}  # split folder -> class folder -> pictures
+    for path in paths:
+        split, _, rest = path.partition("/")
+        folder, _, name = rest.partition("/")
+        if split in constants.SPLIT_FOLDERS.values() and name and not folder.startswith(".") \
+                and _is_picture(name.rpartition("/")[2]):
+            tree.setdefault(split, {}).setdefault(folder, 0)
+            tree[split][folder] += 1
+    train, valid = constants.SPLIT_FOLDERS[constants.TRAIN_CHANNEL], constants.SPLIT_FOLDERS[constants.VALID_CHANNEL]
+    for needed in (train, valid):
+        if needed not in tree:
+            raise DataError(f"No pictures under {needed}/: expected the dogImages layout (train/, valid/ and test/, "
+                            "one sub-folder per class in each, pictures ending in "
+                            f"{', '.join(constants.IMAGE_EXTENSIONS)}).")
+    folders = sorted(tree[train])
+    for split in constants.SPLIT_FOLDERS.values():
+        if split in tree:
+            match_classes(split, sorted(tree[split]), folders)
+    return {split: sum(tree[split].values()) for split in constants.SPLIT_FOLDERS.values() if split in tree}
+
+
+def scan_split(root, folders, split, channel=None):
+    """All (path, label) pairs of a split, in a fixed order; stray non-picture files are ignored, and
+    anything that is not a regular file inside `channel` (default: `root`) is skipped with a count."""
+    root = Path(root)
+    channel_real = os.path.realpath(channel if channel is not None else root)
+    match_classes(split, list_classes(root, channel_real), folders)
     samples, empty, skipped = [], [], []
     for label, folder in enumerate(folders):
         files, not_read = _picture_files(root / folder, channel_real)
