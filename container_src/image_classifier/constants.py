@@ -63,3 +63,7 @@ def distribution_hyperparameter(instance_count):
 PROGRESS_PREFIX = "progress: "
 PROGRESS_SECONDS = 15
 PROGRESS_SECONDS_ENV = "IMAGE_CLASSIFIER_PROGRESS_SECONDS"
+
+# Cores that other processes keep busy on average, from which a CPU job counts one core as taken: it trains on
+# the others (training/cpu_share.py), and a local job's summary says it ran slower than the machine can.
+CORE_TAKEN_FROM = 0.5

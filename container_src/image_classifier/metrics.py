@@ -17,6 +17,9 @@ EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "images_p
                  "wall_images_per_sec", "data_wait_share")
 # On a GPU job only: mean GPU utilisation (%) over the epoch's training, and its peak allocated memory (MiB).
 GPU_EPOCH_METRICS = ("gpu_utilization", "gpu_peak_memory_mb")
+# On a CPU job alone on its host: the cores other processes kept busy on average while the epoch trained (the
+# job gives way to them: training/cpu_share.py).
+CPU_EPOCH_METRICS = ("cpu_taken_elsewhere",)
 FINAL_METRICS = ("test_loss", "test_acc")
 # The model the job saves (the best-valid_loss epoch's weights), printed after each epoch: the last such line
 # is the value of the model it ships, and the tuner's objective (`best_valid_acc` or `best_valid_loss`).
@@ -31,7 +34,7 @@ def _regex(name):
 METRIC_DEFINITIONS = [
     {"Name": "epoch", "Regex": r"(?:^|\s)epoch=([0-9]+)\s"}
 ] + [{"Name": name, "Regex": _regex(name)}
-       for name in EPOCH_METRICS + GPU_EPOCH_METRICS + FINAL_METRICS + SAVED_MODEL_METRICS]
+       for name in EPOCH_METRICS + GPU_EPOCH_METRICS + CPU_EPOCH_METRICS + FINAL_METRICS + SAVED_MODEL_METRICS]
 
 # One line per debugging rule at the end of training (diagnostics/debugger_rules.py): 1 triggered, 0 passed, -1 not enough data.
 RULE_METRICS = ("rule_loss_not_decreasing", "rule_overfit", "rule_overtraining", "rule_vanishing_gradient",

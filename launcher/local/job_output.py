@@ -9,7 +9,7 @@ a CI log) each is a plain line.
 import re
 import sys
 
-from image_classifier.constants import PROGRESS_PREFIX
+from image_classifier.constants import CORE_TAKEN_FROM, PROGRESS_PREFIX
 from image_classifier.metrics import parse_metrics
 
 # The job's own log lines (job.py's format: time, level, message); the toolkit's carry its logger's name.
@@ -27,8 +27,10 @@ def summary_of(line):
         return message if level != "INFO" or message.startswith(_SHOWN_INFO) else None
     metrics = {name: values[-1] for name, values in parse_metrics([line]).items()}
     if "epoch" in metrics and "valid_acc" in metrics:
+        busy = metrics.get("cpu_taken_elsewhere", 0.0)
         return (f"epoch {metrics['epoch']:g}: train accuracy {metrics['train_acc']:.1%}, valid accuracy "
-                f"{metrics['valid_acc']:.1%} (loss {metrics['valid_loss']:.3f}), {metrics['images_per_sec']:.1f} images/s")
+                f"{metrics['valid_acc']:.1%} (loss {metrics['valid_loss']:.3f}), {metrics['images_per_sec']:.1f} images/s"
+                + (f" (other processes kept {busy:.1f} cores busy)" if busy >= CORE_TAKEN_FROM else ""))
     if "test_acc" in metrics:
         return f"test accuracy {metrics['test_acc']:.1%} (loss {metrics['test_loss']:.3f})"
     return None

@@ -5,9 +5,13 @@ Everything the job would refuse is checked first (job_checks.py), before a job f
 The job's whole output goes to its train.log; the terminal gets a short version (job_output.py) and, at the
 end, a summary of a few lines.
 """
+import os
 import shutil
 import time
 from pathlib import Path
+
+from image_classifier.constants import CORE_TAKEN_FROM
+from image_classifier.metrics import parse_metrics
 
 from .. import SAMPLE_DIR, LauncherError, job_checks, presets, s3_upload, unique_name
 from ..cli import parse_hp
@@ -62,19 +66,32 @@ def train_local(args):
                             + ("" if args.verbose else f" (whole output: {job.log_file}, or add --verbose)"))
     if not args.keep_checkpoints:
         jobs.drop_checkpoints(job)
-    print(summary(job, metrics, preset, time.monotonic() - started))
+    print(summary(job, metrics, preset, time.monotonic() - started, cpu_taken_elsewhere(job)))
 
 
 def preset_words(preset):
     return f", preset {preset}" if preset else ""
 
 
-def summary(job, metrics, preset, seconds):
-    """The few lines a finished job ends with: accuracy, time, where the model is, the next command."""
+def cpu_taken_elsewhere(job):
+    """The cores other processes kept busy on average over the job's epochs (None: not measured)."""
+    lines = job.log_file.read_text(errors="replace").splitlines() if job.log_file.is_file() else []
+    values = parse_metrics(lines).get("cpu_taken_elsewhere")
+    return sum(values) / len(values) if values else None
+
+
+def summary(job, metrics, preset, seconds, taken_elsewhere=None):
+    """The few lines a finished job ends with: accuracy, time, where the model is, the next command; and
+    whether other processes slowed it down."""
     accuracy = (f"test accuracy {metrics['test_acc']:.1%}" if "test_acc" in metrics else "no test split")
     valid = f", best valid accuracy {metrics['best_valid_acc']:.1%}" if "best_valid_acc" in metrics else ""
+    busy = ""
+    if taken_elsewhere is not None and taken_elsewhere >= CORE_TAKEN_FROM:
+        busy = (f"  note:   other processes kept {taken_elsewhere:.1f} of this machine's {os.cpu_count()} cores busy "
+                "while it trained: it ran slower than this machine can (it trained on the cores left free; "
+                "docs/TRAINING.md, \"A busy machine\")\n")
     return (f"\nTraining job {job.name} completed in {jobs.duration(seconds)}{preset_words(preset)}: "
-            f"{accuracy}{valid}.\n"
+            f"{accuracy}{valid}.\n{busy}"
             f"  model:  {job.model_tar}\n"
             f"  log:    {job.log_file}\n"
             f"  next:   python launch.py deploy --local --model {job.model_tar}\n"

@@ -60,7 +60,8 @@ class Hyperparameters:
         "workers); auto: on when it fits half the host's available memory.", choices=("auto", "on", "off"))
     # run control
     workers: int = _hp(-1, "Data-loading processes (-1 = one per CPU, at most 8).", min=-1, max=64)
-    seed: int = _hp(42, "Random seed; results are deterministic on CPU for a fixed seed.", min=0, max=2**31 - 1)
+    seed: int = _hp(42, "Random seed; results are deterministic on CPU for a fixed seed (and thread count: a local "
+                    "job on a busy machine gives way to other processes, docs/TRAINING.md).", min=0, max=2**31 - 1)
     early_stopping_patience: int = _hp(
         0, "Stop after this many epochs without a better valid_loss (0 = off).", min=0, max=1000)
     max_steps_per_epoch: int = _hp(0, "Cap on training steps per epoch, for smoke runs (0 = no cap).", min=0, max=10**7)

@@ -33,6 +33,7 @@ from ..model import (ArtifactError, ModelConfig, PretrainedWeightsError, build_m
                      pretrained_state, save_artifact, set_trainable, unwrap)
 from ..preprocessing import build_transforms
 from . import decode_cache
+from .cpu_share import CpuShare
 from .checkpoints import atomic_save, resume, save_checkpoint
 from .data import EpochSampler, PictureDataset, make_loader
 from .distributed import Distributed
@@ -82,6 +83,7 @@ class TrainingRun:
     profiling: Profiling | None = None  # rank 0's system monitor (and profiler window); None on other ranks
     epoch_mark: int = 0  # the monitor's sample index at the current epoch's start
     caches: dict = field(default_factory=dict)  # split -> decode_cache.DecodeCache, when decode-cache is on
+    cpu_share: CpuShare | None = None  # a CPU job alone on its host gives way to other processes (cpu_share.py)
 
     @property
     def device(self):
@@ -224,6 +226,19 @@ def start_recording(job, debugger_position, cleanup):
     cleanup.callback(job.recorder.close)
     job.profiling = Profiling.start(job.hp, job.env.output_data_dir, job.device)
     cleanup.callback(job.profiling.close)
+    if job.device.type == "cpu" and job.dist.world_size == 1:
+        job.cpu_share = CpuShare()
+
+
+def on_step(job):
+    """What is told of each training step: the system monitor, and the CPU share when the job gives way."""
+    if job.cpu_share is None:
+        return job.profiling
+    def told(**timing):
+        if job.profiling is not None:
+            job.profiling(**timing)
+        job.cpu_share.step()
+    return told
 
 
 def train_epochs(job):
@@ -242,7 +257,7 @@ def train_epochs(job):
             if job.dist.is_master else None
         finished = train_one_epoch(job.train_model, job.criterion, job.optimizer, job.scheduler, job.train_loader,
                                    job.device, job.scaler, progress, job.stop, job.steps_per_epoch,
-                                   on_step=job.profiling, on_progress=progress_line)
+                                   on_step=on_step(job), on_progress=progress_line)
         if not finished:
             save_checkpoint(job)
             log.warning("Stopped by SIGTERM in epoch %d at step %d (global step %d); checkpoint saved to %s. "
@@ -278,6 +293,9 @@ def end_epoch(job, epoch, valid_loader):
             "wall_images_per_sec": seen / max(dist.max(progress.get("wall_seconds", 0.0)), 1e-9),
             "data_wait_share": waited / max(wall, 1e-9)}
     line.update(gpu_epoch_metrics(job))
+    taken = job.cpu_share.taken() if job.cpu_share else None
+    if taken is not None:  # cores other processes kept busy while the epoch trained
+        line["cpu_taken_elsewhere"] = taken
     if dist.is_master:
         print(format_metrics(**line), flush=True)
     state["history"].append(line)
