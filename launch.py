@@ -138,7 +138,8 @@ def builtin_debugger_rules():
 # -------------------------------------------------------------------------------------------- upload
 def cmd_upload(args):
     """Copy the dataset folder to S3 (only what is new or changed; --delete removes what is gone locally)."""
-    job_checks.check_local_data(args.data, out=sys.stderr)  # the layout the jobs need, before anything is sent
+    # The layout the jobs need, before anything is sent (a dry run's stdout is its JSON).
+    job_checks.check_local_data(args.data, out=sys.stderr if args.dry_run else sys.stdout)
     connection = aws.Aws(args)
     with errors():
         connection.check_bucket_region()

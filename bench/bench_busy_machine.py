@@ -1,13 +1,13 @@
 """A local training job on a busy machine: its step rate with every core free and with one core taken by
-another process, for each thread count and OpenMP wait policy, and for what local jobs do (launcher/local:
-LOCAL_TRAINING_ENV, and the job's own give-way rule, training/cpu_share.py).
+another process, for each thread count and OpenMP wait policy, and for what the job does (torch's default
+threads and wait policy, giving way to other processes: training/cpu_share.py).
 
 The step is the cpu-quick preset's (ResNet-18 from scratch, 32 px, batch 32, SGD), run by
 `image_classifier.training.loop.train_one_epoch` on synthetic tensors, in a fresh process per run (OpenMP
 reads its settings at start). "Busy" is a plain Python loop spinning in another process (one core), as a
 browser tab or a compile would. Floor of each condition: the best static variant in it (every thread count x
 both wait policies): the best this machine can do there. Variants alternate, ROUNDS rounds; median and spread.
-Exits 1 when what local jobs do is under TARGET of the floor in either condition.
+Exits 1 when what the job does is under TARGET of the floor in either condition.
 
     python bench/bench_busy_machine.py [--rounds 3] [--seconds 8]
 """
@@ -21,10 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "container_src")]
-
-from launcher.local.processes import LOCAL_TRAINING_ENV  # noqa: E402
-
 TARGET = 0.8  # of the floor, in each condition
 BATCH, IMAGE_SIZE, CLASSES = 32, 32, 10
 
@@ -78,7 +74,7 @@ def variants(cores):
         static[f"{threads} thread(s), default wait"] = ({"BENCH_THREADS": str(threads)}, False)
         static[f"{threads} thread(s), PASSIVE wait"] = ({"BENCH_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"},
                                                         False)
-    return static, {"local jobs (torch's threads, LOCAL_TRAINING_ENV, give way)": (dict(LOCAL_TRAINING_ENV), True)}
+    return static, {"the job: torch's threads, default wait, gives way": ({}, True)}
 
 
 def run(env, give_way, seconds):

@@ -44,12 +44,14 @@ def check_local_data(folder, on_bad_image="skip", out=None):
     return splits
 
 
-def check_s3_data(s3, uri):
+def check_s3_data(s3, uri, dry_run=False):
     """A dataset already in S3: the same layout rules on its listing (the job checks the pictures). Returns
-    the splits found, in channel order."""
+    the splits found, in channel order (a dry run lists, as the command would, and takes all three)."""
     started = time.perf_counter()
     bucket, prefix = s3_upload.split_s3_uri(uri)
     keys = s3_upload.existing_objects(s3, bucket, prefix)
+    if dry_run:
+        return list(constants.SPLIT_FOLDERS)
     base = f"{prefix}/" if prefix else ""
     try:
         counts = check_listing([key[len(base):] for key in keys])

@@ -49,11 +49,10 @@ def job_inputs(connection, args, job):
     data = connection.recall("data_s3_uri", args.data, "run `python launch.py upload --data DIR` or pass --data s3://...")
     connection.require("role", "bucket")
     connection.check_bucket_region()
-    if connection.dry_run:  # nothing is read from S3: the splits `upload` recorded, else all three
-        splits = connection.state.get("data_splits") if data == connection.state.get("data_s3_uri") else None
-        splits = splits or list(s3_upload.SPLITS)
-    else:  # the layout rules on the data as it is in S3 now (stale objects included), before the job exists
-        splits = job_checks.check_s3_data(connection.client("s3"), data)
+    # The layout rules on the data as it is in S3 now (stale objects included), before the job exists.
+    splits = job_checks.check_s3_data(connection.client("s3"), data, connection.dry_run)
+    if connection.dry_run and data == connection.state.get("data_s3_uri"):
+        splits = connection.state.get("data_splits") or splits  # what `upload` recorded for it
     pretrained = None
     if args.pretrained_weights:
         pretrained = str(args.pretrained_weights)

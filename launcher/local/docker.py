@@ -22,7 +22,7 @@ from .. import LauncherError
 from ..docker_image import configured_image, docker, engine_problem, image_available, image_exists, require_image
 from .client import LOCAL_HOST, READY_TIMEOUT_SECONDS, invocations_url, wait_for_prediction
 from .hosts import CONTAINER_INTERFACE, host_names, run_hosts
-from .processes import LOCAL_TRAINING_ENV, OFF_AWS_ENV, stream
+from .processes import OFF_AWS_ENV, stream
 
 MODE = "docker"
 HOST_INTERFACE = CONTAINER_INTERFACE
@@ -75,7 +75,7 @@ def training_command(job, image, env=None):
             command += ["-v", f"{source}:{source}:ro"]
     if os.getuid() != 0:  # files in the job tree stay the user's (SageMaker itself runs as root)
         command += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
-    return command + gpu_args() + _env_args({**LOCAL_TRAINING_ENV, **(env or {})}) + [image, "train"]
+    return command + gpu_args() + _env_args(env) + [image, "train"]
 
 
 def train(job, image=None, echo=True, env=None):

@@ -23,7 +23,7 @@ from image_classifier.serving.settings import MAX_PORT
 from .. import ENTRY_SHIM, LauncherError
 from .client import LOCAL_HOST, READY_TIMEOUT_SECONDS, invocations_url, wait_for_prediction
 from .hosts import FRAMEWORK_MODULE, LOOPBACK_INTERFACE, host_names, run_hosts
-from .processes import LOCAL_TRAINING_ENV, OFF_AWS_ENV, stop_tree, stream
+from .processes import OFF_AWS_ENV, stop_tree, stream
 from .trees import server_dir
 
 MODE = "process"
@@ -46,7 +46,7 @@ def entry_point(name, installed_by):
 
 # ---------------------------------------------------------------------------------------- training
 def process_environment(job):
-    return {**os.environ, **LOCAL_ENV, **LOCAL_TRAINING_ENV,
+    return {**os.environ, **LOCAL_ENV,
             BASE_DIR_ENV: str(job.dir),
             PROGRAM_ENV: ENTRY_SHIM.name,
             STUDIO_LOCAL_MODE_ENV: "true"}  # the toolkit's DNS wait would hang on the host names otherwise

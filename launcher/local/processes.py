@@ -16,9 +16,6 @@ import psutil
 STOP_TIMEOUT_SECONDS = 30
 # Off AWS there is no instance metadata service: without this, boto-based code in a local job waits on it.
 OFF_AWS_ENV = {"AWS_EC2_METADATA_DISABLED": "true"}
-# A local training job shares the machine with whatever else runs on it: OpenMP threads that wait for each other
-# sleep rather than spin, leaving a busy core to its owner (bench/bench_busy_machine.py, docs/BENCHMARKS.md).
-LOCAL_TRAINING_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 POLL_SECONDS = 0.1
 
 

@@ -261,7 +261,7 @@ def test_bucket_in_another_region_is_refused(cloud, capsys, tmp_path, monkeypatc
     boto3.Session(region_name="eu-west-1").client("s3").create_bucket(
         Bucket="eu-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     monkeypatch.setenv("SAGEMAKER_BUCKET", "eu-bucket")
-    data = make_dataset(tmp_path / "dogImages", per_split={"train": 1})
+    data = make_dataset(tmp_path / "dogImages", per_split={"train": 1, "valid": 1})
     line = fails(capsys, "upload", "--data", data)
     assert "bucket eu-bucket is in eu-west-1, the jobs run in us-east-1" in line
     assert "is in eu-west-1" in fails(capsys, "train", "--data", f"s3://{BUCKET}/d")

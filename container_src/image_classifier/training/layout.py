@@ -50,7 +50,8 @@ def resolve_splits(channels):
     else:
         splits = {split: Path(channels[split]) for split in constants.SPLIT_FOLDERS if split in channels}
     if constants.VALID_CHANNEL not in splits:
-        needs = "a valid/ folder beside train/" if nested[constants.TRAIN_CHANNEL].is_dir() else "train/ and valid/ folders"
+        empty = not any(entry.is_dir() for entry in train_root.iterdir()) if train_root.is_dir() else True
+        needs = "train/ and valid/ folders" if empty else "a valid/ folder beside train/"
         raise DataError(f"No validation pictures: {quote_for_log(train_root)} needs {needs} "
                         "(the dogImages layout: train/, valid/ and test/, one sub-folder per class in each).")
     return splits
