@@ -152,10 +152,12 @@ def test_a_worker_serving_with_openvino_never_imports_torch(artifact, int8_job, 
 
 
 @pytest.mark.slow
-def test_the_model_server_s_workers_serve_int8_without_torch(int8_job, test_pictures, tmp_path):
+def test_the_model_server_s_workers_serve_int8_without_torch(int8_job, test_pictures, tmp_path_factory):
     """The real serve and MMS: the response names openvino-int8, and no worker process has torch's library
     mapped (checked from outside, in /proc)."""
-    harness.require_java(pytest)
+    if harness.java_missing():
+        pytest.skip(harness.JAVA_MISSING)
+    tmp_path = tmp_path_factory.mktemp("mms")  # short: MMS's unix sockets live under it
     shutil.copytree(int8_job.dir / "model", tmp_path / "model")
     server = harness.Server(tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS=2)
     try:
