@@ -31,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from image_classifier.serving import settings as serving_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
