@@ -7,14 +7,17 @@ Each repetition: `docker run -d IMAGE serve` with the model folder mounted read-
 as SageMaker (and `deploy --local docker`) start it, timed from the `docker run` call to the first
 `GET /ping` 200, then to the first `POST /invocations` 200 (one 500x375 JPEG); then the container's
 memory (cgroup peak, else the current use) and removal. Model as in bench/bench_serving.py: ResNet-50
-at 224 px, 133 classes, random weights. Serving settings: the image's defaults, except
+at 224 px, 133 classes, random weights, with its int8 model (bench_serving.make_artifact), as a training job
+writes it. Serving settings: the image's defaults, except
 SAGEMAKER_MODEL_SERVER_WORKERS=1, AWS's advice for serverless endpoints (one worker, one copy of the
 model). The image is already on the machine: SageMaker's own steps before `docker run` (finding
 capacity, pulling the image, downloading model.tar.gz) are not measured and cannot be here.
 
 Limits (AWS's serverless endpoint documentation): the model download plus the first /ping 200 within
 3 minutes; each /invocations answered within 1 minute; the image at most 10 GB; memory at most 6144 MB.
-The script exits 1 when the slowest repetition, the image or the memory misses one of them. Loopback
+The project's own target (issue 32): the first prediction within COLD_START_TARGET seconds of `docker run`
+(median). The script exits 1 when the slowest repetition, the image or the memory misses one of them, or the
+median misses that target. Loopback
 only; run it under the CPU lock.
 """
 import argparse
@@ -28,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from image_classifier.serving import settings as serving_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,6 +47,7 @@ MEMORY_LIMIT_MB = 6144  # the largest serverless memory size
 SERVERLESS_ENV = {serving_settings.WORKERS_ENV: "1"}  # AWS's advice for serverless: one copy of the model
 POLL_SECONDS = 0.05
 GIVE_UP_SECONDS = 600
+COLD_START_TARGET = serving.COLD_START_TARGET  # seconds from `docker run` to the first prediction
 
 
 def until(answer, started):
@@ -101,11 +104,10 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench-cold-start-"))
     pings, firsts, memories = [], [], []
     try:
-        torch.manual_seed(0)
-        serving.save_artifact(work / "model", serving.build_model("resnet50", serving.CLASSES),
-                              serving.ModelConfig("resnet50", [f"class {i}" for i in range(serving.CLASSES)], 224))
-        os.chmod(work, 0o755)  # the container's user reads the mounted model
         picture = serving.photo_jpeg(0)
+        serving.make_artifact(work / "model", [serving.photo_jpeg(seed) for seed in range(serving.FLOOR_BATCH)])
+        for path in [work, *work.rglob("*")]:  # the container's user reads the mounted model
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
         for number in range(args.repeats):
             ping, first, memory, kind = cold_start(image, work / "model", picture)
             pings.append(ping)
@@ -133,6 +135,9 @@ def main():
               ("the container's memory (MiB)", max(memories), MEMORY_LIMIT_MB),
               ("the image (GB)", image_bytes / 1e9, IMAGE_LIMIT_BYTES / 1e9)]
     missed = [f"LIMIT MISSED: {what}: {value:.1f}, limit {limit:g}" for what, value, limit in checks if value > limit]
+    if sorted(firsts)[len(firsts) // 2] > COLD_START_TARGET:
+        missed.append(f"TARGET MISSED: the median first prediction after {sorted(firsts)[len(firsts) // 2]:.1f} s "
+                      f"(target <= {COLD_START_TARGET:g} s)")
     print("\n".join(missed) or "Within serverless' limits (measured locally).")
     return 1 if missed else 0
 

@@ -5,10 +5,16 @@
         [--variant NAME:ENV=VALUE,...]...   (extra endpoint settings to measure beside the defaults)
         [--explore]                          (also time each in-process optimisation at each thread count)
 
-Floors (plain eager fp32 ResNet-50, the same decode + preprocess + forward code in this process):
-- latency: the fastest single-picture median at any torch thread count (1 .. cores);
-- throughput: the higher of one process batching (batch 16, all threads) and one single-thread
-  process per core, all running at once.
+        [--floor-seconds 30]                 (how long each throughput configuration runs)
+
+Floors, all in-process through the handler's own decode, preprocessing and forward (ResNet-50, 224 px):
+- eager latency floor: the fastest single-picture median of {plain eager fp32, batch norms folded +
+  channels_last} at every torch thread count from 1 to the cores, after >= 10 warm-up calls;
+- eager throughput floor: the best of P processes x T threads (P x T = cores) x forward batch {1, 4, 8, 16}
+  x both forms, every process at once for --floor-seconds (>= 30 s for the record);
+- the same two floors for each engine the endpoint may serve (OpenVINO fp32 and int8), so that the serving
+  layer's own cost is a figure of its own (the endpoint's p50 over its engine's in-process latency, goal
+  <= 1.15x), and a bare forward loop (eager, zeros, all threads) as a reference that shows a slow machine day.
 Endpoint: the real `serve` (multi-model-server) on 127.0.0.1 at its default settings (and any
 --variant): cold start to the first prediction, >= 200 sequential requests (p50, p95, p99), the
 throughput of 2 clients per worker, the workers' RSS, and the time to refuse a pixel-bomb batch.
@@ -16,8 +22,11 @@ Engines (serving/engine.py): each one in-process as served, one picture, at each
 top-1 agreement with plain eager fp32 on the benchmark pictures and its largest probability difference.
 Each round measures everything; rounds alternate the order (floors first, then endpoint first). The
 figures are the median and the spread (min-max) of the rounds. Targets, at the default settings:
-p50 <= 0.8x the latency floor, throughput >= 1.3x the throughput floor, and every engine's top-1 agrees
-with eager on every picture; the script exits 1 when one is missed. A full run (>= 3 rounds of >= 200 samples)
+p50 <= 0.5x the eager latency floor, throughput >= 2.0x the eager throughput floor, the workers' RSS together
+<= 1.2 GB, cold start to the first answer <= 8 s, and the fp32 engines' top-1 agrees with eager on every
+picture (int8's agreement is reported: with random weights it says little; the training job's accuracy gate
+is what keeps an int8 model); the script exits 1 when one is missed. The artifact holds an int8 model made
+with NNCF on photo-like pictures, as a training job would (speed does not depend on the weights). A full run (>= 3 rounds of >= 200 samples)
 records the default endpoint's pictures/s in bench/serving_capacity.json, which launcher/scaling.py derives the
 default autoscaling target from, and exits 1 too when that figure moved more than 20 % from the one recorded
 before. Random weights: speed does not depend on them. Loopback only; run it under the CPU lock.
@@ -54,7 +63,15 @@ from image_classifier.serving import engine, handler, settings  # noqa: E402
 
 CLASSES = 133  # the dog-breed set
 FLOOR_BATCH = 16
-LATENCY_TARGET, THROUGHPUT_TARGET = 0.8, 1.3
+LATENCY_TARGET, THROUGHPUT_TARGET = 0.5, 2.0
+SERVING_COST_GOAL = 1.15  # endpoint p50 / its engine's in-process latency
+RSS_TARGET_MIB, COLD_START_TARGET = 1200, 8.0  # the workers together; seconds to the first answer
+WARM_UPS = 10
+FORWARD_BATCHES = (1, 4, 8, 16)
+# name -> (optimize, engine) as load_model takes them; the first two are the eager forms of the floors.
+FORMS = {"plain": (False, "torch"), "folded": (True, "torch"), "openvino": (True, "openvino"),
+         "openvino-int8": (True, "openvino-int8")}
+EAGER = ("plain", "folded")
 
 
 def photo_jpeg(seed, size=(500, 375)):
@@ -97,41 +114,55 @@ def answer(model, picture):
 
 
 def single_latency(model, pictures, samples_count):
-    answer(model, pictures[0])  # warm-up
+    for index in range(WARM_UPS):
+        answer(model, pictures[index % len(pictures)])
     return statistics.median(timed(lambda: answer(model, pictures[1]), samples_count))
 
 
-def batch_throughput(model, pictures, repeats=3):
-    body = samples.batch_json(*pictures[:FLOOR_BATCH])
-    request = handler.input_fn(body, "application/json")
-    handler.predict_fn(request, model)
-    return FLOOR_BATCH / statistics.median(timed(lambda: handler.predict_fn(handler.input_fn(body, "application/json"),
-                                                                            model), repeats))
-
-
-def per_core_process(model_dir, pictures, count, barrier, results):
-    torch.set_num_threads(1)
-    model = load_model(model_dir, optimize=False, threads=1)
-    answer(model, pictures[0])
+def throughput_process(model_dir, form, threads, batch, seconds, pictures, barrier, results):
+    torch.set_num_threads(threads)
+    model = load_model(model_dir, *FORMS[form][:1], threads, FORMS[form][1])
+    body = samples.batch_json(*[pictures[i % len(pictures)] for i in range(batch)])
+    for _ in range(2):
+        handler.predict_fn(handler.input_fn(body, "application/json", max_batch=batch), model)
     barrier.wait()
-    started = time.perf_counter()
-    for index in range(count):
-        answer(model, pictures[index % len(pictures)])
-    results.put(time.perf_counter() - started)
+    started, answered = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        handler.predict_fn(handler.input_fn(body, "application/json", max_batch=batch), model)
+        answered += batch
+    results.put((answered, time.perf_counter() - started))
 
 
-def per_core_throughput(model_dir, pictures, cores, count):
-    """`cores` single-thread processes answering `count` pictures each, all at once."""
+def throughput(model_dir, form, processes, threads, batch, seconds, pictures):
+    """Pictures/s of `processes` processes of `threads` threads each, answering requests of `batch` pictures
+    in one forward pass through the handler, all at once for `seconds`."""
     context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(cores), context.Queue()
-    processes = [context.Process(target=per_core_process, args=(model_dir, pictures, count, barrier, results))
-                 for _ in range(cores)]
-    for process in processes:
-        process.start()
-    seconds = [results.get(timeout=600) for _ in processes]
-    for process in processes:
-        process.join()
-    return cores * count / max(seconds)
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=throughput_process,
+                               args=(model_dir, form, threads, batch, seconds, pictures, barrier, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=600 + seconds) for _ in workers]
+    for worker in workers:
+        worker.join()
+    return sum(answered for answered, _ in outcomes) / max(elapsed for _, elapsed in outcomes)
+
+
+def splits(cores):
+    """(processes, threads) with processes x threads = cores."""
+    return [(p, cores // p) for p in range(1, cores + 1) if cores % p == 0]
+
+
+def bare_forward(model_dir, cores, repeats=30):
+    """The eager network's forward on zeros at every thread, nothing else: the machine's speed today."""
+    torch.set_num_threads(cores)
+    model = load_model(model_dir, False, cores)
+    inputs = torch.zeros(1, 3, 224, 224)
+    with torch.inference_mode():
+        for _ in range(WARM_UPS):
+            model.network(inputs)
+        return statistics.median(timed(lambda: model.network(inputs), repeats))
 
 
 def explore_extras(model_dir, cores, samples_count):
@@ -153,7 +184,7 @@ def explore_extras(model_dir, cores, samples_count):
 
 
 def engines():
-    return ["torch"] + (["openvino"] if engine.openvino_available() else [])
+    return ["torch"] + (["openvino", "openvino-int8"] if engine.openvino_available() else [])
 
 
 def agreement(model, reference, pictures):
@@ -161,47 +192,80 @@ def agreement(model, reference, pictures):
     body = samples.batch_json(*pictures)
     got = handler.predict_fn(handler.input_fn(body, "application/json"), model).probabilities
     expected = handler.predict_fn(handler.input_fn(body, "application/json"), reference).probabilities
-    return float((got.argmax(1) == expected.argmax(1)).float().mean()), float((got - expected).abs().max())
+    return float((got.argmax(1) == expected.argmax(1)).mean()), float(np.abs(got - expected).max())
 
 
-def measure_engines(model_dir, pictures, cores, samples_count):
-    """Each engine as served, in-process: one picture's median latency at each thread count, and its
-    agreement with plain eager fp32."""
+def measure_engines(model_dir, pictures, cores):
+    """Each engine as served, in-process: its top-1 agreement with plain eager fp32 and largest probability
+    difference on the pictures."""
     figures = {}
-    for threads in sorted({1, cores}):
-        torch.set_num_threads(threads)
-        reference = load_model(model_dir, False, threads)
-        for name in engines():
-            model = load_model(model_dir, True, threads, name)
-            if model.engine != name:
-                raise RuntimeError(f"the {name} engine did not load (see the log)")
-            figures[f"{name} {threads}t latency"] = single_latency(model, pictures, max(50, samples_count // 4))
-            figures[f"{name} top-1 agreement"], figures[f"{name} largest difference"] = agreement(
-                model, reference, pictures)
+    torch.set_num_threads(cores)
+    reference = load_model(model_dir, False, cores)
+    for name in engines():
+        model = load_model(model_dir, True, cores, name)
+        if model.engine != name:
+            raise RuntimeError(f"the {name} engine did not load (see the log)")
+        figures[f"{name} top-1 agreement"], figures[f"{name} largest difference"] = agreement(model, reference,
+                                                                                                 pictures)
     return figures
 
 
-def measure_floors(model_dir, pictures, cores, samples_count, explore):
-    figures = {}
-    thread_counts = sorted({1, cores})
-    for threads in thread_counts:
-        torch.set_num_threads(threads)
-        figures[f"plain {threads}t latency"] = single_latency(load_model(model_dir, False, threads), pictures,
-                                                              samples_count)
-        if explore:
-            for name, optimize in (("served", True),):
-                figures[f"{name} {threads}t latency"] = single_latency(load_model(model_dir, optimize, threads),
-                                                                       pictures, max(50, samples_count // 4))
-    torch.set_num_threads(cores)
-    figures["plain batch throughput"] = batch_throughput(load_model(model_dir, False, cores), pictures)
-    figures["plain per-core throughput"] = per_core_throughput(model_dir, pictures, cores, max(5, samples_count // 7))
+def measure_floors(model_dir, pictures, cores, samples_count, seconds, explore):
+    """Latency (every thread count) and throughput (every split x forward batch) of each form; the eager floors
+    are the best of the two eager forms, each engine's its own."""
+    figures = {"bare forward": bare_forward(model_dir, cores)}
+    forms = [form for form in FORMS if form in EAGER or form in engines()]
+    for form in forms:
+        for threads in range(1, cores + 1):
+            torch.set_num_threads(threads)
+            figures[f"{form} {threads}t latency"] = single_latency(load_model(model_dir, FORMS[form][0], threads,
+                                                                              FORMS[form][1]), pictures, samples_count)
+        for processes, threads in splits(cores):
+            for batch in FORWARD_BATCHES:
+                figures[f"{form} {processes}x{threads}t b{batch} throughput"] = throughput(
+                    model_dir, form, processes, threads, batch, seconds, pictures)
+        figures[f"{form} latency"] = min(figures[f"{form} {t}t latency"] for t in range(1, cores + 1))
+        figures[f"{form} throughput"] = max(value for key, value in figures.items()
+                                            if key.startswith(f"{form} ") and key.endswith(" throughput")
+                                            and "x" in key.split()[1])
     if explore:
         figures.update(explore_extras(model_dir, cores, samples_count))
-    figures.update(measure_engines(model_dir, pictures, cores, samples_count))
+    figures.update(measure_engines(model_dir, pictures, cores))
     torch.set_num_threads(cores)
-    figures["latency floor"] = min(figures[f"plain {t}t latency"] for t in thread_counts)
-    figures["throughput floor"] = max(figures["plain batch throughput"], figures["plain per-core throughput"])
+    figures["latency floor"] = min(figures[f"{form} latency"] for form in EAGER)
+    figures["throughput floor"] = max(figures[f"{form} throughput"] for form in EAGER)
     return figures
+
+
+def make_artifact(folder, pictures):
+    """ResNet-50 with random weights, and its int8 model made with NNCF on photo-like pictures as a training job
+    makes it (training/quantize.py), marked accepted: the benchmark measures speed; the gate needs real data."""
+    from image_classifier.images import open_rgb
+    from image_classifier.model import record_quantization
+    from image_classifier.preprocessing import EvalPixels
+    from image_classifier.training import quantize
+
+    torch.manual_seed(0)
+    network = build_model("resnet50", CLASSES).eval()
+    save_artifact(folder, network, ModelConfig("resnet50", [f"class {i}" for i in range(CLASSES)], 224))
+    if not engine.openvino_available():
+        return
+    transform = EvalPixels(224)
+    calibration = [transform(open_rgb(photo_jpeg(1000 + seed)))[None] for seed in range(64)]
+    pixels = np.stack([transform(open_rgb(picture)) for picture in pictures])
+    labels = engine.eager_logits(network, pixels).argmax(1)
+    started = time.perf_counter()
+    record = quantize.quantize_model(folder, network, 224, calibration, [(pixels, labels)])
+    if record["decision"] != "accepted":  # random weights: keep it anyway, for its speed
+        import nncf
+        import openvino
+
+        int8 = nncf.quantize(openvino.Core().read_model(str(folder / "openvino" / "model.xml")),
+                             nncf.Dataset(calibration), subset_size=len(calibration))
+        openvino.save_model(int8, str(folder / "openvino" / "model-int8.xml"), compress_to_fp16=False)
+    record_quantization(folder, dict(record, decision="accepted", reason="benchmark: random weights, speed only"))
+    print(f"int8 model made in {time.perf_counter() - started:.0f} s (gate on eager's own labels: "
+          f"{record['decision']}, top-1 agreement {record['int8_valid_acc']:.0%})", flush=True)
 
 
 # ------------------------------------------------------------------------------------------ endpoint
@@ -293,9 +357,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=200, help="sequential samples per latency figure")
     parser.add_argument("--variant", action="append", default=[], type=parse_variant)
-    parser.add_argument("--explore", action="store_true", help="also time the served (optimised) model in-process")
+    parser.add_argument("--explore", action="store_true", help="also time single optimisations in-process")
+    parser.add_argument("--floor-seconds", type=float, default=30.0, help="each throughput configuration's run")
     args = parser.parse_args()
-    if args.samples < 200 or args.rounds < 3:
+    if args.samples < 200 or args.rounds < 3 or args.floor_seconds < 30:
         print("note: fewer than 200 samples or 3 rounds: figures for exploring, not for the record")
 
     cores = settings.cpu_count()
@@ -303,15 +368,14 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     rounds = []
     try:
-        torch.manual_seed(0)
-        save_artifact(work / "model", build_model("resnet50", CLASSES),
-                      ModelConfig("resnet50", [f"class {i}" for i in range(CLASSES)], 224))
         pictures = [photo_jpeg(seed) for seed in range(FLOOR_BATCH)]
+        make_artifact(work / "model", pictures)
         for number in range(args.rounds):
             figures = {}
 
             def floors():
-                figures.update(measure_floors(work / "model", pictures, cores, args.samples, args.explore))
+                figures.update(measure_floors(work / "model", pictures, cores, args.samples, args.floor_seconds,
+                                              args.explore))
 
             def endpoints():
                 for name, env in variants:
@@ -327,7 +391,7 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     missed = report(rounds, variants, cores, len(pictures[0]))
-    if args.samples >= 200 and args.rounds >= 3:  # figures for the record only
+    if args.samples >= 200 and args.rounds >= 3 and args.floor_seconds >= 30:  # figures for the record only
         drifted = record_capacity(rounds, cores)
         if drifted:
             print(f"CAPACITY DRIFTED: {drifted}")
@@ -340,58 +404,68 @@ def report(rounds, variants, cores, picture_bytes):
     print(f"\nResNet-50 224 px, {CLASSES} classes, random weights; a 500x375 JPEG of {picture_bytes // 1024} KB "
           f"per request; {cores} cores, {platform.processor() or platform.machine()}, torch {torch.__version__}; "
           f"{datetime.date.today()}; {len(rounds)} rounds, median (min-max)")
-    thread_counts = sorted({1, cores})
-    print("\nIn-process (plain eager fp32" + (", and as served: conv+BN folded, channels_last" if "served 1t latency"
-                                              in rounds[0] else "") + "), one picture, median latency:")
-    for threads in thread_counts:
-        line = f"- {threads} thread(s): plain {spread(column(f'plain {threads}t latency'), 1000)} ms"
-        if f"served {threads}t latency" in rounds[0]:
-            line += f", served {spread(column(f'served {threads}t latency'), 1000)} ms"
-        print(line)
-    print("\nEngines in-process as served, one picture, median latency; agreement with plain eager fp32 on the "
-          f"{FLOOR_BATCH} pictures:")
+    print(f"\nBare forward (eager, zeros, {cores} threads): {spread(column('bare forward'), 1000)} ms")
+    forms = [form for form in FORMS if f"{form} latency" in rounds[0]]
+    print("\nIn-process through the handler, one picture, median latency (ms) per thread count; best pictures/s "
+          "over processes x threads x forward batch:")
+    for form in forms:
+        latencies = ", ".join(f"{t}t {spread(column(f'{form} {t}t latency'), 1000)}" for t in range(1, cores + 1))
+        best = max((key for key in rounds[0] if key.startswith(f"{form} ") and key.endswith(" throughput")
+                    and "x" in key.split()[1]), key=lambda key: statistics.median(column(key)))
+        print(f"- {form}: {latencies}; best {spread(column(f'{form} throughput'), digits=2)}/s "
+              f"({best.split()[1]} {best.split()[2]})")
     missed = []
     for name in engines():
-        latencies = ", ".join(f"{t} thread(s) {spread(column(f'{name} {t}t latency'), 1000)} ms" for t in thread_counts)
         agreements = column(f"{name} top-1 agreement")
-        print(f"- {name}: {latencies}; top-1 agreement {min(agreements):.0%}, largest probability difference "
-              f"{max(column(f'{name} largest difference')):.1e}")
-        if min(agreements) < 1:
+        print(f"- {name} as served: top-1 agreement with plain eager {min(agreements):.0%} of {FLOOR_BATCH} pictures, "
+              f"largest probability difference {max(column(f'{name} largest difference')):.1e}")
+        if min(agreements) < 1 and name != "openvino-int8":
             missed.append(f"{name}'s top-1 agrees with eager on {min(agreements):.0%} of the pictures (target 100 %)")
-    print(f"- throughput: one process batching {FLOOR_BATCH} at {cores} threads "
-          f"{spread(column('plain batch throughput'), digits=2)}/s; {cores} single-thread processes "
-          f"{spread(column('plain per-core throughput'), digits=2)}/s")
     for key in ("12 MP JPEG decode, full", "12 MP JPEG decode, drafted", "forward under no_grad",
                 "forward under inference_mode"):
         if key in rounds[0]:
             print(f"- {key}: {spread(column(key), 1000)} ms")
-    print("\n| settings | p50 (ms) | p50 / floor | p95 / p99 (ms) | pictures/s | / floor | cold start (s) | "
-          "worker RSS (MiB) | bomb refused in (ms) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\nEager floors: latency {spread(column('latency floor'), 1000)} ms, throughput "
+          f"{spread(column('throughput floor'), digits=2)} pictures/s.")
+    print("\n| settings | p50 (ms) | / eager floor | / engine in-process | p95 / p99 (ms) | pictures/s | / eager floor "
+          "| / engine floor | cold start (s) | workers' RSS (MiB) | bomb refused in (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, _ in variants:
+        served = rounds[0][name]["engine"]
         latency = [r[name]["p50"] / r["latency floor"] for r in rounds]
-        throughput = [r[name]["throughput"] / r["throughput floor"] for r in rounds]
+        throughput_ratio = [r[name]["throughput"] / r["throughput floor"] for r in rounds]
+        own = f"{served} latency" in rounds[0]
+        layer = [r[name]["p50"] / r[f"{served} latency"] for r in rounds] if own else None
+        engine_throughput = [r[name]["throughput"] / r[f"{served} throughput"] for r in rounds] if own else None
         first = rounds[0][name]
-        print(f"| {name} ({first['engine']}, {first['workers']} workers, {first['clients']} clients) | "
-              f"{spread(column(name, 'p50'), 1000)} | "
-              f"{spread(latency, digits=2)}x | {spread(column(name, 'p95'), 1000)} / {spread(column(name, 'p99'), 1000)} | "
-              f"{spread(column(name, 'throughput'), digits=2)} | {spread(throughput, digits=2)}x | "
+        print(f"| {name} ({served}, {first['workers']} workers, {first['clients']} clients) | "
+              f"{spread(column(name, 'p50'), 1000)} | {spread(latency, digits=2)}x | "
+              f"{spread(layer, digits=2) + 'x' if own else '-'} | "
+              f"{spread(column(name, 'p95'), 1000)} / {spread(column(name, 'p99'), 1000)} | "
+              f"{spread(column(name, 'throughput'), digits=2)} | {spread(throughput_ratio, digits=2)}x | "
+              f"{spread(engine_throughput, digits=2) + 'x' if own else '-'} | "
               f"{spread(column(name, 'cold start'), digits=1)} | {spread(column(name, 'worker rss'), 1 / 2**20)} | "
               f"{spread(column(name, 'refusal'), 1000)} |")
-        if name == "default":
-            if statistics.median(latency) > LATENCY_TARGET:
-                missed.append(f"p50 {statistics.median(latency):.2f}x the latency floor (target <= {LATENCY_TARGET}x)")
-            if statistics.median(throughput) < THROUGHPUT_TARGET:
-                missed.append(f"throughput {statistics.median(throughput):.2f}x the floor "
-                              f"(target >= {THROUGHPUT_TARGET}x)")
-            stretch = statistics.median(column("default", "p50")) < statistics.median(column("latency floor"))
-    print(f"\nFloors: latency {spread(column('latency floor'), 1000)} ms, throughput "
-          f"{spread(column('throughput floor'), digits=2)} pictures/s. Stretch (default p50 below the plain "
-          f"floor): {'met' if stretch else 'not met'}.")
+        if name != "default":
+            continue
+        checks = [(statistics.median(latency) <= LATENCY_TARGET,
+                   f"p50 {statistics.median(latency):.2f}x the eager latency floor (target <= {LATENCY_TARGET}x)"),
+                  (statistics.median(throughput_ratio) >= THROUGHPUT_TARGET,
+                   f"throughput {statistics.median(throughput_ratio):.2f}x the eager throughput floor "
+                   f"(target >= {THROUGHPUT_TARGET}x)"),
+                  (statistics.median(column(name, "worker rss")) / 2**20 <= RSS_TARGET_MIB,
+                   f"the workers hold {statistics.median(column(name, 'worker rss')) / 2**20:.0f} MiB together "
+                   f"(target <= {RSS_TARGET_MIB})"),
+                  (statistics.median(column(name, "cold start")) <= COLD_START_TARGET,
+                   f"cold start {statistics.median(column(name, 'cold start')):.1f} s (target <= {COLD_START_TARGET})")]
+        missed += [problem for met, problem in checks if not met]
+        if own and statistics.median(layer) > SERVING_COST_GOAL:
+            print(f"goal not met: the endpoint's p50 is {statistics.median(layer):.2f}x its engine's in-process "
+                  f"latency (goal <= {SERVING_COST_GOAL}x)")
     for line in missed:
         print(f"TARGET MISSED: {line}")
     if not missed:
-        print("Both targets met at the default settings.")
+        print("Every target met at the default settings.")
     return 1 if missed else 0
 
 

@@ -215,6 +215,8 @@ def _read_json(path):
 LOG_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})[,.]\d+ ")
 LOG_PICTURES = re.compile(r"Classes: (\d+) \(.*; pictures: ([^;]*)$")
 LOG_DEVICE = re.compile(r": [\d.]+M parameters, [\d.]+M trainable, on (\S+)$")
+# The int8 model's verdict (training/quantize.py: its decision, both accuracies and the reason, or why none was made).
+LOG_INT8 = re.compile(r"(int8 model (?:ACCEPTED|REJECTED): .*|No int8 model: .*)$")
 # The metrics the header shows, in this order, when the job printed them.
 HEADER_METRICS = ("test_acc", "test_loss", "best_valid_acc", "best_valid_loss", "images_per_sec")
 
@@ -248,6 +250,7 @@ def job_facts(files, metrics):
     if started is None:
         started, ended = _log_times(files.log_lines)
     pictures, device = _last_match(LOG_PICTURES, files.log_lines), _last_match(LOG_DEVICE, files.log_lines)
+    int8 = _last_match(LOG_INT8, files.log_lines)
     final = [f"{name} {values[-1]:.4g}" for name in HEADER_METRICS if (values := metrics.get(name))]
     return {
         "job": files.name,
@@ -257,6 +260,7 @@ def job_facts(files, metrics):
         "device": device.group(1) if device else None,
         "duration": _duration((ended - started).total_seconds()) if started and ended else None,
         "final metrics": ", ".join(final) or None,
+        "int8 model": int8.group(1) if int8 else None,
     }
 
 

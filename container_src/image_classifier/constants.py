@@ -16,6 +16,13 @@ ARTIFACT_FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pth"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.previous.pth"  # the one before, kept in case the newest does not load
 BEST_WEIGHTS_FILE = "best.pth"  # the best-valid weights so far, beside the checkpoint (tested at the end)
+# The OpenVINO forms of the network a training job adds to the artifact for CPU serving (training/quantize.py):
+# fp32, and int8 when the accuracy gate keeps it (model.json's `quantization` record says which and why).
+# Each is an OpenVINO IR: the .xml beside its weights (.bin). Artifacts without them are converted by serve.
+OPENVINO_FOLDER = "openvino"
+OPENVINO_FP32_MODEL = "model.xml"
+OPENVINO_INT8_MODEL = "model-int8.xml"
+INT8_ACCEPTED, INT8_REJECTED, INT8_SKIPPED = "accepted", "rejected", "skipped"  # the record's decision
 
 # Pictures the data loader accepts, compared lower-case (the dog set mixes .jpg and .JPG).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")

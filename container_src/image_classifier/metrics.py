@@ -44,7 +44,11 @@ RULE_METRICS = ("rule_loss_not_decreasing", "rule_overfit", "rule_overtraining",
 PROFILER_RULE_METRICS = ("rule_dataloader", "rule_cpu_bottleneck", "rule_io_bottleneck", "rule_low_gpu_utilization",
                          "rule_gpu_memory_increase", "rule_step_outlier", "rule_batch_size",
                          "rule_max_initialization_time", "rule_load_balancing")
-METRIC_DEFINITIONS += [{"Name": name, "Regex": _regex(name)} for name in RULE_METRICS + PROFILER_RULE_METRICS]
+# The int8 model (training/quantize.py), once at the end: int8_kept 1 accepted, 0 rejected by the accuracy gate,
+# -1 not made (quantize=false, a set too small to calibrate); both top-1 accuracies on the validation split.
+INT8_METRICS = ("int8_kept", "fp32_valid_acc", "int8_valid_acc")
+METRIC_DEFINITIONS += [{"Name": name, "Regex": _regex(name)}
+                       for name in RULE_METRICS + PROFILER_RULE_METRICS + INT8_METRICS]
 ONE_DECIMAL = ("images_per_sec", "wall_images_per_sec", "gpu_utilization", "gpu_peak_memory_mb")
 
 

@@ -2,8 +2,12 @@
 
 The artifact is two files in the model folder: `model.pth` (a state_dict only, loadable with
 `weights_only=True`) and `model.json` (everything needed to use it: arch, classes, preprocessing,
-hyperparameters, final metrics, library versions).
+hyperparameters, final metrics, library versions, the int8 model's record). A job that quantized the
+model adds its OpenVINO forms in `openvino/` (fp32, and int8 when the accuracy gate kept it:
+training/quantize.py). Torch is imported where the weights are used, never for model.json: a model server
+worker that runs OpenVINO reads only that (`read_config`).
 """
+import hashlib
 import json
 import logging
 import os
@@ -12,10 +16,6 @@ import platform
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
-import torchvision
-from torch import nn
 
 from . import __version__, constants
 from .contract import atomic_write
@@ -45,6 +45,9 @@ class ModelConfig:
     std: tuple = constants.IMAGENET_STD
     hyperparameters: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    # The int8 model's record (training/quantize.py): decision (accepted, rejected, skipped), reason, both
+    # valid accuracies. Empty in artifacts from before int8 models, which serve as they always did.
+    quantization: dict = field(default_factory=dict)
 
     @property
     def num_classes(self):
@@ -53,6 +56,10 @@ class ModelConfig:
     @property
     def resize_size(self):
         return round(self.image_size / constants.RESIZE_RATIO)
+
+    @property
+    def int8_accepted(self):
+        return self.quantization.get("decision") == constants.INT8_ACCEPTED
 
 
 # Each family's new head (the last Linear layer, replaced for our classes), what trains with it (a
@@ -90,6 +97,9 @@ def _under(name, prefixes):
 def build_model(arch, num_classes, backbone_state=None):
     """A torchvision network (config.ARCHS) with a new head for `num_classes`; `backbone_state` (ImageNet
     weights of the same architecture) is loaded before the head is replaced, all but the old head."""
+    import torchvision
+    from torch import nn
+
     model = torchvision.models.get_model(arch, weights=None)
     head = family(arch).head
     if backbone_state is not None:
@@ -118,6 +128,9 @@ def set_trainable(model, trainable_layers, arch):
 def pretrained_state(arch, channel_dir=None, allow_download=False):
     """ImageNet weights for `arch`: from the `pretrained` channel, else torch's cache, else a download
     when allowed. Never silently random: with none of these it raises with the ways to fix it."""
+    import torch
+    import torchvision
+
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     file_name = os.path.basename(weights.url)
     if channel_dir is not None and Path(channel_dir).is_dir():
@@ -148,6 +161,8 @@ _FIX_HINT = ("Fix: give the weights file as a 'pretrained' channel, build the im
 
 def _download(url, target):
     """torch's cache download, checked against the hash prefix in the file name (as torchvision does)."""
+    import torch
+
     found = torch.hub.HASH_REGEX.search(target.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -160,6 +175,8 @@ def load_weights(path):
     """`torch.load` that never runs code: tensors and plain containers only (`weights_only=True`, passed
     explicitly so that TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off). A pickle that names anything
     else (a function, a class) is refused with UnsafePickleError, before any of it runs."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -172,6 +189,9 @@ def load_weights(path):
 
 
 def save_artifact(model_dir, model, config):
+    import torch
+    import torchvision
+
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
@@ -187,14 +207,47 @@ def save_artifact(model_dir, model, config):
     atomic_write(model_dir / constants.METADATA_FILE, lambda p: p.write_text(json.dumps(metadata, indent=2)))
 
 
+def record_quantization(model_dir, record):
+    """Add the int8 model's record to a saved artifact's model.json."""
+    path = Path(model_dir) / constants.METADATA_FILE
+    metadata = json.loads(path.read_text())
+    metadata["quantization"] = record
+    atomic_write(path, lambda p: p.write_text(json.dumps(metadata, indent=2)))
+
+
+def read_config(model_dir):
+    """The artifact's ModelConfig from its model.json alone (no torch). Raises ArtifactError with the reason."""
+    try:
+        metadata = json.loads((Path(model_dir) / constants.METADATA_FILE).read_text())
+        if metadata.get("format_version") != constants.ARTIFACT_FORMAT_VERSION:
+            raise ArtifactError(f"unsupported artifact format {metadata.get('format_version')!r}")
+        return ModelConfig(**{k: metadata[k] for k in ModelConfig.__dataclass_fields__ if k in metadata})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ArtifactError(f"Cannot load the model from {model_dir}: {type(error).__name__}: {error}") from None
+
+
+def openvino_model(model_dir, int8=False):
+    """The path of the artifact's OpenVINO model (fp32, or int8), or None when the artifact has none."""
+    path = Path(model_dir) / constants.OPENVINO_FOLDER / (
+        constants.OPENVINO_INT8_MODEL if int8 else constants.OPENVINO_FP32_MODEL)
+    return path if path.is_file() and path.with_suffix(".bin").is_file() else None
+
+
+def fingerprint(model_dir):
+    """The sha256 of the artifact's weights: what serve's export was made from, checked by the workers that
+    use the export without torch (they cannot compare with eager)."""
+    digest = hashlib.sha256()
+    with open(Path(model_dir) / constants.WEIGHTS_FILE, "rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_artifact(model_dir, device="cpu"):
     """(model in eval mode on `device`, ModelConfig). Raises ArtifactError with the reason."""
     model_dir = Path(model_dir)
+    config = read_config(model_dir)
     try:
-        metadata = json.loads((model_dir / constants.METADATA_FILE).read_text())
-        if metadata.get("format_version") != constants.ARTIFACT_FORMAT_VERSION:
-            raise ArtifactError(f"unsupported artifact format {metadata.get('format_version')!r}")
-        config = ModelConfig(**{k: metadata[k] for k in ModelConfig.__dataclass_fields__ if k in metadata})
         state = load_weights(model_dir / constants.WEIGHTS_FILE)
         model = build_model(config.arch, config.num_classes)
         model.load_state_dict(state)

@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from image_classifier.contract import CUSTOM_ATTRIBUTES_HEADER, DEFAULT_TOP_K, SERVING_PORT
+from image_classifier.serving.settings import ENGINE_HEADER
 
 from .. import LauncherError
 from ..terminal import printable
@@ -32,14 +33,16 @@ def port_in_use(port):
         return probe.connect_ex((LOCAL_HOST, port)) == 0
 
 
-def invoke(port, body, content_type, top_k=None, timeout=REQUEST_TIMEOUT_SECONDS):
-    """POST to the local endpoint; (status, body bytes) for any HTTP answer."""
+def invoke(port, body, content_type, top_k=None, timeout=REQUEST_TIMEOUT_SECONDS, headers_out=None):
+    """POST to the local endpoint; (status, body bytes) for any HTTP answer (its headers into `headers_out`)."""
     headers = {"Content-Type": content_type, "Accept": "application/json"}
     if top_k is not None:
         headers[CUSTOM_ATTRIBUTES_HEADER] = f"top_k={top_k}"
     request = urllib.request.Request(invocations_url(port), data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
+            if headers_out is not None:
+                headers_out.update(response.headers.items())
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
@@ -76,13 +79,14 @@ def wait_for_prediction(port, timeout, exited, where_to_look):
 
 
 def predict(images, port=SERVING_PORT, top_k=DEFAULT_TOP_K, as_json=False):
-    """Each picture to the local endpoint, its top-k labels printed; LauncherError if any was refused."""
-    failures = []
+    """Each picture to the local endpoint, its top-k labels printed, then the engine that answered (the
+    server's ENGINE_HEADER: openvino-int8, openvino or torch); LauncherError if any was refused."""
+    failures, answered = [], {}
     for path in map(Path, images):
         if not path.is_file():
             raise LauncherError(f"{path}: no such file.")
         try:
-            status, body = invoke(port, path.read_bytes(), content_type_of(path), top_k)
+            status, body = invoke(port, path.read_bytes(), content_type_of(path), top_k, headers_out=answered)
         except (urllib.error.URLError, ConnectionError) as error:
             raise LauncherError(f"No model server answers on port {port} ({getattr(error, 'reason', error)}): "
                                 f"start one with `python launch.py deploy --local --port {port}`.") from None
@@ -94,6 +98,9 @@ def predict(images, port=SERVING_PORT, top_k=DEFAULT_TOP_K, as_json=False):
             print(f"{printable(path)}: error {status}: {printable(error_message(body))}")
         if status != 200:
             failures.append(path)
+    engine = {key.lower(): value for key, value in answered.items()}.get(ENGINE_HEADER.lower())
+    if engine and not as_json:
+        print(f"(answered by the {printable(engine)} engine)")
     if failures:
         raise LauncherError(f"{len(failures)} of {len(images)} picture(s) were refused.")
 

@@ -253,6 +253,9 @@ def test_the_labels_a_browser_shows_are_drawn_text_never_math_source(built):
 
 
 MANY = 50  # classes: past the sizes where a confusion picture can carry names and numbers
+INT8_VERDICT = ("int8 model ACCEPTED: valid top-1 0.9000 (fp32 0.9000); int8 top-1 within the allowed drop of fp32's "
+                "on 100 validation pictures: +0.00 points lost (0 pictures; at most 0.5 points or one picture); "
+                "calibrated on 300 pictures in 20.1 s")
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +288,8 @@ def crafted_page(tmp_path_factory):
            "2026-12-06 10:00:02,000 INFO resnet18: 11.2M parameters, 11.2M trainable, on cpu"]
     log += [format_metrics(epoch=e, train_loss=1.0 / e, train_acc=0.3 * e, valid_loss=1.1 / e, valid_acc=0.3 * e)
             for e in (1, 2, 3)]
-    log += [format_metrics(test_loss=0.4, test_acc=0.88), "2026-12-06 10:12:30,000 INFO Saved the model to /opt/ml/model"]
+    log += [format_metrics(test_loss=0.4, test_acc=0.88), "2026-12-06 10:12:30,000 INFO Saved the model to /opt/ml/model",
+            f"2026-12-06 10:12:30,100 INFO {INT8_VERDICT}", format_metrics(int8_kept=1, fp32_valid_acc=0.9, int8_valid_acc=0.9)]
     files = report.JobFiles(name="crafted-job", data_dir=data, tensors_dir=None, log_lines=log,
                             hyperparameters={"lr": "0.01", "epochs": "3", "sagemaker_program": "train.py"},
                             instance="this machine (a local job, 1 host)")
@@ -298,7 +302,7 @@ def test_the_header_says_what_the_job_was(crafted_page):
     assert header == {"job": "crafted-job", "date": "2026-12-06 10:00",
                       "dataset": f"{MANY} classes; pictures: train 500, valid 100, test 100",
                       "instance": "this machine (a local job, 1 host)", "device": "cpu", "duration": "12 min 30 s",
-                      "final metrics": "test_acc 0.88, test_loss 0.4"}
+                      "final metrics": "test_acc 0.88, test_loss 0.4", "int8 model": INT8_VERDICT}
 
 
 def test_a_rule_that_cannot_apply_gives_no_advice(crafted_page):

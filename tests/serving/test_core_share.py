@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,13 +67,13 @@ def test_the_handler_uses_the_narrow_forward_while_another_worker_is_busy(shared
     used = []
     model = dataclasses.replace(shared_model, forward=lambda x: used.append("wide") or shared_model.forward(x),
                                 narrow_forward=lambda x: used.append("narrow") or shared_model.narrow_forward(x))
-    inputs = torch.zeros(1, 3, 16, 16)
+    inputs = np.zeros((1, 3, 16, 16), np.float32)
     with handler.cores(model) as run:
         expected = handler.forward(inputs, model, run)
     with core_share.CoreShare(tmp_path, 2).claim(), handler.cores(model) as run:  # the other worker, busy
         busy = handler.forward(inputs, model, run)
     assert used == ["wide", "narrow"]
-    assert torch.allclose(expected, busy, atol=1e-6)
+    assert np.allclose(expected, busy, atol=1e-6)
 
 
 def test_the_narrow_forward_runs_on_the_workers_share_of_the_cores(shared_model):
@@ -81,8 +82,8 @@ def test_the_narrow_forward_runs_on_the_workers_share_of_the_cores(shared_model)
         assert (threads(shared_model.forward), threads(shared_model.narrow_forward)) == (2, 1)
     else:
         seen = []
-        forward = engine.torch_at_threads(lambda x: seen.append(torch.get_num_threads()), 1)
-        forward(None)
+        forward = engine.torch_engine_forward(lambda x: seen.append(torch.get_num_threads()) or x, "cpu", 1)
+        forward(np.zeros(1, np.float32))
         assert seen == [1]
 
 

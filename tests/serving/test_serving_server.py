@@ -196,6 +196,7 @@ class TestLauncher:
             assert launch.main(["predict", "--local", "--port", str(port), "--top-k", "2", str(picture)]) == 0
             table = capsys.readouterr().out
             assert str(picture) in table and "probability" in table and table.count("%") == 2
+            assert "(answered by the openvino engine)" in table  # a set too small for an int8 model
 
             assert launch.main(["predict", "--local", "--port", str(port), "--json", str(picture)]) == 0
             assert len(json.loads(capsys.readouterr().out)["predictions"][0]) == 3

@@ -37,8 +37,11 @@ def test_successful_job_writes_the_artifact_and_metric_lines(tmp_path):
     assert all(0 <= a <= 1 for a in metrics["valid_acc"]) and all(v > 0 for v in metrics["images_per_sec"])
     assert metrics["test_acc"] == [pytest.approx(metadata["metrics"]["test_acc"], abs=1e-4)]
     assert metrics["test_loss"] == [pytest.approx(metadata["metrics"]["test_loss"], abs=1e-4)]
-    # Every metric SageMaker is told about is printed (the GPU's own only on a GPU).
-    assert {d["Name"] for d in METRIC_DEFINITIONS} - set(GPU_EPOCH_METRICS) == set(metrics)
+    # Every metric SageMaker is told about is printed (the GPU's own only on a GPU; the int8 model's accuracies only
+    # where one was made: this set is too small to calibrate, tests/serving/test_int8.py makes one).
+    assert {d["Name"] for d in METRIC_DEFINITIONS} - set(GPU_EPOCH_METRICS) - {"fp32_valid_acc", "int8_valid_acc"} \
+        == set(metrics)
+    assert metrics["int8_kept"] == [-1] and metadata["quantization"]["decision"] == "skipped"
     assert all(0 <= share < 1 for share in metrics["data_wait_share"])
     assert all(0 < wall <= compute for wall, compute in zip(metrics["wall_images_per_sec"], metrics["images_per_sec"]))
     # On CPU the GPU rules say "not applicable" (-2), never "passed".

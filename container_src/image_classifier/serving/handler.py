@@ -6,6 +6,10 @@ declared size, what its container repeats); predict_fn checks the request's pixe
 network in batches; output_fn writes the top-k labels as JSON. Every client mistake raises an
 `InferenceError` carrying its HTTP status and a short message; the toolkit turns it into the response
 (see transformer.py).
+
+A worker serving with OpenVINO from serve's export (engine.py) imports neither torch nor torchvision: the
+pictures become NumPy arrays (preprocessing.EvalPixels), the engine returns NumPy logits. Torch is imported
+only where torch serves (a GPU, IMAGE_CLASSIFIER_ENGINE=torch, or a worker loaded outside serve).
 """
 import base64
 import binascii
@@ -17,15 +21,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 
-import torch
+import numpy as np
 from PIL import Image
 from sagemaker_inference.errors import BaseInferenceToolkitError
 
 from .. import contract
 from ..cuda_check import require_usable_gpu
 from ..images import DECODE_ERRORS, ImageTooLargeError, charged_pixels, eval_resize, open_rgb, read_header
-from ..model import load_artifact
-from ..preprocessing import build_transforms
+from ..model import fingerprint, load_artifact, openvino_model, read_config
+from ..preprocessing import EvalPixels
 from . import core_share, engine, settings
 
 log = logging.getLogger(__name__)
@@ -110,11 +114,11 @@ def parse_top_k(custom_attributes, default=contract.DEFAULT_TOP_K):
 # ------------------------------------------------------------------------------------------- model
 @dataclass
 class LoadedModel:
-    network: torch.nn.Module  # eager, the engine's reference (the one serving when the engine is torch)
-    forward: object  # normalised input batch (N, 3, H, W) on `device` -> logits
+    network: object  # eager torch module, the engine's reference (None in a worker that never imports torch)
+    forward: object  # normalised input batch, a (N, 3, H, W) float32 array -> logits array (engine.Engine)
     classes: list
-    transform: object  # RGB PIL image -> normalised tensor
-    device: torch.device
+    transform: object  # RGB PIL image -> normalised (3, H, W) float32 array (preprocessing.EvalPixels)
+    device: object  # torch.device where torch serves; "cpu" in a worker that never imports torch
     decode_side: int  # pictures are decoded (drafted, reduced) no smaller than this short side
     settings: settings.ServingSettings
     engine: str  # the engine serving (engine.py), named in every response's ENGINE_HEADER
@@ -123,17 +127,15 @@ class LoadedModel:
     narrow_forward: object = None  # `forward` on settings.narrow_threads, while other workers are busy
 
 
-def seconds_per_picture(forward, example, device):
+def seconds_per_picture(forward, example, device=None):
     """The seconds one forward pass of one picture takes (the faster of two: the first may include
-    set-up). One picture at a time is the slow case: batches of forward_batch take less per picture."""
+    set-up). One picture at a time is the slow case: batches of forward_batch take less per picture. The
+    engine's forward returns its logits on the CPU, so the time includes a GPU's work."""
     timings = []
-    with torch.inference_mode():
-        for _ in range(2):
-            started = time.perf_counter()
-            forward(example)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            timings.append(time.perf_counter() - started)
+    for _ in range(2):
+        started = time.perf_counter()
+        forward(example)
+        timings.append(time.perf_counter() - started)
     return min(timings)
 
 
@@ -153,11 +155,55 @@ def batch_limit(served, per_picture):
 
 
 def model_fn(model_dir, context=None):
-    """Load the artifact (weights_only) in eval mode, on this worker's GPU when there is one, and its
-    inference engine (engine.py: checked against eager at load, torch when it is not available or differs)."""
+    """Load the model and its inference engine (engine.py): OpenVINO from serve's export in a worker that
+    never imports torch; else the artifact (weights_only) in eval mode, on this worker's GPU when there is
+    one, with its engine checked against eager at load (torch when it is not available or differs)."""
     # On a GPU host, a worker that cannot use the GPU (a device file its user may not open, a driver fault) fails
     # its load here, with the reason, instead of serving 10-50 times slower from the CPU.
     require_usable_gpu(exercise=True, who=f"model server worker, uid {os.getuid()}")
+    lean = load_exported(model_dir)
+    if lean is not None:
+        config, served, served_by, device, network = lean
+    else:
+        config, served, served_by, device, network = load_with_torch(model_dir, context)
+    log.info("Loaded %s (%d classes, %d px) on %s, %d thread(s), engine: %s, optimised: %s", config.arch,
+             config.num_classes, config.image_size, device, served.torch_threads, served_by.name, served.optimize)
+    shared = core_share.from_environment(served, os.environ.get(settings.CORE_SHARE_DIR_ENV))
+    narrow = served_by.at_threads(served.narrow_threads) if shared else served_by.forward
+    if shared and network is not None:  # the rest of a request's torch work on the narrow share too
+        import torch
+
+        torch.set_num_threads(served.narrow_threads)
+    # Timed on the narrow forward: a request must fit SageMaker's limit while the other workers are busy too.
+    max_batch, why = batch_limit(served, seconds_per_picture(
+        narrow, np.zeros((1, 3, config.image_size, config.image_size), np.float32), device))
+    log.info("Batch limit: %d picture(s) per request (%s)", max_batch, why)
+    return LoadedModel(network, served_by.forward, list(config.classes), EvalPixels(config.image_size, config.mean,
+                                                                                    config.std), device,
+                       eval_resize(config.image_size), served, served_by.name, max_batch, shared, narrow)
+
+
+def load_exported(model_dir):
+    """(config, settings, Engine, "cpu", None) from serve's export when serve chose an OpenVINO engine and the
+    engine passes its check there (int8 falls back to fp32), without importing torch; else None."""
+    exported = os.environ.get(settings.ENGINE_EXPORT_ENV)
+    ready = engine.exported_engines(exported)
+    requested = os.environ.get(settings.ENGINE_ENV)
+    if requested not in ready:
+        return None
+    served = settings.load(gpus=0)  # serve exports OpenVINO engines on CPU hosts only
+    weights = fingerprint(model_dir)
+    for name in ready[ready.index(requested):]:
+        served_by = engine.load_export(name, exported, served.torch_threads, served.engine_tolerance, weights)
+        if served_by is not None:
+            return read_config(model_dir), served, served_by, "cpu", None
+    return None
+
+
+def load_with_torch(model_dir, context):
+    """(config, settings, Engine, device, eager network): the artifact loaded with torch and its engine."""
+    import torch
+
     served = settings.load(gpus=torch.cuda.device_count())
     torch.set_num_threads(served.torch_threads)
     gpu_id = context.system_properties.get("gpu_id") if context is not None else None
@@ -166,22 +212,11 @@ def model_fn(model_dir, context=None):
     else:
         device = torch.device("cpu")
     network, config = load_artifact(model_dir, device)
+    int8_model = openvino_model(model_dir, int8=True) if config.int8_accepted else None
     served_by, network = engine.load(served.engine, network, config.image_size, device, served.torch_threads,
                                      served.engine_tolerance, served.optimize,
-                                     exported=os.environ.get(settings.ENGINE_EXPORT_ENV))
-    _, transform = build_transforms(config.image_size, "none", config.mean, config.std)
-    log.info("Loaded %s (%d classes, %d px) on %s with %d torch threads, engine: %s, optimised: %s", config.arch,
-             config.num_classes, config.image_size, device, torch.get_num_threads(), served_by.name, served.optimize)
-    shared = core_share.from_environment(served, os.environ.get(settings.CORE_SHARE_DIR_ENV))
-    narrow = served_by.at_threads(served.narrow_threads) if shared else served_by.forward
-    if shared:  # the rest of a request's torch work (decoded pixels to a tensor) on the narrow share too
-        torch.set_num_threads(served.narrow_threads)
-    # Timed on the narrow forward: a request must fit SageMaker's limit while the other workers are busy too.
-    max_batch, why = batch_limit(served, seconds_per_picture(
-        narrow, torch.zeros(1, 3, config.image_size, config.image_size, device=device), device))
-    log.info("Batch limit: %d picture(s) per request (%s)", max_batch, why)
-    return LoadedModel(network, served_by.forward, list(config.classes), transform, device,
-                       eval_resize(config.image_size), served, served_by.name, max_batch, shared, narrow)
+                                     exported=os.environ.get(settings.ENGINE_EXPORT_ENV), int8_model=int8_model)
+    return config, served, served_by, device, network
 
 
 # ------------------------------------------------------------------------------------------- input
@@ -282,7 +317,7 @@ def input_fn(body, content_type, context=None, max_batch=None):
 # ----------------------------------------------------------------------------------------- predict
 @dataclass
 class Prediction:
-    probabilities: torch.Tensor  # (pictures, classes), on the CPU
+    probabilities: np.ndarray  # (pictures, classes) float32
     classes: list
     top_k: int
 
@@ -305,7 +340,7 @@ def check_pixel_budget(pictures, model):
 
 
 def to_tensor(picture, model):
-    """Decode one picture (no smaller than the model needs) straight into its model-size tensor; the
+    """Decode one picture (no smaller than the model needs) straight into its model-size array; the
     decoded picture is dropped at once, so a request never holds more than one at full size."""
     with client_errors(picture.what):
         image = open_rgb(picture.data, model.settings.max_pixels, model.decode_side)
@@ -315,7 +350,7 @@ def to_tensor(picture, model):
 def prepare(request, model):
     """The request's pictures as one normalised batch (the pixel budget checked before any decoding)."""
     check_pixel_budget(request.pictures, model)
-    return torch.stack([to_tensor(picture, model) for picture in request.pictures])
+    return np.stack([to_tensor(picture, model) for picture in request.pictures])
 
 
 @contextmanager
@@ -331,16 +366,18 @@ def cores(model):
 
 
 def forward(inputs, model, run=None):
-    """Class probabilities (on the CPU) for a batch of any size, in forward passes of at most forward_batch
+    """Class probabilities (float32 array) for a batch of any size, in forward passes of at most forward_batch
     pictures, through `run` (a forward from `cores`; the model's own forward when not given)."""
     run = run or model.forward
     batch_size = model.settings.forward_batch
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start:start + batch_size].to(model.device)
-            outputs.append(torch.softmax(run(chunk).float(), dim=1).cpu())
-    return torch.cat(outputs)
+    outputs = [softmax(run(inputs[start:start + batch_size])) for start in range(0, len(inputs), batch_size)]
+    return np.concatenate(outputs)
+
+
+def softmax(logits):
+    logits = np.asarray(logits, dtype=np.float32)
+    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
 def predict_fn(request, model):
@@ -351,9 +388,12 @@ def predict_fn(request, model):
 
 # ------------------------------------------------------------------------------------------ output
 def top_labels(probabilities, classes, top_k):
-    values, indices = probabilities.topk(min(top_k, len(classes)))
-    return [{"label": classes[i], "index": i, "probability": round(float(p), 6)}
-            for p, i in zip(values.tolist(), indices.tolist())]
+    """The `top_k` most probable classes of one picture's probabilities, most probable first (ties: the
+    lower index first)."""
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    indices = np.argsort(-probabilities, kind="stable")[:min(top_k, len(classes))]
+    return [{"label": classes[i], "index": int(i), "probability": round(float(probabilities[i]), 6)}
+            for i in indices]
 
 
 def output_fn(prediction, accept, context=None):

@@ -114,34 +114,43 @@ def check_artifact(model_dir):
 
 
 def export_engine(model_dir, served, gpus, folder, account=None):
-    """Convert the model once for the engine the workers will use (engine.py) and check it against eager;
-    returns (engine name, environment for the workers: where the export is, or torch when it failed). The
-    export is the model server's `account`'s, like the rest of the runtime folder."""
+    """Prepare the engine the workers will use once (engine.export: the artifact's OpenVINO models, or the
+    network converted now) and check it against eager; returns (engine name, environment for the workers:
+    the engine and where the export is). int8 that fails its check falls back to OpenVINO fp32, and OpenVINO
+    that fails to torch. The export is the model server's `account`'s, like the rest of the runtime folder."""
     import gc
 
-    from ..model import load_artifact
+    from ..model import fingerprint, load_artifact, openvino_model, read_config
     from . import engine
 
-    name = engine.resolve(served.engine, "cuda" if gpus else "cpu")
-    if name == "torch":
+    int8_model = openvino_model(model_dir, int8=True) if read_config(model_dir).int8_accepted else None
+    name = engine.resolve(served.engine, "cuda" if gpus else "cpu", int8=int8_model is not None)
+    if name == settings.TORCH_ENGINE:
         return name, {settings.ENGINE_ENV: name}
     started = time.monotonic()
     network, config = load_artifact(model_dir)
     try:
-        engine.export(network, config.image_size, folder)
+        engine.export(network, config.image_size, folder, saved=openvino_model(model_dir), int8=int8_model,
+                      weights=fingerprint(model_dir))
     except Exception as error:  # noqa: BLE001  (an optional engine that fails means: serve with torch)
         log.error("Could not export the model for %s (%s: %s): serving with torch", name, type(error).__name__, error)
-        return "torch", {settings.ENGINE_ENV: "torch"}
+        return settings.TORCH_ENGINE, {settings.ENGINE_ENV: settings.TORCH_ENGINE}
     works = engine.checked(name, network, config.image_size, "cpu", served.torch_threads, served.engine_tolerance,
                            exported=folder)
+    if works is None and name == settings.INT8_ENGINE:
+        name = settings.OPENVINO_ENGINE
+        works = engine.checked(name, network, config.image_size, "cpu", served.torch_threads,
+                               served.engine_tolerance, exported=folder)
+        (Path(folder) / engine.INT8_MODEL).unlink(missing_ok=True)  # the workers must not take it up
     del network
     gc.collect()
     if works is None:
-        return "torch", {settings.ENGINE_ENV: "torch"}
+        return settings.TORCH_ENGINE, {settings.ENGINE_ENV: settings.TORCH_ENGINE}
     if account:
         for path in [Path(folder), *Path(folder).rglob("*")]:
             os.chown(path, account.uid, account.gid, follow_symlinks=False)
-    log.info("Exported the model for %s in %.1f s", name, time.monotonic() - started)
+    log.info("Prepared the model for %s in %.1f s (%s)", name, time.monotonic() - started,
+             "the artifact's own OpenVINO model" if openvino_model(model_dir) else "converted now")
     return name, {settings.ENGINE_ENV: name, settings.ENGINE_EXPORT_ENV: str(folder)}
 
 

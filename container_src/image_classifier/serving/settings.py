@@ -88,12 +88,19 @@ FORWARD_BATCH_ENV, DEFAULT_FORWARD_BATCH = "IMAGE_CLASSIFIER_FORWARD_BATCH", 16 
 TOP_K_ENV, MAX_TOP_K = "IMAGE_CLASSIFIER_TOP_K", 1000
 # Inference optimisations (conv+batch-norm folding, channels_last); `false` serves the plain eager model.
 OPTIMIZE_ENV, DEFAULT_OPTIMIZE = "IMAGE_CLASSIFIER_OPTIMIZE", True
-# The inference engine (engine.py): auto = openvino on a CPU when installed (measured a third faster than
-# eager here, docs/BENCHMARKS.md), torch (fp16, channels_last) on a GPU.
-ENGINE_ENV, ENGINES, DEFAULT_ENGINE = "IMAGE_CLASSIFIER_ENGINE", ("auto", "torch", "openvino"), "auto"
+# The inference engine (engine.py): auto = on a CPU, the artifact's int8 model when its training job's accuracy
+# gate kept one (openvino-int8, about half the fp32 forward), else OpenVINO fp32 (a third faster than eager,
+# docs/BENCHMARKS.md); torch (fp16, channels_last) on a GPU. openvino-int8 asks for int8 (fp32 OpenVINO when
+# the artifact has none), openvino for fp32 OpenVINO.
+TORCH_ENGINE, OPENVINO_ENGINE, INT8_ENGINE = "torch", "openvino", "openvino-int8"
+ENGINE_ENV, ENGINES, DEFAULT_ENGINE = ("IMAGE_CLASSIFIER_ENGINE", ("auto", TORCH_ENGINE, OPENVINO_ENGINE, INT8_ENGINE),
+                                       "auto")
 # At load each worker compares its engine's logits with eager fp32 on a fixed input: past this difference
 # (relative to the largest logit) it serves with torch. OpenVINO fp32 differs by ~1e-5, torch fp16 by ~1e-3.
+# int8 answers differ more than any such tolerance: it is compared by top-1 agreement with fp32 on the same
+# fixed input, at least INT8_MIN_AGREEMENT of its pictures (its accuracy was measured by the training job).
 ENGINE_TOLERANCE_ENV, DEFAULT_ENGINE_TOLERANCE = "IMAGE_CLASSIFIER_ENGINE_TOLERANCE", 0.01
+INT8_MIN_AGREEMENT = 0.75
 # Set by serve for its workers: the folder holding the model it exported once for the engine.
 ENGINE_EXPORT_ENV = "IMAGE_CLASSIFIER_ENGINE_EXPORT"
 # Every response names the engine that answered it.

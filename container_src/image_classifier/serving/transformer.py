@@ -16,7 +16,7 @@ import logging
 import traceback
 from http import HTTPStatus
 
-import torch
+import numpy as np
 from sagemaker_inference import utils
 from sagemaker_inference.errors import BaseInferenceToolkitError, GenericInferenceToolkitError
 from sagemaker_inference.transformer import Transformer
@@ -94,12 +94,12 @@ class ImageTransformer(Transformer):
         if not accepted:
             return responses
         try:
-            probabilities = handler.forward(torch.cat([inputs for *_, inputs in accepted]), model, run)
+            probabilities = handler.forward(np.concatenate([inputs for *_, inputs in accepted]), model, run)
         except Exception as error:  # noqa: BLE001  (a fault of ours: every request of the pass gets a 500)
             for idx, *_ in accepted:
                 responses[idx] = self.refuse(context, idx, error)
             return responses
-        rows = probabilities.split([len(inputs) for *_, inputs in accepted])
+        rows = np.split(probabilities, np.cumsum([len(inputs) for *_, inputs in accepted])[:-1])
         for (idx, request, accept, _), request_probabilities in zip(accepted, rows):
             try:
                 body, content_type = self._output_fn(

@@ -58,6 +58,10 @@ class Hyperparameters:
     decode_cache: str = _hp(
         "auto", "Decode each picture once and keep it resized (uint8, one memory-mapped file shared by the loader "
         "workers); auto: on when it fits half the host's available memory.", choices=("auto", "on", "off"))
+    quantize: bool = _hp(
+        True, "At the end, make an int8 model for CPU serving (NNCF, calibrated on up to 300 training pictures) and "
+        "keep it when its valid top-1 is at most 0.5 points below fp32's (one picture on tiny sets); needs at "
+        "least 100 training pictures.")
     # run control
     workers: int = _hp(-1, "Data-loading processes (-1 = one per CPU, at most 8).", min=-1, max=64)
     seed: int = _hp(42, "Random seed; results are deterministic on CPU for a fixed seed (and thread count: a local "

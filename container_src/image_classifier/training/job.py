@@ -40,6 +40,7 @@ from .distributed import Distributed
 from .environment import EnvironmentConfigError, TrainingEnvironment, failure_file
 from .hyperparameters import HyperparameterError, Hyperparameters
 from .layout import DataError, Splits, load_splits
+from .quantize import quantize_job
 from .loop import (ProgressLine, StopRequested, amp_dtype, build_optimizer, build_scheduler, evaluate, make_scaler, new_progress,
                    seed_everything, train_one_epoch, use_channels_last)
 
@@ -376,6 +377,7 @@ def finish(job):
                          hyperparameters=hp.to_strings(), metrics=metrics)
     save_artifact(env.model_dir, job.model, config)
     log.info("Saved the model to %s", env.model_dir)
+    quantize_job(job, env.model_dir)
     run_end_of_training_rules(job.recorder, env, hp, len(classes), profiler_results)
     return 0
 
