@@ -109,10 +109,16 @@ def test_tune_can_minimise_valid_loss(cloud, capsys, uploaded):
 
 # --------------------------------------------------------------------------------------------- train
 def test_train_from_tuning_sends_the_estimator_the_launcher_configures(cloud, capsys, uploaded, monkeypatch):
-    import sagemaker.telemetry.telemetry_logging as telemetry
+    import importlib
 
+    from launcher.sdk import SDK_MAJOR
+
+    telemetry = importlib.import_module("sagemaker.core.telemetry.telemetry_logging" if SDK_MAJOR >= 3 else
+                                        "sagemaker.telemetry.telemetry_logging")
     telemetry_sent = []
-    monkeypatch.setattr(telemetry, "_send_telemetry_request", lambda *a, **k: telemetry_sent.append(a))
+    for sender in ("_send_telemetry_request", "_send_telemetry_request_sync"):  # v3 has both
+        if hasattr(telemetry, sender):
+            monkeypatch.setattr(telemetry, sender, lambda *a, **k: telemetry_sent.append(a))
     playing(cloud, "DescribeHyperParameterTuningJob", best_job_values)
     ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-test")
     out = ok(capsys, "train", "--from-tuning", "--hp", "epochs=3", "--hp", "lr=0.02", "--job-name", "ic-train-1")
