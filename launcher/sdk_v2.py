@@ -21,13 +21,14 @@ from sagemaker.model_monitor import DataCaptureConfig
 from sagemaker.predictor import Predictor
 from sagemaker.serializers import IdentitySerializer
 from sagemaker.serverless import ServerlessInferenceConfig
-from sagemaker.tuner import CategoricalParameter, ContinuousParameter, HyperparameterTuner, WarmStartConfig, WarmStartTypes
+from sagemaker.tuner import (CategoricalParameter, ContinuousParameter, HyperparameterTuner, WarmStartConfig,
+                             WarmStartTypes)
 from sagemaker.utils import get_sagemaker_config_value, instance_supports_kms
-
-from .debugger_collections import one_config_per_collection
 
 import sagemaker.session as session_module  # its _wait_until paces the log follower (the tests shorten it)
 import sagemaker.utils as config_validation  # its validate_sagemaker_config is the one the SDK calls
+
+from .debugger_collections import one_config_per_collection
 
 __all__ = ["CategoricalParameter", "CollectionConfig", "ContinuousParameter", "DataCaptureConfig", "DebuggerHookConfig",
            "Estimator", "HyperparameterTuner", "MODEL_ENABLE_NETWORK_ISOLATION_PATH", "MODEL_VPC_CONFIG_PATH", "Model",

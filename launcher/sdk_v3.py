@@ -21,21 +21,21 @@ import os
 import re
 
 from sagemaker.core import config as config_validation  # its validate_sagemaker_config is the one the SDK calls
-from sagemaker.core.helper import session_helper as session_module  # _wait_until paces the log follower
 from sagemaker.core.common_utils import get_sagemaker_config_value, instance_supports_kms
 from sagemaker.core.config import MODEL_ENABLE_NETWORK_ISOLATION_PATH, MODEL_VPC_CONFIG_PATH, load_sagemaker_config
 from sagemaker.core.debugger import (CollectionConfig, DebuggerHookConfig, ProfilerConfig, ProfilerRule, Rule,
                                      get_rule_container_image_uri, rule_configs)
 from sagemaker.core.exceptions import UnexpectedStatusException
+from sagemaker.core.helper import session_helper as session_module  # _wait_until paces the log follower
 from sagemaker.core.helper.session_helper import Session
 from sagemaker.core.inputs import TrainingInput
 from sagemaker.core.model_monitor import DataCaptureConfig
 from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter
 from sagemaker.core.resources import Endpoint, TrainingJob
 from sagemaker.core.serverless_inference_config import ServerlessInferenceConfig
-from sagemaker.core.shapes import (Channel, CheckpointConfig, DataSource,
-                                   HyperParameterTuningJobWarmStartConfig, HyperParameterTuningResourceConfig,
-                                   MetricDefinition, OutputDataConfig, ParentHyperParameterTuningJob, S3DataSource, StoppingCondition, Tag)
+from sagemaker.core.shapes import (Channel, CheckpointConfig, DataSource, HyperParameterTuningJobWarmStartConfig,
+                                   HyperParameterTuningResourceConfig, MetricDefinition, OutputDataConfig,
+                                   ParentHyperParameterTuningJob, S3DataSource, StoppingCondition, Tag)
 from sagemaker.core.training.configs import Compute, Networking
 from sagemaker.core.transformer import Transformer
 from sagemaker.train import ModelTrainer
