@@ -8,20 +8,14 @@ either.
 import fnmatch
 
 # (operations (a glob), field (a dotted path; `*` is any one key or list index), how it differs, why)
-# How: "not compared" (the field, or with an empty field the whole request, is left out of the comparison),
-# "unordered" (a list compared as a multiset), "empty is absent" (one SDK sends [] or {} where the other sends
-# nothing), "false is absent" (one SDK sends false where the other sends nothing).
+# How: "unordered" (a list compared as a multiset), "empty is absent" (one SDK sends [] or {} where the other
+# sends nothing).
 REQUEST_DIFFERENCES = [
-    ("Describe*", "", "not compared",
-     "v3's sagemaker.core resources read back what they create (Create* then Describe*); reads change nothing"),
     ("CreateTrainingJob", "DebugHookConfig.CollectionConfigurations", "unordered",
      "v2 sends the collections in a set's order, which changes from run to run; v3 sorts them by name"),
     ("CreateHyperParameterTuningJob", "HyperParameterTuningJobConfig.ParameterRanges.IntegerParameterRanges",
      "empty is absent", "v2 sends an empty list (we tune no integer); sagemaker-core's serializer leaves empty "
                         "members out; SageMaker reads both alike"),
-    ("CreateTrainingJob", "ProfilerConfig.DisableProfiler", "false is absent",
-     "v2 sends DisableProfiler: false with the profiler on; sagemaker-core's serializer leaves it out; false "
-     "is the API's default"),
 ]
 
 
@@ -51,13 +45,9 @@ def unexplained(operation, v2, v3, path=""):
     if isinstance(v2, dict) and isinstance(v3, dict):
         for key in sorted(set(v2) | set(v3)):
             field = f"{path}.{key}".lstrip(".")
-            if any(_matches(field, f) for f, _ in _rules(operation, "not compared")):
-                continue
             if key not in v2 or key not in v3:
                 value = v2.get(key, v3.get(key))
                 if _empty(value) and any(_matches(field, f) for f, _ in _rules(operation, "empty is absent")):
-                    continue
-                if value is False and any(_matches(field, f) for f, _ in _rules(operation, "false is absent")):
                     continue
                 found.append(f"{operation}.{field}: " + (f"v2 only: {value!r}" if key in v2 else f"v3 only: {value!r}"))
                 continue
@@ -74,15 +64,8 @@ def unexplained(operation, v2, v3, path=""):
     return [] if v2 == v3 else [f"{operation}.{path}: v2 {v2!r}, v3 {v3!r}"]
 
 
-def compared(calls):
-    """[(operation, params)] without the requests the table leaves out whole."""
-    return [(operation, params) for operation, params in calls
-            if not any(field == "" for field, _ in _rules(operation, "not compared"))]
-
-
 def unexplained_in(v2_calls, v3_calls):
     """Every unexplained difference between two commands' requests ([(operation, params)] each, in order)."""
-    v2_calls, v3_calls = compared(v2_calls), compared(v3_calls)
     v2_operations, v3_operations = [o for o, _ in v2_calls], [o for o, _ in v3_calls]
     if v2_operations != v3_operations:
         return [f"operations differ: v2 {v2_operations}, v3 {v3_operations}"]

@@ -3,10 +3,13 @@ uses (the SDK v2's), each setting mapped to where v3 takes it.
 
 - Estimator -> `sagemaker.train.ModelTrainer` (image, compute, networking, stopping condition, output, checkpoints,
   environment, hyperparameters, metric definitions, tags) builds the CreateTrainingJob request; ModelTrainer has
-  no Debugger or profiler settings, so the request goes out through `sagemaker.core.resources.TrainingJob.create`
-  with DebugHookConfig, ProfilerConfig and the rules added (v2's Estimator subclass's two corrections included).
-- HyperparameterTuner -> `sagemaker.train.tuner.HyperparameterTuner` over that ModelTrainer, which drops three
-  fields we send (VolumeKmsKeyId, EnableNetworkIsolation, HyperParameterTuningResourceConfig): put back here.
+  no Debugger or profiler settings, so they are added to it (v2's Estimator subclass's two corrections included).
+- HyperparameterTuner -> `sagemaker.train.tuner.HyperparameterTuner` over that ModelTrainer builds the
+  CreateHyperParameterTuningJob request; it drops three fields we send (VolumeKmsKeyId, EnableNetworkIsolation,
+  HyperParameterTuningResourceConfig): put back here.
+- Both requests go out through sagemaker.core's Session's client, as v2's do: `TrainingJob.create` and
+  `HyperParameterTuningJob.create` read the job back at once (DescribeTrainingJob...), so a Ctrl-C or expired
+  credentials there would report a job that exists as not started, and `train --attach` would not be offered.
 - Model -> the model, endpoint config and endpoint through sagemaker.core's Session (ModelBuilder adds a
   model-source tag and builds for its own serving stacks, ours is the image's; the reasons the resources'
   create methods are not used are at Model.create and Model.deploy), or sagemaker.core's Transformer.
@@ -18,11 +21,11 @@ tests/launcher/test_sdk_requests.py compares every request of every command on b
 import contextlib
 import logging
 import os
-import re
 
 from sagemaker.core import config as config_validation  # its validate_sagemaker_config is the one the SDK calls
 from sagemaker.core.common_utils import get_sagemaker_config_value, instance_supports_kms
-from sagemaker.core.config import MODEL_ENABLE_NETWORK_ISOLATION_PATH, MODEL_VPC_CONFIG_PATH, load_sagemaker_config
+from sagemaker.core.config import (MODEL_ENABLE_NETWORK_ISOLATION_PATH, MODEL_VPC_CONFIG_PATH,
+                                  TRAINING_JOB_VPC_CONFIG_PATH, load_sagemaker_config)
 from sagemaker.core.debugger import (CollectionConfig, DebuggerHookConfig, ProfilerConfig, ProfilerRule, Rule,
                                      get_rule_container_image_uri, rule_configs)
 from sagemaker.core.exceptions import UnexpectedStatusException
@@ -31,13 +34,14 @@ from sagemaker.core.helper.session_helper import Session
 from sagemaker.core.inputs import TrainingInput
 from sagemaker.core.model_monitor import DataCaptureConfig
 from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter
-from sagemaker.core.resources import Endpoint, TrainingJob
+from sagemaker.core.resources import Endpoint
 from sagemaker.core.serverless_inference_config import ServerlessInferenceConfig
 from sagemaker.core.shapes import (Channel, CheckpointConfig, DataSource, HyperParameterTuningJobWarmStartConfig,
                                    HyperParameterTuningResourceConfig, MetricDefinition, OutputDataConfig,
                                    ParentHyperParameterTuningJob, S3DataSource, StoppingCondition, Tag)
 from sagemaker.core.training.configs import Compute, Networking
 from sagemaker.core.transformer import Transformer
+from sagemaker.core.utils.utils import serialize
 from sagemaker.train import ModelTrainer
 from sagemaker.train import tuner as v3_tuner
 
@@ -54,17 +58,6 @@ WarmStartTypes = v3_tuner.WarmStartTypes
 
 # v3's resources log every create at INFO through rich; the launcher prints its own lines.
 logging.getLogger("sagemaker.core.resources").setLevel(logging.WARNING)
-
-
-def _snake(value):
-    """A request's PascalCase members as sagemaker.core's shapes name them (snake_case), recursively. Map keys
-    we send (hyperparameters, collection and rule parameters, environment) are already lower case and stay."""
-    if isinstance(value, dict):
-        return {re.sub("([a-z0-9])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", k)).lower()
-                if k[:1].isupper() else k: _snake(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_snake(v) for v in value]
-    return value
 
 
 @contextlib.contextmanager
@@ -87,9 +80,11 @@ def _tags(tags):
     return [Tag(key=t["Key"], value=t["Value"]) for t in tags or []]
 
 
-def _s3_channel(name, uri):
-    return Channel(channel_name=name, data_source=DataSource(s3_data_source=S3DataSource(
-        s3_data_type="S3Prefix", s3_uri=uri, s3_data_distribution_type="FullyReplicated")))
+def _channels(inputs):
+    """launch.py's {name: TrainingInput} as v3's Channel list (S3 prefixes, copied to every instance)."""
+    return [Channel(channel_name=name, data_source=DataSource(s3_data_source=S3DataSource(
+        s3_data_type="S3Prefix", s3_uri=channel.config["DataSource"]["S3DataSource"]["S3Uri"],
+        s3_data_distribution_type="FullyReplicated"))) for name, channel in inputs.items()]
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -106,6 +101,9 @@ class Estimator:
         self.debugger_hook_config, self.profiler_config = debugger_hook_config, profiler_config
         self.disable_profiler, self.rules = disable_profiler, rules or []
         self.network_isolation = bool(enable_network_isolation)
+        if not subnets:  # the SDK config file's (as v2 takes it; ModelTrainer reads it without our session's config)
+            vpc = get_sagemaker_config_value(sagemaker_session, TRAINING_JOB_VPC_CONFIG_PATH) or {}
+            subnets, security_group_ids = vpc.get("Subnets"), vpc.get("SecurityGroupIds")
         with _role_taken_as_given():
             self.trainer = ModelTrainer(
                 training_image=image_uri,
@@ -133,15 +131,12 @@ class Estimator:
         return dict(self.trainer.hyperparameters)
 
     def fit(self, inputs, job_name, wait=False):
-        """CreateTrainingJob: ModelTrainer's request, with the Debugger fields, through TrainingJob.create."""
+        """CreateTrainingJob: ModelTrainer's request (as it serializes it for pipelines) with the Debugger fields."""
         assert not wait, "the launcher follows jobs itself (waiting.py)"
-        channels = [_s3_channel(name, channel.config["DataSource"]["S3DataSource"]["S3Uri"])
-                    for name, channel in inputs.items()]
-        request = self.trainer._create_training_job_args(input_data_config=channels)
-        request["training_job_name"] = job_name
-        if not request.get("environment"):
-            request["environment"] = None  # v2 sends no Environment when it has none
-        TrainingJob.create(session=self.session.boto_session, **request, **self._debugger_fields())
+        request = self.trainer._create_training_job_args(input_data_config=_channels(inputs), boto3=True)
+        request["TrainingJobName"] = job_name
+        request = {k: v for k, v in request.items() if v not in ({}, None)}  # v2 sends no empty Environment
+        self.session.sagemaker_client.create_training_job(**request, **self._debugger_fields())
 
     def _debugger_fields(self):
         """DebugHookConfig, ProfilerConfig and the built-in rules as v2's Estimator (with launcher/sdk_v2.py's two
@@ -161,14 +156,13 @@ class Estimator:
             collections = one_config_per_collection(hook.collection_configs or [],
                                                     [c for r in debugger_rules for c in r.collection_configs])
             hook.collection_configs = [collections[name] for name in sorted(collections)]
-            fields["debug_hook_config"] = _snake(hook._to_request_dict())
+            fields["DebugHookConfig"] = hook._to_request_dict()
         if debugger_rules:
-            fields["debug_rule_configurations"] = [_snake(r.to_debugger_rule_config_dict()) for r in debugger_rules]
+            fields["DebugRuleConfigurations"] = [r.to_debugger_rule_config_dict() for r in debugger_rules]
         if not self.disable_profiler and self.profiler_config:
-            fields["profiler_config"] = _snake(self.profiler_config._to_request_dict())
+            fields["ProfilerConfig"] = self.profiler_config._to_request_dict()
             if profiler_rules:
-                fields["profiler_rule_configurations"] = [_snake(r.to_profiler_rule_config_dict())
-                                                          for r in profiler_rules]
+                fields["ProfilerRuleConfigurations"] = [r.to_profiler_rule_config_dict() for r in profiler_rules]
         return fields
 
 
@@ -214,9 +208,18 @@ class HyperparameterTuner:
                             tags=tags)
 
     def fit(self, inputs, job_name, wait=False):
-        channels = [_s3_channel(name, channel.config["DataSource"]["S3DataSource"]["S3Uri"])
-                    for name, channel in inputs.items()]
-        self.tuner.tune(channels, job_name=job_name, wait=wait)
+        """CreateHyperParameterTuningJob: the request v3's tuner builds (its tune() less the read-back)."""
+        assert not wait, "the launcher follows tuning jobs itself (waiting.py)"
+        tuner = self.tuner
+        tuner._prepare_for_tuning(job_name=job_name)
+        request = serialize({
+            "HyperParameterTuningJobName": job_name,
+            "HyperParameterTuningJobConfig": tuner._build_tuning_job_config(),
+            "TrainingJobDefinition": tuner._build_training_job_definition(_channels(inputs)),
+            "WarmStartConfig": tuner.warm_start_config,
+            "Tags": [{"Key": t["Key"], "Value": t["Value"]} for t in tuner.tags or []],
+        })
+        tuner.sagemaker_session.sagemaker_client.create_hyper_parameter_tuning_job(**request)
 
 
 # --------------------------------------------------------------------------------------------- serving
