@@ -28,7 +28,7 @@ VPC = ["--subnets", "subnet-1", "--security-groups", "sg-1", "--kms-key", "key-1
 
 # Every command that talks to SageMaker, in the modes that change its requests (names fixed, so they compare).
 COMMANDS = [
-    ["tune", "--no-wait", "--job-name", "ic-tune-all", "--instance-count", 2, *VPC],
+    ["tune", "--no-wait", "--job-name", "ic-tune-all", "--instance-type", "ml.m5.xlarge", "--instance-count", 2, *VPC],
     ["tune", "--no-wait", "--job-name", "ic-tune-iso", "--network-isolation", "--warm-start", "ic-tune-all"],
     ["tune", "--job-name", "ic-tune-all", "--attach", "ic-tune-all"],
     ["train", "--no-wait", "--job-name", "ic-train-all", "--instance-type", "ml.m5.xlarge", *VPC],
@@ -82,6 +82,8 @@ def record(cloud, capsys, data):
 
 def test_every_commands_requests_are_recorded(cloud, capsys, uploaded):
     """This SDK's requests (written where the other environment's test asks for them)."""
+    if not os.environ.get(RECORD_ENV) and OTHER_PYTHON.exists():
+        pytest.skip("test_both_sdks_send_the_same_requests records them here too")
     calls = record(cloud, capsys, uploaded)
     creates = {o for requests in calls.values() for o, _ in requests if o.startswith("Create")}
     assert creates == {"CreateHyperParameterTuningJob", "CreateTrainingJob", "CreateModel", "CreateEndpointConfig",
