@@ -38,8 +38,9 @@ from launcher.training_jobs import (TRIAL_ONLY_HYPERPARAMETERS, attach_training_
                                     training_channels, winning_hyperparameters)
 from launcher.waiting import wait_for_endpoint
 
-# The SageMaker SDK (sagemaker.*, launcher.sdk) is imported inside the recipes that use it: it takes over a
-# second to import, which every local command and --help would otherwise pay.
+# The SageMaker SDK is imported inside the recipes that use it: it takes over a second to import, which every
+# local command and --help would otherwise pay. launcher.sdk is the SDK installed, v2 or v3, under the v2 names
+# used here (launcher/sdk_v3.py says where each setting goes in v3's classes).
 # @dry_run_first: a recipe that makes something runs as a dry run first, every request checked against
 # botocore's service model, so nothing is sent unless all of it would be accepted (launcher/preflight.py).
 
@@ -61,9 +62,7 @@ def estimator(connection, hyperparameters, args, tags, checkpoints=None, debugge
     SageMaker restores every object under the prefix into a new job, and `run1` would also match `run10`).
     `debugger` (training jobs only; tuning jobs have no field for it): SageMaker's Debugger hook, profiler and
     built-in rules. Without it the job's own tensors travel in its output data (output.tar.gz)."""
-    from sagemaker.debugger import CollectionConfig, DebuggerHookConfig, ProfilerConfig
-
-    from launcher.sdk import Estimator
+    from launcher.sdk import CollectionConfig, DebuggerHookConfig, Estimator, ProfilerConfig
 
     spot = not args.no_spot
     instance_type = args.instance_type or TRAINING_INSTANCE
@@ -128,7 +127,7 @@ def vpc_config(args):
 def builtin_debugger_rules():
     """SageMaker's own rule containers: only for accounts that still have Debugger (closed to new customers
     on 2026-07-30). By default the job runs our rules itself (hyperparameter `rules`)."""
-    from sagemaker.debugger import ProfilerRule, Rule, rule_configs
+    from launcher.sdk import ProfilerRule, Rule, rule_configs
 
     return [Rule.sagemaker(rule_configs.loss_not_decreasing()), Rule.sagemaker(rule_configs.overfit()),
             Rule.sagemaker(rule_configs.vanishing_gradient()), Rule.sagemaker(rule_configs.poor_weight_initialization()),
@@ -158,8 +157,8 @@ def cmd_upload(args):
 @dry_run_first
 def cmd_tune(args):
     """A hyperparameter tuning job over the learning rate and the batch size (the original project's ranges)."""
-    from sagemaker.tuner import (CategoricalParameter, ContinuousParameter, HyperparameterTuner, WarmStartConfig,
-                                 WarmStartTypes)
+    from launcher.sdk import (CategoricalParameter, ContinuousParameter, HyperparameterTuner, WarmStartConfig,
+                              WarmStartTypes)
 
     # Trials save no tensors and run no rules unless asked: nobody reads them.
     trial_values = {} if args.trial_debugging else dict(TRIAL_ONLY_HYPERPARAMETERS)
@@ -264,7 +263,7 @@ def cmd_deploy(args):
 
 def serving_model(connection, model_data, name, args):
     """Our image serving `model_data`: the one recipe behind endpoints and batch transform jobs."""
-    from sagemaker.model import Model
+    from launcher.sdk import Model
 
     return Model(
         image_uri=connection.image_uri(),
@@ -326,8 +325,7 @@ def deploy_sagemaker(args):
 def traffic_options(connection, args):
     """model.deploy's capacity arguments: instances (--instance-count, or --autoscale's minimum) or a
     serverless configuration, and data capture. Checked before any endpoint is made."""
-    from sagemaker.model_monitor import DataCaptureConfig
-    from sagemaker.serverless import ServerlessInferenceConfig
+    from launcher.sdk import DataCaptureConfig, ServerlessInferenceConfig
 
     options = {}
     if args.serverless:

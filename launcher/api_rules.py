@@ -102,7 +102,7 @@ def volume_kms_key(instance_type, key):
     """`key` for the instances' storage volume, or None on types with local NVMe storage (SageMaker refuses a
     VolumeKmsKeyId there: "You can't request a VolumeKmsKeyId when using an instance type with local storage";
     the instance encrypts that storage itself). The SDK's own table decides."""
-    from sagemaker.utils import instance_supports_kms
+    from .sdk import instance_supports_kms
 
     if not key or instance_supports_kms(instance_type):
         return key
@@ -116,8 +116,7 @@ def check_serverless(vpc, network_isolation, data_capture, sagemaker_session):
     """Serverless endpoints take no VPC, no network isolation and no data capture (AWS: "Feature exclusions");
     the endpoint would fail after its Model was made. Also what the SDK's config file would add to the Model
     (an organisation's defaults: SageMaker.Model.VpcConfig, SageMaker.Model.EnableNetworkIsolation)."""
-    from sagemaker.config import MODEL_ENABLE_NETWORK_ISOLATION_PATH, MODEL_VPC_CONFIG_PATH
-    from sagemaker.utils import get_sagemaker_config_value
+    from .sdk import MODEL_ENABLE_NETWORK_ISOLATION_PATH, MODEL_VPC_CONFIG_PATH, get_sagemaker_config_value
 
     found = []
     if vpc or get_sagemaker_config_value(sagemaker_session, MODEL_VPC_CONFIG_PATH):

@@ -154,7 +154,8 @@ def sdk_config():
     0.85 s each): `_validate_config_once` skips the re-check for this dict only."""
     global _validated_config
     from botocore.utils import merge_dicts
-    from sagemaker.config import load_sagemaker_config
+
+    from .sdk import load_sagemaker_config
 
     try:
         config = load_sagemaker_config()  # validates each file it reads
@@ -167,9 +168,9 @@ def sdk_config():
 
 
 def _validate_config_once():
-    import sagemaker.utils
+    from .sdk import config_validation
 
-    validate = sagemaker.utils.validate_sagemaker_config
+    validate = config_validation.validate_sagemaker_config
     if getattr(validate, "skips_our_config", False):
         return
 
@@ -178,7 +179,7 @@ def _validate_config_once():
             validate(config)
 
     validate_unless_ours.skips_our_config = True
-    sagemaker.utils.validate_sagemaker_config = validate_unless_ours
+    config_validation.validate_sagemaker_config = validate_unless_ours
 
 
 def new_boto_session(region, dry_run):
@@ -235,9 +236,9 @@ class Aws:
         """The SDK session: role and bucket are passed explicitly where they are used (commands that do not
         use them do not ask for them), the SDK's config files apply, telemetry is off."""
         if self._sagemaker is None:
-            import sagemaker
+            from .sdk import Session
 
-            self._sagemaker = sagemaker.Session(boto_session=self.boto, default_bucket=self.settings.bucket,
+            self._sagemaker = Session(boto_session=self.boto, default_bucket=self.settings.bucket,
                                                 sagemaker_config=sdk_config())
         return self._sagemaker
 

@@ -28,8 +28,50 @@ def json_safe(value):
     return str(value)
 
 
-def fake_response(operation, params):
-    """What AWS would answer, as far as the launcher and the SDK read it during a dry run."""
+def placeholder(shape, name="", depth=0):
+    """A value of botocore's `shape` holding its required members only, each a placeholder (the SDK v3 reads back
+    what it creates into models that require them). Names echo the request's where the member is named alike."""
+    import datetime
+
+    kind = shape.type_name
+    if kind == "structure":
+        return {member: placeholder(shape.members[member], member, depth + 1)
+                for member in shape.required_members if depth < 8}
+    if kind in ("list", "map"):
+        return [] if kind == "list" else {}
+    if kind == "timestamp":
+        return datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+    if kind in ("integer", "long", "float", "double"):
+        return 0
+    if kind == "boolean":
+        return False
+    if kind == "blob":
+        return b""
+    enum = shape.enum if kind == "string" else None
+    return enum[0] if enum else f"DRY-RUN-{name}"
+
+
+def fake_response(operation, params, output_shape=None):
+    """What AWS would answer, as far as the launcher and the SDK read it during a dry run: the answers below, with
+    every required member of the response filled in (placeholders; names as the request's)."""
+    answer = _known_answer(operation, params)
+    if output_shape is None:
+        return answer
+    named = {k: v for k, v in params.items() if isinstance(v, str) and k.endswith("Name") and k in output_shape.members}
+    return complete({**named, **answer}, output_shape)
+
+
+def complete(value, shape):
+    """`value` with the required members of `shape` (and of the structures inside it) that it lacks."""
+    if shape.type_name == "structure" and isinstance(value, dict):
+        filled = {**placeholder(shape), **value}
+        return {k: complete(v, shape.members[k]) if k in shape.members else v for k, v in filled.items()}
+    if shape.type_name == "list" and isinstance(value, list):
+        return [complete(v, shape.member) for v in value]
+    return value
+
+
+def _known_answer(operation, params):
     if operation == "GetCallerIdentity":
         return {"Account": DRY_RUN_ACCOUNT, "Arn": f"arn:aws:iam::{DRY_RUN_ACCOUNT}:user/dry-run", "UserId": "DRYRUN"}
     if operation == "DescribeImages":
@@ -75,7 +117,8 @@ class DryRun:
         from botocore.awsrequest import AWSResponse
 
         params = self.calls[-1]["params"] if self.calls else {}
-        return AWSResponse("https://dry-run.invalid", 200, {}, None), fake_response(model.name, params)
+        return AWSResponse("https://dry-run.invalid", 200, {}, None), fake_response(model.name, params,
+                                                                                    model.output_shape)
 
     @staticmethod
     def _refuse(**_):  # a safety net: `before-call` answers first, so this never runs

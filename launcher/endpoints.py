@@ -54,17 +54,13 @@ def describe_capacity(args):
 
 def invoke_endpoint(connection, endpoint, images, top_k, as_json=False):
     """Each picture's raw bytes as image/jpeg (or its own type), the endpoint's JSON answer back."""
-    from sagemaker.deserializers import JSONDeserializer
-    from sagemaker.predictor import Predictor
-    from sagemaker.serializers import IdentitySerializer
+    from .sdk import invoke_endpoint as invoke
 
-    predictor = Predictor(endpoint, sagemaker_session=connection.sagemaker,
-                          serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
     for path in map(Path, images):
         if not path.is_file():
             raise LauncherError(f"{path}: no such file")
-        answer = predictor.predict(path.read_bytes(), initial_args={"ContentType": local_client.content_type_of(path)},
-                                   custom_attributes=f"top_k={top_k}")
+        answer = invoke(connection.sagemaker, endpoint, path.read_bytes(), local_client.content_type_of(path),
+                        custom_attributes=f"top_k={top_k}")
         if connection.dry_run:
             continue
         print(json.dumps(answer) if as_json else local_client.format_table(path, answer["predictions"][0]))

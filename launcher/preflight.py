@@ -42,7 +42,7 @@ def dry_run_first(recipe):
 
 def rehearse(recipe, args):
     """Run `recipe` as a dry run of `args`, quietly; whatever it raises is raised here."""
-    import sagemaker  # noqa: F401 - imported now, so its one-time notice is not captured below
+    from . import sdk  # noqa: F401 - imported now, so the SDK's one-time notice is not captured below
 
     rehearsal = argparse.Namespace(**{**vars(args), "dry_run": True})
     out, err = io.StringIO(), io.StringIO()

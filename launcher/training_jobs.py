@@ -33,7 +33,7 @@ def sagemaker_hyperparameters(overrides, network_isolation=False):
 def training_channels(data_uri, splits, pretrained=None):
     """One channel per split of the uploaded dataset (an S3 prefix each, ending in `/` so that `train` does
     not also match `train_old`), and the `pretrained` channel when weights are given."""
-    from sagemaker.inputs import TrainingInput
+    from .sdk import TrainingInput
 
     channels = {split: TrainingInput(s3_upload.folder_uri(f"{data_uri.rstrip('/')}/{split}")) for split in splits}
     if pretrained:

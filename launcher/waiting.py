@@ -32,11 +32,11 @@ def poll_seconds():
 
 def follow_training_job(connection, name):
     """Stream the job's CloudWatch logs until it ends; a failure raises with its FailureReason."""
-    from sagemaker.exceptions import UnexpectedStatusException
+    from .sdk import UnexpectedStatusException, follow_logs
 
     with interrupted_while_waiting("training job", name, training_job_commands(name, connection.region)):
         try:
-            connection.sagemaker.logs_for_job(name, wait=True, poll=poll_seconds(), log_type="All")
+            follow_logs(connection.sagemaker, name, poll=poll_seconds())
         except UnexpectedStatusException:
             pass  # described below, in one line
     description = connection.client("sagemaker").describe_training_job(TrainingJobName=name)

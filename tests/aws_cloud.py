@@ -83,11 +83,11 @@ def cloud(moto_url, tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGE_URI_FILE", str(tmp_path / "no-image-uri"))
     monkeypatch.setenv("IMAGE_CLASSIFIER_STATE", str(tmp_path / "state.json"))
     monkeypatch.setenv("LAUNCHER_POLL_SECONDS", "0.01")
-    import sagemaker.session
+    from launcher.sdk import session_module
 
     # The SDK's log follower sleeps a fixed 5 s before its first look at a job; moto's jobs are done at once.
-    wait_until = sagemaker.session._wait_until
-    monkeypatch.setattr(sagemaker.session, "_wait_until", lambda fn, poll=5: wait_until(fn, poll=0.01))
+    wait_until = session_module._wait_until
+    monkeypatch.setattr(session_module, "_wait_until", lambda fn, poll=5: wait_until(fn, poll=0.01))
 
     session = boto3.Session(region_name=REGION)
     session.client("s3").create_bucket(Bucket=BUCKET)

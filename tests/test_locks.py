@@ -85,3 +85,21 @@ def test_the_cached_image_tag_hashes_the_image_lock_not_the_dev_lock():
     assert set(docker_image.IMAGE_INPUTS) == {"docker/Dockerfile", ".dockerignore", *allowed}
     assert "requirements-image.lock" in docker_image.IMAGE_INPUTS
     assert "requirements.lock" not in docker_image.IMAGE_INPUTS
+
+
+SDK3_LOCK, SDK3_IN = PROJECT_DIR / "requirements-sdk3.lock", PROJECT_DIR / "requirements-sdk3.in"
+SDK3_OWN = ("sagemaker", "sagemaker-core")  # the SDK's own distributions: the only versions that differ
+
+
+def test_the_sdk3_lock_holds_the_launcher_on_sdk_v3_and_no_container_packages():
+    """`make test-sdk3`'s lock: sagemaker 3 on sagemaker-core 2 with protobuf 3.20.3, what requirements-sdk3.in
+    asks for, the development lock's version of every package both hold (but the SDK's own), and no torch (CI
+    installs it in minutes)."""
+    sdk3, dev = locked(SDK3_LOCK), locked(DEV_LOCK)
+    assert_satisfied(requirements(SDK3_IN), sdk3, SDK3_LOCK.name)
+    assert sdk3["sagemaker"].startswith("3.") and sdk3["sagemaker-core"].startswith("2.")
+    assert sdk3["protobuf"] == "3.20.3"
+    assert not {"torch", "torchvision", "sagemaker-training", "sagemaker-inference"} & set(sdk3)
+    differing = {name: (dev[name], version) for name, version in sdk3.items()
+                 if name in dev and dev[name] != version and name not in SDK3_OWN}
+    assert not differing, f"development lock version vs SDK v3 lock version: {differing}"

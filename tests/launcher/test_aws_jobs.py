@@ -10,7 +10,7 @@ from aws_cloud import (ACCOUNT, BUCKET, IMAGE, REGION, ROLE, best_job_values, en
                        push_image, run, state)
 from aws_cloud import cloud, uploaded  # noqa: F401 - fixtures
 from moto_server import moto_url  # noqa: F401 - a fixture (the cloud fixture uses it)
-from conftest import make_dataset, train_job
+from conftest import make_dataset, needs_container_packages, train_job
 from image_classifier.training.hyperparameters import Hyperparameters
 from image_classifier.constants import TORCH_DISTRIBUTED_HYPERPARAMETER
 from image_classifier.metrics import METRIC_DEFINITIONS, format_metrics, parse_metrics
@@ -110,10 +110,16 @@ def test_tune_can_minimise_valid_loss(cloud, capsys, uploaded):
 
 # --------------------------------------------------------------------------------------------- train
 def test_train_from_tuning_sends_the_estimator_the_launcher_configures(cloud, capsys, uploaded, monkeypatch):
-    import sagemaker.telemetry.telemetry_logging as telemetry
+    import importlib
 
+    from launcher.sdk import SDK_MAJOR
+
+    telemetry = importlib.import_module("sagemaker.core.telemetry.telemetry_logging" if SDK_MAJOR >= 3 else
+                                        "sagemaker.telemetry.telemetry_logging")
     telemetry_sent = []
-    monkeypatch.setattr(telemetry, "_send_telemetry_request", lambda *a, **k: telemetry_sent.append(a))
+    for sender in ("_send_telemetry_request", "_send_telemetry_request_sync"):  # v3 has both
+        if hasattr(telemetry, sender):
+            monkeypatch.setattr(telemetry, sender, lambda *a, **k: telemetry_sent.append(a))
     playing(cloud, "DescribeHyperParameterTuningJob", best_job_values)
     ok(capsys, "tune", "--no-wait", "--job-name", "ic-tune-test")
     out = ok(capsys, "train", "--from-tuning", "--hp", "epochs=3", "--hp", "lr=0.02", "--job-name", "ic-train-1")
@@ -166,6 +172,7 @@ def test_train_builtin_rules_only_behind_the_flag(cloud, capsys, uploaded):
     assert not request.get("EnableManagedSpotTraining") and "CheckpointConfig" not in request
 
 
+@needs_container_packages
 @pytest.mark.slow  # one tiny real training run (shared with other tests through the session fixture)
 def test_sent_metric_definitions_parse_the_real_training_log(cloud, capsys, uploaded, trained_model_dir):
     ok(capsys, "train", "--no-wait")
@@ -186,6 +193,7 @@ def test_sent_metric_definitions_parse_the_real_training_log(cloud, capsys, uplo
     assert float(values["valid_loss"].group(1)) == 0.25 and float(values["train_loss"].group(1)) == 0.5
 
 
+@needs_container_packages
 @pytest.mark.slow  # one tiny real training run of a few epochs
 def test_the_tuning_objective_is_the_value_of_the_model_the_job_saves(tmp_path):
     job, exit_code = train_job(tmp_path, {"epochs": "4"})

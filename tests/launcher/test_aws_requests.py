@@ -131,7 +131,8 @@ def test_kms_key_on_volumes_only_where_the_type_has_no_local_storage(cloud, caps
 
 
 def test_the_sdks_lifecycle_warning_is_shown_once_and_stdout_stays_json(tmp_path):
-    """The launcher does not hide SDK v2's own notice (maintenance since 2026-07-06, end of support 2027-07-06)."""
+    """The launcher does not hide SDK v2's own notice (maintenance since 2026-07-06, end of support 2027-07-06);
+    on v3, no notice and stdout stays JSON."""
     import os
     import subprocess
     import sys
@@ -146,6 +147,11 @@ def test_the_sdks_lifecycle_warning_is_shown_once_and_stdout_stays_json(tmp_path
                            "--endpoint", "e1", "--dry-run"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert [c["operation"] for c in json.loads(done.stdout)][-1] == "CreateEndpoint"
+    from launcher.sdk import SDK_MAJOR
+
+    if SDK_MAJOR >= 3:
+        assert "SDK v2" not in done.stderr
+        return
     assert done.stderr.count("You are using the SageMaker Python SDK v2") == 1
     notice = next(line for line in done.stderr.splitlines() if "SageMaker Python SDK v2" in line)
     assert "SAGEMAKER_SUPPRESS_V2_WARNING=1" in notice  # on one line

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from conftest import needs_container_packages
 from launcher import LauncherError, scaling, transform
 from launcher.cli import ENDPOINT_INSTANCE
 
@@ -39,6 +40,7 @@ def rounds(*throughputs):
     return [{"default": {"throughput": t, "workers": 2, "engine": "openvino", "clients": 4}} for t in throughputs]
 
 
+@needs_container_packages
 def test_the_benchmark_writes_what_scaling_reads_and_fails_on_drift(tmp_path, capsys):
     bench = load_bench()
     record = tmp_path / "capacity.json"

@@ -13,7 +13,9 @@ import psutil
 import pytest
 
 import launch
-from conftest import PROJECT_DIR, TINY_HYPERPARAMETERS, make_dataset, write_picture
+from conftest import PROJECT_DIR, TINY_HYPERPARAMETERS, make_dataset, require_container_packages, write_picture
+
+require_container_packages()  # before the imports below, which need torch
 from image_classifier.metrics import parse_metrics
 from image_classifier.training.loop import ProgressLine
 from launcher.local import jobs, job_output, process, serving

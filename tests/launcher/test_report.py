@@ -12,6 +12,9 @@ import pytest
 from PIL import Image
 
 import launch
+from conftest import require_container_packages
+
+require_container_packages()  # before the imports below, which need torch
 from debug_runs import HEALTHY_JOB_HPS, healthy_job
 from image_classifier.metrics import format_metrics, parse_metrics
 from image_classifier.training.hyperparameters import Hyperparameters

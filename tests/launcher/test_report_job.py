@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import train_job
+from conftest import needs_container_packages, train_job
 from image_classifier import constants, contract
 from image_classifier.metrics import parse_metrics
 from launcher import report
@@ -83,6 +83,7 @@ def small_log_pages(cloud):
                                 lambda params, **_: params.update(limit=LOG_PAGE)))
 
 
+@needs_container_packages
 @pytest.mark.slow  # one real training job (module-wide)
 @pytest.mark.parametrize("debugger", [True, False], ids=["debugger", "no-debugger"])
 def test_report_job_reads_what_the_job_left_in_s3_and_cloudwatch(cloud, capsys, finished_job, tmp_path, debugger,

@@ -10,14 +10,14 @@ import json
 import pytest
 
 import launch
-from conftest import train_job, write_picture
+from conftest import needs_container_packages, train_job, write_picture
 from image_classifier.metrics import parse_metrics
 from launcher import transform
 from launcher.local.training import DIGITS_HYPERPARAMETERS
 from launcher.sample_data import write_digits
 from serving_harness import free_port, require_java
 
-pytestmark = require_java(pytest)
+pytestmark = [needs_container_packages, require_java(pytest)]
 
 
 @pytest.fixture(autouse=True)
