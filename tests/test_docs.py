@@ -114,3 +114,14 @@ def test_the_checks_catch_a_broken_link_and_a_stale_command(tmp_path):
                                              ("`deploy` options", "deploy-options")])
 def test_anchors_are_githubs(heading, anchor):
     assert slug(heading) == anchor
+
+
+def test_the_readme_shows_every_sdk_difference_of_the_code_table():
+    from launcher.sdk_differences import REQUEST_DIFFERENCES
+
+    readme = (PROJECT_DIR / "README.md").read_text()
+    section = readme[readme.index("**SDK v2 or v3.**"):]
+    rows = [line for line in section.splitlines() if line.startswith("| Create") or line.startswith("| Describe")]
+    assert len(rows) == len(REQUEST_DIFFERENCES)
+    for (operation, field, _, _), row in zip(REQUEST_DIFFERENCES, rows):
+        assert row.startswith(f"| {operation} |") and field.rsplit(".", 1)[-1] in row, (operation, field)
