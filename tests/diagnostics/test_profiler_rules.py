@@ -17,9 +17,11 @@ from image_classifier.diagnostics.profiler_rules import (ALL_PROFILER_RULES, Bat
 
 
 def gpu_samples(n, gpu=(90,), cpu=50, iowait=0.0, memory=(80,), memory_growth=0.0):
-    """n monitor samples of a GPU job: utilisation per GPU, CPU %, I/O wait %, GPU memory % (growing)."""
+    """n monitor samples of a GPU job: utilisation per GPU, CPU %, I/O wait %, GPU memory % (growing by
+    `memory_growth` points over the run: one number for every GPU, or one per GPU)."""
+    growth = memory_growth if isinstance(memory_growth, tuple) else (memory_growth,) * len(memory)
     return [{"cpu_percent": cpu, "iowait_percent": iowait, "gpu_percent": list(gpu),
-             "gpu_memory_percent": [m + memory_growth * i / n for m in memory]} for i in range(n)]
+             "gpu_memory_percent": [m + g * i / n for m, g in zip(memory, growth)]} for i in range(n)]
 
 
 def judge(rule, data, **parameters):
@@ -37,15 +39,19 @@ def test_dataloader_fires_on_waiting_and_passes_when_fed():
     assert judge(Dataloader, ProfileData())["status"] == "no data"
 
 
+# Two GPUs each: the firing and the passing case differ in one GPU only, so a rule that judged the wrong one
+# (the best instead of the worst, or only the first) would pass or fire the other way.
 @pytest.mark.parametrize("rule, firing, passing, statistic", [
-    (CPUBottleneck, gpu_samples(10, gpu=(5,), cpu=95), gpu_samples(10, gpu=(5,), cpu=50), 100.0),
-    (IOBottleneck, gpu_samples(10, gpu=(5,), iowait=80), gpu_samples(10, gpu=(95,), iowait=80), 100.0),
-    (LowGPUUtilization, gpu_samples(10, gpu=(30,)), gpu_samples(10, gpu=(95,)), 30.0),
-    (GPUMemoryIncrease, gpu_samples(40, memory=(20,), memory_growth=40), gpu_samples(40, memory=(20,)), 30.0),
-    (BatchSize, gpu_samples(10, gpu=(35,), cpu=35, memory=(35,)), gpu_samples(10, gpu=(35,), cpu=35, memory=(90,)),
-     50.0),
+    (CPUBottleneck, gpu_samples(10, gpu=(5, 5), cpu=95), gpu_samples(10, gpu=(5, 95), cpu=95), 100.0),
+    (IOBottleneck, gpu_samples(10, gpu=(5, 5), iowait=80), gpu_samples(10, gpu=(5, 95), iowait=80), 100.0),
+    (LowGPUUtilization, gpu_samples(10, gpu=(95, 30)), gpu_samples(10, gpu=(95, 90)), 30.0),
+    (GPUMemoryIncrease, gpu_samples(40, memory=(20, 20), memory_growth=(0, 40)),
+     gpu_samples(40, memory=(20, 20), memory_growth=(0, 4)), 30.0),
+    (BatchSize, gpu_samples(10, gpu=(35, 35), cpu=35, memory=(35, 35)),
+     gpu_samples(10, gpu=(35, 35), cpu=35, memory=(35, 90)), 50.0),
     (LoadBalancing, gpu_samples(10, gpu=(90, 20)), gpu_samples(10, gpu=(90, 80)), 1 - 20 / 90),
-])
+], ids=["cpu-bottleneck", "io-bottleneck", "low-gpu-utilization", "gpu-memory-increase", "batch-size",
+        "load-balancing"])
 def test_gpu_rule_fires_and_passes(rule, firing, passing, statistic):
     fired = judge(rule, ProfileData(device="cuda", samples=firing))
     assert fired["status"] == "triggered" and fired["margin"] > 1
@@ -72,6 +78,9 @@ def test_step_outlier_counts_more_than_n_outliers():
     fired = judge(StepOutlier, ProfileData(compute_seconds=[5.0] + spiky), n_outliers=2)
     assert fired["status"] == "triggered" and fired["statistic"] > 3  # the 3rd slowest is an outlier too
     assert "3 of 100 steps" in fired["finding"]
+    # Exactly n_outliers slow steps do not fire: more than n_outliers must.
+    boundary = judge(StepOutlier, ProfileData(compute_seconds=[5.0] + spiky), n_outliers=3)
+    assert boundary["status"] == "passed" and boundary["statistic"] < 0
     # The same spikes under the default n_outliers (10): fewer than 11, so it passes.
     passed = judge(StepOutlier, ProfileData(compute_seconds=[5.0] + spiky))
     assert passed["status"] == "passed" and passed["statistic"] < 0
