@@ -37,6 +37,13 @@ def test_an_explicit_ami_opens_blackwell_but_never_arm64_or_cpu():
         api_rules.inference_ami("ml.p6e-gb200.36xlarge", newer)
     with pytest.raises(LauncherError, match="applies to GPU instance types"):
         api_rules.inference_ami("ml.m5.large", GPU_INFERENCE_AMI)
+    # only the too-new GPUs: an AMI cannot make CUDA 12 builds run on an old Maxwell (or Kepler)
+    with pytest.raises(LauncherError, match="Maxwell"):
+        api_rules.inference_ami("ml.g3.4xlarge", newer)
+    with pytest.raises(LauncherError, match="Kepler"):
+        api_rules.inference_ami("ml.p2.xlarge", newer)
+    with pytest.raises(LauncherError, match="not in the launcher's driver table"):
+        api_rules.inference_ami("ml.g9x.xlarge", newer)
 
 
 def test_transform_ami_on_gpu_types_only():
