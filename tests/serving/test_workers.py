@@ -88,30 +88,55 @@ def test_ready_workers_is_zero_without_a_management_socket(tmp_path):
     assert workers.ready_workers(tmp_path / "none.sock", "model", timeout=1) == 0
 
 
-def test_live_workers_are_mms_workers_forked_by_an_mms_process(tmp_path):
-    """Only a model_service_worker.py process whose parent is one too (the per-model listener's fork)."""
+def test_ready_workers_gives_up_on_a_frontend_that_does_not_answer(tmp_path):
+    """A hung frontend (it accepts and never answers) counts as no worker, after the timeout."""
+    import socket
+
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(tmp_path / "hung.sock"))
+    listening.listen()
+    try:
+        started = time.monotonic()
+        assert workers.ready_workers(tmp_path / "hung.sock", "model", timeout=0.5) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        listening.close()
+
+
+def test_live_workers_are_mms_workers_forked_by_an_mms_process(tmp_path, management):
+    """Only a model_service_worker.py process whose parent is one too (the per-model listener's fork), below
+    the process asked about; and ready_count is the smaller of MMS's count and the live one."""
     script = tmp_path / "model_service_worker.py"
     script.write_text("import subprocess, sys, time\n"
                       "if sys.argv[1] == 'listener':\n"
                       "    children = [subprocess.Popen([sys.executable, __file__, 'worker']) for _ in range(2)]\n"
                       "    print('up', flush=True)\n"
                       "time.sleep(600)\n")
-    listener = subprocess.Popen([sys.executable, str(script), "listener"], stdout=subprocess.PIPE, text=True)
+    listeners = [subprocess.Popen([sys.executable, str(script), "listener"], stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    forked = []
     try:
-        assert listener.stdout.readline().strip() == "up"
+        for listener in listeners:
+            assert listener.stdout.readline().strip() == "up"
         deadline = time.monotonic() + 30
-        while workers.live_workers(listener.pid) < 2 and time.monotonic() < deadline:
+        while workers.live_workers(os.getpid()) < 4 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert workers.live_workers(listener.pid) == 2  # the listener itself is not a worker
-        assert workers.live_workers(os.getpid()) == 2  # from the frontend: the same two
-        assert workers.ready_count(tmp_path / "none.sock", "model", os.getpid()) == 0  # the smaller count
-        forked = psutil.Process(listener.pid).children()
+        assert workers.live_workers(listeners[0].pid) == 2  # its own two; the listener itself is not a worker
+        assert workers.live_workers(os.getpid()) == 4  # from the frontend: both listeners' workers
+        path, answer = management
+        answer["body"] = json.dumps([_model("READY", "READY", "READY")]).encode()
+        assert workers.ready_count(path, "model", listeners[0].pid) == 2  # the smaller count: live
+        answer["body"] = json.dumps([_model("READY")]).encode()
+        assert workers.ready_count(path, "model", listeners[0].pid) == 1  # the smaller count: READY
+        forked = [child for listener in listeners for child in psutil.Process(listener.pid).children()]
     finally:
-        for process in psutil.Process(listener.pid).children():
-            process.kill()
-        for process in (listener, other):
+        for listener in listeners:
+            for process in psutil.Process(listener.pid).children():
+                process.kill()
+        for process in (*listeners, other):
             process.kill()
             process.wait()
     psutil.wait_procs(forked, timeout=30)
     assert workers.live_workers(os.getpid()) == 0  # gone
+    assert workers.live_workers(listeners[0].pid) == 0  # a process that no longer exists: none
