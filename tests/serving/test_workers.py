@@ -44,7 +44,8 @@ def management(tmp_path):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (the stdlib's name)
             answer["paths"].append(self.path)
-            self.send_response(answer["status"])
+            known = self.path == "/models/model"  # MMS: 404 for a model it does not serve
+            self.send_response(answer["status"] if known else 404)
             self.send_header("Content-Length", str(len(answer["body"])))
             self.end_headers()
             self.wfile.write(answer["body"])
