@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make demo   set up, train on the digits sample, serve it, predict, report (all local)"
 	@echo "make test   the whole test suite (what CI runs)"
-	@echo "make mutation  the mutation score of the safety-critical modules (mutmut; docs/MUTATION.md)"
+	@echo "make mutation  the mutation score of the safety-critical modules (mutmut; docs/mutation/report.md)"
 	@echo "make setup  the virtual environment only (.venv, from requirements.lock; Java 17 included)"
 	@echo "make lock   re-resolve requirements-image.lock, then requirements.lock on top of it"
 
@@ -35,7 +35,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow and not docker"
 
 # mutmut over each safety-critical module (scripts/mutation.py MODULES), one module at a time on one core;
-# rewrites docs/MUTATION.md and docs/mutation-scores.json (commit them: CI compares with the latter).
+# rewrites docs/mutation/report.md and docs/mutation/scores.json (commit them: CI compares with the latter).
 # MODULES="images serving.workers" runs only those; MUTATION_CHILDREN=2 runs two mutants at once.
 mutation: setup
 	PY=$(PY) $(PY) scripts/mutation.py run --report $(MODULES)
