@@ -60,7 +60,7 @@ MODULES = {
                                     "tests/diagnostics/test_debugger_rules.py"]),
     "training.hyperparameters": (f"{PKG}/training/hyperparameters.py", ["tests/training/test_hyperparameters.py"]),
     "training.decode_cache": (f"{PKG}/training/decode_cache.py", ["tests/training/test_decode_cache.py"]),
-    "training.checkpoints": (f"{PKG}/training/checkpoints.py", ["tests/training/test_training_checkpoints.py"]),
+    "training.checkpoints": (f"{PKG}/training/checkpoints.py", ["tests/training/test_checkpoint_files.py"]),
     "launcher.api_rules": ("launcher/api_rules.py", ["tests/launcher/test_api_rules.py"]),
     "launcher.request_checks": ("launcher/request_checks.py",
                                 ["tests/launcher/test_request_checks.py", "tests/launcher/test_api_rules.py"]),
