@@ -57,7 +57,9 @@ MODULES = {
                                    ["tests/diagnostics/test_debugger_rules.py"]),
     "diagnostics.profiler_rules": (f"{PKG}/diagnostics/profiler_rules.py",  # margin(), both rule sets' too
                                    ["tests/diagnostics/test_profiler_rules.py",
-                                    "tests/diagnostics/test_debugger_rules.py"]),
+                                    *(f"tests/diagnostics/test_debugger_rules.py::test_margin_{name}" for name in (
+                                        "of_a_rule_that_fires_above_its_threshold",
+                                        "of_a_rule_that_fires_below_its_threshold", "without_data_is_none"))]),
     "training.hyperparameters": (f"{PKG}/training/hyperparameters.py", ["tests/training/test_hyperparameters.py"]),
     "training.decode_cache": (f"{PKG}/training/decode_cache.py", ["tests/training/test_decode_cache.py"]),
     "training.checkpoints": (f"{PKG}/training/checkpoints.py", ["tests/training/test_checkpoint_files.py"]),
@@ -135,11 +137,11 @@ def run_module(module, functions=None, deadline=None, log=sys.stdout):
             print(f"{module}: the copy stays in {copy} (`mutmut show NAME` there)", file=log, flush=True)
         copy_tree(copy)
         configure(copy, module)
-        # Made before the interpreter starts: a PYTHONPATH folder missing at start-up stays ignored after
-        # (the import system caches "nothing here"), and the tests would import the unmutated package.
-        (copy / "mutants" / "src").mkdir(parents=True)
         names = [f"{dotted(module_file)}.{key}__mutmut_*" for key in sorted(functions)] if functions else []
-        env = {**os.environ, "PYTHONPATH": f"{copy / 'mutants' / 'src'}{os.pathsep}{copy / 'mutants'}",
+        # The tests import the mutated package (mutmut puts mutants/src first on their path); processes they
+        # start (a training job, a model server) import the copy's unmutated one: mutants are judged by what
+        # the tests see in their own process.
+        env = {**os.environ, "PYTHONPATH": f"{copy / 'container_src'}{os.pathsep}{copy}",
                "PYTHONDONTWRITEBYTECODE": "1"}
         for name in ("IMAGE_CLASSIFIER_REQUIRE_DOCKER_TESTS", "IMAGE_CLASSIFIER_REQUIRE_SERVING_TESTS"):
             env.pop(name, None)
@@ -267,7 +269,7 @@ def touched(base):
                                   capture_output=True, text=True, check=True).stdout.split())
     plan = {}
     for module, (module_file, tests) in MODULES.items():
-        if any(test in changed for test in tests):
+        if any(test.partition("::")[0] in changed for test in tests):
             plan[module] = None
         elif module_file in changed:
             lines = changed_lines(base, module_file)
