@@ -149,14 +149,17 @@ def run_module(module, functions=None, deadline=None, log=sys.stdout):
         timeout = None if deadline is None else max(1.0, deadline - time.monotonic())
         process = subprocess.Popen(command, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, start_new_session=True)
+        capped = False
         try:
             output, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, 15)
             output, _ = process.communicate()
-            output += "\n(time cap reached: the rest of the mutants were not run)\n"
+            capped = True
         tail = "\n".join(line for line in re.split(r"[\r\n]", output) if line.strip())[-3000:]
         meta = copy / "mutants" / (mutmut_path(module_file) + ".meta")
+        if capped and not meta.exists():
+            return {}  # stopped before the first result
         if not meta.exists():
             print(tail, file=log)
             raise SystemExit(f"{module}: mutmut produced no results (output above)")
@@ -300,6 +303,9 @@ def ci(base_ref, budget):
             skipped.append(module)
             continue
         statuses = run_module(module, functions, deadline=time.monotonic() + remaining)
+        if not statuses:
+            skipped.append(module)
+            continue
         unrun = [name for name, status in statuses.items() if status == "not checked"]
         now = summary(statuses)
         old = recorded.get(module, {"functions": {}, "score": GOAL})
