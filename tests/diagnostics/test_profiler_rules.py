@@ -77,13 +77,52 @@ def test_step_outlier_counts_more_than_n_outliers():
     spiky = steady[:70] + [1.0] * 3 + steady[73:]
     fired = judge(StepOutlier, ProfileData(compute_seconds=[5.0] + spiky), n_outliers=2)
     assert fired["status"] == "triggered" and fired["statistic"] > 3  # the 3rd slowest is an outlier too
-    assert "3 of 100 steps" in fired["finding"]
+    assert fired["finding"] == ("3 of 100 steps took more than 3 standard deviations above the mean 127.0 ms "
+                                "(slowest 1000.0 ms)") and fired["datapoints"] == 100
+    # n_outliers + 2 steps at least (after the first, skipped): 11 are too few for the default 10, 12 enough
+    assert judge(StepOutlier, ProfileData(compute_seconds=[5.0] + [0.1] * 11))["status"] == "no data"
+    assert judge(StepOutlier, ProfileData(compute_seconds=[5.0] + [0.1] * 12))["status"] == "passed"
+    assert judge(StepOutlier, ProfileData(compute_seconds=[0.1, 0.1]), n_outliers=0)["status"] == "no data"
     # Exactly n_outliers slow steps do not fire: more than n_outliers must.
     boundary = judge(StepOutlier, ProfileData(compute_seconds=[5.0] + spiky), n_outliers=3)
     assert boundary["status"] == "passed" and boundary["statistic"] < 0
     # The same spikes under the default n_outliers (10): fewer than 11, so it passes.
     passed = judge(StepOutlier, ProfileData(compute_seconds=[5.0] + spiky))
     assert passed["status"] == "passed" and passed["statistic"] < 0
+
+
+def test_results_have_the_debugger_rules_shape_word_for_word():
+    finding = "the first training step started 25.00 minutes after the process"
+    common = {"rule": "MaxInitializationTime", "metric": "rule_max_initialization_time", "threshold": 20.0,
+              "description": MaxInitializationTime.description, "parameters": {"threshold": 20.0}}
+    assert judge(MaxInitializationTime, ProfileData(init_seconds=25 * 60)) == {
+        **common, "status": "triggered", "statistic": 25.0, "margin": 1.25, "datapoints": 1, "finding": finding,
+        "recommendation": MaxInitializationTime.recommendation, "findings": [{"step": -1, "message": finding}]}
+    assert judge(MaxInitializationTime, ProfileData(init_seconds=60)) == {
+        **common, "status": "passed", "statistic": 1.0, "margin": 0.05, "datapoints": 1,
+        "finding": "the first training step started 1.00 minutes after the process",
+        "recommendation": MaxInitializationTime.recommendation, "findings": []}
+    assert judge(MaxInitializationTime, ProfileData()) == {
+        **common, "status": "no data", "statistic": None, "margin": None, "datapoints": 0,
+        "finding": "not enough measurements to judge", "recommendation": MaxInitializationTime.recommendation,
+        "findings": []}
+    assert judge(CPUBottleneck, ProfileData(device="cpu")) == {
+        "rule": "CPUBottleneck", "metric": "rule_cpu_bottleneck", "threshold": 50.0,
+        "description": CPUBottleneck.description, "parameters": CPUBottleneck.defaults, "status": "not applicable",
+        "statistic": None, "margin": None, "datapoints": 0, "recommendation": "", "findings": [],
+        "finding": "not applicable on CPU: the job ran without a GPU"}
+    one_gpu = judge(LoadBalancing, ProfileData(device="cuda", samples=[{"gpu_percent": [10]}] * 10))
+    assert (one_gpu["status"], one_gpu["statistic"], one_gpu["margin"], one_gpu["datapoints"], one_gpu["finding"],
+            one_gpu["recommendation"]) == ("not applicable", None, None, 10, "not applicable: one GPU", "")
+
+
+def test_low_gpu_utilization_reports_fluctuating_use():
+    samples = [{"cpu_percent": 50, "gpu_percent": [95 if i % 4 else 5]} for i in range(20)]
+    result = judge(LowGPUUtilization, ProfileData(device="cuda", samples=samples))
+    assert (result["status"], result["statistic"], result["datapoints"]) == ("passed", 95.0, 20)
+    assert result["finding"] == "GPU 0 utilisation p95 95% (threshold 70%); GPU 0 fluctuates (p5 5%)"
+    steady = judge(LowGPUUtilization, ProfileData(device="cuda", samples=gpu_samples(20, gpu=(95,))))
+    assert steady["finding"] == "GPU 0 utilisation p95 95% (threshold 70%)"
 
 
 def test_max_initialization_time():
