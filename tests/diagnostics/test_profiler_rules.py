@@ -209,3 +209,27 @@ def test_gpu_use_falls_back_to_nvidia_smi(tmp_path, monkeypatch):
     assert profiling._gpu_use(2) == {"gpu_percent": [37.0, 85.0], "gpu_memory_percent": [6.25, 50.0]}
     fake.unlink()
     assert profiling._gpu_use(2) == {}
+
+
+def test_batch_size_names_each_resource_and_the_batch():
+    data = ProfileData(device="cuda", samples=gpu_samples(10, gpu=(35, 20), cpu=35, memory=(30, 35)), batch_size=8)
+    result = judge(BatchSize, data)
+    assert (result["status"], result["statistic"], result["datapoints"]) == ("triggered", 50.0, 10)
+    assert result["finding"] == ("p95: GPU utilisation 35% (threshold 70%), GPU memory 35% (threshold 70%), "
+                                 "CPU 35% (threshold 70%) at batch-size 8")
+    assert judge(BatchSize, ProfileData(device="cuda", samples=[{"cpu_percent": 10}]))["status"] == "no data"
+
+
+def test_the_rules_file_holds_both_rule_sets_in_strict_json(tmp_path):
+    from image_classifier.diagnostics.profiler_rules import write_rules_file
+
+    out = tmp_path / "output" / "rules.json"
+    debugger = [{"rule": "LossNotDecreasing", "statistic": float("inf"), "margin": float("-inf"), "datapoints": 3}]
+    profiler = [judge(MaxInitializationTime, ProfileData(init_seconds=60))]
+    write_rules_file(out, rules=debugger, profiler_rules=profiler, tensors=tmp_path / "tensors")
+    assert json.loads(out.read_text()) == {
+        "tensors": str(tmp_path / "tensors"), "profiler_rules": profiler,
+        "rules": [{"rule": "LossNotDecreasing", "statistic": "inf", "margin": "-inf", "datapoints": 3}]}
+    assert out.read_text().startswith('{\n "tensors"')  # indented for people to read
+    write_rules_file(out)
+    assert json.loads(out.read_text()) == {"tensors": None, "rules": []}  # no profiler rules ran: no key
