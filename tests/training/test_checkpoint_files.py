@@ -153,3 +153,11 @@ def test_the_checkpoint_holds_the_epochs_sums_over_every_rank(tmp_path):
     assert (progress["loss"], progress["correct"], progress["images"], progress["bad"], progress["seconds"]) == \
         (3.0, 8, 16, 2, 3.0)
     assert job.state["progress"]["images"] == 8  # the running job's own sums are left as they are
+
+
+def test_resuming_says_from_where(tmp_path, caplog):
+    checkpoints.save_checkpoint(make_job(tmp_path))
+    caplog.set_level(logging.INFO, logger="image_classifier")
+    checkpoints.resume(make_job(tmp_path))
+    assert f"Resuming from {tmp_path / constants.CHECKPOINT_FILE} at global step 11 (epoch 2, step 3 of 5)" \
+        in caplog.text
