@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast test-sdk3 gpu-check lock lock-sdk3 clean help
+.PHONY: setup demo test test-fast test-sdk3 mutation gpu-check lock lock-sdk3 clean help
 
 help:
 	@echo "make demo   set up, train on the digits sample, serve it, predict, report (all local)"
 	@echo "make test   the whole test suite (what CI runs)"
+	@echo "make mutation  the mutation score of the safety-critical modules (mutmut; docs/mutation/report.md)"
 	@echo "make setup  the virtual environment only (.venv, from requirements.lock; Java 17 included)"
 	@echo "make test-sdk3  the launcher tests on the SageMaker SDK v3 (.venv-sdk3, from requirements-sdk3.lock)"
 	@echo "make lock   re-resolve requirements-image.lock, then requirements.lock on top of it, then requirements-sdk3.lock"
@@ -50,6 +51,12 @@ $(STAMP_SDK3): requirements-sdk3.lock container_src/pyproject.toml
 
 test-sdk3: $(STAMP_SDK3)
 	$(VENV_SDK3)/bin/python -m pytest tests/launcher
+
+# mutmut over each safety-critical module (scripts/mutation.py MODULES), one module at a time on one core;
+# rewrites docs/mutation/report.md and docs/mutation/scores.json (commit them: CI compares with the latter).
+# MODULES="images serving.workers" runs only those; MUTATION_CHILDREN=2 runs two mutants at once.
+mutation: setup
+	PY=$(PY) $(PY) scripts/mutation.py run --report $(MODULES)
 
 # On a machine with an NVIDIA GPU: the `gpu` tests and a ResNet-50 AMP throughput run (8 minutes at most).
 gpu-check: setup

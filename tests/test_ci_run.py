@@ -61,3 +61,42 @@ def test_container_tests_fail_instead_of_skipping_where_ci_requires_them(tmp_pat
                         capture_output=True, text=True, timeout=300)
     assert ci.returncode == 1 and "1 error" in ci.stdout, ci.stdout[-2000:]
     assert "container tests cannot run" in ci.stdout and "docker CLI is not installed" in ci.stdout
+
+
+def _mutation_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mutation_script", PROJECT_DIR / "scripts" / "mutation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_mutation_step_plans_the_functions_a_change_touched(tmp_path, monkeypatch):
+    """scripts/mutation.py ci, as .ci/run calls it after `make test`: a function changed runs that function's
+    mutants; a module's tests or module-level code changed runs all of them; other files run nothing."""
+    mutation = _mutation_script()
+    assert CI_RUN.read_text().index("make test\n") < CI_RUN.read_text().index("scripts/mutation.py ci")
+    git = lambda *args: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,  # noqa: E731
+                                       text=True).stdout.strip()
+    git("init", "-q")
+    for module in ("serving.workers", "picture_containers", "launcher.api_rules"):
+        module_file, tests = mutation.MODULES[module]
+        for path in (module_file, *tests):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_text((PROJECT_DIR / path).read_text())
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    base = git("rev-parse", "HEAD")
+    monkeypatch.setattr(mutation, "PROJECT_DIR", tmp_path)
+    assert mutation.touched(base) == {}
+
+    workers = tmp_path / mutation.MODULES["serving.workers"][0]
+    workers.write_text(workers.read_text().replace("self.deadline = now + self.limit", "self.deadline = now"))
+    containers = tmp_path / mutation.MODULES["picture_containers"][0]
+    containers.write_text(containers.read_text().replace("MAX_JPEG_SCANS = 32", "MAX_JPEG_SCANS = 64"))
+    rules_tests = tmp_path / "tests/launcher/test_api_rules.py"
+    rules_tests.write_text(rules_tests.read_text().replace("    assert api_rules.inference_ami(instance_type) == ami\n",
+                                                           "    api_rules.inference_ami(instance_type)\n"))
+    assert mutation.touched(base) == {"serving.workers": {"xǁWorkerWatchǁupdate"}, "picture_containers": None,
+                                      "launcher.api_rules": None, "launcher.request_checks": None}

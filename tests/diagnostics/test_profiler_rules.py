@@ -17,9 +17,11 @@ from image_classifier.diagnostics.profiler_rules import (ALL_PROFILER_RULES, Bat
 
 
 def gpu_samples(n, gpu=(90,), cpu=50, iowait=0.0, memory=(80,), memory_growth=0.0):
-    """n monitor samples of a GPU job: utilisation per GPU, CPU %, I/O wait %, GPU memory % (growing)."""
+    """n monitor samples of a GPU job: utilisation per GPU, CPU %, I/O wait %, GPU memory % (growing by
+    `memory_growth` points over the run: one number for every GPU, or one per GPU)."""
+    growth = memory_growth if isinstance(memory_growth, tuple) else (memory_growth,) * len(memory)
     return [{"cpu_percent": cpu, "iowait_percent": iowait, "gpu_percent": list(gpu),
-             "gpu_memory_percent": [m + memory_growth * i / n for m in memory]} for i in range(n)]
+             "gpu_memory_percent": [m + g * i / n for m, g in zip(memory, growth)]} for i in range(n)]
 
 
 def judge(rule, data, **parameters):
@@ -37,15 +39,19 @@ def test_dataloader_fires_on_waiting_and_passes_when_fed():
     assert judge(Dataloader, ProfileData())["status"] == "no data"
 
 
+# Two GPUs each: the firing and the passing case differ in one GPU only, so a rule that judged the wrong one
+# (the best instead of the worst, or only the first) would pass or fire the other way.
 @pytest.mark.parametrize("rule, firing, passing, statistic", [
-    (CPUBottleneck, gpu_samples(10, gpu=(5,), cpu=95), gpu_samples(10, gpu=(5,), cpu=50), 100.0),
-    (IOBottleneck, gpu_samples(10, gpu=(5,), iowait=80), gpu_samples(10, gpu=(95,), iowait=80), 100.0),
-    (LowGPUUtilization, gpu_samples(10, gpu=(30,)), gpu_samples(10, gpu=(95,)), 30.0),
-    (GPUMemoryIncrease, gpu_samples(40, memory=(20,), memory_growth=40), gpu_samples(40, memory=(20,)), 30.0),
-    (BatchSize, gpu_samples(10, gpu=(35,), cpu=35, memory=(35,)), gpu_samples(10, gpu=(35,), cpu=35, memory=(90,)),
-     50.0),
+    (CPUBottleneck, gpu_samples(10, gpu=(5, 5), cpu=95), gpu_samples(10, gpu=(5, 95), cpu=95), 100.0),
+    (IOBottleneck, gpu_samples(10, gpu=(5, 5), iowait=80), gpu_samples(10, gpu=(5, 95), iowait=80), 100.0),
+    (LowGPUUtilization, gpu_samples(10, gpu=(95, 30)), gpu_samples(10, gpu=(95, 90)), 30.0),
+    (GPUMemoryIncrease, gpu_samples(40, memory=(20, 20), memory_growth=(0, 40)),
+     gpu_samples(40, memory=(20, 20), memory_growth=(0, 4)), 30.0),
+    (BatchSize, gpu_samples(10, gpu=(35, 35), cpu=35, memory=(35, 35)),
+     gpu_samples(10, gpu=(35, 35), cpu=35, memory=(35, 90)), 50.0),
     (LoadBalancing, gpu_samples(10, gpu=(90, 20)), gpu_samples(10, gpu=(90, 80)), 1 - 20 / 90),
-])
+], ids=["cpu-bottleneck", "io-bottleneck", "low-gpu-utilization", "gpu-memory-increase", "batch-size",
+        "load-balancing"])
 def test_gpu_rule_fires_and_passes(rule, firing, passing, statistic):
     fired = judge(rule, ProfileData(device="cuda", samples=firing))
     assert fired["status"] == "triggered" and fired["margin"] > 1
@@ -71,10 +77,52 @@ def test_step_outlier_counts_more_than_n_outliers():
     spiky = steady[:70] + [1.0] * 3 + steady[73:]
     fired = judge(StepOutlier, ProfileData(compute_seconds=[5.0] + spiky), n_outliers=2)
     assert fired["status"] == "triggered" and fired["statistic"] > 3  # the 3rd slowest is an outlier too
-    assert "3 of 100 steps" in fired["finding"]
+    assert fired["finding"] == ("3 of 100 steps took more than 3 standard deviations above the mean 127.0 ms "
+                                "(slowest 1000.0 ms)") and fired["datapoints"] == 100
+    # n_outliers + 2 steps at least (after the first, skipped): 11 are too few for the default 10, 12 enough
+    assert judge(StepOutlier, ProfileData(compute_seconds=[5.0] + [0.1] * 11))["status"] == "no data"
+    assert judge(StepOutlier, ProfileData(compute_seconds=[5.0] + [0.1] * 12))["status"] == "passed"
+    assert judge(StepOutlier, ProfileData(compute_seconds=[0.1, 0.1]), n_outliers=0)["status"] == "no data"
+    # Exactly n_outliers slow steps do not fire: more than n_outliers must.
+    boundary = judge(StepOutlier, ProfileData(compute_seconds=[5.0] + spiky), n_outliers=3)
+    assert boundary["status"] == "passed" and boundary["statistic"] < 0
     # The same spikes under the default n_outliers (10): fewer than 11, so it passes.
     passed = judge(StepOutlier, ProfileData(compute_seconds=[5.0] + spiky))
     assert passed["status"] == "passed" and passed["statistic"] < 0
+
+
+def test_results_have_the_debugger_rules_shape_word_for_word():
+    finding = "the first training step started 25.00 minutes after the process"
+    common = {"rule": "MaxInitializationTime", "metric": "rule_max_initialization_time", "threshold": 20.0,
+              "description": MaxInitializationTime.description, "parameters": {"threshold": 20.0}}
+    assert judge(MaxInitializationTime, ProfileData(init_seconds=25 * 60)) == {
+        **common, "status": "triggered", "statistic": 25.0, "margin": 1.25, "datapoints": 1, "finding": finding,
+        "recommendation": MaxInitializationTime.recommendation, "findings": [{"step": -1, "message": finding}]}
+    assert judge(MaxInitializationTime, ProfileData(init_seconds=60)) == {
+        **common, "status": "passed", "statistic": 1.0, "margin": 0.05, "datapoints": 1,
+        "finding": "the first training step started 1.00 minutes after the process",
+        "recommendation": MaxInitializationTime.recommendation, "findings": []}
+    assert judge(MaxInitializationTime, ProfileData()) == {
+        **common, "status": "no data", "statistic": None, "margin": None, "datapoints": 0,
+        "finding": "not enough measurements to judge", "recommendation": MaxInitializationTime.recommendation,
+        "findings": []}
+    assert judge(CPUBottleneck, ProfileData(device="cpu")) == {
+        "rule": "CPUBottleneck", "metric": "rule_cpu_bottleneck", "threshold": 50.0,
+        "description": CPUBottleneck.description, "parameters": CPUBottleneck.defaults, "status": "not applicable",
+        "statistic": None, "margin": None, "datapoints": 0, "recommendation": "", "findings": [],
+        "finding": "not applicable on CPU: the job ran without a GPU"}
+    one_gpu = judge(LoadBalancing, ProfileData(device="cuda", samples=[{"gpu_percent": [10]}] * 10))
+    assert (one_gpu["status"], one_gpu["statistic"], one_gpu["margin"], one_gpu["datapoints"], one_gpu["finding"],
+            one_gpu["recommendation"]) == ("not applicable", None, None, 10, "not applicable: one GPU", "")
+
+
+def test_low_gpu_utilization_reports_fluctuating_use():
+    samples = [{"cpu_percent": 50, "gpu_percent": [95 if i % 4 else 5]} for i in range(20)]
+    result = judge(LowGPUUtilization, ProfileData(device="cuda", samples=samples))
+    assert (result["status"], result["statistic"], result["datapoints"]) == ("passed", 95.0, 20)
+    assert result["finding"] == "GPU 0 utilisation p95 95% (threshold 70%); GPU 0 fluctuates (p5 5%)"
+    steady = judge(LowGPUUtilization, ProfileData(device="cuda", samples=gpu_samples(20, gpu=(95,))))
+    assert steady["finding"] == "GPU 0 utilisation p95 95% (threshold 70%)"
 
 
 def test_max_initialization_time():
@@ -161,3 +209,27 @@ def test_gpu_use_falls_back_to_nvidia_smi(tmp_path, monkeypatch):
     assert profiling._gpu_use(2) == {"gpu_percent": [37.0, 85.0], "gpu_memory_percent": [6.25, 50.0]}
     fake.unlink()
     assert profiling._gpu_use(2) == {}
+
+
+def test_batch_size_names_each_resource_and_the_batch():
+    data = ProfileData(device="cuda", samples=gpu_samples(10, gpu=(35, 20), cpu=35, memory=(30, 35)), batch_size=8)
+    result = judge(BatchSize, data)
+    assert (result["status"], result["statistic"], result["datapoints"]) == ("triggered", 50.0, 10)
+    assert result["finding"] == ("p95: GPU utilisation 35% (threshold 70%), GPU memory 35% (threshold 70%), "
+                                 "CPU 35% (threshold 70%) at batch-size 8")
+    assert judge(BatchSize, ProfileData(device="cuda", samples=[{"cpu_percent": 10}]))["status"] == "no data"
+
+
+def test_the_rules_file_holds_both_rule_sets_in_strict_json(tmp_path):
+    from image_classifier.diagnostics.profiler_rules import write_rules_file
+
+    out = tmp_path / "output" / "rules.json"
+    debugger = [{"rule": "LossNotDecreasing", "statistic": float("inf"), "margin": float("-inf"), "datapoints": 3}]
+    profiler = [judge(MaxInitializationTime, ProfileData(init_seconds=60))]
+    write_rules_file(out, rules=debugger, profiler_rules=profiler, tensors=tmp_path / "tensors")
+    assert json.loads(out.read_text()) == {
+        "tensors": str(tmp_path / "tensors"), "profiler_rules": profiler,
+        "rules": [{"rule": "LossNotDecreasing", "statistic": "inf", "margin": "-inf", "datapoints": 3}]}
+    assert out.read_text().startswith('{\n "tensors"')  # indented for people to read
+    write_rules_file(out)
+    assert json.loads(out.read_text()) == {"tensors": None, "rules": []}  # no profiler rules ran: no key

@@ -99,6 +99,50 @@ def test_scans_are_counted_from_the_marker_segments_not_from_bytes_that_look_lik
     assert picture_containers.count_jpeg_scans(hidden) == picture_containers.MAX_JPEG_SCANS + 1
 
 
+def _noise(size=(64, 48)):
+    """Random pixels: entropy-coded data of every byte value, so a misread length lands anywhere."""
+    import numpy as np
+
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("options, scans", [({"restart_marker_blocks": 1}, 1),
+                                            ({"restart_marker_blocks": 1, "progressive": True}, 10),
+                                            ({"restart_marker_rows": 1, "progressive": True}, 10)])
+def test_restart_markers_carry_no_length_and_hide_no_scan(options, scans):
+    """RST0-7 stand alone inside a scan's data (libjpeg resynchronises on them): read as segments with a
+    length, they would skip bytes of the data and the markers after them, scans included."""
+    data = samples.encode(_noise(), "JPEG", **options)
+    assert sum(data.count(bytes([0xFF, marker])) for marker in range(0xD0, 0xD8)) >= 10
+    assert picture_containers.count_jpeg_scans(data) == scans
+    assert images.open_rgb(data).size == (64, 48)
+
+
+def _with_mpf_segment(jpeg):
+    """`jpeg` with the MPF APP2 segment of a real two-picture MPO (a camera's stereo pair or a phone's
+    depth map) after its SOI: Pillow opens such a file as MPO."""
+    mpo = io.BytesIO()
+    _noise().save(mpo, "MPO", save_all=True, append_images=[_noise((32, 24))])
+    mpo = mpo.getvalue()
+    start = mpo.index(b"\xff\xe2")
+    length = struct.unpack(">H", mpo[start + 2:start + 4])[0]
+    assert mpo[start + 4:start + 8] == b"MPF\x00"
+    return jpeg[:2] + mpo[start:start + 2 + length] + jpeg[2:]
+
+
+def test_an_mpo_is_read_and_an_mpo_scan_bomb_refused():
+    """The scan limit holds whatever the JPEG's APP segments say: an MPF segment makes Pillow open an MPO."""
+    real = io.BytesIO()
+    _noise().save(real, "MPO", save_all=True, append_images=[_noise((32, 24))])
+    assert images.read_header(real.getvalue()).format == "MPO"
+    assert images.open_rgb(real.getvalue()).size == (64, 48)
+    bomb = _with_mpf_segment(samples.scan_bomb_jpeg(side=64, repeats=40))
+    assert picture_containers.count_jpeg_scans(bomb) == picture_containers.MAX_JPEG_SCANS + 1
+    for read in (images.read_header, images.open_rgb):
+        with pytest.raises(images.ImageTooLargeError, match="more than 32 scans"):
+            read(bomb)
+
+
 def test_the_progressive_scan_bomb_is_refused_before_decoding(tmp_path):
     """Issue 20's attack: 7000x7000, one scan repeated 3,000 times (about 16 s of decoding)."""
     bomb = samples.scan_bomb_jpeg()

@@ -37,6 +37,50 @@ def test_an_explicit_ami_opens_blackwell_but_never_arm64_or_cpu():
         api_rules.inference_ami("ml.p6e-gb200.36xlarge", newer)
     with pytest.raises(LauncherError, match="applies to GPU instance types"):
         api_rules.inference_ami("ml.m5.large", GPU_INFERENCE_AMI)
+    # only the too-new GPUs: an AMI cannot make CUDA 12 builds run on an old Maxwell (or Kepler)
+    with pytest.raises(LauncherError, match="Maxwell"):
+        api_rules.inference_ami("ml.g3.4xlarge", newer)
+    with pytest.raises(LauncherError, match="Kepler"):
+        api_rules.inference_ami("ml.p2.xlarge", newer)
+    with pytest.raises(LauncherError, match="not in the launcher's driver table"):
+        api_rules.inference_ami("ml.g9x.xlarge", newer)
+
+
+@pytest.mark.parametrize("instance_type", ["m5.large", "xx.m5.large", "ml.m5.large.x", "ml.m5"])
+def test_an_instance_type_is_ml_family_size(instance_type):
+    with pytest.raises(LauncherError) as refused:
+        api_rules.family(instance_type)
+    assert str(refused.value) == f"instance type {instance_type!r}: expected ml.FAMILY.SIZE, e.g. ml.m5.large"
+
+
+def test_refusals_name_the_type_the_use_and_the_way_out():
+    with pytest.raises(LauncherError) as refused:
+        api_rules.transform_ami("ml.g3.4xlarge")
+    assert str(refused.value) == ("ml.g3.4xlarge is a Maxwell GPU (M60): CUDA 12.8 builds of torch do not run on it: "
+                                  "choose another GPU type for the transform job, e.g. ml.g5.xlarge")
+    with pytest.raises(LauncherError) as refused:
+        api_rules.transform_ami("ml.p6-b200.48xlarge")  # batch transform takes no AMI of the user's
+    assert str(refused.value).endswith("choose another GPU type for the transform job, e.g. ml.g5.xlarge")
+    with pytest.raises(LauncherError) as refused:
+        api_rules.inference_ami("ml.p6-b200.48xlarge")
+    assert str(refused.value).endswith("choose another GPU type for the endpoint, e.g. ml.g5.xlarge (or choose an "
+                                       "AMI yourself with --inference-ami)")
+    with pytest.raises(LauncherError) as refused:
+        api_rules.inference_ami("ml.g3.4xlarge")
+    assert str(refused.value).endswith("for the endpoint, e.g. ml.g5.xlarge")
+    with pytest.raises(LauncherError) as refused:
+        api_rules.inference_ami("ml.m5.large", GPU_INFERENCE_AMI)
+    assert str(refused.value) == "--inference-ami applies to GPU instance types (ml.g*, ml.p*), not ml.m5.large"
+    with pytest.raises(LauncherError) as refused:
+        api_rules.transform_ami("ml.g9x.xlarge")
+    assert str(refused.value).startswith("ml.g9x.xlarge: the GPU family g9x is not in the launcher's driver table "
+                                         "(launcher/api_rules.py), so no AMI is known to run the image's CUDA 12 "
+                                         "build on it; known: g4dn, g5, g6, g6e, p3, p4d")
+    with pytest.raises(LauncherError) as refused:
+        api_rules.check_runs_the_image("ml.c7g.large")
+    assert str(refused.value) == ("ml.c7g.large has arm64 CPUs (AWS Graviton or NVIDIA Grace) and the image is built "
+                                  "for amd64 (x86-64): choose an x86 type (e.g. ml.m5, ml.c5, ml.g5)")
+    assert api_rules.transform_ami("ml.g4dn.xlarge") == api_rules.BATCH_GPU_AMI  # the supported ones pass
 
 
 def test_transform_ami_on_gpu_types_only():
@@ -62,7 +106,9 @@ def test_training_refuses_arm64_only():
 ])
 def test_volume_kms_key_only_without_local_nvme_storage(instance_type, sent, capsys):
     assert api_rules.volume_kms_key(instance_type, "key-1") == ("key-1" if sent else None)
-    assert ("local NVMe storage" in capsys.readouterr().err) is not sent
+    note = ("note: ml.g4dn.xlarge has local NVMe storage, which the instance encrypts itself (SageMaker refuses a "
+            "volume KMS key there): --kms-key encrypts the outputs only\n")
+    assert capsys.readouterr().err == ("" if sent else note.replace("ml.g4dn.xlarge", instance_type))
     assert api_rules.volume_kms_key(instance_type, None) is None
 
 
@@ -94,6 +140,65 @@ def test_warm_start_parent_needs_the_same_objective_and_hyperparameter_count():
         api_rules.check_warm_start_parent("p1", parent("best_valid_loss", "Minimize"), ours, names)
     with pytest.raises(LauncherError, match="differing: sagemaker_torch_distributed_enabled"):
         api_rules.check_warm_start_parent("p1", parent(static=("epochs",)), ours, names)
+
+
+def test_warm_start_refusals_say_what_differs_exactly():
+    ours = {"Type": "Maximize", "MetricName": "best_valid_acc"}
+    names = {"epochs", "sagemaker_torch_distributed_enabled", "lr", "batch-size", "_tuning_objective_metric"}
+    api_rules.check_warm_start_parent("p1", parent(), ours, names)  # the platform's own key counts on neither side
+    with pytest.raises(LauncherError) as refused:
+        api_rules.check_warm_start_parent("p1", parent("best_valid_acc", "Minimize"), ours, names)
+    assert str(refused.value) == ("--warm-start p1: it optimised Minimize best_valid_acc, this job Maximize "
+                                  "best_valid_acc; a warm start needs the same objective (pass the parent's "
+                                  "--objective)")
+    with pytest.raises(LauncherError) as refused:
+        api_rules.check_warm_start_parent("p2", {}, ours, names)  # a parent without the fields: "?"
+    assert str(refused.value).startswith("--warm-start p2: it optimised ? ?, this job Maximize best_valid_acc;")
+    with pytest.raises(LauncherError) as refused:
+        api_rules.check_warm_start_parent("p1", parent(static=("epochs", "seed", "workers")), ours, names)
+    assert str(refused.value) == (
+        "--warm-start p1: it had 5 static plus tunable hyperparameters, this job has 4 (differing: "
+        "sagemaker_torch_distributed_enabled, seed, workers); a warm start needs as many (a parent from an older "
+        "launcher: start a new tuning job without --warm-start)")
+    no_ranges = parent()
+    del no_ranges["HyperParameterTuningJobConfig"]["ParameterRanges"]
+    with pytest.raises(LauncherError, match="it had 2 static plus tunable hyperparameters, this job has 4"):
+        api_rules.check_warm_start_parent("p1", no_ranges, ours, names)
+    no_static = parent()
+    del no_static["TrainingJobDefinition"]
+    with pytest.raises(LauncherError, match="it had 2 static plus tunable hyperparameters, this job has 4"):
+        api_rules.check_warm_start_parent("p1", no_static, ours, names)
+
+
+# ---------------------------------------------------------------------------------------------- serverless
+def sdk_session(model=None):
+    """What check_serverless reads of a SageMaker session: the SDK's config file (its Model defaults)."""
+    import types
+
+    return types.SimpleNamespace(sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {"Model": model or {}}})
+
+
+@pytest.mark.parametrize("vpc, isolation, capture, config, message", [
+    ({"Subnets": ["s"]}, False, None, None, "a VPC (--subnets/--security-groups)"),
+    (None, True, None, None, "network isolation (--network-isolation)"),
+    (None, False, {"sampling": 10}, None, "data capture (--data-capture)"),
+    (None, False, None, {"VpcConfig": {"Subnets": ["subnet-1"], "SecurityGroupIds": ["sg-1"]}},
+     "a VPC (--subnets/--security-groups, or SageMaker.Model.VpcConfig in the SageMaker SDK's config file)"),
+    (None, False, None, {"EnableNetworkIsolation": True},
+     "network isolation (SageMaker.Model.EnableNetworkIsolation in the SageMaker SDK's config file)"),
+    ({"Subnets": ["s"]}, True, {}, None,
+     "a VPC (--subnets/--security-groups), network isolation (--network-isolation), data capture (--data-capture)"),
+], ids=["vpc", "isolation", "capture", "config-vpc", "config-isolation", "all"])
+def test_serverless_refuses_what_serverless_endpoints_cannot_take(vpc, isolation, capture, config, message):
+    with pytest.raises(LauncherError) as refused:
+        api_rules.check_serverless(vpc, isolation, capture, sdk_session(config))
+    assert str(refused.value) == (f"serverless endpoints do not support {message}: deploy on instances (drop "
+                                  "--serverless) or drop those settings")
+
+
+def test_serverless_takes_a_plain_model():
+    api_rules.check_serverless(None, False, None, sdk_session())
+    api_rules.check_serverless(None, False, None, None)  # no session: no config file
 
 
 # ------------------------------------------------------------------------------------ the request validator

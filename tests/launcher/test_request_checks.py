@@ -59,3 +59,19 @@ def test_the_transform_instance_table_offers_only_types_createtransformjob_takes
     allowed = service_model("sagemaker").shape_for("TransformInstanceType").enum
     assert sorted(set(transform.INSTANCE_RESOURCES) - set(allowed)) == []
     assert transform.TRANSFORM_INSTANCE in transform.INSTANCE_RESOURCES
+
+
+@pytest.mark.parametrize("max_results, refused", [(0, True), (1, False), (100, False), (101, True), (10**6, True)])
+def test_numbers_are_checked_against_both_ends_of_their_range(max_results, refused):
+    """ListTrainingJobs' MaxResults is 1..100 in botocore's model: above the maximum is refused like below
+    the minimum (botocore itself checks the minimum only)."""
+    assert service_model("sagemaker").shape_for("MaxResults").metadata == {"min": 1, "max": 100}
+    found = problems("sagemaker", "ListTrainingJobs", {"MaxResults": max_results})
+    assert found == ([f"ListTrainingJobs.MaxResults: {max_results} is outside 1..100"] if refused else [])
+
+
+@pytest.mark.parametrize("tags, refused", [(0, False), (50, False), (51, True)])
+def test_list_lengths_are_checked_against_their_maximum(tags, refused):
+    found = problems("sagemaker", "AddTags", {**add_tag("v"), "Tags": [{"Key": f"k{i}", "Value": "v"}
+                                                                       for i in range(tags)]})
+    assert found == (["AddTags.Tags: 51 items, allowed 0..50"] if refused else [])

@@ -1,5 +1,5 @@
 """Workers sharing the CPU cores request by request (serving/core_share.py): the busy locks between
-processes, a dead worker's lock released, and the handler's choice of forward pass."""
+processes, a dead worker's lock released, the handler's choice of forward pass and the threads each one runs on."""
 import dataclasses
 import os
 import signal
@@ -51,15 +51,22 @@ def test_a_killed_workers_slot_is_free_again(tmp_path):
         holder.wait()
 
 
-@pytest.fixture
-def shared_model(tmp_path, monkeypatch):
-    """A worker's model as serve starts it on 2 cores: 2 workers, sharing the cores."""
+def load_shared(tmp_path, monkeypatch, engine_name=None):
+    """A worker's model as serve starts it on 2 cores: 2 workers, sharing the cores (the engine: auto, or
+    `engine_name`)."""
     model_dir = untrained_artifact(tmp_path / "model", CLASSES)
     for name in (settings.WORKERS_ENV, settings.TORCH_THREADS_ENV, settings.SHARE_CORES_ENV, settings.ENGINE_ENV):
         monkeypatch.delenv(name, raising=False)
+    if engine_name:
+        monkeypatch.setenv(settings.ENGINE_ENV, engine_name)
     monkeypatch.setattr(settings, "cpu_count", lambda: 2)
     monkeypatch.setenv(settings.CORE_SHARE_DIR_ENV, str(tmp_path))
     return handler.model_fn(str(model_dir))
+
+
+@pytest.fixture
+def shared_model(tmp_path, monkeypatch):
+    return load_shared(tmp_path, monkeypatch)
 
 
 def test_the_handler_uses_the_narrow_forward_while_another_worker_is_busy(shared_model, tmp_path):
@@ -76,15 +83,31 @@ def test_the_handler_uses_the_narrow_forward_while_another_worker_is_busy(shared
     assert np.allclose(expected, busy, atol=1e-6)
 
 
-def test_the_narrow_forward_runs_on_the_workers_share_of_the_cores(shared_model):
-    if shared_model.engine == "openvino":
+@pytest.mark.parametrize("name", ["torch", pytest.param("openvino", marks=pytest.mark.skipif(
+    not engine.openvino_available(), reason="openvino is not installed"))])
+def test_the_narrow_forward_runs_on_the_workers_share_of_the_cores(name, tmp_path, monkeypatch):
+    """The handler's own model: its wide forward runs on both cores, its narrow one on one (each engine)."""
+    model = load_shared(tmp_path, monkeypatch, name)
+    assert model.engine == name
+    if name == "openvino":
         threads = lambda forward: forward.compiled.get_property("INFERENCE_NUM_THREADS")  # noqa: E731
-        assert (threads(shared_model.forward), threads(shared_model.narrow_forward)) == (2, 1)
-    else:
-        seen = []
-        forward = engine.torch_engine_forward(lambda x: seen.append(torch.get_num_threads()) or x, "cpu", 1)
-        forward(np.zeros(1, np.float32))
-        assert seen == [1]
+        assert (threads(model.forward), threads(model.narrow_forward)) == (2, 1)
+        return
+    seen, convolve = [], torch.nn.functional.conv2d
+
+    def counting(*args, **kwargs):  # every convolution of the forward pass notes the threads it runs on
+        seen.append(torch.get_num_threads())
+        return convolve(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", counting)
+    inputs = np.zeros((1, 3, 16, 16), np.float32)
+    with torch.inference_mode():
+        for forward, threads in ((model.forward, 2), (model.narrow_forward, 1)):
+            seen.clear()
+            before = torch.get_num_threads()
+            forward(inputs)
+            assert seen and set(seen) == {threads}
+            assert torch.get_num_threads() == before  # the worker's own count, restored
 
 
 def test_one_worker_or_a_fixed_split_shares_nothing(tmp_path, monkeypatch):

@@ -210,3 +210,44 @@ def test_models_freed_in_any_order_leave_a_signal_stack_that_exists(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["handled", "alive"]
+
+
+@needs_openvino
+def test_an_engine_within_the_tolerance_but_with_another_top1_class_is_refused(model_dir, monkeypatch, caplog):
+    """The check asks for both: logits within the tolerance AND the same top-1 class. Two classes nearly
+    tied on the fixed input, swapped by an export that differs by a quarter of the tolerance."""
+    network, _ = load_artifact(model_dir)
+    example = torch.from_numpy(engine.check_pixels(16))
+    with torch.no_grad():
+        logits = network(example)[0]
+        first, second = logits.topk(2).indices.tolist()
+        nudge = settings.DEFAULT_ENGINE_TOLERANCE / 8 * float(network(example).abs().max())
+        network.fc.bias[second] += float(logits[first] - logits[second]) - nudge  # first leads by `nudge`
+        swapped = build_model("resnet18", len(CLASSES)).eval()
+        swapped.load_state_dict(network.state_dict())
+        swapped.fc.bias[second] += 2 * nudge  # second leads by `nudge`
+        relative, same_top1 = engine.difference(swapped(example), network(example))
+    assert relative < settings.DEFAULT_ENGINE_TOLERANCE and not same_top1
+    monkeypatch.setattr(engine, "convert_openvino",
+                        lambda _network, size, convert=engine.convert_openvino: convert(swapped, size))
+    caplog.set_level(logging.INFO)
+    assert engine.checked("openvino", network, 16, "cpu", 1, settings.DEFAULT_ENGINE_TOLERANCE) is None
+    assert "DIFFERS" in caplog.text
+    served_by, _ = engine.load("openvino", network, 16, "cpu", 1, settings.DEFAULT_ENGINE_TOLERANCE)
+    assert served_by.name == "torch"
+
+
+def test_an_optimised_torch_model_that_differs_from_eager_serves_eager(model_dir, caplog):
+    """Folding and channels_last are checked like an engine: past the tolerance (here none at all, which the
+    folded model's rounding passes), the worker serves the eager network itself."""
+    network, _ = load_artifact(model_dir)
+    pixels = engine.check_pixels(16)
+    with torch.inference_mode():
+        expected = network(torch.from_numpy(pixels)).numpy()
+    served_by, serving = engine.load("torch", network, 16, "cpu", 1, tolerance=0.0)
+    assert serving is network and "differs from eager fp32" in caplog.text
+    assert np.array_equal(served_by.forward(pixels), expected)
+    caplog.clear()
+    served_by, serving = engine.load("torch", network, 16, "cpu", 1, settings.DEFAULT_ENGINE_TOLERANCE)
+    assert serving is not network and "differs" not in caplog.text  # the folded one, within the tolerance
+    assert not np.array_equal(served_by.forward(pixels), expected)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as F2
 
 from conftest import make_dataset
 from image_classifier.training import decode_cache
@@ -77,6 +79,44 @@ def test_cached_augmentation_is_seeded_per_sample(tmp_path):
     a, b, other_epoch = dataset[(1, 0)][0], dataset[(1, 0)][0], dataset[(2, 0)][0]
     assert a.dtype == torch.uint8 and tuple(a.shape) == (3, 56, 56)
     assert torch.equal(a, b) and not torch.equal(a, other_epoch)
+    # the per-sample generator starts from the seed the plain pipeline's transform gets: the same crop and
+    # flip drawn
+    plain_train, _ = build_transforms(56, "crop-flip")
+    crop, flip = plain_train.transforms[:2]
+    seeds = PictureDataset([(path, 0)], lambda image: torch.initial_seed(), seed=3)
+    picture = cache.get(0)
+    for key in [(1, 0), (2, 0), (3, 0)]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeds[key][0])
+            top, left, height, width = crop.get_params(picture, crop.scale, crop.ratio)
+            flipped = torch.rand(1).item() < flip.p
+        expected = F2.resized_crop(picture, top, left, height, width, [56, 56], antialias=True)
+        assert torch.equal(dataset[key][0], F2.horizontal_flip(expected) if flipped else expected), key
+
+
+@pytest.mark.parametrize("shape", [(64, 85), (85, 64), (64, 64), (10, 1000), (1000, 10)],
+                         ids=["landscape", "portrait", "square", "too-wide", "too-tall"])
+def test_cached_augmentation_draws_what_the_plain_pipeline_draws(shape):
+    """The cached train transform's crop and flip are the plain transform's (preprocessing.py), draw for draw:
+    the same RandomResizedCrop scale and ratio (and central fallback for extreme shapes), and a flip in about
+    half of the samples."""
+    plain_train, _ = build_transforms(56, "crop-flip")
+    crop, flip = plain_train.transforms[:2]
+    assert isinstance(crop, T.RandomResizedCrop) and isinstance(flip, T.RandomHorizontalFlip)
+    cached = decode_cache.CachedTransform(56, "crop-flip", train=True)
+    assert (cached.scale, cached.ratio) == (tuple(crop.scale), tuple(crop.ratio))
+    picture = torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    flips = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        box = crop.get_params(picture, crop.scale, crop.ratio)
+        flipped = torch.rand(1).item() < flip.p
+        assert cached.crop_box(*shape, torch.Generator().manual_seed(seed)) == tuple(box), seed
+        expected = F2.resized_crop(picture, *box, [56, 56], antialias=True)
+        got = cached(picture, torch.Generator().manual_seed(seed))
+        assert torch.equal(got, F2.horizontal_flip(expected) if flipped else expected), seed
+        flips += flipped
+    assert 10 <= flips <= 30
 
 
 def test_bad_picture_is_counted_every_time(tmp_path):

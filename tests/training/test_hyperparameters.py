@@ -102,3 +102,39 @@ def test_pretrained_false_trains_every_layer_unless_trainable_layers_is_set():
     # The user's own value stands.
     assert Hyperparameters.from_strings({"pretrained": "false", "trainable-layers": "0"}).trainable_layers == 0
     assert Hyperparameters.from_strings({"momentum": "0.5", "optimizer": "sgd"}).momentum == 0.5
+
+
+def test_booleans_read_one_and_zero_and_strings_may_be_json_encoded():
+    hp = Hyperparameters.from_strings({"pretrained": "1", "amp": "0", "preset": '""', "arch": '"resnet18"'})
+    assert (hp.pretrained, hp.amp, hp.preset, hp.arch) == (True, False, "", "resnet18")
+    assert Hyperparameters.from_strings({"pretrained": "0", "amp": "1"}).amp is True
+    with pytest.raises(HyperparameterError, match="expected a name"):
+        Hyperparameters.from_strings({"preset": '"'})  # one quote is no JSON string: kept, and refused
+    with pytest.raises(HyperparameterError, match="expected true or false"):
+        Hyperparameters.from_strings({"amp": "2"})
+
+
+def test_both_ends_of_a_range_are_allowed():
+    hp = Hyperparameters.from_strings({"epochs": "1000", "batch-size": "1", "lr": "10.0", "momentum": "0.0",
+                                       "optimizer": "sgd"})
+    assert (hp.epochs, hp.batch_size, hp.lr, hp.momentum) == (1000, 1, 10.0, 0.0)
+    with pytest.raises(HyperparameterError, match="'epochs' = '1001' is out of range"):
+        Hyperparameters.from_strings({"epochs": "1001"})
+
+
+def test_refusals_word_for_word():
+    with pytest.raises(HyperparameterError) as refused:
+        Hyperparameters.from_strings({"zzz": "1"})
+    assert str(refused.value).startswith("Unknown hyperparameter 'zzz'. Known: ")  # no close key: no hint
+    with pytest.raises(HyperparameterError) as refused:
+        Hyperparameters.from_strings({"bad\nkey": "1"})
+    assert str(refused.value).startswith("Unknown hyperparameter \"bad\\nkey\".")  # quoted: a key is data too
+    with pytest.raises(HyperparameterError) as refused:
+        Hyperparameters.from_strings({"optimizer": "adam", "momentum": "0.5", "profile-steps": "3"})
+    assert str(refused.value) == (
+        "Contradictory hyperparameters: momentum=0.5 applies to optimizer=sgd only (optimizer=adam): drop momentum "
+        "or set optimizer=sgd; profile-start-step and profile-steps need profile=true: add it, or drop them.")
+
+
+def test_a_platform_key_does_not_hide_the_keys_after_it():
+    assert Hyperparameters.from_strings({"sagemaker_program": "train.py", "epochs": "7"}).epochs == 7
