@@ -220,10 +220,20 @@ def write_report(results):
 
 
 # ---------------------------------------------------------------------------------------------- ci
+def recorded_at():
+    """The commit that last recorded the scores (docs/mutation/scores.json): what changed since then is what
+    the recorded scores do not cover. On a clean clone of main, which is where CI runs, the merge base with
+    main is the tree itself and would compare nothing."""
+    found = subprocess.run(["git", "log", "-1", "--format=%H", "--", str(SCORES_FILE)],
+                           cwd=PROJECT_DIR, capture_output=True, text=True)
+    return found.stdout.strip() or None
+
+
 def merge_base(ref):
-    """The commit to compare with: `ref`, $MUTATION_BASE, or the last landed main (the merge base with
-    origin/main or main; a clone without it fetches origin's main, as deep as needed to meet this branch)."""
-    candidates = [ref] if ref else [os.environ.get("MUTATION_BASE"), "origin/main", "main"]
+    """The commit to compare with: `ref`, $MUTATION_BASE, the commit that last recorded the scores, or the last
+    landed main (the merge base with origin/main or main; a clone without it fetches origin's main, as deep as
+    needed to meet this branch)."""
+    candidates = [ref] if ref else [os.environ.get("MUTATION_BASE"), recorded_at(), "origin/main", "main"]
     for attempt in range(2):
         for candidate in filter(None, candidates):
             found = subprocess.run(["git", "merge-base", candidate, "HEAD"], cwd=PROJECT_DIR, capture_output=True,

@@ -100,3 +100,25 @@ def test_the_mutation_step_plans_the_functions_a_change_touched(tmp_path, monkey
                                                            "    api_rules.inference_ami(instance_type)\n"))
     assert mutation.touched(base) == {"serving.workers": {"xǁWorkerWatchǁupdate"}, "picture_containers": None,
                                       "launcher.api_rules": None, "launcher.request_checks": None}
+
+
+def test_the_mutation_step_compares_with_the_commit_that_recorded_the_scores(tmp_path, monkeypatch):
+    """On a clean clone of main (CI), main is the tree itself: the step compares with the commit that last
+    wrote docs/mutation/scores.json, so what changed since the scores were recorded is what it runs."""
+    mutation = _mutation_script()
+    git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,  # noqa: E731
+                                       check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q", "-b", "main")
+    scores = tmp_path / "docs" / "mutation" / "scores.json"
+    scores.parent.mkdir(parents=True)
+    scores.write_text("{}\n")
+    git("add", "-A")
+    git("commit", "-qm", "scores recorded")
+    recorded = git("rev-parse", "HEAD")
+    (tmp_path / "change.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "a change after them")
+    monkeypatch.setattr(mutation, "PROJECT_DIR", tmp_path)
+    monkeypatch.setattr(mutation, "SCORES_FILE", scores)
+    monkeypatch.delenv("MUTATION_BASE", raising=False)
+    assert mutation.merge_base(None) == recorded != git("rev-parse", "main")

@@ -74,3 +74,6 @@ PROGRESS_SECONDS_ENV = "IMAGE_CLASSIFIER_PROGRESS_SECONDS"
 # Cores that other processes keep busy on average, from which a CPU job counts one core as taken: it trains on
 # the others (training/cpu_share.py), and a local job's summary says it ran slower than the machine can.
 CORE_TAKEN_FROM = 0.5
+# Set (to 1) by `launch.py train --local`: the job gives way to other processes. Off elsewhere: a SageMaker job is
+# alone on its host, and a job run without the launcher keeps its thread count, so its run is bit for bit.
+GIVE_WAY_ENV = "IMAGE_CLASSIFIER_GIVE_WAY"

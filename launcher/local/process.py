@@ -52,10 +52,11 @@ def process_environment(job):
             STUDIO_LOCAL_MODE_ENV: "true"}  # the toolkit's DNS wait would hang on the host names otherwise
 
 
-def train(job, echo=True):
-    """The toolkit's `train` over the job's tree; output streams to the terminal and job.log_file.
-    Returns the exit code."""
-    return stream([str(entry_point("train", "sagemaker-training"))], job.log_file, process_environment(job), echo)
+def train(job, echo=True, env=None):
+    """The toolkit's `train` over the job's tree, with `env` added; output streams to the terminal and
+    job.log_file. Returns the exit code."""
+    return stream([str(entry_point("train", "sagemaker-training"))], job.log_file,
+                  {**process_environment(job), **(env or {})}, echo)
 
 
 def host_environment(job):

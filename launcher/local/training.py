@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from image_classifier.constants import CORE_TAKEN_FROM
+from image_classifier.constants import CORE_TAKEN_FROM, GIVE_WAY_ENV
 from image_classifier.metrics import parse_metrics
 
 from .. import SAMPLE_DIR, LauncherError, job_checks, presets, s3_upload, unique_name
@@ -57,7 +57,9 @@ def train_local(args):
     else:
         job = trees.prepare_job(args.jobs_dir, name, channels, hyperparameters)
         print(f"Training job {name} ({runner.MODE}{preset_words(preset)}) in {job.dir}; log: {job.log_file}")
-        exit_code = runner.train(job, echo=display)  # `docker run IMAGE train` over the tree, or the toolkit's `train`
+        # `docker run IMAGE train` over the tree, or the toolkit's `train`; a job on this machine gives way to
+        # other processes (training/cpu_share.py)
+        exit_code = runner.train(job, echo=display, env={GIVE_WAY_ENV: "1"})
     display.close()
     metrics = trees.finish(job)
     if not job.succeeded:

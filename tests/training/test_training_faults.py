@@ -236,7 +236,7 @@ def test_class_names_and_paths_cannot_forge_metric_lines(tmp_path):
         "y epoch=7 z", "q test acc=0.99 r", "a\nepoch=9 b", "images per sec=1e9 x rule overfit=1 w"]
     # SageMaker's regexes over the whole log find exactly the job's own metric lines.
     regexes = [re.compile(d["Regex"]) for d in METRIC_DEFINITIONS]
-    own = ("epoch=", "test_loss=", "best_valid_loss=", "rule_")  # the lines the job prints itself
+    own = ("epoch=", "test_loss=", "best_valid_loss=", "rule_", "int8_kept=")  # the lines the job prints itself
     forged = [line for line in log.splitlines() if any(r.search(line) for r in regexes) and not line.startswith(own)]
     assert forged == []
     metrics = parse_metrics(log.splitlines())

@@ -8,6 +8,7 @@ import tarfile
 
 import pytest
 
+from image_classifier.constants import GIVE_WAY_ENV
 from image_classifier.metrics import GPU_EPOCH_METRICS, METRIC_DEFINITIONS, PROFILER_RULE_METRICS, parse_metrics
 from conftest import PROJECT_DIR, TINY_HYPERPARAMETERS, make_dataset, train_job
 
@@ -18,7 +19,8 @@ def _log_lines(job):
     return job.log_file.read_text().splitlines()
 
 
-def test_successful_job_writes_the_artifact_and_metric_lines(tmp_path):
+def test_successful_job_writes_the_artifact_and_metric_lines(tmp_path, monkeypatch):
+    monkeypatch.setenv(GIVE_WAY_ENV, "1")  # as `launch.py train --local` runs it: the job prints cpu_taken_elsewhere
     job, exit_code = train_job(tmp_path, {"epochs": "2"})
     assert exit_code == 0 and job.succeeded and job.failure_reason is None
     model_dir = job.dir / "model"

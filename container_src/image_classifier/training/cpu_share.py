@@ -7,9 +7,10 @@ docs/BENCHMARKS.md). So every INTERVAL_SECONDS the job measures the CPU time oth
 machine's busy time less its own process tree's), trains on the cores left free, and takes them back when
 they free. It counts what others took, so the summary can say when a job ran slower than the machine can.
 
-Only a CPU job alone on its host does this (another rank of the same job is not "another process"). Thread
-counts change the order of floating-point sums, so a job that gave way is not bit-for-bit the run it would
-have been on a quiet machine.
+Only a CPU job alone on its host does this (another rank of the same job is not "another process"), and only
+when `launch.py train --local` asks (constants.GIVE_WAY_ENV): thread counts change the order of floating-point
+sums, so a job that gave way is not bit-for-bit the run it would have been on a quiet machine, and a SageMaker
+job (alone on its host) or a job run without the launcher keeps its threads.
 """
 import logging
 import os

@@ -227,7 +227,7 @@ def start_recording(job, debugger_position, cleanup):
     cleanup.callback(job.recorder.close)
     job.profiling = Profiling.start(job.hp, job.env.output_data_dir, job.device)
     cleanup.callback(job.profiling.close)
-    if job.device.type == "cpu" and job.dist.world_size == 1:
+    if job.device.type == "cpu" and job.dist.world_size == 1 and os.environ.get(constants.GIVE_WAY_ENV) == "1":
         job.cpu_share = CpuShare()
 
 
@@ -295,10 +295,11 @@ def end_epoch(job, epoch, valid_loader):
             "data_wait_share": waited / max(wall, 1e-9)}
     line.update(gpu_epoch_metrics(job))
     taken = job.cpu_share.taken() if job.cpu_share else None
-    if taken is not None:  # cores other processes kept busy while the epoch trained
-        line["cpu_taken_elsewhere"] = taken
+    # The cores other processes kept busy: printed with the epoch, not kept in the run's history (a figure of
+    # the machine, not of the run, which resumes bit for bit).
+    machine = {"cpu_taken_elsewhere": taken} if taken is not None else {}
     if dist.is_master:
-        print(format_metrics(**line), flush=True)
+        print(format_metrics(**line, **machine), flush=True)
     state["history"].append(line)
     if valid_loss < state["best_valid_loss"]:
         state.update(best_valid_loss=valid_loss, best_epoch=epoch + 1, epochs_without_improvement=0)
