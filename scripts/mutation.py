@@ -16,8 +16,8 @@ out); the copy's `src` is `container_src`, the layout mutmut's module names expe
   scripts/mutation.py run [MODULE...] [--report]   full runs (`make mutation`: every module, --report);
                                                    --report rewrites REPORT_FILE and SCORES_FILE
   scripts/mutation.py ci [--base REF] [--budget S] the modules a change touched against REF (default:
-                                                   $MUTATION_BASE, else the merge base with origin/main
-                                                   or main): fails when one scores below its recorded
+                                                   $MUTATION_BASE, else the commit that last recorded
+                                                   the scores, else the merge base with main): fails when one scores below its recorded
                                                    score (.ci/run)
   scripts/mutation.py list                         the modules, their tests and recorded scores
 Env: PY (the interpreter, default .venv/bin/python), MUTATION_CHILDREN (mutants run at once, default 1),
