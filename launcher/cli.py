@@ -149,6 +149,18 @@ def misplaced_options(parser, args):
             if action.dest != "local" and getattr(args, action.dest, None) != action.default]
 
 
+def add_model_source(parser, local_help, verb):
+    """A command that serves a model (deploy, transform): --local with --model, or SageMaker's --job or
+    --model-data. Returns (the local group, the SageMaker group)."""
+    here = local_options(parser, local_help, starts=True)
+    here.add_argument("--model", type=Path,
+                      help="model.tar.gz or model folder (default: the newest successful local job's)")
+    cloud = sagemaker_options(parser)
+    cloud.add_argument("--job", help=f"the training job whose model to {verb} (default: the last `train`)")
+    cloud.add_argument("--model-data", metavar="S3URI", help="a model.tar.gz in S3 instead of --job")
+    return here, cloud
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with each command's options grouped by where they apply (`where`), and an option given
     where it does not apply refused, rather than ignored."""
@@ -229,14 +241,9 @@ def build_parser(description=None):
     add_job_arguments(train, cloud)
 
     deploy = add_command(commands, "deploy")
-    here = local_options(deploy, "serve on this machine", starts=True)
-    here.add_argument("--model", type=Path,
-                      help="model.tar.gz or model folder (default: the newest successful local job's)")
+    here, cloud = add_model_source(deploy, "serve on this machine", "deploy")
     add_local_port(here)
     here.add_argument("--detach", action="store_true", help="return once the server is ready, leave it running")
-    cloud = sagemaker_options(deploy)
-    cloud.add_argument("--job", help="the training job whose model to deploy (default: the last `train`)")
-    cloud.add_argument("--model-data", metavar="S3URI", help="a model.tar.gz in S3 instead of --job")
     cloud.add_argument("--endpoint", help="endpoint (and model) name (default: image-classifier-<timestamp>)")
     cloud.add_argument("--instance-type", help=f"endpoint instance (default {ENDPOINT_INSTANCE})")
     cloud.add_argument("--instance-count", type=positive_int, metavar="N", help="instances (default 1)")
@@ -285,17 +292,12 @@ def build_parser(description=None):
                            help="only summarize the .out files in OUT: a CSV and the label counts (with --data "
                                 "FOLDER: outputs with no picture in it are flagged and left out)")
     transform.add_argument("--csv", type=Path, help="with --summarize: the CSV's path (default OUT/summary.csv)")
-    here = local_options(transform, "run the model server on this machine", starts=True)
-    here.add_argument("--model", type=Path,
-                      help="model.tar.gz or model folder (default: the newest successful local job's)")
+    here, cloud = add_model_source(transform, "run the model server on this machine", "use")
     here.add_argument("--port", type=int, default=TRANSFORM_PORT,
                       help=f"the local model server's port (default {TRANSFORM_PORT})")
     here.add_argument("--stop-on-bad", action="store_true",
                       help="stop at the first refused picture (default: go on, list them at the end, exit 2)")
     here.add_argument("--resume", action="store_true", help="send only the pictures that have no .out file yet")
-    cloud = sagemaker_options(transform)
-    cloud.add_argument("--job", help="the training job whose model to use (default: the last `train`)")
-    cloud.add_argument("--model-data", metavar="S3URI", help="a model.tar.gz in S3 instead of --job")
     cloud.add_argument("--job-name", help="transform job (and model) name")
     cloud.add_argument("--instance-type", help=f"instance (default {TRANSFORM_INSTANCE})")
     cloud.add_argument("--instance-count", type=positive_int, default=1, help="instances (default 1)")

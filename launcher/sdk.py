@@ -9,14 +9,19 @@ differences listed in sdk_differences.py (tests/launcher/test_sdk_requests.py co
 
 Imported inside the functions that use it: the SDK takes over a second to import.
 """
+from importlib import import_module
 from importlib.metadata import version
 
 SDK_VERSION = version("sagemaker")
 SDK_MAJOR = int(SDK_VERSION.split(".")[0])
 
-if SDK_MAJOR >= 3:
-    from .sdk_v3 import *  # noqa: F401,F403
-    from .sdk_v3 import __all__  # noqa: F401
-else:
-    from .sdk_v2 import *  # noqa: F401,F403
-    from .sdk_v2 import __all__  # noqa: F401
+# The names launch.py and the launcher use, which each backend defines (one list for both).
+__all__ = ["CategoricalParameter", "CollectionConfig", "ContinuousParameter", "DataCaptureConfig", "DebuggerHookConfig",
+           "Estimator", "HyperparameterTuner", "MODEL_ENABLE_NETWORK_ISOLATION_PATH", "MODEL_VPC_CONFIG_PATH", "Model",
+           "ProfilerConfig", "ProfilerRule", "Rule", "ServerlessInferenceConfig", "Session", "TrainingInput",
+           "UnexpectedStatusException", "WarmStartConfig", "WarmStartTypes", "config_validation",
+           "get_sagemaker_config_value", "instance_supports_kms", "invoke_endpoint", "load_sagemaker_config",
+           "rule_configs", "follow_logs", "session_module"]
+
+_backend = import_module(".sdk_v3" if SDK_MAJOR >= 3 else ".sdk_v2", __package__)
+globals().update({name: getattr(_backend, name) for name in __all__})

@@ -30,13 +30,6 @@ import sagemaker.utils as config_validation  # its validate_sagemaker_config is 
 
 from .debugger_collections import one_config_per_collection
 
-__all__ = ["CategoricalParameter", "CollectionConfig", "ContinuousParameter", "DataCaptureConfig", "DebuggerHookConfig",
-           "Estimator", "HyperparameterTuner", "MODEL_ENABLE_NETWORK_ISOLATION_PATH", "MODEL_VPC_CONFIG_PATH", "Model",
-           "ProfilerConfig", "ProfilerRule", "Rule", "ServerlessInferenceConfig", "Session", "TrainingInput",
-           "UnexpectedStatusException", "WarmStartConfig", "WarmStartTypes", "config_validation",
-           "get_sagemaker_config_value", "instance_supports_kms", "invoke_endpoint", "load_sagemaker_config",
-           "rule_configs", "follow_logs", "session_module"]
-
 Session = sagemaker.Session
 
 

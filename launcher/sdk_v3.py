@@ -47,13 +47,6 @@ from sagemaker.train import tuner as v3_tuner
 
 from .debugger_collections import one_config_per_collection
 
-__all__ = ["CategoricalParameter", "CollectionConfig", "ContinuousParameter", "DataCaptureConfig", "DebuggerHookConfig",
-           "Estimator", "HyperparameterTuner", "MODEL_ENABLE_NETWORK_ISOLATION_PATH", "MODEL_VPC_CONFIG_PATH", "Model",
-           "ProfilerConfig", "ProfilerRule", "Rule", "ServerlessInferenceConfig", "Session", "TrainingInput",
-           "UnexpectedStatusException", "WarmStartConfig", "WarmStartTypes", "config_validation",
-           "get_sagemaker_config_value", "instance_supports_kms", "invoke_endpoint", "load_sagemaker_config",
-           "rule_configs", "follow_logs", "session_module"]
-
 WarmStartTypes = v3_tuner.WarmStartTypes
 
 # v3's resources log every create at INFO through rich; the launcher prints its own lines.
