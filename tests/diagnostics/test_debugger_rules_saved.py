@@ -160,8 +160,8 @@ def test_overfit_needs_more_changes_than_patience(tmp_path):
 
 def test_an_epoch_is_a_training_pass_followed_by_a_validation_pass(tmp_path):
     """Passes of several steps each; a test pass (PREDICT) after training is no validation."""
-    steps = losses(([2.0, 2.0, 2.0], [1.0]), ([1.5, 1.5], [1.25, 1.25, 1.25]), ([1.0], [1.5, 1.5]),
-                   test=[5.0, 5.0])
+    steps = losses(([2.5, 2.0, 1.5], [1.0]), ([1.75, 1.25], [1.0, 1.5, 1.25]), ([1.0], [1.25, 1.75]),
+                   test=[5.0, 5.0])  # epoch means (2.0, 1.0), (1.5, 1.25), (1.0, 1.5)
     steps[-2:-2] = losses(([0.5, 0.5], [9.0]))[:2]  # a last training pass that the test pass follows
     folder = save_trial(tmp_path, steps)
     assert outcome(judge(Overfit, folder)) == (("triggered", pytest.approx(0.2), 3, [
@@ -217,7 +217,8 @@ def test_vanishing_gradient(tmp_path):
 
 def test_exploding_tensor(tmp_path):
     labels = {LABELS: ("losses labels", np.array([0, 1, 2, 2]))}  # saved with the loss, but class indices
-    steps = [(TRAIN, {LOSS: ("losses", 1.5), "a.weight": ("weights", np.full((2, 2), -3.0)), **labels}),
+    steps = [(TRAIN, {LOSS: ("losses", 1.5), "a.weight": ("weights", np.full((2, 2), -3.0)), **labels,
+                      "a_output_0": ("outputs", [[5e8]])}),  # a layer's output: not one of the tensors it checks
              (TRAIN, {LOSS: ("losses", 1.5), "a.weight": ("weights", [[1.0, -2e8], [0.0, 1.0]]), **labels}),
              (EVAL, {LOSS: ("losses", math.nan)}),
              (TRAIN, {"a.weight": ("weights", [[math.inf, 0.0]]), "a.bias": ("biases", [1e9]),
@@ -338,7 +339,8 @@ def test_run_rules_runs_every_rule_over_a_folder_with_parameters(tmp_path, caplo
     folder = save_trial(tmp_path, every_rule_run())
     caplog.set_level(logging.WARNING, logger=debugger_rules.log.name)
     results = run_rules(folder, parameters={"ClassImbalance": {"threshold": 20.0}, "Overtraining": {"patience": 1}})
-    assert [r["rule"] for r in results] == [rule.__name__ for rule in ALL_RULES]
+    assert [(r["rule"], r["metric"], r["description"], r["recommendation"]) for r in results] == [
+        (rule.__name__, rule.metric, rule.description, rule.recommendation) for rule in ALL_RULES]
     assert {r["rule"]: r["status"] for r in results} == {
         "LossNotDecreasing": "triggered", "Overfit": "passed", "Overtraining": "passed", "VanishingGradient": "passed",
         "ExplodingTensor": "passed", "PoorWeightInitialization": "passed", "ClassImbalance": "passed"}

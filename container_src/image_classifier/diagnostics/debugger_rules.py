@@ -369,7 +369,8 @@ def run_rules(path, rules=ALL_RULES, parameters=None):
         rule = rule_class(trial, last_step=steps[-1] if steps else None,
                           **parameters.get(rule_class.__name__, {}))
         if steps:
-            invoke_rule(rule, start_step=steps[0], end_step=steps[-1] + 1)
+            invoke_rule(rule, end_step=steps[-1] + 1,
+                        start_step=steps[0])  # pragma: no mutate - smdebug skips steps never saved (from 0)
         results.append(rule.result())
     return results
 
@@ -398,7 +399,7 @@ def main(argv=None):
     parser.add_argument("--num-classes", type=int, help="number of classes (lets class imbalance see absent ones)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
-    parameters = {"ClassImbalance": {"num_classes": args.num_classes}} if args.num_classes else None
+    parameters = {"ClassImbalance": {"num_classes": args.num_classes}}  # None (the default): the classes seen
     try:
         results = run_rules(args.tensors, parameters=parameters)
     except FileNotFoundError as error:
