@@ -141,11 +141,15 @@ def test_the_loss_rules_decide_at_the_last_step_even_without_a_loss_there(tmp_pa
     ([(0.5, 0.25), (0.375, 0.3125), (0.25, 0.375)], {}, ("triggered", 0.2, 3, [
         "valid loss rose and train loss fell by at least 20.0% an epoch for 2 epochs in a row (to train 0.2500, "
         "valid 0.3750)"])),
+    # the last change alone is the strongest, but a window is `patience` changes
+    ([(2.0, 1.0), (1.5, 1.25), (1.25, 1.5), (0.625, 3.0)], {}, ("triggered", 1 / 6, 4, [
+        "valid loss rose and train loss fell by at least 16.7% an epoch for 2 epochs in a row (to train 1.2500, "
+        "valid 1.5000)"])),
     ([(2.0, 1.0), (1.5, 1.25)], {"patience": 1, "min_relative_change": 0.25}, ("passed", 0.25, 2, [])),  # at it
     ([(2.0, 2.0), (1.0, 1.0), (0.5, 0.5)], {}, ("passed", -0.5, 3, [])),  # both fall: no overfit
     ([(2.0, 0.0), (1.0, 1.0), (0.5, 2.0)], {}, ("passed", -math.inf, 3, [])),  # a zero loss: no relative change
     ([(2.0, 1.0), (1.0, math.nan), (0.5, math.nan)], {}, ("passed", -math.inf, 3, [])),  # diverged, not overfit
-], ids=["strongest-window", "three-epochs", "losses-below-one", "at-the-threshold", "both-fall",
+], ids=["strongest-window", "three-epochs", "losses-below-one", "last-change-alone", "at-the-threshold", "both-fall",
         "zero-loss", "diverged"])
 def test_overfit(tmp_path, pairs, parameters, expected):
     status, statistic, datapoints, messages = expected
