@@ -307,10 +307,12 @@ def test_a_constant_or_broken_weight_is_infinitely_far_out(tmp_path):
 
 
 def labels_steps(train_counts, eval_counts=()):
-    """Steps saving the labels, 4 a batch: training batches of these class counts, then validation ones."""
+    """Steps saving the labels, 4 a batch, with the logits beside them (the loss's first input, named before the
+    labels): training batches of these class counts, then validation ones."""
     def batches(counts, mode):
         labels = [c for c, n in enumerate(counts) for _ in range(n)]
-        return [(mode, {LABELS: ("labels", labels[i:i + 4])}) for i in range(0, len(labels), 4)]
+        return [(mode, {LABELS: ("labels", labels[i:i + 4]), LABELS[:-1] + "0": ("inputs", np.eye(3)[labels[i:i + 4]])})
+                for i in range(0, len(labels), 4)]
     return batches(train_counts, TRAIN) + batches(eval_counts, EVAL)
 
 

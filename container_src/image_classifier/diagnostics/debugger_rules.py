@@ -395,7 +395,7 @@ def report_rules(results, out_file, tensors=None, profiler_results=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m image_classifier.diagnostics.debugger_rules", description=__doc__.split("\n")[0])
     parser.add_argument("tensors", help="the job's saved tensors: a folder or an s3:// prefix")
-    parser.add_argument("--out", type=Path, default=Path("rules.json"), help="where to write the results")
+    parser.add_argument("--out", default="rules.json", help="where to write the results")  # a path or its text
     parser.add_argument("--num-classes", type=int, help="number of classes (lets class imbalance see absent ones)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
