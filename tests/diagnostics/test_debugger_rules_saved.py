@@ -94,6 +94,16 @@ def outcome(result):
     return result["status"], result["statistic"], result["datapoints"], [f["message"] for f in result["findings"]]
 
 
+def test_a_rule_keeps_its_statistic_at_its_worst_in_its_direction(tmp_path):
+    """measure(): the statistic nearest to firing, or furthest past, so far; NaN is the worst value there is."""
+    trial = create_trial(str(save_trial(tmp_path, [])))
+    above, below = ExplodingTensor(trial), LossNotDecreasing(trial)  # fires above / below its threshold
+    assert [above.measure(v) for v in (0.5, 0.25, 0.75, 0.5)] == [0.5, 0.25, 0.75, 0.5] and above.statistic == 0.75
+    assert [below.measure(v) for v in (0.5, 0.25, 0.75)] == [0.5, 0.25, 0.75] and below.statistic == 0.25
+    assert (above.measure(math.nan), below.measure(math.nan)) == (math.inf, -math.inf)
+    assert (above.statistic, below.statistic) == (math.inf, -math.inf)
+
+
 # ------------------------------------------------------------------------------------ loss not decreasing
 @pytest.mark.parametrize("train, parameters, expected", [
     ([2.0] * 4 + [1.875] * 2, {}, ("triggered", 0.0625, 6, [
