@@ -305,6 +305,14 @@ def test_poor_weight_initialization(tmp_path):
         "(expected 0.0255-0.447); ")
 
 
+def test_poor_weight_initialization_fires_past_its_ratio_not_at_it(tmp_path):
+    """A 2x2 weight: He's standard deviation is exactly 1, so a std of 10 is exactly the default ratio of 10."""
+    steps = [(TRAIN, {"m.a.weight": ("weights", [[10.0, -10.0], [10.0, -10.0]])})]
+    assert outcome(judge(PoorWeightInitialization, save_trial(tmp_path, steps))) == ("passed", 10.0, 1, [])
+    assert outcome(judge(PoorWeightInitialization, save_trial(tmp_path / "4", steps), ratio=4.0)) == (
+        "triggered", 10.0, 1, ["1 badly initialised weight(s): m.a.weight std 10 (expected 0.408-1)"])
+
+
 def test_a_constant_or_broken_weight_is_infinitely_far_out(tmp_path):
     steps = [(TRAIN, {"m.a.weight": ("weights", np.full((4, 4), 0.5)), "m.b.weight": ("weights", spread((4, 4), 0.5))}),
              (TRAIN, {"m.a.weight": ("weights", np.full((4, 4), math.nan))})]

@@ -168,7 +168,9 @@ class LossNotDecreasing(LossSeriesRule):
 def _overfit_change(train0, valid0, train1, valid1):
     """The smaller of the relative rise of the valid loss and the relative fall of the train loss between two
     epochs; -inf where a loss is not finite and positive (a diverged run is not an overfit one)."""
-    change = min((valid1 - valid0) / valid0, (train0 - train1) / train0) if min(valid0, train0) > 0 else -math.inf
+    if not min(valid0, train0) > 0:
+        return -math.inf
+    change = min((valid1 - valid0) / valid0, (train0 - train1) / train0)
     return change if math.isfinite(change) else -math.inf
 
 
