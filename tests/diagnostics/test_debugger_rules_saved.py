@@ -125,6 +125,13 @@ def test_loss_not_decreasing(tmp_path, train, parameters, expected):
     assert outcome(judge(LossNotDecreasing, save_trial(tmp_path, losses((train, valid))), **parameters)) == expected
 
 
+def test_the_loss_is_the_loss_modules_output_not_another_layers(tmp_path):
+    """A layer output saved too, named before the loss (a model whose class name sorts first): not the loss."""
+    steps = [(mode, {**tensors, "AlexNet_output_0": ("outputs", [[9.0, 9.0]])}) for mode, tensors in
+             losses(([2.0] * 4 + [1.875] * 2, [1.0]))]
+    assert outcome(judge(LossNotDecreasing, save_trial(tmp_path, steps)))[:2] == ("triggered", 0.0625)
+
+
 def test_loss_not_decreasing_needs_min_steps_training_losses(tmp_path):
     few = save_trial(tmp_path / "few", losses(([2.0] * 5, [1.0] * 9)))
     assert outcome(judge(LossNotDecreasing, few)) == ("no data", None, 0, [])
@@ -159,8 +166,9 @@ def test_the_loss_rules_decide_at_the_last_step_even_without_a_loss_there(tmp_pa
     ([(2.0, 2.0), (1.0, 1.0), (0.5, 0.5)], {}, ("passed", -0.5, 3, [])),  # both fall: no overfit
     ([(2.0, 0.0), (1.0, 1.0), (0.5, 2.0)], {}, ("passed", -math.inf, 3, [])),  # a zero loss: no relative change
     ([(2.0, 1.0), (1.0, math.nan), (0.5, math.nan)], {}, ("passed", -math.inf, 3, [])),  # diverged, not overfit
+    ([(2.0, 1.0), (1.0, math.nan)], {"patience": 1}, ("passed", -math.inf, 2, [])),  # diverged in one epoch
 ], ids=["strongest-window", "three-epochs", "losses-below-one", "last-change-alone", "at-the-threshold", "both-fall",
-        "zero-loss", "diverged"])
+        "zero-loss", "diverged", "diverged-in-one-epoch"])
 def test_overfit(tmp_path, pairs, parameters, expected):
     status, statistic, datapoints, messages = expected
     assert outcome(judge(Overfit, save_trial(tmp_path, epochs(*pairs)), **parameters)) == (
