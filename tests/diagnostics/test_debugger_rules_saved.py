@@ -41,11 +41,15 @@ def no_refresh_delay(monkeypatch):
 
 
 def save_trial(folder, steps, ended=True):
-    """Write `steps` (one per global step: (mode, {name: (collections, value)})) as the hook does; float values as
-    float32 (the model's tensors), integer ones as int64 (the labels). `ended`: the end-of-training mark."""
+    """Write `steps` (one per global step: (mode, {name: (collections, value)}), or None for a step that saved
+    nothing) as the hook does; float values as float32 (the model's tensors), integer ones as int64 (the labels).
+    `ended`: the end-of-training mark."""
     debugger_hook.install_numpy_compat()
     manager, mode_steps = CollectionManager(), {}
-    for step, (mode, tensors) in enumerate(steps):
+    for step, saved in enumerate(steps):
+        if saved is None:
+            continue
+        mode, tensors = saved
         mode_steps[mode] = mode_steps.get(mode, -1) + 1
         writer = FileWriter(trial_dir=str(folder), worker="worker_0", step=step)
         for name, (collections, value) in tensors.items():
@@ -385,8 +389,9 @@ def test_run_rules_runs_every_rule_over_a_folder_with_parameters(tmp_path, caplo
 
 
 def test_run_rules_over_a_run_without_its_end_mark(tmp_path, caplog):
-    """A job that died before closing its hook: the rules use the steps there instead of waiting for more."""
-    folder = save_trial(tmp_path, every_rule_run(), ended=False)
+    """A job that died before closing its hook: the rules use the steps there instead of waiting for more (for the
+    steps between those saved, too: tensors are saved every few steps)."""
+    folder = save_trial(tmp_path, [step for saved in every_rule_run() for step in (saved, None)], ended=False)
     caplog.set_level(logging.WARNING, logger=debugger_rules.log.name)
     results = run_rules(folder)
     assert [r["status"] for r in results][:1] == ["triggered"] and results[-1]["status"] == "triggered"
