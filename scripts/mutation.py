@@ -53,8 +53,11 @@ MODULES = {
     "serving.engine": (f"{PKG}/serving/engine.py", ["tests/serving/test_engine.py"]),
     "serving.workers": (f"{PKG}/serving/workers.py", ["tests/serving/test_workers.py"]),
     "serving.core_share": (f"{PKG}/serving/core_share.py", ["tests/serving/test_core_share.py"]),
-    "diagnostics.debugger_rules": (f"{PKG}/diagnostics/debugger_rules.py",
-                                   ["tests/diagnostics/test_debugger_rules.py"]),
+    "diagnostics.debugger_rules": (f"{PKG}/diagnostics/debugger_rules.py",  # over tensors the tests write (fast)
+                                   ["tests/diagnostics/test_debugger_rules_saved.py",
+                                    *(f"tests/diagnostics/test_debugger_rules.py::test_margin_{name}" for name in (
+                                        "of_a_rule_that_fires_above_its_threshold",
+                                        "of_a_rule_that_fires_below_its_threshold", "without_data_is_none"))]),
     "diagnostics.profiler_rules": (f"{PKG}/diagnostics/profiler_rules.py",  # margin(), both rule sets' too
                                    ["tests/diagnostics/test_profiler_rules.py",
                                     *(f"tests/diagnostics/test_debugger_rules.py::test_margin_{name}" for name in (

@@ -1,8 +1,10 @@
 """Profiler rules (profiler_rules.py): each rule on a crafted firing case and a passing case, the statistic
 asserted; GPU rules say "not applicable" on CPU; and real jobs: a starved loader fires the data-loader rule
 with a margin of at least 2, a healthy one passes it."""
+import io
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -12,8 +14,10 @@ from conftest import TINY_CLASSES, make_dataset, train_job
 from image_classifier import constants
 from image_classifier.metrics import PROFILER_RULE_METRICS, parse_metrics
 from image_classifier.diagnostics.profiler_rules import (ALL_PROFILER_RULES, BatchSize, CPUBottleneck, Dataloader,
-                                            GPUMemoryIncrease, IOBottleneck, LoadBalancing, LowGPUUtilization,
-                                            MaxInitializationTime, ProfileData, StepOutlier, run_profiler_rules)
+                                                         GPUMemoryIncrease, IOBottleneck, LoadBalancing,
+                                                         LowGPUUtilization, MaxInitializationTime, ProfileData,
+                                                         StepOutlier, margin, percentile, print_rule_metrics,
+                                                         run_profiler_rules)
 
 
 def gpu_samples(n, gpu=(90,), cpu=50, iowait=0.0, memory=(80,), memory_growth=0.0):
@@ -223,7 +227,7 @@ def test_batch_size_names_each_resource_and_the_batch():
 def test_the_rules_file_holds_both_rule_sets_in_strict_json(tmp_path):
     from image_classifier.diagnostics.profiler_rules import write_rules_file
 
-    out = tmp_path / "output" / "rules.json"
+    out = tmp_path / "job" / "output" / "rules.json"  # folders made as needed
     debugger = [{"rule": "LossNotDecreasing", "statistic": float("inf"), "margin": float("-inf"), "datapoints": 3}]
     profiler = [judge(MaxInitializationTime, ProfileData(init_seconds=60))]
     write_rules_file(out, rules=debugger, profiler_rules=profiler, tensors=tmp_path / "tensors")
@@ -233,3 +237,115 @@ def test_the_rules_file_holds_both_rule_sets_in_strict_json(tmp_path):
     assert out.read_text().startswith('{\n "tensors"')  # indented for people to read
     write_rules_file(out)
     assert json.loads(out.read_text()) == {"tensors": None, "rules": []}  # no profiler rules ran: no key
+
+
+# ---- exact statistics, thresholds met exactly (not past them), every GPU and every measurement
+def test_margin_by_default_fires_above_and_percentile_interpolates_like_numpy():
+    assert (margin(2.0, 1.0), margin(0.5, 1.0), margin(2.0, 1.0, fires_above=False)) == (2.0, 0.5, 0.5)
+    values = [3.0, 0.0, 40.0, 10.0, 20.0, 30.0]
+    for p in (0, 5, 37.5, 50, 95, 96, 100):
+        assert percentile(values, p) == pytest.approx(float(np.percentile(values, p))), p
+    assert percentile([], 50) is None
+
+
+def test_step_outlier_at_its_threshold_and_on_steady_steps():
+    # after the first step: one step of 6 s among four of 1 s is exactly 2 standard deviations above their mean
+    at = judge(StepOutlier, ProfileData(compute_seconds=[9.0, 1, 1, 1, 1, 6]), stddev=2.0, n_outliers=0)
+    assert (at["status"], at["statistic"], at["finding"]) == (
+        "passed", 2.0, "0 of 5 steps took more than 2 standard deviations above the mean 2000.0 ms (slowest 6000.0 ms)")
+    steady = judge(StepOutlier, ProfileData(compute_seconds=[9.0, 0.5, 0.5, 0.5]), n_outliers=0)  # 3: enough for 0
+    assert (steady["status"], steady["statistic"], steady["datapoints"]) == ("passed", 0.0, 3)
+
+
+@pytest.mark.parametrize("workers, cpus, note", [
+    (1, 8, "; 1 loader workers for 8 CPUs (12% of them)"), (7, 10, ""), (20, 10, ""),  # 70 and 200 %: no note
+    (24, 8, "; 24 loader workers oversubscribe 8 CPUs (300%)"), (4, 1, "; 4 loader workers oversubscribe 1 CPUs (400%)"),
+], ids=["few", "at-min", "at-max", "oversubscribed", "one-cpu"])
+def test_dataloader_judges_the_loader_workers_against_the_cpus(workers, cpus, note):
+    result = judge(Dataloader, ProfileData(data_seconds=[5, 0.1, 0.1], compute_seconds=[1, 0.3, 0.3], workers=workers,
+                                           cpu_count=cpus))
+    assert result["finding"] == f"25.0% of step time waiting for data over 2 steps (threshold 10%){note}"
+
+
+def test_cpu_and_io_bottleneck_count_samples_strictly_past_every_limit():
+    samples = [{"cpu_percent": 95, "iowait_percent": 60, "gpu_percent": [5, 5]},  # past every limit: counts
+               {"cpu_percent": 90, "iowait_percent": 50, "gpu_percent": [5, 5]},  # CPU and I/O wait at their limit
+               {"cpu_percent": 95, "iowait_percent": 60, "gpu_percent": [10, 5]},  # one GPU at its limit
+               {"cpu_percent": 95, "iowait_percent": None, "gpu_percent": [5, 5]},  # no I/O wait measured
+               {"cpu_percent": 95}]  # no GPU use measured
+    cpu = judge(CPUBottleneck, ProfileData(device="cuda", samples=samples))
+    assert (cpu["status"], cpu["statistic"], cpu["datapoints"]) == ("passed", 50.0, 4)
+    io = judge(IOBottleneck, ProfileData(device="cuda", samples=samples))
+    assert (io["status"], io["statistic"], io["datapoints"]) == ("passed", 100 / 3, 3)
+
+
+def test_low_gpu_utilization_percentiles_and_the_fluctuation_limits():
+    def finding(values):
+        result = judge(LowGPUUtilization, ProfileData(device="cuda", samples=[{"gpu_percent": [v]} for v in values]))
+        return result["status"], result["statistic"], result["finding"]
+
+    assert finding([5.0 * i for i in range(21)]) == (  # 0, 5, ... 100: p95 95, p5 5
+        "passed", 95.0, "GPU 0 utilisation p95 95% (threshold 70%); GPU 0 fluctuates (p5 5%)")
+    assert finding([0.0] * 2 + [70.0] * 19) == (  # p95 at the threshold: passes, and fluctuates
+        "passed", 70.0, "GPU 0 utilisation p95 70% (threshold 70%); GPU 0 fluctuates (p5 0%)")
+    assert finding([10.0] * 2 + [95.0] * 19) == ("passed", 95.0, "GPU 0 utilisation p95 95% (threshold 70%)")
+
+
+def test_gpu_memory_increase_needs_two_windows_and_judges_the_gpu_that_grew():
+    grows = gpu_samples(20, memory=(20, 20), memory_growth=(40, 0))  # exactly two windows; GPU 0 grows
+    result = judge(GPUMemoryIncrease, ProfileData(device="cuda", samples=grows))
+    assert (result["status"], result["statistic"]) == ("triggered", pytest.approx(20.0))
+    assert result["finding"] == "GPU 0 memory use grew by 20.0 points of its memory over the run (threshold 5)"
+    assert judge(GPUMemoryIncrease, ProfileData(device="cuda", samples=grows[:19]))["status"] == "no data"
+
+
+def test_load_balancing_of_idle_and_nearly_idle_gpus():
+    idle = judge(LoadBalancing, ProfileData(device="cuda", samples=gpu_samples(4, gpu=(0, 0))))
+    assert (idle["status"], idle["statistic"]) == ("passed", 0.0)  # nothing used: nothing unbalanced
+    faint = judge(LoadBalancing, ProfileData(device="cuda", samples=gpu_samples(4, gpu=(0.5, 0.125))))
+    assert (faint["status"], faint["statistic"]) == ("triggered", 0.75)
+
+
+def test_batch_size_takes_each_p95_and_needs_all_three_measurements():
+    ramp = [{"cpu_percent": 3.0 * i + 2, "gpu_percent": [3.0 * i], "gpu_memory_percent": [3.0 * i + 1]}
+            for i in range(21)]
+    result = judge(BatchSize, ProfileData(device="cuda", samples=ramp, batch_size=16))
+    assert (result["status"], result["statistic"]) == ("triggered", pytest.approx(100 * 59 / 70))
+    assert result["finding"] == ("p95: GPU utilisation 57% (threshold 70%), GPU memory 58% (threshold 70%), "
+                                 "CPU 59% (threshold 70%) at batch-size 16")
+    for missing in ("cpu_percent", "gpu_percent", "gpu_memory_percent"):
+        samples = [{key: value for key, value in sample.items() if key != missing} for sample in ramp]
+        assert judge(BatchSize, ProfileData(device="cuda", samples=samples))["status"] == "no data", missing
+
+
+class FlushRecorder(io.StringIO):
+    """stdout that records what had been written at each flush."""
+
+    def __init__(self):
+        super().__init__()
+        self.flushed = []
+
+    def flush(self):
+        self.flushed.append(self.getvalue())
+
+
+def test_one_metric_line_per_rule_flushed_as_printed(monkeypatch):
+    stdout = FlushRecorder()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    print_rule_metrics(run_profiler_rules(ProfileData(data_seconds=[1, 1, 1], compute_seconds=[1, 0.1, 0.1],
+                                                      init_seconds=30)))
+    lines = stdout.getvalue().splitlines()
+    assert parse_metrics(lines) == {  # triggered 1, passed 0, no data -1, not applicable -2
+        "rule_dataloader": [1.0], "rule_cpu_bottleneck": [-2.0], "rule_io_bottleneck": [-2.0],
+        "rule_low_gpu_utilization": [-2.0], "rule_gpu_memory_increase": [-2.0], "rule_step_outlier": [-1.0],
+        "rule_batch_size": [-2.0], "rule_max_initialization_time": [0.0], "rule_load_balancing": [-2.0]}
+    assert len(lines) == len(ALL_PROFILER_RULES)
+    # each line flushed as it is printed: the job's log has it even if the process dies next
+    assert stdout.flushed == ["\n".join(lines[:n]) + "\n" for n in range(1, len(lines) + 1)]
+
+
+def test_the_rules_file_refuses_what_strict_json_cannot_hold(tmp_path):
+    from image_classifier.diagnostics.profiler_rules import write_rules_file
+
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        write_rules_file(tmp_path / "rules.json", rules=[{"rule": "A", "parameters": {"threshold": float("nan")}}])

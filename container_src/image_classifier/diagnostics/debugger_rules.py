@@ -46,7 +46,8 @@ class ProjectRule(Rule):
     fires_above = True          # the rule fires when the statistic reaches the threshold from below (else above)
 
     def __init__(self, base_trial, last_step=None, **parameters):
-        super().__init__(base_trial, action_str="")
+        super().__init__(base_trial,
+                         action_str="")  # pragma: no mutate - smdebug reads None as "" (no actions either way)
         unknown = set(parameters) - set(self.defaults)
         if unknown:
             raise ValueError(f"{self.rule_name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(self.defaults)}")
@@ -65,8 +66,8 @@ class ProjectRule(Rule):
         value = float(value)
         if math.isnan(value):
             value = math.inf if self.fires_above else -math.inf
-        if self.statistic is None or (value > self.statistic if self.fires_above else value < self.statistic):
-            self.statistic = value
+        worse = max if self.fires_above else min  # nearer to firing, or further past
+        self.statistic = value if self.statistic is None else worse(self.statistic, value)
         return value
 
     def fire(self, step, message):
@@ -94,7 +95,7 @@ class ProjectRule(Rule):
             return []
 
     def saved_at(self, name, step):
-        steps = self._steps.get(name)
+        steps = self._steps.get(name)  # pragma: no mutate - a cache: a miss reads the same steps again
         if steps is None:
             steps = self._steps[name] = set(self.base_trial.tensor(name).steps())
         return step in steps
@@ -167,7 +168,9 @@ class LossNotDecreasing(LossSeriesRule):
 def _overfit_change(train0, valid0, train1, valid1):
     """The smaller of the relative rise of the valid loss and the relative fall of the train loss between two
     epochs; -inf where a loss is not finite and positive (a diverged run is not an overfit one)."""
-    change = min((valid1 - valid0) / valid0, (train0 - train1) / train0) if min(valid0, train0) > 0 else -math.inf
+    if not min(valid0, train0) > 0:
+        return -math.inf
+    change = min((valid1 - valid0) / valid0, (train0 - train1) / train0)
     return change if math.isfinite(change) else -math.inf
 
 
@@ -254,18 +257,15 @@ class ExplodingTensor(ProjectRule):
 
     def invoke_at_step(self, step):
         names = sorted({n for c in self.collections for n in self.names(c) if n.endswith("_input_1") is False})
-        checked, bad = 0, []
-        for name in names:
-            if not self.saved_at(name, step):
-                continue
+        saved, bad = [name for name in names if self.saved_at(name, step)], []
+        for name in saved:
             value = self.value(name, step)
-            checked += 1
             if not np.all(np.isfinite(value)):
                 self.measure(math.inf)
                 bad.append(f"{name} has NaN/inf")
             elif value.size and self.measure(np.abs(value).max()) > self.threshold:
                 bad.append(f"{name} max |x| {np.abs(value).max():.3g}")
-        if checked:
+        if saved:
             self.datapoints += 1
         if bad:
             return self.fire(step, "; ".join(bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""))
@@ -283,7 +283,7 @@ class PoorWeightInitialization(ProjectRule):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.done = False
+        self.done = False  # pragma: no mutate - None is as false as False here
 
     def invoke_at_step(self, step):
         if self.done:
@@ -300,8 +300,10 @@ class PoorWeightInitialization(ProjectRule):
             self.datapoints += 1
             receptive = int(np.prod(weight.shape[2:]))
             fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
-            low = min(math.sqrt(1 / (3 * fan_in)), math.sqrt(2 / (fan_in + fan_out)), math.sqrt(2 / fan_out))
-            high = max(math.sqrt(2 / fan_in), math.sqrt(2 / fan_out), math.sqrt(1 / fan_in))
+            # The lowest of the usual standard deviations is LeCun's uniform (PyTorch's default) or Glorot's, the
+            # highest He's (by fan in or fan out); LeCun's normal and the other of He's lie between them.
+            low = min(math.sqrt(1 / (3 * fan_in)), math.sqrt(2 / (fan_in + fan_out)))
+            high = max(math.sqrt(2 / fan_in), math.sqrt(2 / fan_out))
             std = float(weight.std())
             outside = max(std / high, low / std) if math.isfinite(std) and std > 0 else math.inf
             if self.measure(outside) > self.threshold:
@@ -327,7 +329,7 @@ class ClassImbalance(ProjectRule):
 
     def invoke_at_step(self, step):
         if self._labels and self.saved_at(self._labels, step) and self.base_trial.mode(step) == ModeKeys.TRAIN:
-            for label in self.value(self._labels, step).astype(int).ravel():
+            for label in self.value(self._labels, step).ravel():
                 self.counts[int(label)] = self.counts.get(int(label), 0) + 1
         if step != self.last_step or not self.counts:
             return False
@@ -369,7 +371,8 @@ def run_rules(path, rules=ALL_RULES, parameters=None):
         rule = rule_class(trial, last_step=steps[-1] if steps else None,
                           **parameters.get(rule_class.__name__, {}))
         if steps:
-            invoke_rule(rule, start_step=steps[0], end_step=steps[-1] + 1)
+            invoke_rule(rule, end_step=steps[-1] + 1,
+                        start_step=steps[0])  # pragma: no mutate - smdebug skips steps never saved (from 0)
         results.append(rule.result())
     return results
 
@@ -394,11 +397,11 @@ def report_rules(results, out_file, tensors=None, profiler_results=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m image_classifier.diagnostics.debugger_rules", description=__doc__.split("\n")[0])
     parser.add_argument("tensors", help="the job's saved tensors: a folder or an s3:// prefix")
-    parser.add_argument("--out", type=Path, default=Path("rules.json"), help="where to write the results")
+    parser.add_argument("--out", default="rules.json", help="where to write the results")  # a path or its text
     parser.add_argument("--num-classes", type=int, help="number of classes (lets class imbalance see absent ones)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
-    parameters = {"ClassImbalance": {"num_classes": args.num_classes}} if args.num_classes else None
+    parameters = {"ClassImbalance": {"num_classes": args.num_classes}}  # None (the default): the classes seen
     try:
         results = run_rules(args.tensors, parameters=parameters)
     except FileNotFoundError as error:

@@ -71,10 +71,6 @@ class ProfileData:
                     out.setdefault(index, []).append(value)
         return out
 
-    @classmethod
-    def from_json(cls, data):
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
 
 class ProfilerRule:
     """Base: parameters with defaults; `evaluate(data)` returns the result dict (the Debugger rules' shape)."""
@@ -108,8 +104,8 @@ class ProfilerRule:
         if measured is None:
             return self._result("no data", None, 0, "not enough measurements to judge")
         statistic, datapoints, finding = measured
-        if isinstance(statistic, str):  # a reason it does not apply (one GPU for load balancing)
-            return self._result("not applicable", None, datapoints, statistic)
+        if statistic is None:  # the finding says why it does not apply (one GPU for load balancing)
+            return self._result("not applicable", None, datapoints, finding)
         fired = statistic > self.threshold if self.fires_above else statistic < self.threshold
         return self._result("triggered" if fired else "passed", statistic, datapoints, finding)
 
@@ -122,7 +118,8 @@ class ProfilerRule:
                 "findings": [{"step": -1, "message": finding}] if status == "triggered" else []}
 
     def measure(self, data):
-        """(statistic, datapoints, one-line finding), or None without data."""
+        """(statistic, datapoints, one-line finding), or None without data; a statistic of None: the rule does
+        not apply, and the finding says why."""
         raise NotImplementedError
 
 
@@ -315,7 +312,7 @@ class LoadBalancing(ProfilerRule):
         if not per_gpu:
             return None
         if len(per_gpu) < 2:
-            return "not applicable: one GPU", sum(map(len, per_gpu.values())), ""
+            return None, sum(map(len, per_gpu.values())), "not applicable: one GPU"
         means = {i: statistics.fmean(v) for i, v in per_gpu.items()}
         most, least = max(means, key=means.get), min(means, key=means.get)
         imbalance = 1 - means[least] / means[most] if means[most] > 0 else 0.0
@@ -354,4 +351,5 @@ def write_rules_file(out_file, rules=None, profiler_rules=None, tensors=None):
     content = {"tensors": str(tensors) if tensors else None, "rules": strict_json(rules or [])}
     if profiler_rules is not None:
         content["profiler_rules"] = strict_json(profiler_rules)
-    out_file.write_text(json.dumps(content, indent=1, allow_nan=False))
+    out_file.write_text(json.dumps(content, indent=1,
+                                   allow_nan=False))  # pragma: no mutate - allow_nan=None is as false
