@@ -159,8 +159,10 @@ def test_cached_augmentation_draws_what_the_plain_pipeline_draws(shape):
     cached = decode_cache.CachedTransform(56, "crop-flip", train=True)
     assert (cached.scale, cached.ratio) == (tuple(crop.scale), tuple(crop.ratio))
     picture = torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    # a one-pixel picture draws a crop of zero height or width (rejected) in about one seed in 30
+    seeds = range(100 if shape == (1, 1) else 40)
     flips = 0
-    for seed in range(40):
+    for seed in seeds:
         torch.manual_seed(seed)
         box = crop.get_params(picture, crop.scale, crop.ratio)
         flipped = torch.rand(1).item() < flip.p
@@ -169,7 +171,7 @@ def test_cached_augmentation_draws_what_the_plain_pipeline_draws(shape):
         got = cached(picture, torch.Generator().manual_seed(seed))
         assert torch.equal(got, F2.horizontal_flip(expected) if flipped else expected), seed
         flips += flipped
-    assert 10 <= flips <= 30
+    assert len(seeds) / 4 <= flips <= len(seeds) * 3 / 4
 
 
 @pytest.mark.parametrize("augment", ["none", "crop"])

@@ -135,7 +135,9 @@ class DecodeCache:
 
     # ---- one mapping per process (a forked or spawned worker opens its own view of the same file)
     def __getstate__(self):
-        return {key: value for key, value in self.__dict__.items() if key not in ("_map", "_remove")}
+        mine = ("_map",  # this process's mapping
+                "_remove")  # pragma: no mutate - the maker's remover (__setstate__ replaces it anyway)
+        return {key: value for key, value in self.__dict__.items() if key not in mine}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _map=None, _remove=_keep_file)
