@@ -174,6 +174,25 @@ def test_cached_augmentation_draws_what_the_plain_pipeline_draws(shape):
     assert len(seeds) / 4 <= flips <= len(seeds) * 3 / 4
 
 
+def test_a_draw_of_exactly_one_half_does_not_flip():
+    """RandomHorizontalFlip flips when its draw is below p = 0.5, so does the cached transform, at the tie too:
+    seed 0's float draw number 19,741,479 is exactly 0.5, and the crop's four draws come just before it."""
+    plain_train, _ = build_transforms(56, "crop-flip")
+    crop, flip = plain_train.transforms[:2]
+    picture = torch.randint(0, 256, (3, 64, 85), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(0)
+    for chunk in [1_000_000] * 19 + [741_474]:
+        torch.rand(chunk, generator=generator)
+    state = generator.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(state)
+        box = crop.get_params(picture, crop.scale, crop.ratio)
+        draw = torch.rand(1).item()
+    assert draw == 0.5 and not draw < flip.p
+    expected = F2.resized_crop(picture, *box, [56, 56], antialias=True)
+    assert torch.equal(decode_cache.CachedTransform(56, "crop-flip", train=True)(picture, generator), expected)
+
+
 @pytest.mark.parametrize("augment", ["none", "crop"])
 def test_cached_training_without_the_flip_is_the_plain_pipelines(augment):
     """augment=none: the plain training transform is the evaluation one (a centre crop, nothing drawn); crop:
