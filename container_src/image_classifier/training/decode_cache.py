@@ -63,8 +63,7 @@ def resized_shape(size, side):
 def header_shapes(paths, side):
     """The resized (height, width) of each picture from its header alone; (0, 0) where it cannot be read (the
     picture is then decoded each time it is loaded, and fails like any bad picture)."""
-    shapes = np.zeros((len(paths), 2),
-                      dtype=np.int64)  # pragma: no mutate - float64 holds them exactly (the callers multiply)
+    shapes = np.zeros((len(paths), 2), dtype=np.int64)  # pragma: no mutate - as float64 too (the callers multiply)
     for i, path in enumerate(paths):
         try:
             size = read_header(path, min_side=side).decoded_size  # after JPEG draft scaling, as decoded
@@ -135,9 +134,10 @@ class DecodeCache:
 
     # ---- one mapping per process (a forked or spawned worker opens its own view of the same file)
     def __getstate__(self):
-        mine = ("_map",  # this process's mapping
-                "_remove")  # pragma: no mutate - the maker's remover (__setstate__ replaces it anyway)
-        return {key: value for key, value in self.__dict__.items() if key not in mine}
+        not_shared = ("_map",  # this process's mapping
+                      "_remove",  # pragma: no mutate - the maker's remover (which __setstate__ replaces anyway)
+                      )
+        return {key: value for key, value in self.__dict__.items() if key not in not_shared}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _map=None, _remove=_keep_file)
