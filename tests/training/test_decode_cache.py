@@ -1,5 +1,6 @@
 """Decode once: the decode cache (decode_cache.py) gives what a fresh decode gives, is shared by the loader
 workers through one file, and feeds evaluation exactly as the PIL pipeline does."""
+import fnmatch
 import os
 import pickle
 import types
@@ -63,11 +64,16 @@ def test_the_headers_give_the_shapes_the_decode_gives(tmp_path):
 
 def test_the_cache_takes_the_shapes_read_before_training(tmp_path, monkeypatch):
     """The job reads every header once (header_shapes, to decide) and gives the shapes to the cache, which does
-    not read them again."""
+    not read them again. The file goes to the folder IMAGE_CLASSIFIER_DECODE_CACHE_DIR names, named for what
+    it is."""
     paths = [_photo(tmp_path / f"p{i}.jpg", size, seed=i) for i, size in enumerate([(500, 375), (375, 500)])]
     shapes = decode_cache.header_shapes(paths, 64).tolist()
     monkeypatch.setattr(decode_cache, "read_header", lambda *args, **kwargs: pytest.fail("a header read again"))
+    (tmp_path / "big-disk").mkdir()
+    monkeypatch.setenv(decode_cache.CACHE_DIR_ENV, str(tmp_path / "big-disk"))
     cache = decode_cache.DecodeCache(paths, 64, shapes=shapes)
+    assert [path.name for path in (tmp_path / "big-disk").iterdir()] == [os.path.basename(cache.file)]
+    assert fnmatch.fnmatch(os.path.basename(cache.file), "decode-cache-*.u8")
     assert [tuple(cache.get(i).shape) for i in range(2)] == [(3, 64, 85), (3, 85, 64)] and cache.filled() == 2
     cache.close()
 
