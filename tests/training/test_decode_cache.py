@@ -78,6 +78,15 @@ def test_the_cache_takes_the_shapes_read_before_training(tmp_path, monkeypatch):
     cache.close()
 
 
+def test_shapes_handed_over_as_int32_do_not_overflow(tmp_path):
+    """Big pictures take more bytes than int32 counts: the layout is counted in int64 whatever the shapes' type
+    (the file is sparse, and nothing is written to it here)."""
+    shapes = np.array([[40000, 40000]], dtype=np.int32)
+    cache = decode_cache.DecodeCache([str(tmp_path / "huge.jpg")], 40000, shapes=shapes, folder=str(tmp_path))
+    assert os.path.getsize(cache.file) >= 40000 * 40000 * 3
+    cache.close()
+
+
 def test_a_workers_copy_maps_the_same_file_without_its_pixels(tmp_path, monkeypatch):
     """A loader worker started by spawn gets the cache pickled: the file's name and layout, not its pixels. The
     copy maps the file once, reads what the parent wrote, writes what the parent then reads, and leaves the

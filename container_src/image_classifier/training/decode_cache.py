@@ -115,7 +115,7 @@ class DecodeCache:
 
     def __init__(self, paths, side, shapes=None, folder=None):
         self.paths, self.side = list(paths), side
-        shapes = header_shapes(self.paths, side) if shapes is None else np.asarray(shapes)
+        shapes = header_shapes(self.paths, side) if shapes is None else np.asarray(shapes, dtype=np.int64)
         sizes = shapes[:, 0] * shapes[:, 1] * 3
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         # Layout: flags (1 byte per picture), actual shapes (int32 pairs), then the pixels.
