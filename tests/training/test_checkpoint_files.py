@@ -265,4 +265,4 @@ def test_resuming_says_from_where(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="image_classifier")
     checkpoints.resume(make_job(tmp_path))
     assert f"Resuming from {tmp_path / constants.CHECKPOINT_FILE} at global step 11 (epoch 2, step 3 of 5)" \
-        in caplog.text
+        in caplog.messages  # the whole line

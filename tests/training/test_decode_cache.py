@@ -54,11 +54,12 @@ def test_the_headers_give_the_shapes_the_decode_gives(tmp_path):
     bad.write_bytes(b"not a picture")
     sizes = [(500, 375), (375, 500), (1000, 700), (300, 300)]
     paths = [str(bad), *(_photo(tmp_path / f"p{i}.jpg", size, seed=i) for i, size in enumerate(sizes))]
-    png = tmp_path / "p.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (301, 601, 3), dtype=np.uint8)).save(png)
-    paths.append(str(png))
+    for width, height in [(601, 301), (131, 199)]:  # reduced by 4, by 2 (unreduced, 199 x 131 would give 97)
+        png = tmp_path / f"{width}x{height}.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(png)
+        paths.append(str(png))
     shapes = decode_cache.header_shapes(paths, 64)
-    assert shapes.tolist() == [[0, 0], [64, 85], [85, 64], [64, 90], [64, 64], [64, 127]]
+    assert shapes.tolist() == [[0, 0], [64, 85], [85, 64], [64, 90], [64, 64], [64, 127], [96, 64]]
     assert shapes[1:].tolist() == [list(decode_cache.decode_resized(path, 64).shape[:2]) for path in paths[1:]]
 
 

@@ -167,7 +167,7 @@ class DecodeCache:
         else:
             array = decode_resized(self.paths[index], self.side)
             if array.size == pixels.size:  # an EXIF rotation swaps the sides, not the area
-                pixels[:] = array.reshape(-1)
+                pixels[:] = array.ravel()
                 shape[:] = array.shape[:2]
                 memory[index] = 1  # last: a reader sees the flag only after the pixels
         return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
@@ -225,15 +225,14 @@ class CachedTransform:
             aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
             w, h = int(round(math.sqrt(target_area * aspect))), int(round(math.sqrt(target_area / aspect)))
             if 0 < w <= width and 0 < h <= height:
-                top = torch.randint(0, height - h + 1, size=(1,), generator=generator).item()
-                left = torch.randint(0, width - w + 1, size=(1,), generator=generator).item()
+                top = torch.randint(height - h + 1, size=(1,), generator=generator).item()  # from 0
+                left = torch.randint(width - w + 1, size=(1,), generator=generator).item()
                 return top, left, h, w
         # fallback to a central crop, as torchvision does
         in_ratio = width / height
-        if in_ratio < min(self.ratio):  # pragma: no mutate - at the bound, both branches give width x height
-            w, h = width, int(round(width / min(self.ratio)))
-        elif in_ratio > max(self.ratio):  # pragma: no mutate - at the bound, both branches give width x height
-            h, w = height, int(round(height * max(self.ratio)))
-        else:
-            w, h = width, height
+        w, h = width, height
+        if in_ratio < min(self.ratio):  # pragma: no mutate - at the bound, width / min(ratio) is the height
+            h = int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):  # pragma: no mutate - at the bound, height * max(ratio) is the width
+            w = int(round(height * max(self.ratio)))
         return (height - h) // 2, (width - w) // 2, h, w
