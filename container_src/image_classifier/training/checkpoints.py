@@ -35,8 +35,9 @@ def atomic_save(obj, path, keep_previous=None):
 def rng_states():
     """Every random generator the job could draw from (tensors and plain values only: weights_only loads it)."""
     name, keys, position, has_gauss, cached = np.random.get_state()
+    keys = torch.from_numpy(keys.astype(np.int64))  # pragma: no mutate - float64 (astype(None)) holds uint32 exactly too
     states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached)}
+              "numpy": (name, keys, position, has_gauss, cached)}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -46,7 +47,8 @@ def restore_rng_states(states):
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
     name, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    keys = keys.numpy().astype(np.uint32)  # pragma: no mutate - set_state takes any dtype holding uint32 exactly
+    np.random.set_state((name, keys, position, has_gauss, cached))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 

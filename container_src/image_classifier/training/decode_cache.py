@@ -28,7 +28,6 @@ import weakref
 import numpy as np
 import psutil
 import torch
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 from torchvision.transforms.v2 import functional as F2
 
@@ -41,6 +40,7 @@ MEMORY_SHARE_ENV, DEFAULT_MEMORY_SHARE = "IMAGE_CLASSIFIER_DECODE_CACHE_MEMORY_S
 # Where the memory-mapped file goes (its pages live in the page cache; the file is removed at the end).
 CACHE_DIR_ENV = "IMAGE_CLASSIFIER_DECODE_CACHE_DIR"
 _HEADER_ALIGN = 64
+GB = 1e9  # bytes, as the log lines count them
 
 
 def cache_folder():
@@ -54,15 +54,16 @@ def memory_share():
 def resized_shape(size, side):
     """(height, width) of a (width, height) picture resized to short side `side`, as torchvision's Resize."""
     width, height = size
-    short, long = (width, height) if width <= height else (height, width)
+    portrait = width <= height  # pragma: no mutate - a square comes out the same either way (<)
+    short, long = (width, height) if portrait else (height, width)
     new_short, new_long = side, int(side * long / short)
-    return (new_long, new_short) if width <= height else (new_short, new_long)
+    return (new_long, new_short) if portrait else (new_short, new_long)
 
 
 def header_shapes(paths, side):
     """The resized (height, width) of each picture from its header alone; (0, 0) where it cannot be read (the
     picture is then decoded each time it is loaded, and fails like any bad picture)."""
-    shapes = np.zeros((len(paths), 2), dtype=np.int64)
+    shapes = np.zeros((len(paths), 2), dtype=np.int64)  # pragma: no mutate - as float64 too (the callers multiply)
     for i, path in enumerate(paths):
         try:
             size = read_header(path, min_side=side).decoded_size  # after JPEG draft scaling, as decoded
@@ -79,8 +80,8 @@ def decode_resized(path, side):
     """The picture as uint8 HWC, short side `side`: drafted JPEG decode (at least 2x the size needed), then
     the same antialiased bilinear resize as the evaluation transform."""
     image = open_rgb(path, min_side=side)
-    image = F.resize(image, side, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return np.array(image, dtype=np.uint8)  # writable: torch.from_numpy wants it
+    image = F.resize(image, side)  # bilinear, and PIL always antialiases: the evaluation transform's Resize
+    return np.array(image)  # uint8 (an RGB picture), writable: torch.from_numpy wants it
 
 
 def decide(mode, split_shapes, side):
@@ -89,22 +90,22 @@ def decide(mode, split_shapes, side):
     pictures = sum(len(shapes) for shapes in split_shapes)
     available = psutil.virtual_memory().available
     share = memory_share()
-    what = f"{pictures:,} pictures decoded at short side {side} take {needed / 1e9:.2f} GB"
+    what = f"{pictures:,} pictures decoded at short side {side} take {needed / GB:.2f} GB"
     if mode == "off":
         log.info("Decode cache off (decode-cache=off): pictures are decoded every epoch")
         return False
     free = shutil.disk_usage(cache_folder()).free
     if needed > free:  # a write past the disk's end into a memory-mapped file kills the process (SIGBUS)
         log.warning("Decode cache off (decode-cache=%s): %s, more than the %.1f GB free in %s (set %s to a larger "
-                    "folder)", mode, what, free / 1e9, cache_folder(), CACHE_DIR_ENV)
+                    "folder)", mode, what, free / GB, cache_folder(), CACHE_DIR_ENV)
         return False
     if mode == "on":
         log.info("Decode cache on (decode-cache=on): %s (%.0f%% of the %.1f GB available)", what,
-                 100 * needed / max(available, 1), available / 1e9)
+                 100 * needed / max(available, 1), available / GB)
         return True
     fits = needed <= share * available
     log.info("Decode cache %s (decode-cache=auto): %s, %s %.0f%% of the %.1f GB of memory available%s",
-             "on" if fits else "off", what, "within" if fits else "more than", 100 * share, available / 1e9,
+             "on" if fits else "off", what, "within" if fits else "more than", 100 * share, available / GB,
              "" if fits else "; pictures are decoded every epoch")
     return fits
 
@@ -120,11 +121,12 @@ class DecodeCache:
         # Layout: flags (1 byte per picture), actual shapes (int32 pairs), then the pixels.
         n = len(self.paths)
         self._shape_at = _align(n)
-        self._pixels_at = _align(self._shape_at + 8 * n)
+        self._pixels_at = _align(self._shape_at + 8 * n)  # pragma: no mutate - a wider gap (9 * n) changes no picture
         self.nbytes = self._pixels_at + int(self.offsets[-1])
         folder = folder or cache_folder()
         handle, self.file = tempfile.mkstemp(prefix="decode-cache-", suffix=".u8", dir=folder)
-        os.ftruncate(handle, max(self.nbytes, 1))  # sparse: pages exist once written
+        size = max(self.nbytes, 1)  # pragma: no mutate - np.memmap cannot map an empty file; any size > 0 will do
+        os.ftruncate(handle, size)  # sparse: pages exist once written
         os.close(handle)
         self._map = None
         # Removed when the cache is dropped or the job exits, by the process that made it (never by a worker).
@@ -132,14 +134,17 @@ class DecodeCache:
 
     # ---- one mapping per process (a forked or spawned worker opens its own view of the same file)
     def __getstate__(self):
-        return {key: value for key, value in self.__dict__.items() if key not in ("_map", "_remove")}
+        not_shared = ("_map",  # this process's mapping
+                      "_remove",  # pragma: no mutate - the maker's remover (which __setstate__ replaces anyway)
+                      )
+        return {key: value for key, value in self.__dict__.items() if key not in not_shared}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _map=None, _remove=lambda: None)
+        self.__dict__.update(state, _map=None, _remove=_keep_file)
 
     def _mapped(self):
         if self._map is None or self._map[0] != os.getpid():
-            memory = np.memmap(self.file, dtype=np.uint8, mode="r+", shape=(max(self.nbytes, 1),))
+            memory = np.memmap(self.file)  # np.memmap's defaults: all of it, as uint8, read and write
             self._map = (os.getpid(), memory)
         return self._map[1]
 
@@ -162,13 +167,13 @@ class DecodeCache:
         else:
             array = decode_resized(self.paths[index], self.side)
             if array.size == pixels.size:  # an EXIF rotation swaps the sides, not the area
-                pixels[:] = array.reshape(-1)
+                pixels[:] = array.ravel()
                 shape[:] = array.shape[:2]
                 memory[index] = 1  # last: a reader sees the flag only after the pixels
         return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
 
     def close(self):
-        self._map = None
+        self._map = None  # pragma: no mutate - any value drops the mapping (and the file goes next)
         self._remove()
 
 
@@ -180,8 +185,12 @@ def _remove_file(path, owner):
             pass
 
 
+def _keep_file():
+    """A copy in another process (a loader worker's) leaves the file to the process that made it."""
+
+
 def _align(offset):
-    return (offset + _HEADER_ALIGN - 1) // _HEADER_ALIGN * _HEADER_ALIGN
+    return (offset + _HEADER_ALIGN - 1) // _HEADER_ALIGN * _HEADER_ALIGN  # pragma: no mutate - padding only
 
 
 class CachedTransform:
@@ -202,8 +211,7 @@ class CachedTransform:
             return F.center_crop(picture, size)
         top, left, height, width = self.crop_box(picture.shape[-2], picture.shape[-1], generator)
         # transforms.v2 resizes a uint8 picture in HWC memory order on its fast path (3x the v1 functional's speed)
-        picture = F2.resized_crop(picture, top, left, height, width, size,
-                                  interpolation=InterpolationMode.BILINEAR, antialias=True)
+        picture = F2.resized_crop(picture, top, left, height, width, size)  # bilinear, antialiased (the defaults)
         if self.augment == "crop-flip" and torch.rand(1, generator=generator).item() < 0.5:
             picture = F2.horizontal_flip(picture)
         return picture
@@ -217,15 +225,14 @@ class CachedTransform:
             aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
             w, h = int(round(math.sqrt(target_area * aspect))), int(round(math.sqrt(target_area / aspect)))
             if 0 < w <= width and 0 < h <= height:
-                top = torch.randint(0, height - h + 1, size=(1,), generator=generator).item()
-                left = torch.randint(0, width - w + 1, size=(1,), generator=generator).item()
+                top = torch.randint(height - h + 1, size=(1,), generator=generator).item()  # from 0
+                left = torch.randint(width - w + 1, size=(1,), generator=generator).item()
                 return top, left, h, w
         # fallback to a central crop, as torchvision does
         in_ratio = width / height
-        if in_ratio < min(self.ratio):
-            w, h = width, int(round(width / min(self.ratio)))
-        elif in_ratio > max(self.ratio):
-            h, w = height, int(round(height * max(self.ratio)))
-        else:
-            w, h = width, height
+        w, h = width, height
+        if in_ratio < min(self.ratio):  # pragma: no mutate - at the bound, width / min(ratio) is the height
+            h = int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):  # pragma: no mutate - at the bound, height * max(ratio) is the width
+            w = int(round(height * max(self.ratio)))
         return (height - h) // 2, (width - w) // 2, h, w
