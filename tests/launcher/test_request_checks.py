@@ -285,6 +285,7 @@ def test_unicode_classes_hold_exactly_their_categories(name):
     ("[]\\p{Ll}]", ["]", "a"], ["A", "X", "\\"]),  # a leading ] is a literal
     ("[^]\\p{Ll}]", ["A", "-", "^"], ["]", "a"]),
     ("[^\\p{Lu}]", ["a", "1", "^"], ["A", "É"]),
+    ("x[^]a]", ["xb", "x^"], ["x]", "xa"]), ("x[]a]", ["x]", "xa"], ["xb"]),  # a class that does not start the pattern
     ("ab\\z", ["ab"], ["abc"]),  # \z: the end of the input
     ("(?<word>a+)b", ["aab"], ["b"]),  # a named group, as Python spells it
     ("a(?<=a)b", ["ab"], ["b"]), ("a(?<!x)b", ["ab"], ["xb"]),  # lookbehinds are not groups
