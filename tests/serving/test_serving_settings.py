@@ -1,4 +1,5 @@
 """The serving settings (settings.py): defaults, checks at start, and the MMS config serve writes from them."""
+import functools
 import gzip
 import json
 import os
@@ -193,12 +194,16 @@ def test_the_pixel_budget_may_equal_the_picture_cap_but_not_fall_below_it():
 
 
 # ------------------------------------------------------------------------------- the readers
+ENGINE_CHOICE = functools.partial(settings.env_choice, choices=settings.ENGINES)
+
+
 @pytest.mark.parametrize("read, default, value, expected", [
     (settings.env_int, 7, " 12 ", 12), (settings.env_int, 7, "1", 1), (settings.env_int, 7, "3_000", 3000),
     (settings.env_int, 7, " ", 7), (settings.env_int, 7, None, 7),
     (settings.env_bool, True, "false", False), (settings.env_bool, False, "  ", False), (settings.env_bool, True, None, True),
     (settings.env_float, 0.01, "0.5", 0.5), (settings.env_float, 0.01, "1e-3", 0.001), (settings.env_float, 0.01, "", 0.01),
     (settings.env_float, 0.01, None, 0.01),
+    (ENGINE_CHOICE, "auto", "Torch", "torch"), (ENGINE_CHOICE, "auto", None, "auto"),
 ])
 def test_the_readers_take_the_process_environment_by_default(monkeypatch, read, default, value, expected):
     if value is None:
@@ -207,6 +212,13 @@ def test_the_readers_take_the_process_environment_by_default(monkeypatch, read, 
         monkeypatch.setenv("IMAGE_CLASSIFIER_TEST_SETTING", value)
     assert read("IMAGE_CLASSIFIER_TEST_SETTING", default) == expected
     assert read("IMAGE_CLASSIFIER_TEST_SETTING", default, environ={}) == default  # a given environment only
+
+
+def test_load_reads_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv(settings.TOP_K_ENV, "9")
+    monkeypatch.setenv(contract.BIND_ADDRESS_ENV, "127.0.0.2")
+    served = settings.load(cores=2, memory_mib=4096)
+    assert (served.top_k, served.bind_address) == (9, "127.0.0.2")
 
 
 @pytest.mark.parametrize("value, expected", [
