@@ -27,6 +27,8 @@ import unicodedata
 
 from . import LauncherError
 
+# botocore's id of the refusing handler: a session it is attached to twice still checks each request once.
+REFUSAL_HANDLER_ID = "launcher-request-checks"
 # Enums longer than this are named, not listed, in a refusal (TransformInstanceType has hundreds of values).
 LISTED_ENUM_VALUES = 12
 
@@ -57,8 +59,7 @@ def problems_in(operation_model, params):
 def refuse_invalid(boto_session):
     """Check every request of the clients made from `boto_session` before it is sent (botocore's
     `provide-client-params`, after the launcher's own additions, `api_rules.add_to_request`)."""
-    boto_session.events.register("provide-client-params", _refuse,
-                                 unique_id="launcher-request-checks")  # pragma: no mutate - any id, or none, refuses the same
+    boto_session.events.register("provide-client-params", _refuse, unique_id=REFUSAL_HANDLER_ID)
 
 
 def _refuse(params, model, **_):

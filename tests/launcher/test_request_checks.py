@@ -332,10 +332,12 @@ def fresh_session():
     return boto3.Session(region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-def test_a_refused_request_is_never_sent():
-    boto_session = fresh_session()
+def test_a_refused_request_is_never_sent(monkeypatch):
+    boto_session, checked = fresh_session(), []
+    check = request_checks.problems_in
+    monkeypatch.setattr(request_checks, "problems_in", lambda model, params: checked.append(model.name) or check(model, params))
     request_checks.refuse_invalid(boto_session)
-    request_checks.refuse_invalid(boto_session)  # once is enough: attached once
+    request_checks.refuse_invalid(boto_session)  # attached twice, checks once
     client = stubbed_client(boto_session, responses=1)
     with pytest.raises(request_checks.RequestRefused) as refused:
         client.list_training_jobs(MaxResults=101, StatusEquals="Done")
@@ -344,6 +346,7 @@ def test_a_refused_request_is_never_sent():
         "outside 1..100; ListTrainingJobs.StatusEquals: 'Done' is not one of InProgress, Completed, Failed, "
         "Stopping, Stopped, Deleting")
     assert client.list_training_jobs(MaxResults=100) == {"TrainingJobSummaries": []}  # the stubbed answer
+    assert checked == ["ListTrainingJobs", "ListTrainingJobs"]
 
 
 def test_the_checker_counts_every_request_and_collects_its_problems():
