@@ -27,6 +27,8 @@ import unicodedata
 
 from . import LauncherError
 
+# botocore's id of the refusing handler: a session it is attached to twice still checks each request once.
+REFUSAL_HANDLER_ID = "launcher-request-checks"
 # Enums longer than this are named, not listed, in a refusal (TransformInstanceType has hundreds of values).
 LISTED_ENUM_VALUES = 12
 
@@ -57,7 +59,7 @@ def problems_in(operation_model, params):
 def refuse_invalid(boto_session):
     """Check every request of the clients made from `boto_session` before it is sent (botocore's
     `provide-client-params`, after the launcher's own additions, `api_rules.add_to_request`)."""
-    boto_session.events.register("provide-client-params", _refuse, unique_id="launcher-request-checks")
+    boto_session.events.register("provide-client-params", _refuse, unique_id=REFUSAL_HANDLER_ID)
 
 
 def _refuse(params, model, **_):
@@ -90,7 +92,7 @@ def fit_to_pattern(value, service, shape_name, filler="_"):
     shape = service_model(service).shape_for(shape_name)
     compiled = _pattern(shape.metadata.get("pattern", ".*"))
     fitted = "".join(ch if compiled is None or compiled.fullmatch(ch) else filler for ch in str(value))
-    fitted = fitted[:shape.metadata.get("max", len(fitted))]
+    fitted = fitted[:shape.metadata.get("max")]
     if compiled is not None and not compiled.fullmatch(fitted):
         raise LauncherError(f"{value!r} cannot be made a valid {shape_name}")
     return fitted
@@ -216,7 +218,7 @@ def _python_pattern(pattern):
         if match:
             negated, ranges = match.group(1) == "P", _class_ranges(match.group(2))
             if in_class and negated:
-                raise ValueError("a negated \\P{..} inside a character class")
+                raise ValueError("a negated \\P{..} inside a character class")  # pragma: no mutate - _pattern drops the text
             out.append(ranges if in_class else f"[{'^' if negated else ''}{ranges}]")
             index = match.end()
             continue
@@ -235,9 +237,9 @@ def _python_pattern(pattern):
                 out.append(r"\]")
                 index += 1
         elif char == "[":
-            raise ValueError("a nested character class")
+            raise ValueError("a nested character class")  # pragma: no mutate - _pattern drops the text
         elif char == "]" and in_class:
-            in_class = False
+            in_class = False  # pragma: no mutate - None reads as False wherever in_class is read
             out.append(char)
         else:
             out.append(char)
@@ -255,8 +257,8 @@ def _class_ranges(name):
         return POSIX_CLASSES[name]
     ranges = _category_ranges().get(name)
     if ranges is None:
-        raise ValueError(f"\\p{{{name}}}: not a class this translation knows")
-    return "".join(f"\\U{start:08x}" if start == end else f"\\U{start:08x}-\\U{end:08x}" for start, end in ranges)
+        raise ValueError(f"\\p{{{name}}}: not a class this translation knows")  # pragma: no mutate - _pattern drops the text
+    return "".join(f"\\U{start:08x}-\\U{end:08x}" for start, end in ranges)
 
 
 @functools.lru_cache(maxsize=None)

@@ -123,3 +123,30 @@ def test_the_jvm_heap_follows_the_memory_and_honours_the_cpu_quota(tmp_path, mem
 def test_the_per_worker_figure_is_the_measured_one():
     """bench/bench_serving.py: 2,458 MiB of RSS for the two default workers (docs/BENCHMARKS.md, 2026-12-04)."""
     assert settings.WORKER_MEMORY_MIB == 2458 // 2
+
+
+def test_the_workers_are_as_many_as_the_memory_holds_and_no_more():
+    """At every size: the workers, serve and the Java frontend (heap and native) fit, and one more worker would not."""
+    assert settings.memory_workers(None) is None and settings.memory_workers(0) is None
+    for memory_mib in range(1024, 70_000, 37):
+        workers = settings.memory_workers(memory_mib)
+        reserved = settings.SUPERVISOR_MEMORY_MIB + settings.jvm_heap_mib(memory_mib) + settings.JVM_NATIVE_MIB
+        assert isinstance(workers, int) and workers >= 1, memory_mib
+        assert workers == 1 or reserved + workers * settings.WORKER_MEMORY_MIB <= memory_mib, memory_mib
+        assert reserved + (workers + 1) * settings.WORKER_MEMORY_MIB > memory_mib, memory_mib
+
+
+@pytest.mark.parametrize("memory_mib, heap", [(None, 256), (0, 256), (4096, 256), (4112, 257), (8200, 512),
+                                              (16384, 1024), (1 << 20, 1024)])
+def test_the_heap_is_a_sixteenth_of_the_memory_within_its_bounds(memory_mib, heap):
+    assert settings.jvm_heap_mib(memory_mib) == heap
+    assert settings.jvm_args(memory_mib) == f"-XX:+UseContainerSupport -Xmx{heap}m"
+
+
+def test_where_the_memory_figure_comes_from():
+    assert settings.load({}, memory_mib=3072).memory_source == "given"  # the cores still read from the container
+    assert settings.load({settings.MEMORY_ENV: "3072"}, cores=2, memory_mib=3072).memory_source == "given"  # no lower
+    unknown = resources.Resources(2, 0, "unknown")
+    served = settings.load({settings.MEMORY_ENV: "4096"}, found=unknown)
+    assert (served.memory_mib, served.memory_source, served.workers) == (4096, settings.MEMORY_ENV, 2)
+    assert settings.load({}, found=unknown).memory_source == "unknown"

@@ -135,7 +135,7 @@ def env_int(name, default, minimum=1, environ=None, maximum=None):
     if value is None or value.strip() == "":
         return default
     try:
-        number = int(value.strip().replace("_", ""))
+        number = int(value.strip())  # Python's own syntax: 200_000_000 reads as 200000000
     except ValueError:
         raise ValueError(f"{name}={value!r} is not an integer") from None
     if number < minimum or (maximum is not None and number > maximum):
@@ -183,7 +183,9 @@ def cpu_count():
 
 def jvm_heap_mib(memory_mib):
     """The Java frontend's heap: a sixteenth of the memory, within JVM_HEAP_MIB_MIN..JVM_HEAP_MIB_MAX."""
-    return min(JVM_HEAP_MIB_MAX, max(JVM_HEAP_MIB_MIN, (memory_mib or 0) // 16))
+    if not memory_mib:
+        return JVM_HEAP_MIB_MIN
+    return min(JVM_HEAP_MIB_MAX, max(JVM_HEAP_MIB_MIN, memory_mib // 16))
 
 
 def jvm_args(memory_mib):
@@ -271,7 +273,9 @@ class ServingSettings:
         return f"http://{self.bind_address}:{self.port}"
 
 
-def load(environ=None, gpus=0, cores=None, load_seconds=0.0, memory_mib=None, found=None):
+def load(environ=None, gpus=0, cores=None,
+         load_seconds=0.0,  # pragma: no mutate - 0 and 1 s give the same timeouts (their floors, 60 and 45 s, hold)
+         memory_mib=None, found=None):
     """Every setting, checked; SettingsError lists all the bad ones at once. `cores` and `memory_mib` default to
     what the container may use (`found`, else resources.read())."""
     env = os.environ if environ is None else environ
@@ -282,12 +286,12 @@ def load(environ=None, gpus=0, cores=None, load_seconds=0.0, memory_mib=None, fo
     memory_mib = found.memory_mib if memory_mib is None else memory_mib
     problems, values = [], {}
 
-    def read(key, function, *args, **kwargs):
+    def read(key, function, name, default, *args, **kwargs):
         try:
-            values[key] = function(*args, environ=env, **kwargs)
+            values[key] = function(name, default, *args, environ=env, **kwargs)
         except ValueError as error:
             problems.append(str(error))
-            values[key] = args[1] if len(args) > 1 else None
+            values[key] = default  # what follows is derived from the default, so that every bad value is named
 
     read("port", env_int, contract.PORT_ENV, contract.SERVING_PORT, maximum=MAX_PORT)
     read("share_cores", env_bool, SHARE_CORES_ENV, DEFAULT_SHARE_CORES)
@@ -299,8 +303,8 @@ def load(environ=None, gpus=0, cores=None, load_seconds=0.0, memory_mib=None, fo
     read("workers", env_int, WORKERS_ENV, default_workers(gpus, cores, values["share_cores"], memory_mib),
          maximum=MAX_WORKERS)
     read("torch_threads", env_int, TORCH_THREADS_ENV,
-         default_threads(cores, values["workers"] or 1, values["share_cores"]), maximum=MAX_THREADS)
-    values["narrow_threads"] = narrow_threads(cores, values["workers"] or 1, values["torch_threads"] or 1)
+         default_threads(cores, values["workers"], values["share_cores"]), maximum=MAX_THREADS)
+    values["narrow_threads"] = narrow_threads(cores, values["workers"], values["torch_threads"])
     read("timeout_seconds", env_int, TIMEOUT_ENV, response_timeout(load_seconds))
     read("payload_cap_mb", env_int, contract.PAYLOAD_CAP_ENV, contract.DEFAULT_PAYLOAD_CAP_MB,
          maximum=contract.MAX_PAYLOAD_CAP_MB)
