@@ -177,6 +177,7 @@ def _open_rgb(source, max_pixels, min_side):
         # EXIF orientation survives `reduce` only through the source's info: read it before reducing.
         exif = image.getexif()
         small = _reduce(image, min_side)
-    if small is not image and exif:
-        small.info["exif"] = exif.tobytes()
+    if small is not image:  # reduced: a new image, without the source's info
+        if exif:
+            small.info["exif"] = exif.tobytes()
     return to_rgb(small)
