@@ -173,11 +173,6 @@ def _open_rgb(source, max_pixels, min_side):
     with _open(source) as image:
         _check_size(image, max_pixels)
         _draft(image, min_side)
-        image.load()
-        # EXIF orientation survives `reduce` only through the source's info: read it before reducing.
-        exif = image.getexif()
+        image.load()  # reduce and convert copy the info, EXIF orientation included
         small = _reduce(image, min_side)
-    if small is not image:  # reduced: a new image, without the source's info
-        if exif:
-            small.info["exif"] = exif.tobytes()
     return to_rgb(small)

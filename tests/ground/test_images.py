@@ -43,12 +43,15 @@ def test_exif_orientation_is_applied_before_and_after_reduction(min_side):
     assert upright.width < upright.height
 
 
-def test_exif_orientation_survives_the_box_reduction_of_a_png():
+@pytest.mark.parametrize("fmt, mode", [("PNG", "RGB"), ("PNG", "P"), ("PNG", "I;16"), ("PNG", "RGBA"), ("WEBP", "RGB"),
+                                       ("TIFF", "RGB"), ("TIFF", "1"), ("TIFF", "CMYK"), ("JPEG", "L")])
+def test_exif_orientation_survives_the_box_reduction(fmt, mode):
+    """Reduced directly or converted first (palette, 1-bit, 16-bit), a picture keeps its EXIF orientation."""
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees to display
-    png = samples.encode(samples.rgb_image((800, 400)), "PNG", exif=exif.tobytes())
-    assert images.open_rgb(png).size == (400, 800)
-    assert images.open_rgb(png, min_side=100).size == (100, 200)  # reduced by 4, then turned upright
+    picture = samples.encode(samples.rgb_image((800, 400)).convert(mode), fmt, exif=exif.tobytes())
+    assert images.open_rgb(picture).size == (400, 800)
+    assert images.open_rgb(picture, min_side=100).size == (100, 200)  # reduced by 4, then turned upright
 
 
 def test_a_big_jpeg_is_decoded_at_the_smallest_scale_that_keeps_the_short_side():
