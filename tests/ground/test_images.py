@@ -308,6 +308,15 @@ def test_colours_are_kept_and_transparent_areas_become_white(image, expected):
     assert rgb.mode == "RGB" and [rgb.getpixel((x, 0)) for x in range(rgb.width)] == expected
 
 
+def test_a_colour_key_in_a_grey_or_rgb_picture_is_ignored():
+    """Only palettes and alpha channels make areas white: a colour key (a grey or RGB PNG's tRNS) could not
+    survive the box reduction (averaged pixels no longer match it), so it is ignored at every size alike."""
+    for mode, key, expected in (("L", 77, (77, 77, 77)), ("RGB", (10, 200, 30), (10, 200, 30))):
+        image = _row(mode, [key])
+        image.info["transparency"] = key
+        assert images.to_rgb(image).getpixel((0, 0)) == expected
+
+
 @pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I", "F"])
 def test_16_bit_and_float_greys_are_scaled_by_their_range_not_clipped(mode):
     """1000..3000 spans 0..255 (clipping would make all four white); a one-value picture is black."""

@@ -80,6 +80,12 @@ def test_fill_to_the_end_of_the_data_counts_as_stray_bytes():
     assert "stray bytes" in pc.container_excess(header + junk + b"\xff" * (pc.MAX_JPEG_STRAY_BYTES - 900))
 
 
+def test_a_run_of_fill_is_read_no_further_than_the_allowance():
+    """A megabyte of fill before a marker: the walk stops within the marker's 2 bytes of the allowance."""
+    counts = pc.walk_jpeg(_scans(1, before=b"\xff" * 1_000_000))
+    assert pc.MAX_JPEG_STRAY_BYTES < counts["stray"] <= pc.MAX_JPEG_STRAY_BYTES + 2 and counts["segments"] == 0
+
+
 def test_each_bound_stops_the_walk_and_the_others_do_not_hide_the_scans():
     """At its bound exactly a count lets the walk go on (a scan bomb after it is found); past it, the walk
     stops there (the scans after a comment flood are not walked); count_jpeg_scans minds the scans only."""
