@@ -63,6 +63,7 @@ _NOT_FILL = re.compile(rb"[^\xff]")
 _EXIF_PREFIX = b"Exif\x00\x00"
 # TIFF tags that give the first page's size and its strips or tiles.
 _WIDTH, _HEIGHT, _STRIP_OFFSETS, _TILE_OFFSETS = 256, 257, 273, 324
+_NO_BLOCKS = {_STRIP_OFFSETS: 0, _TILE_OFFSETS: 0}  # a first IFD with neither tag: no strips or tiles
 # A TIFF's first 4 bytes -> (struct's byte order, BigTIFF?): byte order, then version 42 (classic) or 43 (BigTIFF).
 _TIFF_LAYOUTS = {b"II*\x00": ("<", False), b"MM\x00*": (">", False), b"II+\x00": ("<", True), b"MM\x00+": (">", True)}
 
@@ -243,7 +244,7 @@ def _tiff_excess(data):
         return excess
     entry_format, start = (endian + "HHQ", offset + 8) if big else (endian + "HHI", offset + 2)
     entry_size = 20 if big else 12
-    fields = {}
+    fields = dict(_NO_BLOCKS)
     for index in range(entries):
         at = start + index * entry_size
         if at + entry_size > len(data):
@@ -256,7 +257,7 @@ def _tiff_excess(data):
         elif tag in (_STRIP_OFFSETS, _TILE_OFFSETS):
             fields[tag] = count
     pixels = fields.get(_WIDTH, 0) * fields.get(_HEIGHT, 0)
-    blocks = max(fields.get(_STRIP_OFFSETS, 0), fields.get(_TILE_OFFSETS, 0))
+    blocks = max(fields[_STRIP_OFFSETS], fields[_TILE_OFFSETS])
     bound = MAX_TIFF_BLOCKS + pixels // TIFF_PIXELS_PER_EXTRA_BLOCK
     if blocks > bound:
         return f"the TIFF's first page holds {blocks:,} strips or tiles, more than {bound:,} " \

@@ -73,8 +73,9 @@ def test_the_stray_byte_bound_is_exact(stray):
 
 def test_fill_to_the_end_of_the_data_counts_as_stray_bytes():
     """A truncated header that ends in fill: past what is left of the allowance, refused without reading it
-    all (after 1,000 bytes of junk, 16,384 - 900 bytes of fill are too many)."""
+    all (n bytes of fill are at least n - 1 stray bytes; after 1,000 bytes of junk, 16,384 - 900 are too many)."""
     header = SOI + segment(0xE0, JFIF)
+    assert "stray bytes" in pc.container_excess(header + b"\xff" * (pc.MAX_JPEG_STRAY_BYTES + 3))
     assert "stray bytes" in pc.container_excess(header + b"\xff" * (2 * pc.MAX_JPEG_STRAY_BYTES))
     junk = b"\x00" * 1000 + segment(0xDB, bytes(65))
     assert "stray bytes" in pc.container_excess(header + junk + b"\xff" * (pc.MAX_JPEG_STRAY_BYTES - 900))
@@ -177,7 +178,8 @@ def test_an_apng_is_walked_up_to_its_second_frame_where_pillow_stops():
     text = samples.png_chunk(b"tEXt", b"Comment\x00after the image")
     after = _insert_before(_insert_before(apng, b"fcTL", text, nth=1), b"fdAT", flood)  # after frame two's fcTL
     assert pc.container_excess(after) is None
-    assert "chunks" in pc.container_excess(_insert_before(apng, b"IDAT", flood))  # before it
+    assert "chunks" in pc.container_excess(_insert_before(apng, b"IDAT", flood))  # before frame one's data
+    assert "chunks" in pc.container_excess(_insert_before(apng, b"fcTL", flood, nth=1))  # before frame two
     # fcTL with no acTL is no animation: Pillow reads on, and so does the walk.
     still = PNG_SIGNATURE + IHDR + IDAT + samples.png_chunk(b"fcTL", bytes(26)) + flood + IEND
     assert "chunks" in pc.container_excess(still)
