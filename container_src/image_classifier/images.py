@@ -82,7 +82,7 @@ def to_rgb(image):
         else:
             image = Image.new("F", image.size)  # one value throughout: black
     if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
+        image = image.convert("RGBA")  # pragma: no mutate - convert(None) picks RGBA here too (Pillow)
     if image.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGB", image.size, TRANSPARENT_BECOMES)
         background.paste(image, mask=image.getchannel("A"))  # paste converts LA and PA to RGB itself

@@ -364,6 +364,13 @@ def test_a_picture_twice_the_short_side_is_halved():
     assert images.open_rgb(samples.png((200, 119)), min_side=60).size == (200, 119)
 
 
+def test_a_mode_reduce_does_not_handle_is_converted_first():
+    """A CIELab TIFF opens as "LAB", which `reduce` refuses: it is reduced as RGB, to the colour of its full size."""
+    data = samples.encode(Image.new("LAB", (400, 200), (50, 10, 20)), "TIFF")
+    full, small = images.open_rgb(data), images.open_rgb(data, min_side=50)
+    assert small.size == (100, 50) and small.getpixel((50, 25)) == full.getpixel((200, 100))
+
+
 def _half_transparent(mode):
     """A 400x200 picture, green on the right, transparent on the left, in `mode`."""
     image = Image.new("RGBA", (400, 200), (10, 200, 30, 255))
