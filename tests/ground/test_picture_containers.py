@@ -153,6 +153,7 @@ def test_the_png_chunk_bound_is_exact_and_grows_with_the_file(truncated):
 def test_png_chunks_after_iend_or_past_the_end_are_not_walked():
     flood = samples.png_chunk(b"prVt") * 5000
     assert pc.container_excess(PNG_SIGNATURE + IHDR + IDAT + IEND + flood) is None
+    assert pc.container_excess(PNG_SIGNATURE + IHDR + IDAT) is None  # truncated after a whole chunk
     # A length that only a signed reading would take for -12 (the walk would then stand still).
     assert pc.container_excess(PNG_SIGNATURE + IHDR + struct.pack(">I", 0xFFFF_FFF4) + b"prVt") is None
 
