@@ -47,7 +47,8 @@ PYTEST_ARGS = ["-p", "no:cacheprovider", "-x", "-q", "-m", "not slow and not doc
 # module -> (its file, the test files that run against its mutants)
 MODULES = {
     "images": (f"{PKG}/images.py", ["tests/ground/test_images.py"]),
-    "picture_containers": (f"{PKG}/picture_containers.py", ["tests/ground/test_images.py"]),
+    "picture_containers": (f"{PKG}/picture_containers.py",
+                           ["tests/ground/test_picture_containers.py", "tests/ground/test_images.py"]),
     "serving.handler": (f"{PKG}/serving/handler.py", ["tests/serving/test_serving_handler.py"]),
     "serving.settings": (f"{PKG}/serving/settings.py", ["tests/serving/test_serving_settings.py",
                                                         "tests/serving/test_serving_resources.py"]),

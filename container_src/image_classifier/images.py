@@ -32,6 +32,8 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # to a mode that keeps what to_rgb needs (16-bit values, transparency).
 REDUCIBLE_MODES = ("L", "LA", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F")
 MODE_BEFORE_REDUCE = {"1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
+# The colour transparent areas become: most product-style photos are shot on white.
+TRANSPARENT_BECOMES = (255, 255, 255)
 # What a broken picture can raise while decoding (PIL raises OSError subclasses, SyntaxError for some).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -65,7 +67,7 @@ def charged_pixels(size, min_side):
     every pixel), or the pixels it is resized up to when smaller (a 1x50000 picture becomes 256x12.8M)."""
     width, height = size
     scale = max(1.0, min_side / max(1, min(width, height)))
-    return max(width * height, math.ceil(width * scale) * math.ceil(height * scale))
+    return math.ceil(width * scale) * math.ceil(height * scale)  # the declared pixels when scale is 1
 
 
 def to_rgb(image):
@@ -75,14 +77,15 @@ def to_rgb(image):
         # 16/32-bit grey: scale to 8 bits by the actual range, not by clipping.
         image = image.convert("F")
         low, high = image.getextrema()
-        scale = 255.0 / (high - low) if high > low else 0.0
-        image = image.point(lambda v: (v - low) * scale).convert("L")
+        if high > low:  # still "F" after: convert("RGB") below rounds it
+            image = image.point(lambda v: (v - low) * (255.0 / (high - low)))
+        else:
+            image = Image.new("F", image.size)  # one value throughout: black
     if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
+        image = image.convert("RGBA")  # pragma: no mutate - convert(None) picks RGBA here too (Pillow)
     if image.mode in ("RGBA", "LA", "PA"):
-        # Transparent areas become white, not black: most product-style photos are shot on white.
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        background = Image.new("RGB", image.size, TRANSPARENT_BECOMES)
+        background.paste(image, mask=image.getchannel("A"))  # paste converts LA and PA to RGB itself
         return background
     return image.convert("RGB")
 
@@ -113,7 +116,7 @@ def _check_size(image, max_pixels):
 def _draft(image, min_side):
     """Ask a JPEG decoder for a reduced scale that keeps the short side >= min_side (header only)."""
     if min_side and image.format == "JPEG":
-        image.draft(image.mode, (min_side, min_side))
+        image.draft(None, (min_side, min_side))  # the scale only: the mode stays (None, as Pillow's thumbnail)
 
 
 def _reduce(image, min_side):
@@ -122,27 +125,36 @@ def _reduce(image, min_side):
     if factor < 2:
         return image
     if image.mode not in REDUCIBLE_MODES:
-        image = image.convert(MODE_BEFORE_REDUCE.get(image.mode)
-                              or ("RGBA" if "transparency" in image.info else "RGB"))
+        image = image.convert(_mode_before_reduce(image))
     return image.reduce(factor)
 
 
-def _guarded(function):
-    """Pillow's decompression-bomb warning (and error) become ImageTooLargeError."""
-    def guarded(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
-                return function(*args, **kwargs)
-            except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-                raise ImageTooLargeError(str(error)) from None
-    guarded.__doc__ = function.__doc__
-    return guarded
+def _mode_before_reduce(image):
+    """A mode `reduce` handles that keeps what to_rgb needs: 16-bit values, 1-bit as grey, transparency."""
+    if image.mode in MODE_BEFORE_REDUCE:
+        return MODE_BEFORE_REDUCE[image.mode]
+    if "transparency" in image.info:
+        return "RGBA"
+    return "RGB"
 
 
-@_guarded
+def _bombs_refused(read, *args):
+    """read(*args), with Pillow's decompression-bomb warning (and error) raised as ImageTooLargeError. Called
+    at each read (not a decorator applied at import), so that mutation testing reaches it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return read(*args)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+            raise ImageTooLargeError(str(error)) from None
+
+
 def read_header(source, max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
     """Format and sizes from the header alone (nothing decoded); refuses other formats and big pictures."""
+    return _bombs_refused(_read_header, source, max_pixels, min_side)
+
+
+def _read_header(source, max_pixels, min_side):
     with _open(source) as image:
         _check_size(image, max_pixels)
         size = image.size
@@ -150,18 +162,17 @@ def read_header(source, max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
         return PictureHeader(image.format, size, image.size)
 
 
-@_guarded
 def open_rgb(source, max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
     """Open a path or bytes and decode it into upright RGB; raises ValueError subclasses (and OSError,
     SyntaxError from Pillow) on bad input. With `min_side`, a big picture is decoded or reduced to a
     smaller size whose short side is still at least `min_side`, and no full-size copy is kept."""
+    return _bombs_refused(_open_rgb, source, max_pixels, min_side)
+
+
+def _open_rgb(source, max_pixels, min_side):
     with _open(source) as image:
         _check_size(image, max_pixels)
         _draft(image, min_side)
-        image.load()
-        # EXIF orientation survives `reduce` only through the source's info: read it before reducing.
-        exif = image.getexif()
+        image.load()  # reduce and convert copy the info, EXIF orientation included
         small = _reduce(image, min_side)
-    if small is not image and exif:
-        small.info["exif"] = exif.tobytes()
     return to_rgb(small)

@@ -15,6 +15,7 @@ What each accepted format can repeat, and what is bounded here:
 - TIFF: the first IFD's entries and its strips or tiles (Pillow opens the first page only).
 - BMP: nothing repeats (a header, a palette of at most 256 entries, then the pixels).
 """
+import math
 import re
 import struct
 
@@ -62,6 +63,9 @@ _NOT_FILL = re.compile(rb"[^\xff]")
 _EXIF_PREFIX = b"Exif\x00\x00"
 # TIFF tags that give the first page's size and its strips or tiles.
 _WIDTH, _HEIGHT, _STRIP_OFFSETS, _TILE_OFFSETS = 256, 257, 273, 324
+_NO_BLOCKS = {_STRIP_OFFSETS: 0, _TILE_OFFSETS: 0}  # a first IFD with neither tag: no strips or tiles
+# A TIFF's first 4 bytes -> (struct's byte order, BigTIFF?): byte order, then version 42 (classic) or 43 (BigTIFF).
+_TIFF_LAYOUTS = {b"II*\x00": ("<", False), b"MM\x00*": (">", False), b"II+\x00": ("<", True), b"MM\x00+": (">", True)}
 
 
 def container_excess(data):
@@ -78,7 +82,7 @@ def container_excess(data):
 def count_jpeg_scans(data, stop_after=MAX_JPEG_SCANS):
     """The number of scans (SOS segments) in a JPEG's first image (`walk_jpeg`); stop_after + 1 once
     `stop_after` is passed."""
-    return walk_jpeg(data, max_scans=stop_after, max_segments=float("inf"), max_stray=float("inf"))["scans"]
+    return walk_jpeg(data, max_scans=stop_after, max_segments=math.inf, max_stray=math.inf)["scans"]
 
 
 def walk_jpeg(data, max_scans=MAX_JPEG_SCANS, max_segments=MAX_JPEG_SEGMENTS, max_stray=MAX_JPEG_STRAY_BYTES):
@@ -92,7 +96,7 @@ def walk_jpeg(data, max_scans=MAX_JPEG_SCANS, max_segments=MAX_JPEG_SEGMENTS, ma
     position = 2  # after SOI
     while counts["scans"] <= max_scans and counts["segments"] <= max_segments and counts["stray"] <= max_stray:
         found = data.find(b"\xff", position)
-        if found < 0:
+        if found == -1:
             break
         # Before the first scan, look no further than the stray bytes still allowed.
         limit = end if counts["scans"] else min(end, found + max_stray - counts["stray"] + 2)
@@ -150,7 +154,7 @@ def _png_excess(data):
             return f"the PNG holds more than {bound:,} chunks (a flat {MAX_PNG_CHUNKS:,} and one per " \
                    f"{PNG_BYTES_PER_EXTRA_CHUNK:,} bytes)"
         if kind == b"IEND" or (kind == b"fcTL" and animated and image_data_seen):
-            break  # Pillow reads the first frame only
+            return None  # Pillow reads the first frame only
         animated |= kind == b"acTL"
         image_data_seen |= kind == b"IDAT"
         if kind == b"eXIf":
@@ -181,7 +185,9 @@ def _webp_excess(data):
 
 # -------------------------------------------------------------------------------------------- GIF
 def _gif_excess(data):
-    flags = data[10] if len(data) > 10 else 0
+    if len(data) < 13:  # pragma: no mutate - "<= 13" or "< 14" alike: a 13-byte GIF holds no block either
+        return None  # not even the screen descriptor: nothing to walk
+    flags = data[10]
     position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global colour table
     blocks = 0
     while position < len(data) and data[position] == 0x21:  # an extension, up to the first image (0x2C)
@@ -198,18 +204,9 @@ def _gif_excess(data):
 
 
 # ------------------------------------------------------------------------------------------- TIFF
-def _layout(tiff):
-    """(endian, BigTIFF?) of a TIFF header, or None."""
-    endian = {b"II": "<", b"MM": ">"}.get(tiff[:2])
-    if endian is None or len(tiff) < 8:
-        return None
-    version = struct.unpack_from(endian + "H", tiff, 2)[0]
-    return (endian, version == 43) if version in (42, 43) else None
-
-
 def _first_ifd(tiff):
     """(endian, BigTIFF?, offset of the first IFD, its entry count), or None when unreadable."""
-    layout = _layout(tiff)
+    layout = _TIFF_LAYOUTS.get(tiff[:4])
     if layout is None:
         return None
     endian, big = layout
@@ -247,7 +244,7 @@ def _tiff_excess(data):
         return excess
     entry_format, start = (endian + "HHQ", offset + 8) if big else (endian + "HHI", offset + 2)
     entry_size = 20 if big else 12
-    fields = {}
+    fields = dict(_NO_BLOCKS)
     for index in range(entries):
         at = start + index * entry_size
         if at + entry_size > len(data):
@@ -260,7 +257,7 @@ def _tiff_excess(data):
         elif tag in (_STRIP_OFFSETS, _TILE_OFFSETS):
             fields[tag] = count
     pixels = fields.get(_WIDTH, 0) * fields.get(_HEIGHT, 0)
-    blocks = max(fields.get(_STRIP_OFFSETS, 0), fields.get(_TILE_OFFSETS, 0))
+    blocks = max(fields[_STRIP_OFFSETS], fields[_TILE_OFFSETS])
     bound = MAX_TIFF_BLOCKS + pixels // TIFF_PIXELS_PER_EXTRA_BLOCK
     if blocks > bound:
         return f"the TIFF's first page holds {blocks:,} strips or tiles, more than {bound:,} " \
@@ -271,6 +268,5 @@ def _tiff_excess(data):
 # Magic bytes -> walk. The walks take the whole data; each returns a reason or None.
 _WALKS = (
     (b"\xff\xd8", _jpeg_excess), (b"\x89PNG\r\n\x1a\n", _png_excess), (b"RIFF", _webp_excess),
-    (b"GIF8", _gif_excess),
-    (b"II*\x00", _tiff_excess), (b"MM\x00*", _tiff_excess), (b"II+\x00", _tiff_excess), (b"MM\x00+", _tiff_excess),
+    (b"GIF8", _gif_excess), *((magic, _tiff_excess) for magic in _TIFF_LAYOUTS),
 )

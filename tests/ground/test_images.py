@@ -43,12 +43,15 @@ def test_exif_orientation_is_applied_before_and_after_reduction(min_side):
     assert upright.width < upright.height
 
 
-def test_exif_orientation_survives_the_box_reduction_of_a_png():
+@pytest.mark.parametrize("fmt, mode", [("PNG", "RGB"), ("PNG", "P"), ("PNG", "I;16"), ("PNG", "RGBA"), ("WEBP", "RGB"),
+                                       ("TIFF", "RGB"), ("TIFF", "1"), ("TIFF", "CMYK"), ("JPEG", "L")])
+def test_exif_orientation_survives_the_box_reduction(fmt, mode):
+    """Reduced directly or converted first (palette, 1-bit, 16-bit), a picture keeps its EXIF orientation."""
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees to display
-    png = samples.encode(samples.rgb_image((800, 400)), "PNG", exif=exif.tobytes())
-    assert images.open_rgb(png).size == (400, 800)
-    assert images.open_rgb(png, min_side=100).size == (100, 200)  # reduced by 4, then turned upright
+    picture = samples.encode(samples.rgb_image((800, 400)).convert(mode), fmt, exif=exif.tobytes())
+    assert images.open_rgb(picture).size == (400, 800)
+    assert images.open_rgb(picture, min_side=100).size == (100, 200)  # reduced by 4, then turned upright
 
 
 def test_a_big_jpeg_is_decoded_at_the_smallest_scale_that_keeps_the_short_side():
@@ -269,3 +272,119 @@ def test_training_skips_a_hostile_container_before_pillow_walks_it(tmp_path, mon
     assert kept == [(str(good), 0)] and bad == [str(flood)]
     dataset = data.PictureDataset([(str(flood), 0)], lambda image: image)
     assert isinstance(dataset[0], data.BadPicture) and "chunks" in dataset[0]
+
+
+# ------------------------------------------------- colours, transparency, limits (issue 34: mutation score)
+def _row(mode, pixels, palette=None):
+    image = Image.new(mode, (len(pixels), 1))
+    if palette:
+        image.putpalette(palette + [0] * (768 - len(palette)))
+    for x, value in enumerate(pixels):
+        image.putpixel((x, 0), value)
+    return image
+
+
+_PALETTE = [0, 0, 0, 10, 200, 30, 250, 100, 5]  # black, green, orange
+
+
+def _palette_with_transparency():
+    image = _row("P", [1, 2, 0], _PALETTE)
+    image.info["transparency"] = 2  # the orange entry
+    return image
+
+
+@pytest.mark.parametrize("image, expected", [
+    (_row("RGB", [(10, 200, 30)]), [(10, 200, 30)]),
+    (_row("L", [77]), [(77, 77, 77)]),
+    (_row("P", [1, 2], _PALETTE), [(10, 200, 30), (250, 100, 5)]),
+    (_palette_with_transparency(), [(10, 200, 30), (255, 255, 255), (0, 0, 0)]),
+    (_row("RGBA", [(10, 200, 30, 255), (10, 200, 30, 0), (10, 200, 30, 128)]),
+     [(10, 200, 30), (255, 255, 255), (132, 227, 142)]),
+    (_row("LA", [(100, 255), (100, 0)]), [(100, 100, 100), (255, 255, 255)]),
+    (_row("PA", [(1, 255), (2, 0), (1, 128)], _PALETTE), [(10, 200, 30), (255, 255, 255), (132, 227, 142)]),
+], ids=["rgb", "grey", "palette", "palette-transparency", "rgba", "la", "pa"])
+def test_colours_are_kept_and_transparent_areas_become_white(image, expected):
+    rgb = images.to_rgb(image)
+    assert rgb.mode == "RGB" and [rgb.getpixel((x, 0)) for x in range(rgb.width)] == expected
+
+
+def test_a_colour_key_in_a_grey_or_rgb_picture_is_ignored():
+    """Only palettes and alpha channels make areas white: a colour key (a grey or RGB PNG's tRNS) could not
+    survive the box reduction (averaged pixels no longer match it), so it is ignored at every size alike."""
+    for mode, key, expected in (("L", 77, (77, 77, 77)), ("RGB", (10, 200, 30), (10, 200, 30))):
+        image = _row(mode, [key])
+        image.info["transparency"] = key
+        assert images.to_rgb(image).getpixel((0, 0)) == expected
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I", "F"])
+def test_16_bit_and_float_greys_are_scaled_by_their_range_not_clipped(mode):
+    """1000..3000 spans 0..255 (clipping would make all four white); a one-value picture is black."""
+    rgb = images.to_rgb(_row(mode, [1000, 1500, 2500, 3000]))
+    assert [rgb.getpixel((x, 0)) for x in range(4)] == [(0, 0, 0), (63, 63, 63), (191, 191, 191), (255,) * 3]
+    flat = images.to_rgb(_row(mode, [3000, 3000]))
+    assert flat.mode == "RGB" and [flat.getpixel((x, 0)) for x in range(2)] == [(0, 0, 0)] * 2
+
+
+def test_the_pixel_cap_is_exact():
+    picture = samples.png((100, 100))
+    for read in (images.read_header, images.open_rgb):
+        read(picture, max_pixels=10_000)
+        with pytest.raises(images.ImageTooLargeError, match="100x100 pixels, more than 9,999"):
+            read(picture, max_pixels=9_999)
+
+
+def test_pillow_s_bomb_error_and_warning_are_refused_as_too_large():
+    """Above twice Pillow's MAX_IMAGE_PIXELS it raises; between once and twice it only warns, which the
+    reads turn into the same refusal (given a pixel cap that lets the picture through)."""
+    for read in (images.read_header, images.open_rgb):
+        with pytest.raises(images.ImageTooLargeError, match="could be decompression bomb"):
+            read(samples.bomb_png(side=20_000), max_pixels=10 ** 9)  # 400 MP: the error
+        with pytest.raises(images.ImageTooLargeError, match="could be decompression bomb"):
+            read(samples.bomb_png(side=10_000), max_pixels=10 ** 9)  # 100 MP: the warning
+
+
+def _jpeg_with_broken_exif():
+    """A JPEG whose EXIF says 'rotate 90°' and has a tag whose data lies past the block's end (Pillow warns)."""
+    tiff = (b"II*\x00" + struct.pack("<IH", 8, 2) + struct.pack("<HHII", 0x010E, 2, 100, 4000)
+            + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0) + b"\x00\x00\x00\x00")
+    return samples.encode(samples.rgb_image((40, 20)), "JPEG", exif=b"Exif\x00\x00" + tiff)
+
+
+def test_pillow_s_other_warnings_stay_warnings():
+    """Only the bomb warning becomes an error: a picture with a broken EXIF tag is read, and turned upright."""
+    with pytest.warns(UserWarning, match="Skipping tag 270"):
+        assert images.open_rgb(_jpeg_with_broken_exif()).size == (20, 40)
+    with pytest.warns(UserWarning, match="Skipping tag 270"):
+        assert images.read_header(_jpeg_with_broken_exif()).size == (40, 20)
+
+
+def test_a_picture_twice_the_short_side_is_halved():
+    assert images.open_rgb(samples.png((200, 120)), min_side=60).size == (100, 60)
+    assert images.open_rgb(samples.png((200, 119)), min_side=60).size == (200, 119)
+
+
+def test_a_mode_reduce_does_not_handle_is_converted_first():
+    """A CIELab TIFF opens as "LAB", which `reduce` refuses: it is reduced as RGB, to the colour of its full size."""
+    data = samples.encode(Image.new("LAB", (400, 200), (50, 10, 20)), "TIFF")
+    full, small = images.open_rgb(data), images.open_rgb(data, min_side=50)
+    assert small.size == (100, 50) and small.getpixel((50, 25)) == full.getpixel((200, 100))
+
+
+def _half_transparent(mode):
+    """A 400x200 picture, green on the right, transparent on the left, in `mode`."""
+    image = Image.new("RGBA", (400, 200), (10, 200, 30, 255))
+    image.paste((0, 0, 0, 0), (0, 0, 200, 200))
+    if mode == "P":
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=2)
+        image.info["transparency"] = image.getpixel((0, 0))
+        return image
+    return image.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_survives_the_reduction(mode):
+    decoded = images.open_rgb(samples.encode(_half_transparent(mode), "PNG"), min_side=50)
+    assert decoded.size == (100, 50)  # reduced by 4
+    assert decoded.getpixel((10, 25)) == (255, 255, 255)
+    assert decoded.getpixel((90, 25)) == ((10, 200, 30) if mode != "LA" else (124, 124, 124))  # LA: its grey
