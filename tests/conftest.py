@@ -1,5 +1,6 @@
 """Shared fixtures: tiny datasets the tests make, and a tiny real training run."""
 import importlib.util
+import io
 import sys
 import zlib
 from pathlib import Path
@@ -109,3 +110,14 @@ def trained_model_dir(tmp_path_factory):
     job, exit_code = train_job(tmp, {"epochs": "1"})
     assert exit_code == 0, job.log_file.read_text()[-3000:]
     return job.dir / "model"
+
+
+class FlushRecorder(io.StringIO):
+    """stdout that records what had been written at each flush (the rules' metric lines must be flushed as printed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flushed = []
+
+    def flush(self):
+        self.flushed.append(self.getvalue())

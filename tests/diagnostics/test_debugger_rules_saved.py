@@ -5,7 +5,6 @@ verdict are asserted exactly, at and either side of its threshold, on non-finite
 smdebug's own `invoke_rule(..., raise_eval_cond=True)` is the rule's verdict as smdebug sees it: a rule reports
 the condition met exactly at the steps of its findings. These run in about a second (no model trains); the
 crafted training runs of test_debugger_rules.py show the same rules firing on real training."""
-import io
 import json
 import logging
 import math
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import FlushRecorder
 from image_classifier.diagnostics import debugger_hook, debugger_rules
 from image_classifier.diagnostics.debugger_rules import (ALL_RULES, ClassImbalance, ExplodingTensor, LossNotDecreasing,
                                                          Overfit, Overtraining, PoorWeightInitialization,
@@ -423,17 +423,6 @@ def test_unknown_parameters_and_missing_folders_are_refused(tmp_path):
         run_rules(folder, parameters={"LossNotDecreasing": {"bogus": 1}})
     with pytest.raises(FileNotFoundError, match=f"^No saved tensors at {re.escape(str(tmp_path / 'nothing'))}$"):
         run_rules(tmp_path / "nothing")
-
-
-class FlushRecorder(io.StringIO):
-    """stdout that records which lines were flushed as soon as they were printed."""
-
-    def __init__(self):
-        super().__init__()
-        self.flushed = []
-
-    def flush(self):
-        self.flushed.append(self.getvalue())
 
 
 RESULTS = [

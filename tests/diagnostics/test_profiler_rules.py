@@ -1,7 +1,6 @@
 """Profiler rules (profiler_rules.py): each rule on a crafted firing case and a passing case, the statistic
 asserted; GPU rules say "not applicable" on CPU; and real jobs: a starved loader fires the data-loader rule
 with a margin of at least 2, a healthy one passes it."""
-import io
 import json
 import os
 import sys
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_CLASSES, make_dataset, train_job
+from conftest import TINY_CLASSES, FlushRecorder, make_dataset, train_job
 from image_classifier import constants
 from image_classifier.metrics import PROFILER_RULE_METRICS, parse_metrics
 from image_classifier.diagnostics.profiler_rules import (ALL_PROFILER_RULES, BatchSize, CPUBottleneck, Dataloader,
@@ -316,17 +315,6 @@ def test_batch_size_takes_each_p95_and_needs_all_three_measurements():
     for missing in ("cpu_percent", "gpu_percent", "gpu_memory_percent"):
         samples = [{key: value for key, value in sample.items() if key != missing} for sample in ramp]
         assert judge(BatchSize, ProfileData(device="cuda", samples=samples))["status"] == "no data", missing
-
-
-class FlushRecorder(io.StringIO):
-    """stdout that records what had been written at each flush."""
-
-    def __init__(self):
-        super().__init__()
-        self.flushed = []
-
-    def flush(self):
-        self.flushed.append(self.getvalue())
 
 
 def test_one_metric_line_per_rule_flushed_as_printed(monkeypatch):
