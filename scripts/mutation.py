@@ -48,9 +48,18 @@ PYTEST_ARGS = ["-p", "no:cacheprovider", "-x", "-q", "-m", "not slow and not doc
 MODULES = {
     "images": (f"{PKG}/images.py", ["tests/ground/test_images.py"]),
     "picture_containers": (f"{PKG}/picture_containers.py", ["tests/ground/test_images.py"]),
-    "serving.handler": (f"{PKG}/serving/handler.py", ["tests/serving/test_serving_handler.py"]),
+    "serving.handler": (f"{PKG}/serving/handler.py",  # and the handler's side of sharing the cores
+                        ["tests/serving/test_serving_handler.py", "tests/serving/test_handler_load.py",
+                         *(f"tests/serving/test_core_share.py::test_{name}" for name in (
+                             "the_handler_uses_the_narrow_forward_while_another_worker_is_busy",
+                             "the_narrow_forward_runs_on_the_workers_share_of_the_cores",
+                             "one_worker_or_a_fixed_split_shares_nothing"))]),
     "serving.settings": (f"{PKG}/serving/settings.py", ["tests/serving/test_serving_settings.py"]),
-    "serving.engine": (f"{PKG}/serving/engine.py", ["tests/serving/test_engine.py"]),
+    "serving.engine": (f"{PKG}/serving/engine.py",  # the tiny network's tests, and the two on a ResNet of issue 34
+                       ["tests/serving/test_engine_check.py",
+                        *(f"tests/serving/test_engine.py::test_{name}" for name in (
+                            "an_engine_within_the_tolerance_but_with_another_top1_class_is_refused",
+                            "an_optimised_torch_model_that_differs_from_eager_serves_eager"))]),
     "serving.workers": (f"{PKG}/serving/workers.py", ["tests/serving/test_workers.py"]),
     "serving.core_share": (f"{PKG}/serving/core_share.py", ["tests/serving/test_core_share.py"]),
     "diagnostics.debugger_rules": (f"{PKG}/diagnostics/debugger_rules.py",

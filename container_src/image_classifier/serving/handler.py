@@ -64,7 +64,7 @@ class NotAcceptable(InferenceError):
 # --------------------------------------------------------------------------------- request headers
 def media_type(header):
     """`Image/JPEG; charset=x` -> `image/jpeg`; None stays None."""
-    return header.split(";", 1)[0].strip().lower() if header else None
+    return header.partition(";")[0].strip().lower() if header else None
 
 
 def check_content_type(content_type):
@@ -127,7 +127,7 @@ class LoadedModel:
     narrow_forward: object = None  # `forward` on settings.narrow_threads, while other workers are busy
 
 
-def seconds_per_picture(forward, example, device=None):
+def seconds_per_picture(forward, example):
     """The seconds one forward pass of one picture takes (the faster of two: the first may include
     set-up). One picture at a time is the slow case: batches of forward_batch take less per picture. The
     engine's forward returns its logits on the CPU, so the time includes a GPU's work."""
@@ -176,7 +176,7 @@ def model_fn(model_dir, context=None):
         torch.set_num_threads(served.narrow_threads)
     # Timed on the narrow forward: a request must fit SageMaker's limit while the other workers are busy too.
     max_batch, why = batch_limit(served, seconds_per_picture(
-        narrow, np.zeros((1, 3, config.image_size, config.image_size), np.float32), device))
+        narrow, np.zeros((1, 3, config.image_size, config.image_size), np.float32)))
     log.info("Batch limit: %d picture(s) per request (%s)", max_batch, why)
     return LoadedModel(network, served_by.forward, list(config.classes), EvalPixels(config.image_size, config.mean,
                                                                                     config.std), device,

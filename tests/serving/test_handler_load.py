@@ -1,0 +1,214 @@
+"""How a worker loads its model (serving/handler.py model_fn): the GPU checked first and the one MMS names used,
+the threads the settings give, the batch limit timed on one picture, serve's export served without torch (int8
+falling back to fp32 there), an artifact's accepted int8 model, and what the worker logs."""
+import json
+import logging
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+from mms.context import Context
+
+import serving_samples as samples
+from conftest import untrained_artifact
+from image_classifier import constants
+from image_classifier.model import build_model, fingerprint, load_artifact
+from image_classifier.serving import engine, handler, serve, settings
+
+CLASSES = ["Red fox", "Green frog", "Blue whale"]
+needs_openvino = pytest.mark.skipif(not engine.openvino_available(), reason="openvino is not installed")
+SETTINGS_ENV = (settings.ENGINE_ENV, settings.OPTIMIZE_ENV, settings.ENGINE_EXPORT_ENV, settings.CORE_SHARE_DIR_ENV,
+                settings.TORCH_THREADS_ENV, settings.WORKERS_ENV, settings.MAX_BATCH_ENV)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return untrained_artifact(tmp_path_factory.mktemp("model"), CLASSES)
+
+
+@pytest.fixture(scope="module")
+def eager(model_dir):
+    """The probabilities eager torch gives the sample request."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name in SETTINGS_ENV:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(settings.ENGINE_ENV, "torch")
+        monkeypatch.setenv(settings.OPTIMIZE_ENV, "false")
+        threads = torch.get_num_threads()
+        model = handler.model_fn(str(model_dir))
+        torch.set_num_threads(threads)
+    return probabilities(model)
+
+
+@pytest.fixture
+def env(monkeypatch):
+    """Sets the serving settings given (the others unset); the worker's torch threads are put back after."""
+    threads = torch.get_num_threads()
+    for name in SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+    def set_env(**values):
+        for name, value in values.items():
+            monkeypatch.setenv(name, str(value))
+
+    yield set_env
+    torch.set_num_threads(threads)
+
+
+def messages(caplog):
+    return [record.getMessage() for record in caplog.records if record.name == handler.__name__]
+
+
+def probabilities(model):
+    request = handler.input_fn(samples.batch_json(*(samples.jpeg((30 + i, 20)) for i in range(3))), "application/json")
+    return handler.predict_fn(request, model).probabilities
+
+
+def other_network(network, size):
+    """`network` with the classes it ranks first on the check input pushed down: an export or int8 model that
+    is wrong."""
+    other = build_model("resnet18", len(CLASSES)).eval()
+    other.load_state_dict(network.state_dict())
+    with torch.no_grad():
+        top = other(torch.from_numpy(engine.check_pixels(size))).argmax(1).unique()
+        other.fc.bias[top] -= 100
+    return other
+
+
+# --------------------------------------------------------------------------------- device, threads
+def test_a_worker_checks_its_gpu_before_it_loads_anything(model_dir, env, monkeypatch):
+    checks = []
+    monkeypatch.setattr(handler, "require_usable_gpu", lambda **kwargs: checks.append(kwargs))
+    handler.model_fn(str(model_dir))
+    assert checks == [{"exercise": True, "who": f"model server worker, uid {os.getuid()}"}]
+
+
+def test_each_worker_serves_on_the_gpu_mms_gives_it(model_dir, env, monkeypatch):
+    """On a host with 2 GPUs (faked: the load stops at the artifact), MMS's gpu_id modulo the GPUs."""
+    class Loaded(Exception):
+        pass
+
+    devices = []
+
+    def load_artifact_on(model_dir, device):
+        devices.append(device)
+        raise Loaded
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(handler, "require_usable_gpu", lambda **kwargs: None)
+    monkeypatch.setattr(handler, "load_artifact", load_artifact_on)
+    for gpu_id in (None, 0, 1, 3):
+        with pytest.raises(Loaded):
+            handler.model_fn(str(model_dir), Context("model", str(model_dir), None, 1, gpu_id, "1.1.11"))
+    with pytest.raises(Loaded):
+        handler.model_fn(str(model_dir))
+    assert devices == [torch.device("cuda", index) for index in (0, 0, 1, 1, 0)]
+
+
+@pytest.mark.parametrize("threads", [2, 1])
+def test_a_worker_that_shares_no_cores_runs_on_its_threads(threads, model_dir, env):
+    env(**{settings.ENGINE_ENV: "torch", settings.TORCH_THREADS_ENV: threads, settings.WORKERS_ENV: 1})
+    model = handler.model_fn(str(model_dir))
+    assert torch.get_num_threads() == threads and model.settings.torch_threads == threads
+    assert model.core_share is None and model.narrow_forward is model.forward
+
+
+def test_the_batch_limit_is_timed_on_one_picture_of_the_model_s_size(model_dir, env, monkeypatch, caplog):
+    timed = []
+
+    def seconds_per_picture(forward, example):
+        timed.append((forward, example.shape, example.dtype))
+        return 0.5
+
+    monkeypatch.setattr(handler, "seconds_per_picture", seconds_per_picture)
+    env(**{settings.ENGINE_ENV: "torch"})
+    model = handler.model_fn(str(model_dir))
+    assert timed == [(model.narrow_forward, (1, 3, 16, 16), np.float32)] and model.max_batch == 30
+
+
+def test_timing_a_picture_takes_the_faster_of_two_forward_passes():
+    calls = []
+
+    def forward(example):
+        calls.append(example)
+        time.sleep(0.3 if len(calls) == 1 else 0.01)  # the first pass does some set-up
+
+    example = np.zeros((1, 3, 16, 16), np.float32)
+    assert handler.seconds_per_picture(forward, example) < 0.2
+    assert len(calls) == 2 and all(call is example for call in calls)
+
+
+@pytest.mark.parametrize("engine_name", ["torch", pytest.param("openvino", marks=needs_openvino)])
+def test_the_worker_logs_what_it_loaded(engine_name, model_dir, env, caplog):
+    caplog.set_level(logging.INFO, logger=handler.__name__)
+    env(**{settings.ENGINE_ENV: engine_name, settings.TORCH_THREADS_ENV: 1, settings.MAX_BATCH_ENV: 7})
+    model = handler.model_fn(str(model_dir))
+    assert model.engine == engine_name and model.max_batch == 7
+    assert messages(caplog) == [
+        f"Loaded resnet18 (3 classes, 16 px) on cpu, 1 thread(s), engine: {engine_name}, optimised: True",
+        f"Batch limit: 7 picture(s) per request ({settings.MAX_BATCH_ENV}=7)"]
+
+
+# ------------------------------------------------------------------------------- serve's export
+@needs_openvino
+def test_a_lean_worker_serves_serve_s_export_without_torch(model_dir, tmp_path, env, eager):
+    name, worker_env = serve.export_engine(model_dir, settings.load({}), 0, tmp_path / "engine")
+    env(**worker_env)
+    model = handler.model_fn(str(model_dir))
+    assert (name, model.engine, model.network, model.device) == ("openvino", "openvino", None, "cpu")
+    assert model.settings == settings.load()  # a CPU host's
+    assert model.classes == CLASSES and model.decode_side == 18
+    assert np.allclose(probabilities(model), eager, atol=1e-4)
+
+
+@needs_openvino
+def test_a_lean_worker_falls_back_from_a_failing_int8_model_to_the_export_s_fp32(model_dir, tmp_path, env, eager):
+    network, _ = load_artifact(model_dir)
+    wrong = engine.export(other_network(network, 16), 16, tmp_path / "wrong")
+    engine.export(network, 16, tmp_path / "engine", int8=wrong, weights=fingerprint(model_dir))
+    env(**{settings.ENGINE_ENV: "openvino-int8", settings.ENGINE_EXPORT_ENV: tmp_path / "engine"})
+    model = handler.model_fn(str(model_dir))
+    assert (model.engine, model.network) == ("openvino", None)
+    assert np.allclose(probabilities(model), eager, atol=1e-4)
+
+
+@needs_openvino
+def test_an_export_of_other_weights_is_refused_and_the_worker_loads_torch(model_dir, tmp_path, env):
+    network, _ = load_artifact(model_dir)
+    engine.export(other_network(network, 16), 16, tmp_path / "engine", weights="other weights")
+    env(**{settings.ENGINE_ENV: "openvino", settings.ENGINE_EXPORT_ENV: tmp_path / "engine"})
+    model = handler.model_fn(str(model_dir))
+    assert model.engine == "torch" and model.network is not None
+
+
+# ----------------------------------------------------------------------------- an int8 artifact
+@pytest.fixture(scope="module")
+def int8_artifact(model_dir, tmp_path_factory):
+    """The artifact with OpenVINO models and an accepted int8 one (here the fp32 model again: what matters is
+    which file serves)."""
+    if not engine.openvino_available():
+        pytest.skip("openvino is not installed")
+    folder = tmp_path_factory.mktemp("int8") / "model"
+    shutil.copytree(model_dir, folder)
+    network, _ = load_artifact(folder)
+    models = folder / constants.OPENVINO_FOLDER
+    saved = engine.export(network, 16, models)
+    engine.copy_model(saved, models, constants.OPENVINO_INT8_MODEL)
+    config = json.loads((folder / "model.json").read_text())
+    config["quantization"] = {"decision": constants.INT8_ACCEPTED}
+    (folder / "model.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("requested, expected", [(None, "openvino-int8"), ("openvino", "openvino"),
+                                                 ("torch", "torch")])
+def test_an_artifact_s_accepted_int8_model_is_served_unless_another_engine_is_asked_for(requested, expected,
+                                                                                        int8_artifact, env):
+    if requested:
+        env(**{settings.ENGINE_ENV: requested})
+    model = handler.model_fn(str(int8_artifact))
+    assert model.engine == expected
