@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 from mms.context import Context
+from PIL import Image
 
 import serving_samples as samples
 from conftest import untrained_artifact
 from image_classifier import constants
-from image_classifier.model import build_model, fingerprint, load_artifact
+from image_classifier.model import ModelConfig, build_model, fingerprint, load_artifact, save_artifact
 from image_classifier.serving import engine, handler, serve, settings
 
 CLASSES = ["Red fox", "Green frog", "Blue whale"]
@@ -212,3 +213,37 @@ def test_an_artifact_s_accepted_int8_model_is_served_unless_another_engine_is_as
         env(**{settings.ENGINE_ENV: requested})
     model = handler.model_fn(str(int8_artifact))
     assert model.engine == expected
+
+
+def test_a_worker_that_shares_the_cores_runs_a_request_s_other_torch_work_on_its_share(model_dir, env, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setattr(settings, "cpu_count", lambda: 2)
+    env(**{settings.ENGINE_ENV: "torch", settings.CORE_SHARE_DIR_ENV: tmp_path})
+    model = handler.model_fn(str(model_dir))
+    assert model.core_share is not None and (model.settings.torch_threads, model.settings.narrow_threads) == (2, 1)
+    assert torch.get_num_threads() == 1
+
+
+def test_pictures_are_normalised_with_the_artifact_s_own_mean_and_std(tmp_path, env):
+    config = ModelConfig("resnet18", CLASSES, 16, mean=(0.5, 0.25, 0.0), std=(0.25, 0.5, 1.0))
+    save_artifact(tmp_path, build_model("resnet18", len(CLASSES)), config)
+    model = handler.model_fn(str(tmp_path))
+    pixels = model.transform(Image.new("RGB", (40, 30), (255, 255, 255)))
+    assert pixels.shape == (3, 16, 16) and np.allclose(pixels, np.float32([2.0, 1.5, 1.0]).reshape(3, 1, 1))
+
+
+@pytest.mark.parametrize("per_picture, limit, warned", [(0.0, 32, False), (15.0, 1, False), (15.5, 1, True)])
+def test_the_batch_limit_at_its_edges(per_picture, limit, warned, caplog):
+    served = settings.load({settings.BATCH_SECONDS_ENV: "15"})
+    assert handler.batch_limit(served, per_picture)[0] == limit
+    warning = (f"One picture takes {per_picture:.1f} s, more than {settings.BATCH_SECONDS_ENV}=15: requests may "
+               "time out")
+    assert messages(caplog) == ([warning] if warned else [])
+
+
+def test_the_batch_limit_says_how_it_was_derived():
+    served = settings.load({settings.BATCH_SECONDS_ENV: "15"})
+    assert handler.batch_limit(served, 4.0) == (3, (
+        f"a forward pass takes 4000 ms per picture here, 3 take 12.0 s of the 15 s allowed "
+        f"({settings.BATCH_SECONDS_ENV}; SageMaker's invocation limit is {settings.INVOCATION_SECONDS} s), at most "
+        f"{settings.DEFAULT_MAX_BATCH}"))
