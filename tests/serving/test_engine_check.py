@@ -442,8 +442,8 @@ def test_a_lean_worker_refuses_an_export_whose_model_differs_from_its_reference(
 def test_a_lean_worker_refuses_an_export_it_cannot_load(export, caplog):
     assert engine.load_export("openvino-int8", export, 1, TOLERANCE, "weights-1") is None  # no int8 model there
     [message] = messages(caplog)
-    assert re.fullmatch(rf"The openvino-int8 engine failed to load from {re.escape(str(export))} \(\w+: .+\)", message,
-                        re.DOTALL), message
+    assert message.startswith(f"The openvino-int8 engine failed to load from {export} (RuntimeError: "), message
+    assert str(export / engine.INT8_MODEL) in message  # OpenVINO's reason: the file it could not open
 
 
 # ------------------------------------------------------------------------------ the fallbacks

@@ -188,31 +188,42 @@ def test_an_export_of_other_weights_is_refused_and_the_worker_loads_torch(model_
 
 # ----------------------------------------------------------------------------- an int8 artifact
 @pytest.fixture(scope="module")
-def int8_artifact(model_dir, tmp_path_factory):
-    """The artifact with OpenVINO models and an accepted int8 one (here the fp32 model again: what matters is
-    which file serves)."""
+def int8_artifacts(model_dir, tmp_path_factory):
+    """{decision: the artifact with OpenVINO models and an int8 one its training job decided so on}. The "int8"
+    model here answers twice eager's logits (the same top-1 classes), which tells which file serves."""
     if not engine.openvino_available():
         pytest.skip("openvino is not installed")
-    folder = tmp_path_factory.mktemp("int8") / "model"
-    shutil.copytree(model_dir, folder)
-    network, _ = load_artifact(folder)
-    models = folder / constants.OPENVINO_FOLDER
-    saved = engine.export(network, 16, models)
-    engine.copy_model(saved, models, constants.OPENVINO_INT8_MODEL)
-    config = json.loads((folder / "model.json").read_text())
-    config["quantization"] = {"decision": constants.INT8_ACCEPTED}
-    (folder / "model.json").write_text(json.dumps(config))
-    return folder
+    artifacts = {}
+    for decision in (constants.INT8_ACCEPTED, constants.INT8_REJECTED):
+        folder = tmp_path_factory.mktemp("int8") / "model"
+        shutil.copytree(model_dir, folder)
+        network, _ = load_artifact(folder)
+        models = folder / constants.OPENVINO_FOLDER
+        engine.export(network, 16, models)
+        with torch.no_grad():
+            network.fc.weight *= 2
+            network.fc.bias *= 2
+        engine.copy_model(engine.export(network, 16, folder / "scaled"), models, constants.OPENVINO_INT8_MODEL)
+        config = json.loads((folder / "model.json").read_text())
+        config["quantization"] = {"decision": decision}
+        (folder / "model.json").write_text(json.dumps(config))
+        artifacts[decision] = folder
+    return artifacts
 
 
-@pytest.mark.parametrize("requested, expected", [(None, "openvino-int8"), ("openvino", "openvino"),
-                                                 ("torch", "torch")])
-def test_an_artifact_s_accepted_int8_model_is_served_unless_another_engine_is_asked_for(requested, expected,
-                                                                                        int8_artifact, env):
+@pytest.mark.parametrize("decision, requested, expected", [
+    ("accepted", None, "openvino-int8"), ("accepted", "openvino", "openvino"), ("accepted", "torch", "torch"),
+    ("rejected", None, "openvino")])
+def test_an_artifact_s_accepted_int8_model_is_served_unless_another_engine_is_asked_for(decision, requested, expected,
+                                                                                        int8_artifacts, env):
     if requested:
         env(**{settings.ENGINE_ENV: requested})
-    model = handler.model_fn(str(int8_artifact))
+    model = handler.model_fn(str(int8_artifacts[decision]))
     assert model.engine == expected
+    pixels = engine.check_pixels(16)
+    network, _ = load_artifact(int8_artifacts[decision])
+    scale = 2 if expected == "openvino-int8" else 1  # the int8 file serves, and only then
+    assert engine.difference(model.forward(pixels), scale * engine.eager_logits(network, pixels))[0] < 1e-4
 
 
 def test_a_worker_that_shares_the_cores_runs_a_request_s_other_torch_work_on_its_share(model_dir, env, tmp_path,
