@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import time
+from fractions import Fraction
 from http import HTTPStatus
 
 import numpy as np
@@ -517,6 +518,23 @@ def test_top_labels_round_to_six_digits_and_rank_ties_by_index():
     classes = [f"class {i}" for i in range(40)]
     ranked = [item["index"] for item in handler.top_labels(tied, classes, 40)]
     assert ranked == sorted(range(40), key=lambda i: (-tied[i], i))
+
+
+def test_ties_as_the_client_sees_them_rank_by_index():
+    """Probabilities equal at float32 (what the response shows) but not at float64: still ranked by index."""
+    shown = handler.top_labels(np.float64([0.3, 0.30000000001, 0.2]), ["a", "b", "c"], 3)
+    assert [(item["index"], item["probability"]) for item in shown] == [(0, 0.3), (1, 0.3), (2, 0.2)]
+
+
+def test_the_batch_limit_is_the_most_pictures_that_fit_in_the_batch_seconds(model):
+    """In exact arithmetic, at times per picture that divide the batch seconds almost exactly too."""
+    served = dataclasses.replace(model.settings, max_batch=None, batch_seconds=15)
+    for per_picture in [n / 20 for n in range(1, 320)] + [15 / n for n in range(1, 40)]:
+        limit, _ = handler.batch_limit(served, per_picture)
+        exact = Fraction(per_picture)
+        assert 1 <= limit <= settings.DEFAULT_MAX_BATCH
+        assert limit * exact <= 15 or limit == 1, per_picture
+        assert (limit + 1) * exact > 15 or limit == settings.DEFAULT_MAX_BATCH, per_picture
 
 
 @pytest.mark.parametrize("error, status", [(handler.BadRequest, 400), (handler.PayloadTooLarge, 413),

@@ -184,7 +184,9 @@ def convert_openvino(network, image_size):
     import torch
 
     openvino = import_openvino()
-    example = torch.zeros(1, 3, image_size, image_size)
+    example = torch.zeros(
+        1,  # pragma: no mutate - the input is declared of any batch size below: any example converts the same model
+        3, image_size, image_size)
     with torch.inference_mode():
         converted = openvino.convert_model(network.cpu().eval(), example_input=example,
                                            input=[(-1, 3, image_size, image_size)])
@@ -231,7 +233,8 @@ def openvino_forward(converted, threads):
     request = compiled.create_infer_request()
 
     def forward(inputs):
-        outputs = request.infer({0: np.ascontiguousarray(inputs, dtype=np.float32)})
+        outputs = request.infer({
+            0: np.ascontiguousarray(inputs, dtype=np.float32)})  # pragma: no mutate - OpenVINO casts other types so too
         return outputs[0].copy()  # the request reuses its output buffer
 
     forward.compiled = compiled  # for its settings
@@ -350,13 +353,17 @@ def load(requested, network, image_size, device, threads, tolerance, optimize=Tr
             return engine, network
         name = settings.OPENVINO_ENGINE if name == settings.INT8_ENGINE else settings.TORCH_ENGINE
         log.warning("The engine did not pass its check: serving with %s instead", name)
-    example = torch.zeros(1, 3, image_size, image_size, device=device)
+    example = torch.zeros(
+        1,  # pragma: no mutate - the warm-up pass's batch size changes no answer
+        3, image_size, image_size, device=device)
     reference = network
     pixels = check_pixels(image_size)
     expected = eager_logits(network, pixels)
     network, forward = torch_forward(network, example, optimize)
     if optimize:  # half precision and folding change the numbers a little: check them the same way
-        passes, found = judge(settings.TORCH_ENGINE, torch_engine_forward(forward, device)(pixels), expected, tolerance)
+        passes, found = judge(
+            settings.TORCH_ENGINE,  # pragma: no mutate - judge sets only int8 apart: any other name is judged as fp32
+            torch_engine_forward(forward, device)(pixels), expected, tolerance)
         if not passes:
             log.error("The optimised torch model differs from eager fp32 (%s): serving plain eager fp32", found)
             network, forward = reference, reference
