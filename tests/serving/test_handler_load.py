@@ -21,6 +21,7 @@ from image_classifier.serving import engine, handler, serve, settings
 
 CLASSES = ["Red fox", "Green frog", "Blue whale"]
 needs_openvino = pytest.mark.skipif(not engine.openvino_available(), reason="openvino is not installed")
+cpu_host = pytest.mark.skipif(torch.cuda.is_available(), reason="what a host without a GPU serves with")
 SETTINGS_ENV = (settings.ENGINE_ENV, settings.OPTIMIZE_ENV, settings.ENGINE_EXPORT_ENV, settings.CORE_SHARE_DIR_ENV,
                 settings.TORCH_THREADS_ENV, settings.WORKERS_ENV, settings.MAX_BATCH_ENV)
 
@@ -143,6 +144,7 @@ def test_timing_a_picture_takes_the_faster_of_two_forward_passes():
     assert len(calls) == 2 and all(call is example for call in calls)
 
 
+@cpu_host
 @pytest.mark.parametrize("engine_name", ["torch", pytest.param("openvino", marks=needs_openvino)])
 def test_the_worker_logs_what_it_loaded(engine_name, model_dir, env, caplog):
     caplog.set_level(logging.INFO, logger=handler.__name__)
@@ -155,6 +157,7 @@ def test_the_worker_logs_what_it_loaded(engine_name, model_dir, env, caplog):
 
 
 # ------------------------------------------------------------------------------- serve's export
+@cpu_host
 @needs_openvino
 def test_a_lean_worker_serves_serve_s_export_without_torch(model_dir, tmp_path, env, eager):
     name, worker_env = serve.export_engine(model_dir, settings.load({}), 0, tmp_path / "engine")
@@ -166,6 +169,7 @@ def test_a_lean_worker_serves_serve_s_export_without_torch(model_dir, tmp_path, 
     assert np.allclose(probabilities(model), eager, atol=1e-4)
 
 
+@cpu_host
 @needs_openvino
 def test_a_lean_worker_falls_back_from_a_failing_int8_model_to_the_export_s_fp32(model_dir, tmp_path, env, eager):
     network, _ = load_artifact(model_dir)
@@ -211,6 +215,7 @@ def int8_artifacts(model_dir, tmp_path_factory):
     return artifacts
 
 
+@cpu_host
 @pytest.mark.parametrize("decision, requested, expected", [
     ("accepted", None, "openvino-int8"), ("accepted", "openvino", "openvino"), ("accepted", "torch", "torch"),
     ("rejected", None, "openvino")])
@@ -226,6 +231,7 @@ def test_an_artifact_s_accepted_int8_model_is_served_unless_another_engine_is_as
     assert engine.difference(model.forward(pixels), scale * engine.eager_logits(network, pixels))[0] < 1e-4
 
 
+@cpu_host
 def test_a_worker_that_shares_the_cores_runs_a_request_s_other_torch_work_on_its_share(model_dir, env, tmp_path,
                                                                                        monkeypatch):
     monkeypatch.setattr(settings, "cpu_count", lambda: 2)
