@@ -310,7 +310,8 @@ def test_the_export_copies_the_artifact_s_models_and_converts_nothing(export, ot
                                                                       monkeypatch):
     monkeypatch.setattr(engine, "convert_openvino", pytest.fail)
     (tmp_path / "existing").mkdir()
-    engine.export(network, SIZE, tmp_path / "existing", saved=other_model, int8=export / engine.OPENVINO_MODEL)
+    assert engine.export(network, SIZE, tmp_path / "existing", saved=other_model, int8=export / engine.OPENVINO_MODEL) \
+        == tmp_path / "existing" / engine.OPENVINO_MODEL
     for name, source in ((engine.OPENVINO_MODEL, other_model), (engine.INT8_MODEL, export / engine.OPENVINO_MODEL)):
         for suffix in (".xml", ".bin"):
             copy = (tmp_path / "existing" / name).with_suffix(suffix)
