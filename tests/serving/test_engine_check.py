@@ -237,6 +237,31 @@ def test_the_optimised_torch_network_is_folded_channels_last_and_fp32_on_a_cpu(n
     assert engine.torch_forward(network, torch.zeros(1, 3, SIZE, SIZE), optimize=False) == (network, network)
 
 
+class GpuPicture:
+    """Stands for a picture on a GPU (a CPU tensor inside): torch_forward reads only its device, and runs it once."""
+    device = torch.device("cuda", 0)
+
+    def contiguous(self, memory_format):
+        return torch.zeros(1, 3, SIZE, SIZE).contiguous(memory_format=memory_format)
+
+
+def test_on_a_gpu_the_optimised_network_runs_in_half_precision(network, pixels, expected):
+    """Half precision and CPU: torch runs fp16 convolutions on a CPU too, so the choice shows without a GPU."""
+    half, forward = engine.torch_forward(network, GpuPicture())
+    assert {parameter.dtype for parameter in half.parameters()} == {torch.float16}
+    with torch.inference_mode():
+        answers = forward(torch.from_numpy(pixels))  # float32 in: halved on the way, float32 out
+    assert answers.dtype == torch.float32 and engine.difference(answers.numpy(), expected)[0] < 0.01
+
+
+def test_asked_for_openvino_on_a_gpu_load_never_builds_it(network, monkeypatch):
+    monkeypatch.setattr(engine, "checked", lambda *args, **kwargs: pytest.fail("an OpenVINO engine for a GPU"))
+    try:
+        engine.load("openvino", network, SIZE, torch.device("cuda", 0), 1, TOLERANCE)
+    except (RuntimeError, AssertionError):  # no GPU (or the network on the CPU): torch cannot run it there
+        pass
+
+
 def test_a_torch_engine_runs_on_its_threads_and_gives_the_worker_its_own_back():
     recorder = ThreadRecorder()
     before = torch.get_num_threads()
