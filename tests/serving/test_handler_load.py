@@ -89,26 +89,37 @@ def test_a_worker_checks_its_gpu_before_it_loads_anything(model_dir, env, monkey
 
 
 def test_each_worker_serves_on_the_gpu_mms_gives_it(model_dir, env, monkeypatch):
-    """On a host with 2 GPUs (faked: the load stops at the artifact), MMS's gpu_id modulo the GPUs."""
+    """On a host with 2 GPUs (faked: the artifact loads on the CPU, the load stops at the engine), MMS's gpu_id
+    modulo the GPUs, for the artifact and its engine alike."""
     class Loaded(Exception):
         pass
 
-    devices = []
+    artifacts, engines = [], []
 
     def load_artifact_on(model_dir, device):
-        devices.append(device)
+        artifacts.append(device)
+        return load_artifact(model_dir)
+
+    def load_engine(*args, **kwargs):
+        engines.append((args[0], type(args[1]).__name__, args[2:], kwargs))
         raise Loaded
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(handler, "require_usable_gpu", lambda **kwargs: None)
     monkeypatch.setattr(handler, "load_artifact", load_artifact_on)
+    monkeypatch.setattr(engine, "load", load_engine)
+    env(**{settings.TORCH_THREADS_ENV: 3, settings.ENGINE_TOLERANCE_ENV: "0.125", settings.OPTIMIZE_ENV: "false",
+           settings.ENGINE_EXPORT_ENV: "/nowhere"})
     for gpu_id in (None, 0, 1, 3):
         with pytest.raises(Loaded):
             handler.model_fn(str(model_dir), Context("model", str(model_dir), None, 1, gpu_id, "1.1.11"))
     with pytest.raises(Loaded):
         handler.model_fn(str(model_dir))
-    assert devices == [torch.device("cuda", index) for index in (0, 0, 1, 1, 0)]
+    devices = [torch.device("cuda", index) for index in (0, 0, 1, 1, 0)]
+    assert artifacts == devices
+    assert engines == [("auto", "ResNet", (16, device, 3, 0.125, False), {"exported": "/nowhere", "int8_model": None})
+                       for device in devices]
 
 
 @pytest.mark.parametrize("threads", [2, 1])
