@@ -76,6 +76,10 @@ MODULES = {
     "launcher.request_checks": ("launcher/request_checks.py",
                                 ["tests/launcher/test_request_checks.py", "tests/launcher/test_api_rules.py"]),
 }
+# mutmut sets a mutant's CPU-time limit from its tests' call phase alone, not their fixtures' set-up: the seconds
+# of set-up (models loaded or exported once per test module) a module's tests need on top, or its mutants are
+# stopped while the fixtures are still being made, and "time out", which counts as killed.
+SETUP_SECONDS = {"serving.engine": 15, "serving.handler": 30}
 # mutmut's statuses: found by the tests, or not
 DETECTED = {"killed", "timeout", "segfault"}
 STATUS_BY_EXIT_CODE = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
@@ -126,9 +130,10 @@ def configure(copy, module):
         f"pytest_add_cli_args = {toml(PYTEST_ARGS)}\n"
         f"pytest_add_cli_args_test_selection = {toml(tests)}\n"
         # A mutant that loops for ever (a walk whose position stops moving) is stopped after (the time of its
-        # tests + 1 s) x 2 x this many CPU seconds: 4 instead of mutmut's 15 keeps such mutants from taking
-        # minutes each, and is still 8 times what the tests need.
+        # tests + 1 s, or the module's SETUP_SECONDS) x 2 x this many CPU seconds: 4 instead of mutmut's 15 keeps
+        # such mutants from taking minutes each, and is still 8 times what the tests need.
         "timeout_multiplier = 4.0\n"
+        f"timeout_constant = {SETUP_SECONDS.get(module, 1)}\n"  # mutmut's default: 1 s
         "use_git_change_detection = false\n")
 
 
