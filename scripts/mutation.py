@@ -80,6 +80,10 @@ MODULES = {
 # of set-up (models loaded or exported once per test module) a module's tests need on top, or its mutants are
 # stopped while the fixtures are still being made, and "time out", which counts as killed.
 SETUP_SECONDS = {"serving.engine": 15, "serving.handler": 30}
+# Modules whose tests run torch and OpenVINO: their thread pools do not survive a fork of the process that ran the
+# suite (a mutant forked from it waits for ever on a lock held by a thread it does not have, then "times out",
+# which counts as killed), so their mutants fork from mutmut's fork server, which has only imported the tests.
+FORK_UNSAFE = {"serving.engine", "serving.handler"}
 # mutmut's statuses: found by the tests, or not
 DETECTED = {"killed", "timeout", "segfault"}
 STATUS_BY_EXIT_CODE = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
@@ -134,6 +138,7 @@ def configure(copy, module):
         # such mutants from taking minutes each, and is still 8 times what the tests need.
         "timeout_multiplier = 4.0\n"
         f"timeout_constant = {SETUP_SECONDS.get(module, 1)}\n"  # mutmut's default: 1 s
+        f'process_isolation = "{"forkserver" if module in FORK_UNSAFE else "fork"}"\n'
         "use_git_change_detection = false\n")
 
 
