@@ -49,10 +49,19 @@ MODULES = {
     "images": (f"{PKG}/images.py", ["tests/ground/test_images.py"]),
     "picture_containers": (f"{PKG}/picture_containers.py",
                            ["tests/ground/test_picture_containers.py", "tests/ground/test_images.py"]),
-    "serving.handler": (f"{PKG}/serving/handler.py", ["tests/serving/test_serving_handler.py"]),
+    "serving.handler": (f"{PKG}/serving/handler.py",  # and the handler's side of sharing the cores
+                        ["tests/serving/test_serving_handler.py", "tests/serving/test_handler_load.py",
+                         *(f"tests/serving/test_core_share.py::test_{name}" for name in (
+                             "the_handler_uses_the_narrow_forward_while_another_worker_is_busy",
+                             "the_narrow_forward_runs_on_the_workers_share_of_the_cores",
+                             "one_worker_or_a_fixed_split_shares_nothing"))]),
     "serving.settings": (f"{PKG}/serving/settings.py", ["tests/serving/test_serving_settings.py",
                                                         "tests/serving/test_serving_resources.py"]),
-    "serving.engine": (f"{PKG}/serving/engine.py", ["tests/serving/test_engine.py"]),
+    "serving.engine": (f"{PKG}/serving/engine.py",  # the tiny network's tests, and the two on a ResNet of issue 34
+                       ["tests/serving/test_engine_check.py",
+                        *(f"tests/serving/test_engine.py::test_{name}" for name in (
+                            "an_engine_within_the_tolerance_but_with_another_top1_class_is_refused",
+                            "an_optimised_torch_model_that_differs_from_eager_serves_eager"))]),
     "serving.workers": (f"{PKG}/serving/workers.py", ["tests/serving/test_workers.py"]),
     "serving.core_share": (f"{PKG}/serving/core_share.py", ["tests/serving/test_core_share.py"]),
     "diagnostics.debugger_rules": (f"{PKG}/diagnostics/debugger_rules.py",  # over tensors the tests write (fast)
@@ -72,6 +81,14 @@ MODULES = {
     "launcher.request_checks": ("launcher/request_checks.py",
                                 ["tests/launcher/test_request_checks.py", "tests/launcher/test_api_rules.py"]),
 }
+# mutmut sets a mutant's CPU-time limit from its tests' call phase alone, not their fixtures' set-up: the seconds
+# of set-up (models loaded or exported once per test module) a module's tests need on top, or its mutants are
+# stopped while the fixtures are still being made, and "time out", which counts as killed.
+SETUP_SECONDS = {"serving.engine": 15, "serving.handler": 30}
+# Modules whose tests run torch and OpenVINO: their thread pools do not survive a fork of the process that ran the
+# suite (a mutant forked from it waits for ever on a lock held by a thread it does not have, then "times out",
+# which counts as killed), so their mutants fork from mutmut's fork server, which has only imported the tests.
+FORK_UNSAFE = {"serving.engine", "serving.handler"}
 # mutmut's statuses: found by the tests, or not
 DETECTED = {"killed", "timeout", "segfault"}
 STATUS_BY_EXIT_CODE = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
@@ -122,9 +139,11 @@ def configure(copy, module):
         f"pytest_add_cli_args = {toml(PYTEST_ARGS)}\n"
         f"pytest_add_cli_args_test_selection = {toml(tests)}\n"
         # A mutant that loops for ever (a walk whose position stops moving) is stopped after (the time of its
-        # tests + 1 s) x 2 x this many CPU seconds: 4 instead of mutmut's 15 keeps such mutants from taking
-        # minutes each, and is still 8 times what the tests need.
+        # tests + 1 s, or the module's SETUP_SECONDS) x 2 x this many CPU seconds: 4 instead of mutmut's 15 keeps
+        # such mutants from taking minutes each, and is still 8 times what the tests need.
         "timeout_multiplier = 4.0\n"
+        f"timeout_constant = {SETUP_SECONDS.get(module, 1)}\n"  # mutmut's default: 1 s
+        f'process_isolation = "{"forkserver" if module in FORK_UNSAFE else "fork"}"\n'
         "use_git_change_detection = false\n")
 
 

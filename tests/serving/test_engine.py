@@ -231,7 +231,7 @@ def test_an_engine_within_the_tolerance_but_with_another_top1_class_is_refused(m
     monkeypatch.setattr(engine, "convert_openvino",
                         lambda _network, size, convert=engine.convert_openvino: convert(swapped, size))
     caplog.set_level(logging.INFO)
-    assert engine.checked("openvino", network, 16, "cpu", 1, settings.DEFAULT_ENGINE_TOLERANCE) is None
+    assert engine.checked("openvino", network, 16, 1, settings.DEFAULT_ENGINE_TOLERANCE) is None
     assert "DIFFERS" in caplog.text
     served_by, _ = engine.load("openvino", network, 16, "cpu", 1, settings.DEFAULT_ENGINE_TOLERANCE)
     assert served_by.name == "torch"

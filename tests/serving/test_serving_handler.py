@@ -2,6 +2,8 @@
 import dataclasses
 import json
 import time
+from fractions import Fraction
+from http import HTTPStatus
 
 import numpy as np
 import pytest
@@ -279,13 +281,13 @@ def test_the_batch_limit_keeps_a_full_batch_within_the_batch_seconds(model, per_
 
 def test_model_fn_derives_the_batch_limit_from_a_timed_forward_pass(model_dir, monkeypatch, caplog):
     caplog.set_level("INFO")
-    monkeypatch.setattr(handler, "seconds_per_picture", lambda forward, example, device: 2.5)
+    monkeypatch.setattr(handler, "seconds_per_picture", lambda forward, example: 2.5)
     assert handler.model_fn(str(model_dir)).max_batch == 6  # 15 s / 2.5 s
     assert "Batch limit: 6 picture(s) per request (a forward pass takes 2500 ms per picture" in caplog.text
     monkeypatch.setenv(settings.MAX_BATCH_ENV, "9")
     assert handler.model_fn(str(model_dir)).max_batch == 9
     monkeypatch.undo()
-    per_picture = handler.seconds_per_picture(lambda x: x * 2, torch.zeros(1, 3, 16, 16), torch.device("cpu"))
+    per_picture = handler.seconds_per_picture(lambda x: x * 2, torch.zeros(1, 3, 16, 16))
     assert 0 < per_picture < 1
 
 
@@ -395,3 +397,150 @@ def test_transformer_refuses_a_body_over_the_payload_cap(service, model_dir, mon
     code, content_type, response = handle(service, model_dir, body, {"Content-Type": "image/jpeg"})
     assert (code, content_type) == (413, "application/json")
     assert "1,048,577 bytes, more than the payload cap of 1,048,576" in json.loads(response)["message"]
+
+
+# ------------------------------------------------------------------------- what the client is told
+FORMATS = ", ".join(settings.PICTURE_FORMATS)
+BATCH_FORM = '{"instances": [{"b64": "..."}]}'
+
+
+@pytest.mark.parametrize("content_type, named", [(None, "(none)"), ("", "(none)"), ("text/csv", "text/csv")])
+def test_an_unsupported_content_type_is_told_what_to_send(content_type, named):
+    with pytest.raises(handler.UnsupportedContentType) as error:
+        handler.check_content_type(content_type)
+    assert error.value.message == (f"Content type {named} is not supported: send one picture as image/jpeg, "
+                                   f"image/png, application/x-image, or a batch as application/json {BATCH_FORM}.")
+
+
+@pytest.mark.parametrize("content_type", ["image/png; a=b; c=d", "image/png;charset=x"])
+def test_a_content_type_s_parameters_are_ignored(content_type):
+    assert handler.check_content_type(content_type) == "image/png"
+
+
+def test_an_accept_list_without_spaces_is_read_item_by_item():
+    handler.check_accept("text/csv,application/json")
+    with pytest.raises(handler.NotAcceptable) as error:
+        handler.check_accept("text/csv,image/png")
+    assert error.value.message == "Accept text/csv,image/png is not supported: responses are application/json."
+
+
+def test_request_headers_are_found_by_any_spelling(model_dir):
+    context = mms_context(model_dir, {"X-Other": "no", "X-Amzn-SageMaker-Custom-Attributes": "top_k=2"})
+    assert handler.header(context, "x-amzn-sagemaker-custom-attributes") == "top_k=2"
+    assert handler.header(context, "X-OTHER") == "no" and handler.header(context, "Accept") is None
+    unprocessed = Context("model", str(model_dir), None, 1, None, "1.1.11")
+    assert [handler.header(found, "X-Other") for found in (None, object(), unprocessed)] == [None, None, None]
+
+
+@pytest.mark.parametrize("attributes, expected", [("top_k=1", 1), ("top-k=3", 3), ("a=b=c,top_k=2", 2)])
+def test_top_k_s_smallest_value_and_spellings(attributes, expected):
+    assert handler.parse_top_k(attributes) == expected
+
+
+@pytest.mark.parametrize("attributes, message", [
+    ("top_k=0", "top_k must be at least 1, got 0."), ("top_k=three", "top_k must be a whole number, got 'three'."),
+    ("top_k=3=4", "top_k must be a whole number, got '3=4'.")])
+def test_a_bad_top_k_is_told_what_is_wrong(attributes, message):
+    with pytest.raises(handler.BadRequest) as error:
+        handler.parse_top_k(attributes)
+    assert error.value.message == message
+
+
+@pytest.mark.parametrize("body, content_type, error, message", [
+    (b"", "image/png", handler.BadRequest, "The body is empty: send the bytes of a picture."),
+    (samples.random_bytes(), "image/jpeg", handler.BadRequest,
+     f"The body is not a picture in a supported format ({FORMATS})."),
+    (samples.batch_json(samples.png(), samples.random_bytes()), "application/json", handler.BadRequest,
+     f"instances[1] is not a picture in a supported format ({FORMATS})."),
+    (b"\xff\xfe binary", "application/json", handler.BadRequest, "The JSON body is not UTF-8 text."),
+    (" \n", "application/json", handler.BadRequest, f"The body is empty: send {BATCH_FORM}."),
+    ("{not json", "application/json", handler.BadRequest,
+     "The body is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)."),
+    (samples.nested_json(), "application/json", handler.BadRequest,
+     f"The JSON body is nested too deeply: send {BATCH_FORM}."),
+    ('{"instances": {"b64": "aGVsbG8="}}', "application/json", handler.BadRequest,
+     'The JSON body must be {"instances": [{"b64": "<base64 picture>"}, ...]} with at least one instance.'),
+    ('{"instances": ["abc"]}', "application/json", handler.BadRequest,
+     'instances[0] must be an object {"b64": "<base64 picture>"}, got str.'),
+    ('{"instances": [{"b64": "aGVs@bG8="}]}', "application/json", handler.BadRequest,
+     "instances[0].b64 is not valid base64."),  # decodable when the stray character is dropped: still refused
+], ids=["empty", "random-bytes", "random-instance", "binary-json", "blank-json", "bad-json", "deep-json",
+        "instances-object", "string-instance", "stray-base64"])
+def test_a_refused_request_is_told_exactly_what_is_wrong(body, content_type, error, message):
+    with pytest.raises(error) as raised:
+        handler.input_fn(body, content_type)
+    assert raised.value.message == message
+
+
+def test_the_pixel_cap_holds_for_every_picture_of_a_batch(monkeypatch):
+    monkeypatch.setenv(settings.MAX_PIXELS_ENV, "1000")
+    with pytest.raises(handler.PayloadTooLarge) as raised:
+        handler.input_fn(samples.batch_json(samples.png((20, 20)), samples.png((40, 30))), "application/json")
+    assert raised.value.message == "instances[1] is too large: picture is 40x30 pixels, more than 1,000."
+
+
+def test_a_picture_at_the_cap_after_resizing_is_served(model, monkeypatch):
+    """40x30 is decoded at 40x30 (short side 30 >= 18): 1,200 pixels."""
+    monkeypatch.setattr(model, "settings", dataclasses.replace(model.settings, max_pixels=1200))
+    predict(model, samples.batch_json(samples.png((40, 30))))
+    monkeypatch.setattr(model, "settings", dataclasses.replace(model.settings, max_pixels=1199))
+    with pytest.raises(handler.PayloadTooLarge) as raised:
+        predict(model, samples.batch_json(samples.png((40, 30))))
+    assert raised.value.message == ("instances[0] is too large: 40x30 pixels are resized to 1,200 pixels (a short "
+                                    "side of 18), more than 1,199.")
+
+
+def test_a_big_picture_is_decoded_reduced_no_smaller_than_the_model_needs(model):
+    sizes = []
+    reduced = dataclasses.replace(model, transform=lambda image: sizes.append(image.size) or model.transform(image))
+    picture = handler.check_picture(samples.big_jpeg())
+    assert handler.to_tensor(picture, reduced).shape == (3, 16, 16)
+    [(width, height)] = sizes
+    assert model.decode_side <= min(width, height) < 3000 // 4
+
+
+def test_a_forward_pass_without_a_chosen_run_uses_the_model_s_own(model):
+    inputs = np.zeros((3, 3, 16, 16), np.float32)
+    assert np.allclose(handler.forward(inputs, model), handler.forward(inputs, model, model.forward))
+
+
+def test_probabilities_are_float32_and_exact_for_logits_far_apart():
+    probabilities = handler.softmax(np.array([[0.0, 1000.0, 0.0], [-1000.0, -999.0, -1000.0]]))
+    assert probabilities.dtype == np.float32 and np.isfinite(probabilities).all()
+    second = np.exp([-1.0, 0.0, -1.0]) / np.exp([-1.0, 0.0, -1.0]).sum()
+    assert np.allclose(probabilities, [[0.0, 1.0, 0.0], second], atol=1e-6)
+
+
+def test_top_labels_round_to_six_digits_and_rank_ties_by_index():
+    assert handler.top_labels(np.float32([0.1234567, 0.8765433]), ["a", "b"], 2) == [
+        {"label": "b", "index": 1, "probability": 0.876543}, {"label": "a", "index": 0, "probability": 0.123457}]
+    tied = np.random.default_rng(0).choice(np.float32([0.1, 0.2, 0.3]), 40)  # many ties, past numpy's small sorts
+    classes = [f"class {i}" for i in range(40)]
+    ranked = [item["index"] for item in handler.top_labels(tied, classes, 40)]
+    assert ranked == sorted(range(40), key=lambda i: (-tied[i], i))
+
+
+def test_ties_as_the_client_sees_them_rank_by_index():
+    """Probabilities equal at float32 (what the response shows) but not at float64: still ranked by index."""
+    shown = handler.top_labels(np.float64([0.3, 0.30000000001, 0.2]), ["a", "b", "c"], 3)
+    assert [(item["index"], item["probability"]) for item in shown] == [(0, 0.3), (1, 0.3), (2, 0.2)]
+
+
+def test_the_batch_limit_is_the_most_pictures_that_fit_in_the_batch_seconds(model):
+    """In exact arithmetic, at times per picture that divide the batch seconds almost exactly too."""
+    served = dataclasses.replace(model.settings, max_batch=None, batch_seconds=15)
+    for per_picture in [n / 20 for n in range(1, 320)] + [15 / n for n in range(1, 40)]:
+        limit, _ = handler.batch_limit(served, per_picture)
+        exact = Fraction(per_picture)
+        assert 1 <= limit <= settings.DEFAULT_MAX_BATCH
+        assert limit * exact <= 15 or limit == 1, per_picture
+        assert (limit + 1) * exact > 15 or limit == settings.DEFAULT_MAX_BATCH, per_picture
+
+
+@pytest.mark.parametrize("error, status", [(handler.BadRequest, 400), (handler.PayloadTooLarge, 413),
+                                           (handler.UnsupportedContentType, 415), (handler.NotAcceptable, 406),
+                                           (handler.InferenceError, 500)])
+def test_each_error_carries_its_status_message_and_phrase(error, status):
+    raised = error("what went wrong")
+    assert (raised.status_code, raised.message, raised.phrase) == (status, "what went wrong",
+                                                                   HTTPStatus(status).phrase)

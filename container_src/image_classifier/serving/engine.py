@@ -184,7 +184,9 @@ def convert_openvino(network, image_size):
     import torch
 
     openvino = import_openvino()
-    example = torch.zeros(1, 3, image_size, image_size)
+    example = torch.zeros(
+        1,  # pragma: no mutate - the input is declared of any batch size below: any example converts the same model
+        3, image_size, image_size)
     with torch.inference_mode():
         converted = openvino.convert_model(network.cpu().eval(), example_input=example,
                                            input=[(-1, 3, image_size, image_size)])
@@ -220,7 +222,7 @@ def openvino_forward(converted, threads):
     openvino = import_openvino()
     core = openvino.Core()
     with same_signal_stack():
-        compiled = core.compile_model(str(converted) if isinstance(converted, Path) else converted, "CPU", {
+        compiled = core.compile_model(converted, "CPU", {  # a Model, or the path of a saved one
             "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
             # bf16 on AMX/AVX512-BF16 CPUs would change the answers (an int8 model's quantized layers run in
             # int8 whatever this says; the rest stays fp32)
@@ -231,7 +233,8 @@ def openvino_forward(converted, threads):
     request = compiled.create_infer_request()
 
     def forward(inputs):
-        outputs = request.infer({0: np.ascontiguousarray(inputs, dtype=np.float32)})
+        outputs = request.infer({
+            0: np.ascontiguousarray(inputs, dtype=np.float32)})  # pragma: no mutate - OpenVINO casts other types so too
         return outputs[0].copy()  # the request reuses its output buffer
 
     forward.compiled = compiled  # for its settings
@@ -272,8 +275,8 @@ def export(network, image_size, folder, saved=None, int8=None, weights=""):
 
 
 # ------------------------------------------------------------------------------------------- load
-def build(name, network, image_size, device, threads, exported=None, int8_model=None):
-    """The Engine `name` for `network` (eager, eval mode, on `device`). openvino uses the `exported` model
+def build(name, network, image_size, threads, exported=None, int8_model=None):
+    """The Engine `name` for `network` (eager, eval mode; OpenVINO runs on the CPU whatever its device). openvino uses the `exported` model
     when its file exists, else converts now; openvino-int8 the exported copy, else the artifact's `int8_model`."""
     saved = Path(exported) / EXPORTED_FILES[name] if exported and name in EXPORTED_FILES else None
     if saved is not None and saved.is_file():
@@ -287,13 +290,13 @@ def build(name, network, image_size, device, threads, exported=None, int8_model=
     raise ValueError(f"no engine {name!r}")
 
 
-def checked(name, network, image_size, device, threads, tolerance, exported=None, int8_model=None):
+def checked(name, network, image_size, threads, tolerance, exported=None, int8_model=None):
     """Engine `name` if its answers on the fixed input pass the check against eager fp32 (`judge`);
     otherwise None, with the reason logged. `network` is not modified."""
     started = time.monotonic()
     pixels = check_pixels(image_size)
     try:
-        engine = build(name, network, image_size, device, threads, exported, int8_model)
+        engine = build(name, network, image_size, threads, exported, int8_model)
         passes, found = judge(name, engine.forward(pixels), eager_logits(network, pixels), tolerance)
     except Exception as error:  # noqa: BLE001  (any failure of an optional engine means: the next one down)
         log.error("The %s engine failed to load (%s: %s)", name, type(error).__name__, error)
@@ -345,18 +348,22 @@ def load(requested, network, image_size, device, threads, tolerance, optimize=Tr
 
     name = resolve(requested, device, int8=int8_model is not None)
     while name != settings.TORCH_ENGINE:
-        engine = checked(name, network, image_size, device, threads, tolerance, exported, int8_model)
+        engine = checked(name, network, image_size, threads, tolerance, exported, int8_model)
         if engine is not None:
             return engine, network
         name = settings.OPENVINO_ENGINE if name == settings.INT8_ENGINE else settings.TORCH_ENGINE
         log.warning("The engine did not pass its check: serving with %s instead", name)
-    example = torch.zeros(1, 3, image_size, image_size, device=device)
+    example = torch.zeros(
+        1,  # pragma: no mutate - the warm-up pass's batch size changes no answer
+        3, image_size, image_size, device=device)
     reference = network
     pixels = check_pixels(image_size)
     expected = eager_logits(network, pixels)
     network, forward = torch_forward(network, example, optimize)
     if optimize:  # half precision and folding change the numbers a little: check them the same way
-        passes, found = judge(settings.TORCH_ENGINE, torch_engine_forward(forward, device)(pixels), expected, tolerance)
+        passes, found = judge(
+            settings.TORCH_ENGINE,  # pragma: no mutate - judge sets only int8 apart: any other name is judged as fp32
+            torch_engine_forward(forward, device)(pixels), expected, tolerance)
         if not passes:
             log.error("The optimised torch model differs from eager fp32 (%s): serving plain eager fp32", found)
             network, forward = reference, reference

@@ -64,7 +64,7 @@ class NotAcceptable(InferenceError):
 # --------------------------------------------------------------------------------- request headers
 def media_type(header):
     """`Image/JPEG; charset=x` -> `image/jpeg`; None stays None."""
-    return header.split(";", 1)[0].strip().lower() if header else None
+    return header.partition(";")[0].strip().lower() if header else None
 
 
 def check_content_type(content_type):
@@ -98,7 +98,9 @@ def header(context, name):
 
 def parse_top_k(custom_attributes, default=contract.DEFAULT_TOP_K):
     """`top_k=3` among SageMaker custom attributes (`a=b,top_k=3` or `;`-separated)."""
-    for part in (custom_attributes or "").replace(";", ",").split(","):
+    if not custom_attributes:
+        return default
+    for part in custom_attributes.replace(";", ",").split(","):
         key, _, value = part.partition("=")
         if key.strip().lower() in ("top_k", "top-k"):
             try:
@@ -127,7 +129,7 @@ class LoadedModel:
     narrow_forward: object = None  # `forward` on settings.narrow_threads, while other workers are busy
 
 
-def seconds_per_picture(forward, example, device=None):
+def seconds_per_picture(forward, example):
     """The seconds one forward pass of one picture takes (the faster of two: the first may include
     set-up). One picture at a time is the slow case: batches of forward_batch take less per picture. The
     engine's forward returns its logits on the CPU, so the time includes a GPU's work."""
@@ -176,7 +178,7 @@ def model_fn(model_dir, context=None):
         torch.set_num_threads(served.narrow_threads)
     # Timed on the narrow forward: a request must fit SageMaker's limit while the other workers are busy too.
     max_batch, why = batch_limit(served, seconds_per_picture(
-        narrow, np.zeros((1, 3, config.image_size, config.image_size), np.float32), device))
+        narrow, np.zeros((1, 3, config.image_size, config.image_size), np.float32)))
     log.info("Batch limit: %d picture(s) per request (%s)", max_batch, why)
     return LoadedModel(network, served_by.forward, list(config.classes), EvalPixels(config.image_size, config.mean,
                                                                                     config.std), device,
@@ -263,7 +265,8 @@ def check_picture(data, what="The body", max_pixels=settings.DEFAULT_MAX_PIXELS)
 def load_json(body):
     if isinstance(body, (bytes, bytearray)):
         try:
-            body = bytes(body).decode("utf-8")
+            body = bytes(body).decode(
+                "utf-8")  # pragma: no mutate - "UTF-8" names the same codec
         except UnicodeDecodeError:
             raise BadRequest("The JSON body is not UTF-8 text.") from None
     if not body or not body.strip():
@@ -271,7 +274,7 @@ def load_json(body):
     try:
         return json.loads(body)
     except ValueError as error:  # JSONDecodeError, or a number of more than 4,300 digits
-        raise BadRequest(f"The body is not valid JSON: {str(error)[:200]}.") from None
+        raise BadRequest(f"The body is not valid JSON: {error}.") from None  # json's reasons are one short line
     except RecursionError:
         raise BadRequest("The JSON body is nested too deeply: send "
                          "{\"instances\": [{\"b64\": \"...\"}]}.") from None
@@ -391,7 +394,9 @@ def top_labels(probabilities, classes, top_k):
     """The `top_k` most probable classes of one picture's probabilities, most probable first (ties: the
     lower index first)."""
     probabilities = np.asarray(probabilities, dtype=np.float32)
-    indices = np.argsort(-probabilities, kind="stable")[:min(top_k, len(classes))]
+    ranked = np.argsort(-probabilities,
+                        kind="stable")  # pragma: no mutate - numpy reads "STABLE" as "stable"
+    indices = ranked[:min(top_k, len(classes))]
     return [{"label": classes[i], "index": int(i), "probability": round(float(probabilities[i]), 6)}
             for i in indices]
 

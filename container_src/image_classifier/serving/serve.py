@@ -135,12 +135,12 @@ def export_engine(model_dir, served, gpus, folder, account=None):
     except Exception as error:  # noqa: BLE001  (an optional engine that fails means: serve with torch)
         log.error("Could not export the model for %s (%s: %s): serving with torch", name, type(error).__name__, error)
         return settings.TORCH_ENGINE, {settings.ENGINE_ENV: settings.TORCH_ENGINE}
-    works = engine.checked(name, network, config.image_size, "cpu", served.torch_threads, served.engine_tolerance,
+    works = engine.checked(name, network, config.image_size, served.torch_threads, served.engine_tolerance,
                            exported=folder)
     if works is None and name == settings.INT8_ENGINE:
         name = settings.OPENVINO_ENGINE
-        works = engine.checked(name, network, config.image_size, "cpu", served.torch_threads,
-                               served.engine_tolerance, exported=folder)
+        works = engine.checked(name, network, config.image_size, served.torch_threads, served.engine_tolerance,
+                               exported=folder)
         (Path(folder) / engine.INT8_MODEL).unlink(missing_ok=True)  # the workers must not take it up
     del network
     gc.collect()
