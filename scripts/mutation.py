@@ -89,6 +89,9 @@ SETUP_SECONDS = {"serving.engine": 15, "serving.handler": 30}
 # suite (a mutant forked from it waits for ever on a lock held by a thread it does not have, then "times out",
 # which counts as killed), so their mutants fork from mutmut's fork server, which has only imported the tests.
 FORK_UNSAFE = {"serving.engine", "serving.handler"}
+# A mutant mutmut's CPU limit stopped is run again without it (confirm_timeouts): its tests still running after this
+# many seconds mean it never ends (the slowest of these tests, failing, waits 35 s for a worker that never comes)
+CONFIRM_SECONDS = 60
 # mutmut's statuses: found by the tests, or not
 DETECTED = {"killed", "timeout", "segfault"}
 STATUS_BY_EXIT_CODE = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
@@ -191,9 +194,46 @@ def run_module(module, functions=None, deadline=None, log=sys.stdout):
         if process.returncode not in (0, None, -15) and not any(code is not None for code in codes.values()):
             print(tail, file=log)
             raise SystemExit(f"{module}: mutmut failed (exit {process.returncode}; output above)")
-    selected = {name: code for name, code in codes.items()
-                if not functions or function_key(name) in functions}
-    return {name: STATUS_BY_EXIT_CODE.get(code, "suspicious") for name, code in selected.items()}
+        selected = {name: STATUS_BY_EXIT_CODE.get(code, "suspicious") for name, code in codes.items()
+                    if not functions or function_key(name) in functions}
+        confirm_timeouts(copy, selected, env, deadline, log)
+    return selected
+
+
+def confirm_timeouts(copy, statuses, env, deadline, log):
+    """mutmut's CPU limit stops a mutant whose tests never end, and the score counts it found; it also stops one
+    whose fixtures outlasted the limit or whose forked process deadlocked, which found nothing. So each "timeout"
+    runs its tests again in a fresh process without that limit: it stays found only when they fail, or still
+    run after CONFIRM_SECONDS (a real endless loop); when they pass it survived."""
+    tests_of = json.loads((copy / "mutants" / "mutmut-stats.json").read_text())["tests_by_mangled_function_name"]
+    timeouts = sorted(name for name, status in statuses.items() if status == "timeout")
+    endless = failed = 0
+    for name in timeouts:
+        if deadline is not None and deadline - time.monotonic() < CONFIRM_SECONDS:
+            print(f"    time cap: timeout of {name} not confirmed", file=log)
+            continue
+        tests = tests_of.get(name.rpartition("__mutmut_")[0])
+        if not tests:
+            raise SystemExit(f"{name}: a timeout, but mutmut recorded no tests for its function")
+        mutants = copy / "mutants"
+        try:
+            run = subprocess.run([interpreter(), "-m", "pytest", *PYTEST_ARGS, *tests], cwd=mutants,
+                                 env={**env, "MUTANT_UNDER_TEST": name,
+                                      "PYTHONPATH": f"{mutants / 'src'}{os.pathsep}{mutants}"},
+                                 capture_output=True, timeout=CONFIRM_SECONDS, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            endless += 1  # it runs on: found, as mutmut said
+            continue
+        failed += run.returncode == 1
+        if run.returncode == 0:
+            statuses[name] = "survived"
+            print(f"    {name}: a timeout under mutmut, but its tests pass without the CPU limit: survived", file=log)
+        elif run.returncode != 1:
+            raise SystemExit(f"{name}: its tests could not run on their own (pytest exit {run.returncode}):\n"
+                             f"{run.stdout.decode()[-2000:]}")
+    if timeouts:
+        print(f"    {len(timeouts)} timeouts run again without the CPU limit: {failed} failed their tests, {endless} ran "
+              f"past {CONFIRM_SECONDS} s", file=log)
 
 
 def summary(statuses):
@@ -206,7 +246,10 @@ def summary(statuses):
         counts[0] += status in DETECTED
         counts[1] += 1
     killed = sum(status in DETECTED for status in judged.values())
-    return {"killed": killed, "total": len(judged), "score": score(killed, len(judged)),
+    # A timeout counts as killed (a mutant that loops for ever is found), but a module whose set-up outlasts
+    # mutmut's CPU limit, or whose forked children deadlock, would show false kills as timeouts: counted apart.
+    timeouts = sum(status == "timeout" for status in judged.values())
+    return {"killed": killed, "total": len(judged), "score": score(killed, len(judged)), "timeouts": timeouts,
             "functions": dict(sorted(functions.items())),
             "survivors": sorted(f"{name} ({status})" for name, status in judged.items() if status not in DETECTED)}
 
@@ -226,11 +269,11 @@ def write_report(results):
              f"[{SCORES_FILE.name}]({SCORES_FILE.name}). Goal: at least {GOAL:g} % of each module's mutants "
              "killed; a survivor is killed by a new test or marked `# pragma: no mutate` with the reason it is "
              "equivalent. How to read and update it: [TESTING.md](../TESTING.md), 'Mutation score'.", "",
-             "| module | killed | mutants | score | tests |", "|---|---:|---:|---:|---|"]
+             "| module | killed | of which by timeout | mutants | score | tests |", "|---|---:|---:|---:|---:|---|"]
     for module, data in recorded.items():
         mark = "" if data["score"] >= GOAL else " (below the goal)"
-        lines.append(f"| {module} | {data['killed']} | {data['total']} | {data['score']:.1f} %{mark} | "
-                     f"{', '.join(MODULES[module][1])} |")
+        lines.append(f"| {module} | {data['killed']} | {data.get('timeouts', '?')} | {data['total']} | "
+                     f"{data['score']:.1f} %{mark} | {', '.join(MODULES[module][1])} |")
     missing = [module for module in MODULES if module not in recorded]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
@@ -402,8 +445,8 @@ def main():
         started = time.monotonic()
         results[module] = summary(run_module(module))
         data = results[module]
-        print(f"{module}: {data['killed']}/{data['total']} killed, {data['score']:.1f} % "
-              f"({time.monotonic() - started:.0f} s)", flush=True)
+        print(f"{module}: {data['killed']}/{data['total']} killed ({data['timeouts']} by timeout), "
+              f"{data['score']:.1f} % ({time.monotonic() - started:.0f} s)", flush=True)
         for survivor in data["survivors"]:
             print(f"    survived: {survivor}")
         if args.report:

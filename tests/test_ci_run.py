@@ -1,6 +1,8 @@
 """.ci/run never lets the serving or container tests skip: without a Java 17 it can install, or a docker engine
 it can install and start, it fails before the tests; and the container tests fail instead of skipping when
 CI requires them."""
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -73,10 +75,11 @@ def _mutation_script():
 
 
 def test_the_mutation_step_plans_the_functions_a_change_touched(tmp_path, monkeypatch):
-    """scripts/mutation.py ci, as .ci/run calls it after `make test`: a function changed runs that function's
-    mutants; a module's tests or module-level code changed runs all of them; other files run nothing."""
+    """scripts/mutation.py ci, as .ci/run calls it before `make test` (its failure comes in minutes): a function
+    changed runs that function's mutants; a module's tests or module-level code changed runs all of them; other
+    files run nothing."""
     mutation = _mutation_script()
-    assert CI_RUN.read_text().index("make test\n") < CI_RUN.read_text().index("scripts/mutation.py ci")
+    assert CI_RUN.read_text().index("scripts/mutation.py ci") < CI_RUN.read_text().index("make test\n")
     git = lambda *args: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,  # noqa: E731
                                        text=True).stdout.strip()
     git("init", "-q")
@@ -122,3 +125,31 @@ def test_the_mutation_step_compares_with_the_commit_that_recorded_the_scores(tmp
     monkeypatch.setattr(mutation, "SCORES_FILE", scores)
     monkeypatch.delenv("MUTATION_BASE", raising=False)
     assert mutation.merge_base(None) == recorded != git("rev-parse", "main")
+
+
+def test_a_timeout_counts_as_found_only_if_its_tests_fail_or_never_end_without_mutmut_s_cpu_limit(tmp_path,
+                                                                                                  monkeypatch):
+    """mutmut's CPU limit also stops mutants whose fixtures were slow or whose forked process deadlocked (torch,
+    OpenVINO): each "timeout" runs its tests again in a fresh process, as the mutant, without that limit."""
+    mutation = _mutation_script()
+    mutants = tmp_path / "mutants"
+    (mutants / "src").mkdir(parents=True)
+    (mutants / "test_mutant.py").write_text(
+        "import os, time\n\n"
+        "def test_it():\n"
+        "    mutant = os.environ['MUTANT_UNDER_TEST']\n"
+        "    assert not mutant.startswith('m.x_fails')\n"
+        "    while mutant.startswith('m.x_hangs'):\n"
+        "        time.sleep(0.1)\n")
+    (mutants / "mutmut-stats.json").write_text(json.dumps({"tests_by_mangled_function_name": {
+        f"m.x_{name}": ["test_mutant.py::test_it"] for name in ("fails", "hangs", "passes", "killed")}}))
+    monkeypatch.setattr(mutation, "CONFIRM_SECONDS", 5)
+    monkeypatch.setenv("PY", sys.executable)
+    statuses = {"m.x_fails__mutmut_1": "timeout", "m.x_hangs__mutmut_1": "timeout", "m.x_passes__mutmut_1": "timeout",
+                "m.x_killed__mutmut_1": "killed"}
+    log = io.StringIO()
+    mutation.confirm_timeouts(tmp_path, statuses, dict(os.environ), None, log)
+    assert statuses == {"m.x_fails__mutmut_1": "timeout", "m.x_hangs__mutmut_1": "timeout",
+                        "m.x_passes__mutmut_1": "survived", "m.x_killed__mutmut_1": "killed"}
+    assert log.getvalue().splitlines()[-1] == \
+        "    3 timeouts run again without the CPU limit: 1 failed their tests, 1 ran past 5 s"

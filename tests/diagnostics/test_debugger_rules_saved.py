@@ -399,6 +399,19 @@ def test_run_rules_over_a_run_without_its_end_mark(tmp_path, caplog):
         f"The tensors in {folder} have no end-of-training mark; using the {len(every_rule_run())} steps there"]
 
 
+def test_a_run_without_its_end_mark_is_read_once_not_polled(tmp_path, monkeypatch):
+    """The steps there are all there will be: smdebug must not list the run's files again on every tensor read
+    (321 listings instead of 2 here; each one LIST requests on S3)."""
+    from smdebug.trials.trial import Trial
+
+    folder = save_trial(tmp_path, [step for saved in every_rule_run() for step in (saved, None)], ended=False)
+    listings, refresh_data = [], Trial.refresh_data
+    monkeypatch.setattr(Trial, "refresh_data", lambda trial: listings.append(trial.path) or refresh_data(trial))
+    results = run_rules(folder)
+    assert results[0]["status"] == results[-1]["status"] == "triggered"  # LossNotDecreasing, ClassImbalance
+    assert len(listings) <= 2  # create_trial's own reads
+
+
 def test_run_rules_over_an_empty_run(tmp_path):
     folder = save_trial(tmp_path, [])
     assert {r["status"] for r in run_rules(folder)} == {"no data"}

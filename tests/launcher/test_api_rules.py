@@ -1,6 +1,10 @@
 """The request rules SageMaker applies and the SDK v2 does not (launcher/api_rules.py), the request
 checks (launcher/request_checks.py) on requests they must refuse, and the terminal's text filter."""
+import copy
+
+import boto3
 import pytest
+from botocore.stub import Stubber
 
 from image_classifier.cuda_check import GPU_INFERENCE_AMI
 from launcher import LauncherError, api_rules, terminal, transform
@@ -93,10 +97,14 @@ def test_transform_ami_on_gpu_types_only():
         api_rules.transform_ami("ml.c7g.xlarge")
 
 
-def test_training_refuses_arm64_only():
+def test_training_refuses_arm64_and_retired_types_only():
     api_rules.check_runs_the_image("ml.p6-b200.48xlarge")  # training hosts bring their own drivers
+    api_rules.check_runs_the_image("ml.g3s.xlarge")  # Maxwell: refused for serving, not here
     with pytest.raises(LauncherError, match="amd64"):
         api_rules.check_runs_the_image("ml.p6e-gb200.36xlarge")
+    with pytest.raises(LauncherError) as refused:
+        api_rules.check_runs_the_image("ml.p2.xlarge")
+    assert str(refused.value) == f"ml.p2.xlarge: {api_rules.UNSUPPORTED_GPU_FAMILIES['p2']}"
 
 
 # ----------------------------------------------------------------------------------------------------- KMS
@@ -120,6 +128,64 @@ def test_max_concurrent_times_payload_stays_within_100_mb():
         api_rules.check_max_concurrent(100 // payload + 1, payload)
     # The default for a big instance is capped too (ml.m5.4xlarge: 8 workers x 2 requests = 16 <= 16).
     assert transform.max_concurrent_transforms("ml.m5.4xlarge") * payload <= 100
+
+
+@pytest.mark.parametrize("max_concurrent, payload_mb", [(1, 100), (2, 50), (20, 5), (100, 1)])
+def test_max_concurrent_up_to_exactly_100_mb_is_taken(max_concurrent, payload_mb):
+    api_rules.check_max_concurrent(max_concurrent, payload_mb)
+    with pytest.raises(LauncherError, match=rf"--max-concurrent {max_concurrent + 1}: .* at most {max_concurrent} per"):
+        api_rules.check_max_concurrent(max_concurrent + 1, payload_mb)
+
+
+@pytest.mark.parametrize("max_concurrent", [0, -1])
+def test_max_concurrent_below_one_is_refused(max_concurrent):
+    with pytest.raises(LauncherError) as refused:
+        api_rules.check_max_concurrent(max_concurrent, 1)
+    assert str(refused.value) == "--max-concurrent must be at least 1"
+
+
+# ------------------------------------------------------------------------------- fields the SDK cannot send
+TRANSFORM_REQUEST = {
+    "TransformJobName": "job", "ModelName": "model",
+    "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://bucket/in"}}},
+    "TransformOutput": {"S3OutputPath": "s3://bucket/out"},
+    "TransformResources": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1},
+}
+TRANSFORM_ARN = "arn:aws:sagemaker:us-east-1:123456789012:transform-job/job"
+
+
+def sagemaker_client():
+    """A real botocore client; Stubber answers its calls, so nothing leaves the machine."""
+    return boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
+                                 region_name="us-east-1").client("sagemaker")
+
+
+def test_fields_the_sdk_cannot_send_are_merged_into_that_operations_requests_as_sent():
+    client = sagemaker_client()
+    api_rules.add_to_request(client, "CreateTransformJob", DataProcessing={"JoinSource": "Input"},
+                             TransformResources={"TransformAmiVersion": "al2-ami-sagemaker-batch-gpu-535",
+                                                 "InstanceCount": 2})
+    merged = copy.deepcopy(TRANSFORM_REQUEST)
+    merged["TransformResources"].update(TransformAmiVersion="al2-ami-sagemaker-batch-gpu-535", InstanceCount=2)
+    merged["DataProcessing"] = {"JoinSource": "Input"}  # a new key; nested dicts merge, other values replace
+    with Stubber(client) as stub:  # asserts the parameters after provide-client-params, as botocore validates them
+        stub.add_response("create_transform_job", {"TransformJobArn": TRANSFORM_ARN}, merged)
+        stub.add_response("stop_transform_job", {}, {"TransformJobName": "job"})  # other operations: as they are
+        client.create_transform_job(**copy.deepcopy(TRANSFORM_REQUEST))
+        client.stop_transform_job(TransformJobName="job")
+        stub.assert_no_pending_responses()
+
+
+def test_fields_added_twice_for_one_operation_merge_once(monkeypatch):
+    merges = []
+    monkeypatch.setattr(api_rules, "_merge", lambda target, fields: merges.append(dict(fields)))
+    client = sagemaker_client()
+    for _ in range(2):  # e.g. two transforms started from one process
+        api_rules.add_to_request(client, "CreateTransformJob", DataProcessing={"JoinSource": "Input"})
+    with Stubber(client) as stub:
+        stub.add_response("create_transform_job", {"TransformJobArn": TRANSFORM_ARN}, TRANSFORM_REQUEST)
+        client.create_transform_job(**copy.deepcopy(TRANSFORM_REQUEST))
+    assert merges == [{"DataProcessing": {"JoinSource": "Input"}}]
 
 
 # ---------------------------------------------------------------------------------------------- warm start

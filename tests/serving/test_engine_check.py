@@ -280,6 +280,27 @@ def test_a_torch_engine_runs_on_its_threads_and_gives_the_worker_its_own_back():
         torch.set_num_threads(before)
 
 
+def test_the_torch_engine_runs_on_the_device_it_is_loaded_for(network, pixels, expected, monkeypatch):
+    """The meta device stands for a GPU (shapes without data): the warm-up example is made there, and the check's,
+    the engine's and the other threads' forward passes get their pictures there; answers come back as CPU arrays."""
+    meta, seen = torch.device("meta"), []
+
+    def optimised(eager, example, optimize=True):
+        seen.append(("warm-up", example.device, optimize))
+
+        def forward(batch):  # a stand-in for the network on the GPU: eager's answers, in half precision
+            seen.append(("forward", batch.device, tuple(batch.shape)))
+            return torch.from_numpy(expected[:len(batch)]).half()
+        return eager, forward
+
+    monkeypatch.setattr(engine, "torch_forward", optimised)
+    served_by, serving = engine.load("torch", network, SIZE, meta, 1, TOLERANCE)
+    answers = [served_by.forward(pixels), served_by.at_threads(2)(pixels[:1])]
+    assert serving is network and [a.dtype for a in answers] == [np.float32, np.float32]
+    assert seen == [("warm-up", meta, True), ("forward", meta, pixels.shape), ("forward", meta, pixels.shape),
+                    ("forward", meta, (1, *pixels.shape[1:]))]
+
+
 def test_the_optimised_torch_model_is_served_when_it_passes_the_check(network, pixels, expected, caplog):
     caplog.set_level(logging.INFO)
     served_by, serving = engine.load("torch", network, SIZE, "cpu", 1, TOLERANCE)
@@ -390,6 +411,7 @@ def test_an_engine_that_matches_eager_is_served_and_says_so(network, pixels, exp
     caplog.set_level(logging.INFO, logger=engine.__name__)
     served_by = engine.checked("openvino", network, SIZE, 1, TOLERANCE)
     assert served_by.name == "openvino" and engine.difference(served_by.forward(pixels), expected)[0] < 1e-5
+    assert served_by.forward.compiled.get_property("INFERENCE_NUM_THREADS") == 1  # the threads asked for
     [message] = messages(caplog, logging.INFO)
     assert re.fullmatch(r"The openvino engine matches eager PyTorch on the load-time check \(largest logit "
                         r"difference \S+ of the largest logit, tolerance 1e-02; top-1 agrees; \d+\.\d s to load\)",
@@ -441,7 +463,8 @@ def test_a_lean_worker_serves_serve_s_export_after_checking_it(name, export, int
     served_by = engine.load_export(name, folder, 1, TOLERANCE, "weights-1")
     answers = served_by.forward(pixels)
     assert served_by.name == name and engine.difference(answers, expected * (2 if "int8" in name else 1))[0] < 1e-5
-    assert served_by.at_threads(1).compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert served_by.forward.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert served_by.at_threads(2).compiled.get_property("INFERENCE_NUM_THREADS") == 2
     [message] = messages(caplog, logging.INFO)
     assert load_time(message).startswith(f"The {name} engine matches eager PyTorch on the load-time check (")
 
@@ -479,6 +502,7 @@ def test_each_engine_asked_for_is_served_when_it_passes(network, int8_model, pix
                                   ("auto", int8_model, "openvino-int8"), ("openvino-int8", int8_model, "openvino-int8")):
         served_by, serving = engine.load(requested, network, SIZE, "cpu", 1, TOLERANCE, int8_model=int8)
         assert (served_by.name, serving) == (name, network)
+        assert served_by.forward.compiled.get_property("INFERENCE_NUM_THREADS") == 1
         assert engine.difference(served_by.forward(pixels), expected * (2 if int8 else 1))[0] < 1e-5
     assert messages(caplog) == []
 

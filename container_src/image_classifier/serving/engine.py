@@ -266,7 +266,8 @@ def export(network, image_size, folder, saved=None, int8=None, weights=""):
         path = copy_model(saved, folder, OPENVINO_MODEL)
     else:
         path = folder / OPENVINO_MODEL
-        openvino.save_model(convert_openvino(network, image_size), str(path), compress_to_fp16=False)
+        openvino.save_model(convert_openvino(network, image_size), str(path),
+                            compress_to_fp16=False)  # pragma: no mutate - pybind11 reads None as False too
     if int8 is not None:
         copy_model(int8, folder, INT8_MODEL)
     pixels = check_pixels(image_size)
