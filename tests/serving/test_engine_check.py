@@ -301,6 +301,22 @@ def test_the_torch_engine_runs_on_the_device_it_is_loaded_for(network, pixels, e
                     ("forward", meta, (1, *pixels.shape[1:]))]
 
 
+def test_eager_answers_come_from_the_network_s_own_device(pixels):
+    class OnMeta(torch.nn.Module):  # a network whose weights are on the meta device, standing for a GPU
+        def __init__(self):
+            super().__init__()
+            self.weight, self.devices = torch.nn.Parameter(torch.empty(1, device="meta")), []
+
+        def forward(self, batch):
+            self.devices.append(batch.device)
+            return torch.ones(len(batch), 5, dtype=torch.float16)
+
+    network = OnMeta()
+    answers = engine.eager_logits(network, pixels)
+    assert network.devices == [torch.device("meta")]
+    assert answers.dtype == np.float32 and np.array_equal(answers, np.ones((len(pixels), 5), np.float32))
+
+
 def test_the_optimised_torch_model_is_served_when_it_passes_the_check(network, pixels, expected, caplog):
     caplog.set_level(logging.INFO)
     served_by, serving = engine.load("torch", network, SIZE, "cpu", 1, TOLERANCE)
@@ -333,9 +349,18 @@ def test_an_openvino_forward_is_tuned_for_one_request_at_a_time_in_fp32(network,
     assert compiled.get_property("ENABLE_CPU_PINNING") is False
     for batch in (pixels, pixels[:1]):  # any batch size
         assert engine.difference(forward(batch), expected[:len(batch)])[0] < 1e-5
+    # any float type and memory layout: OpenVINO converts them (a float64 or Fortran-order array answers the same)
+    assert np.array_equal(forward(np.asfortranarray(pixels.astype(np.float64))), forward(pixels))
     first = forward(pixels)
     assert np.array_equal(forward(pixels), first)
     assert not np.shares_memory(forward(pixels[:1]), first)  # a copy, not the request's reused buffer
+
+
+@needs_openvino
+def test_the_converted_model_takes_any_batch_of_pictures_of_its_size(network):
+    [picture_input] = engine.convert_openvino(network, SIZE).inputs
+    assert str(picture_input.get_partial_shape()) == f"[?,3,{SIZE},{SIZE}]"
+    assert picture_input.get_element_type().get_type_name() == "f32"
 
 
 @needs_openvino
@@ -382,18 +407,21 @@ def test_an_engine_is_built_from_the_export_before_converting(network, other_mod
     for name, file in engine.EXPORTED_FILES.items():
         engine.copy_model(other_model, tmp_path, file)
     other = engine.eager_logits(other_network(), pixels)
+    # threads: 1 for the forward, 2 for at_threads (None would be OpenVINO's default, as many as the cores)
     converted = engine.build("openvino", network, SIZE, 1)
     assert converted.name == "openvino" and engine.difference(converted.forward(pixels), expected)[0] < 1e-5
-    assert converted.at_threads(1).compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert converted.forward.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert converted.at_threads(2).compiled.get_property("INFERENCE_NUM_THREADS") == 2
     monkeypatch.setattr(engine, "convert_openvino", pytest.fail)
     for name in ("openvino", "openvino-int8"):
-        built = engine.build(name, network, SIZE, 2, exported=tmp_path, int8_model=tmp_path / "missing.xml")
+        built = engine.build(name, network, SIZE, 1, exported=tmp_path, int8_model=tmp_path / "missing.xml")
         assert built.name == name and engine.difference(built.forward(pixels), other)[0] < 1e-5
-        assert built.forward.compiled.get_property("INFERENCE_NUM_THREADS") == 2
-        assert built.at_threads(1).compiled.get_property("INFERENCE_NUM_THREADS") == 1
-    int8 = engine.build("openvino-int8", network, SIZE, 2, exported=tmp_path / "empty", int8_model=str(other_model))
+        assert built.forward.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        assert built.at_threads(2).compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    int8 = engine.build("openvino-int8", network, SIZE, 1, exported=tmp_path / "empty", int8_model=str(other_model))
     assert int8.name == "openvino-int8" and engine.difference(int8.forward(pixels), other)[0] < 1e-5
-    assert int8.at_threads(1).compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert int8.forward.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert int8.at_threads(2).compiled.get_property("INFERENCE_NUM_THREADS") == 2
     for name, int8_model in (("torch", other_model), ("openvino-int8", None)):
         with pytest.raises(ValueError, match=f"^no engine '{name}'$"):
             engine.build(name, network, SIZE, 1, int8_model=int8_model)

@@ -64,7 +64,7 @@ def openvino_available():
 def import_openvino():
     # OpenVINO's converter reports usage to Intel through openvino-telemetry unless the package is missing
     # (it then uses its own no-op stub): a model server sends nothing, so the package is hidden from it.
-    sys.modules.setdefault("openvino_telemetry", None)
+    sys.modules.setdefault("openvino_telemetry", None)  # pragma: no mutate - None is setdefault's default too
     import openvino
 
     return openvino
@@ -180,17 +180,13 @@ def eager_logits(network, pixels):
 
 # --------------------------------------------------------------------------------------- openvino
 def convert_openvino(network, image_size):
-    """The eager network as an OpenVINO model (any batch size)."""
+    """The eager network as an OpenVINO model of any batch size, its pictures' size fixed (the CPU plugin picks
+    its kernels for that size when it compiles). OpenVINO traces it on zeros of that shape."""
     import torch
 
     openvino = import_openvino()
-    example = torch.zeros(
-        1,  # pragma: no mutate - the input is declared of any batch size below: any example converts the same model
-        3, image_size, image_size)
     with torch.inference_mode():
-        converted = openvino.convert_model(network.cpu().eval(), example_input=example,
-                                           input=[(-1, 3, image_size, image_size)])
-    return converted
+        return openvino.convert_model(network.cpu().eval(), input=[(-1, 3, image_size, image_size)])
 
 
 class _SignalStack(ctypes.Structure):  # stack_t of sigaltstack(2)
@@ -232,10 +228,8 @@ def openvino_forward(converted, threads):
             "ENABLE_CPU_PINNING": False})
     request = compiled.create_infer_request()
 
-    def forward(inputs):
-        outputs = request.infer({
-            0: np.ascontiguousarray(inputs, dtype=np.float32)})  # pragma: no mutate - OpenVINO casts other types so too
-        return outputs[0].copy()  # the request reuses its output buffer
+    def forward(inputs):  # an array of any float type and layout: OpenVINO converts it to the model's float32
+        return request.infer({0: inputs})[0].copy()  # the request reuses its output buffer
 
     forward.compiled = compiled  # for its settings
     return forward
