@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import serving_samples as samples
 from conftest import untrained_artifact
 from image_classifier.serving import core_share, engine, handler, settings
 
@@ -74,11 +75,10 @@ def test_the_handler_uses_the_narrow_forward_while_another_worker_is_busy(shared
     used = []
     model = dataclasses.replace(shared_model, forward=lambda x: used.append("wide") or shared_model.forward(x),
                                 narrow_forward=lambda x: used.append("narrow") or shared_model.narrow_forward(x))
-    inputs = np.zeros((1, 3, 16, 16), np.float32)
-    with handler.cores(model) as run:
-        expected = handler.forward(inputs, model, run)
-    with core_share.CoreShare(tmp_path, 2).claim(), handler.cores(model) as run:  # the other worker, busy
-        busy = handler.forward(inputs, model, run)
+    request = handler.input_fn(samples.png(), "image/png")
+    expected = handler.predict_fn(request, model).probabilities
+    with core_share.CoreShare(tmp_path, 2).claim():  # the other worker, busy
+        busy = handler.predict_fn(request, model).probabilities
     assert used == ["wide", "narrow"]
     assert np.allclose(expected, busy, atol=1e-6)
 

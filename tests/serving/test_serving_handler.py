@@ -136,6 +136,13 @@ def test_input_fn_reads_top_k_from_the_custom_attributes_header(model_dir):
     assert handler.input_fn(samples.png(), "image/png", context).top_k == 2
 
 
+def test_without_top_k_in_the_request_the_endpoint_s_setting_holds(model_dir, monkeypatch):
+    monkeypatch.setenv(settings.TOP_K_ENV, "3")
+    assert handler.input_fn(samples.png(), "image/png").top_k == 3
+    context = mms_context(model_dir, {"x-amzn-sagemaker-custom-attributes": "top_k=2"})
+    assert handler.input_fn(samples.png(), "image/png", context).top_k == 2  # the request's own wins
+
+
 @pytest.mark.parametrize("body, content_type, error, words", [
     (b"", "image/jpeg", handler.BadRequest, "empty"),
     (None, "image/png", handler.BadRequest, "empty"),

@@ -210,7 +210,7 @@ def load_with_torch(model_dir, context):
     torch.set_num_threads(served.torch_threads)
     gpu_id = context.system_properties.get("gpu_id") if context is not None else None
     if torch.cuda.is_available():
-        device = torch.device("cuda", int(gpu_id or 0) % torch.cuda.device_count())
+        device = torch.device(f"cuda:{int(gpu_id or 0) % torch.cuda.device_count()}")
     else:
         device = torch.device("cpu")
     network, config = load_artifact(model_dir, device)
@@ -265,8 +265,7 @@ def check_picture(data, what="The body", max_pixels=settings.DEFAULT_MAX_PIXELS)
 def load_json(body):
     if isinstance(body, (bytes, bytearray)):
         try:
-            body = bytes(body).decode(
-                "utf-8")  # pragma: no mutate - "UTF-8" names the same codec
+            body = bytes(body).decode()  # UTF-8, whatever the locale
         except UnicodeDecodeError:
             raise BadRequest("The JSON body is not UTF-8 text.") from None
     if not body or not body.strip():
@@ -394,9 +393,7 @@ def top_labels(probabilities, classes, top_k):
     """The `top_k` most probable classes of one picture's probabilities, most probable first (ties: the
     lower index first)."""
     probabilities = np.asarray(probabilities, dtype=np.float32)
-    ranked = np.argsort(-probabilities,
-                        kind="stable")  # pragma: no mutate - numpy reads "STABLE" as "stable"
-    indices = ranked[:min(top_k, len(classes))]
+    indices = np.argsort(-probabilities, stable=True)[:min(top_k, len(classes))]
     return [{"label": classes[i], "index": int(i), "probability": round(float(probabilities[i]), 6)}
             for i in indices]
 
