@@ -1,8 +1,10 @@
 """Workers sharing the CPU cores request by request (serving/core_share.py): the busy locks between
 processes, a dead worker's lock released, the handler's choice of forward pass and the threads each one runs on."""
 import dataclasses
+import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -28,6 +30,22 @@ def test_a_request_is_alone_until_another_worker_is_busy(tmp_path):
                 assert not third_alone
     with second.claim() as alone:
         assert alone
+
+
+def test_the_busy_files_are_the_server_users_alone(tmp_path):
+    core_share.CoreShare(tmp_path, 2)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == {"worker-0.busy": 0o600, "worker-1.busy": 0o600}
+
+
+def test_sharing_is_logged_with_each_count_in_its_place(tmp_path, caplog):
+    served = settings.ServingSettings(**{**dataclasses.asdict(settings.load(environ={}, cores=4)), "workers": 3,
+                                         "torch_threads": 4, "narrow_threads": 1, "share_cores": True})
+    with caplog.at_level(logging.INFO, logger=core_share.__name__):
+        share = core_share.from_environment(served, tmp_path)
+    assert len(share.slots) == 3
+    assert caplog.messages == ["Cores shared by 3 workers: 4 threads per request while the others are idle, "
+                               "1 while not"]
 
 
 def test_a_killed_workers_slot_is_free_again(tmp_path):
