@@ -17,8 +17,8 @@ out); the copy's `src` is `container_src`, the layout mutmut's module names expe
                                                    --report rewrites REPORT_FILE and SCORES_FILE
   scripts/mutation.py ci [--base REF] [--budget S] the modules a change touched against REF (default:
                                                    $MUTATION_BASE, else the commit that last recorded
-                                                   the scores, else the merge base with main): fails when one scores below its recorded
-                                                   score (.ci/run)
+                                                   the scores, else the merge base with main): fails
+                                                   when one scores below its recorded score (.ci/run)
   scripts/mutation.py list                         the modules, their tests and recorded scores
 Env: PY (the interpreter, default .venv/bin/python), MUTATION_CHILDREN (mutants run at once, default 1),
 MUTATION_KEEP=1 (keep each module's copy, to look at its mutants with `mutmut show` or `mutmut browse`).
@@ -232,8 +232,8 @@ def confirm_timeouts(copy, statuses, env, deadline, log):
             raise SystemExit(f"{name}: its tests could not run on their own (pytest exit {run.returncode}):\n"
                              f"{run.stdout.decode()[-2000:]}")
     if timeouts:
-        print(f"    {len(timeouts)} timeouts run again without the CPU limit: {failed} failed their tests, {endless} ran "
-              f"past {CONFIRM_SECONDS} s", file=log)
+        print(f"    {len(timeouts)} timeouts run again without the CPU limit: {failed} failed their tests, "
+              f"{endless} ran past {CONFIRM_SECONDS} s", file=log)
 
 
 def summary(statuses):

@@ -530,7 +530,8 @@ def test_a_lean_worker_refuses_an_export_it_cannot_load(export, caplog):
 @needs_openvino
 def test_each_engine_asked_for_is_served_when_it_passes(network, int8_model, pixels, expected, caplog):
     for requested, int8, name in (("openvino", None, "openvino"), ("auto", None, "openvino"),
-                                  ("auto", int8_model, "openvino-int8"), ("openvino-int8", int8_model, "openvino-int8")):
+                                  ("auto", int8_model, "openvino-int8"),
+                                  ("openvino-int8", int8_model, "openvino-int8")):
         served_by, serving = engine.load(requested, network, SIZE, "cpu", 1, TOLERANCE, int8_model=int8)
         assert (served_by.name, serving) == (name, network)
         assert served_by.forward.compiled.get_property("INFERENCE_NUM_THREADS") == 1

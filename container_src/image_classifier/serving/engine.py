@@ -271,8 +271,9 @@ def export(network, image_size, folder, saved=None, int8=None, weights=""):
 
 # ------------------------------------------------------------------------------------------- load
 def build(name, network, image_size, threads, exported=None, int8_model=None):
-    """The Engine `name` for `network` (eager, eval mode; OpenVINO runs on the CPU whatever its device). openvino uses the `exported` model
-    when its file exists, else converts now; openvino-int8 the exported copy, else the artifact's `int8_model`."""
+    """The Engine `name` for `network` (eager, eval mode; OpenVINO runs on the CPU whatever its device).
+    openvino uses the `exported` model when its file exists, else converts now; openvino-int8 the exported copy,
+    else the artifact's `int8_model`."""
     saved = Path(exported) / EXPORTED_FILES[name] if exported and name in EXPORTED_FILES else None
     if saved is not None and saved.is_file():
         return openvino_engine(name, saved, threads)
