@@ -224,16 +224,17 @@ def confirm_timeouts(copy, statuses, env, deadline, log):
         except subprocess.TimeoutExpired:
             endless += 1  # it runs on: found, as mutmut said
             continue
-        failed += run.returncode == 1
+        found = run.returncode in (1, 3) or run.returncode < 0  # a test failed, pytest failed, a signal ended it
+        failed += found
         if run.returncode == 0:
             statuses[name] = "survived"
             print(f"    {name}: a timeout under mutmut, but its tests pass without the CPU limit: survived", file=log)
-        elif run.returncode != 1:
+        elif not found:
             raise SystemExit(f"{name}: its tests could not run on their own (pytest exit {run.returncode}):\n"
                              f"{run.stdout.decode()[-2000:]}")
     if timeouts:
-        print(f"    {len(timeouts)} timeouts run again without the CPU limit: {failed} failed their tests, "
-              f"{endless} ran past {CONFIRM_SECONDS} s", file=log)
+        print(f"    {len(timeouts)} timeouts run again without the CPU limit: {failed} failed their tests or "
+              f"crashed, {endless} ran past {CONFIRM_SECONDS} s", file=log)
 
 
 def summary(statuses):

@@ -135,21 +135,24 @@ def test_a_timeout_counts_as_found_only_if_its_tests_fail_or_never_end_without_m
     mutants = tmp_path / "mutants"
     (mutants / "src").mkdir(parents=True)
     (mutants / "test_mutant.py").write_text(
-        "import os, time\n\n"
+        "import os, signal, time\n\n"
         "def test_it():\n"
         "    mutant = os.environ['MUTANT_UNDER_TEST']\n"
         "    assert not mutant.startswith('m.x_fails')\n"
+        "    if mutant.startswith('m.x_crashes'):\n"
+        "        os.kill(os.getpid(), signal.SIGSEGV)\n"
         "    while mutant.startswith('m.x_hangs'):\n"
         "        time.sleep(0.1)\n")
     (mutants / "mutmut-stats.json").write_text(json.dumps({"tests_by_mangled_function_name": {
-        f"m.x_{name}": ["test_mutant.py::test_it"] for name in ("fails", "hangs", "passes", "killed")}}))
+        f"m.x_{name}": ["test_mutant.py::test_it"] for name in ("fails", "crashes", "hangs", "passes", "killed")}}))
     monkeypatch.setattr(mutation, "CONFIRM_SECONDS", 5)
     monkeypatch.setenv("PY", sys.executable)
-    statuses = {"m.x_fails__mutmut_1": "timeout", "m.x_hangs__mutmut_1": "timeout", "m.x_passes__mutmut_1": "timeout",
-                "m.x_killed__mutmut_1": "killed"}
+    statuses = {"m.x_fails__mutmut_1": "timeout", "m.x_crashes__mutmut_1": "timeout", "m.x_hangs__mutmut_1": "timeout",
+                "m.x_passes__mutmut_1": "timeout", "m.x_killed__mutmut_1": "killed"}
     log = io.StringIO()
     mutation.confirm_timeouts(tmp_path, statuses, dict(os.environ), None, log)
-    assert statuses == {"m.x_fails__mutmut_1": "timeout", "m.x_hangs__mutmut_1": "timeout",
-                        "m.x_passes__mutmut_1": "survived", "m.x_killed__mutmut_1": "killed"}
+    assert statuses == {"m.x_fails__mutmut_1": "timeout", "m.x_crashes__mutmut_1": "timeout",
+                        "m.x_hangs__mutmut_1": "timeout", "m.x_passes__mutmut_1": "survived",
+                        "m.x_killed__mutmut_1": "killed"}
     assert log.getvalue().splitlines()[-1] == \
-        "    3 timeouts run again without the CPU limit: 1 failed their tests, 1 ran past 5 s"
+        "    4 timeouts run again without the CPU limit: 2 failed their tests or crashed, 1 ran past 5 s"
