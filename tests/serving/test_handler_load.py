@@ -122,10 +122,14 @@ def test_each_worker_serves_on_the_gpu_mms_gives_it(model_dir, env, monkeypatch)
                        for device in devices]
 
 
-@pytest.mark.parametrize("threads", [2, 1])
-def test_a_worker_that_shares_no_cores_runs_on_its_threads(threads, model_dir, env):
-    env(**{settings.ENGINE_ENV: "torch", settings.TORCH_THREADS_ENV: threads, settings.WORKERS_ENV: 1})
+# 2 workers x 2 threads on 2 cores, sharing off: a fixed split whose share of the cores (1 thread) stays unused
+@pytest.mark.parametrize("workers, threads", [(1, 2), (1, 1), (2, 2)])
+def test_a_worker_that_shares_no_cores_runs_on_its_threads(workers, threads, model_dir, env, monkeypatch):
+    monkeypatch.setattr(settings, "cpu_count", lambda: 2)
+    env(**{settings.ENGINE_ENV: "torch", settings.TORCH_THREADS_ENV: threads, settings.WORKERS_ENV: workers,
+           settings.SHARE_CORES_ENV: "false"})
     model = handler.model_fn(str(model_dir))
+    assert model.settings.narrow_threads == threads // workers
     assert torch.get_num_threads() == threads and model.settings.torch_threads == threads
     assert model.core_share is None and model.narrow_forward is model.forward
 
