@@ -176,10 +176,11 @@ def test_the_worker_logs_what_it_loaded(engine_name, model_dir, env, caplog):
 @needs_openvino
 def test_a_lean_worker_serves_serve_s_export_without_torch(model_dir, tmp_path, env, eager):
     name, worker_env = serve.export_engine(model_dir, settings.load({}), 0, tmp_path / "engine")
-    env(**worker_env)
+    env(**worker_env, **{settings.TORCH_THREADS_ENV: 1})  # not OpenVINO's default (every core)
     model = handler.model_fn(str(model_dir))
     assert (name, model.engine, model.network, model.device) == ("openvino", "openvino", None, "cpu")
     assert model.settings == settings.load()  # a CPU host's
+    assert model.forward.compiled.get_property("INFERENCE_NUM_THREADS") == 1
     assert model.classes == CLASSES and model.decode_side == 18
     assert np.allclose(probabilities(model), eager, atol=1e-4)
 
