@@ -15,6 +15,8 @@ out); the copy's `src` is `container_src`, the layout mutmut's module names expe
 
   scripts/mutation.py run [MODULE...] [--report]   full runs (`make mutation`: every module, --report);
                                                    --report rewrites REPORT_FILE and SCORES_FILE
+  scripts/mutation.py run MODULE --functions KEY... [--report]   only those functions' mutants, merged into the
+                                                   module's recorded results (after a test for a survivor)
   scripts/mutation.py ci [--base REF] [--budget S] the modules a change touched against REF (default:
                                                    $MUTATION_BASE, else the commit that last recorded
                                                    the scores, else the merge base with main): fails
@@ -259,6 +261,19 @@ def score(killed, total):
     return round(100.0 * killed / total, 1) if total else 100.0
 
 
+def merged(recorded, functions, new):
+    """A module's recorded summary with the results of `functions` replaced by `new` (the summary of a run of
+    only their mutants: `run MODULE --functions`, after a test that kills one of their survivors)."""
+    if recorded.get("timeouts", 1):
+        raise SystemExit("the recorded run has timeouts, which it does not assign to functions: run the whole module")
+    counts = {key: value for key, value in recorded["functions"].items() if key not in functions}
+    counts.update(new["functions"])
+    killed, total = sum(value[0] for value in counts.values()), sum(value[1] for value in counts.values())
+    kept = [name for name in recorded["survivors"] if function_key(name.partition(" ")[0]) not in functions]
+    return {"killed": killed, "total": total, "score": score(killed, total), "timeouts": new["timeouts"],
+            "functions": dict(sorted(counts.items())), "survivors": sorted(kept + new["survivors"])}
+
+
 # ------------------------------------------------------------------------------------------- report
 def write_report(results):
     recorded = json.loads(SCORES_FILE.read_text()) if SCORES_FILE.exists() else {}
@@ -427,6 +442,8 @@ def main():
     run = commands.add_parser("run")
     run.add_argument("modules", nargs="*", metavar="MODULE")
     run.add_argument("--report", action="store_true")
+    run.add_argument("--functions", nargs="+", metavar="KEY", help="only these functions' mutants (mutmut's "
+                     "names: x_model_fn, xǁWorkerWatchǁupdate), merged into the module's recorded results")
     check = commands.add_parser("ci")
     check.add_argument("--base")
     check.add_argument("--budget", type=float, default=float(os.environ.get("MUTATION_BUDGET_SECONDS", 420)))
@@ -443,10 +460,16 @@ def main():
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
         raise SystemExit(f"unknown module(s) {unknown}; `list` shows them")
+    if args.functions and len(args.modules) != 1:
+        raise SystemExit("--functions: name one module")
     results = {}
     for module in args.modules or MODULES:
         started = time.monotonic()
-        results[module] = summary(run_module(module))
+        if args.functions:
+            recorded = json.loads(SCORES_FILE.read_text())[module]
+            results[module] = merged(recorded, set(args.functions), summary(run_module(module, set(args.functions))))
+        else:
+            results[module] = summary(run_module(module))
         data = results[module]
         print(f"{module}: {data['killed']}/{data['total']} killed ({data['timeouts']} by timeout), "
               f"{data['score']:.1f} % ({time.monotonic() - started:.0f} s)", flush=True)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CI_RUN = PROJECT_DIR / ".ci" / "run"
 SHELL_TOOLS = ("dirname", "sed", "head", "id", "seq", "df", "tail", "tr", "env", "grep", "sleep", "kill")
@@ -156,3 +158,18 @@ def test_a_timeout_counts_as_found_only_if_its_tests_fail_or_never_end_without_m
                         "m.x_killed__mutmut_1": "killed"}
     assert log.getvalue().splitlines()[-1] == \
         "    4 timeouts run again without the CPU limit: 2 failed their tests or crashed, 1 ran past 5 s"
+
+
+def test_a_rerun_of_some_functions_replaces_only_their_results():
+    mutation = _mutation_script()
+    recorded = {"killed": 7, "total": 9, "score": 77.8, "timeouts": 0, "functions": {"x_a": [4, 5], "x_b": [3, 4]},
+                "survivors": ["m.x_a__mutmut_2 (survived)", "m.x_b__mutmut_1 (survived)"]}
+    statuses = {"m.x_a__mutmut_1": "killed", "m.x_a__mutmut_2": "killed", "m.x_a__mutmut_3": "timeout",
+                "m.x_a__mutmut_4": "survived", "m.x_a__mutmut_5": "killed"}
+    assert mutation.merged(recorded, {"x_a"}, mutation.summary(statuses)) == {
+        "killed": 7, "total": 9, "score": 77.8, "timeouts": 1, "functions": {"x_a": [4, 5], "x_b": [3, 4]},
+        "survivors": ["m.x_a__mutmut_4 (survived)", "m.x_b__mutmut_1 (survived)"]}
+    statuses["m.x_a__mutmut_4"] = "killed"
+    assert mutation.merged(recorded, {"x_a"}, mutation.summary(statuses))["survivors"] == ["m.x_b__mutmut_1 (survived)"]
+    with pytest.raises(SystemExit, match="timeouts"):  # the recorded run's timeouts cannot be put to a function
+        mutation.merged({**recorded, "timeouts": 1}, {"x_a"}, mutation.summary(statuses))
