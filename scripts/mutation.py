@@ -285,8 +285,8 @@ def write_report(results):
              f"[{SCORES_FILE.name}]({SCORES_FILE.name}). Goal: at least {GOAL:g} % of each module's mutants "
              "killed; a survivor is killed by a new test or marked `# pragma: no mutate` with the reason it is "
              "equivalent. A timeout (a mutant mutmut's CPU limit stopped) counts as killed only when its tests, run "
-             "again without that limit, failed or ran on. How to read and update it: [TESTING.md](../TESTING.md), "
-             "'Mutation score'.", "",
+             "again without that limit, failed, crashed or ran on. How to read and update it: "
+             "[TESTING.md](../TESTING.md), 'Mutation score'.", "",
              "| module | killed | of which by timeout | mutants | score | tests |", "|---|---:|---:|---:|---:|---|"]
     for module, data in recorded.items():
         mark = "" if data["score"] >= GOAL else " (below the goal)"
@@ -301,6 +301,8 @@ def write_report(results):
     for module, data in recorded.items():
         if data["survivors"]:
             lines += [f"### {module}", "", *[f"- `{name}`" for name in data["survivors"]], ""]
+    if not any(data["survivors"] for data in recorded.values()):
+        lines.append("None: every mutant of the modules above is killed.")
     REPORT_FILE.write_text("\n".join(lines).rstrip() + "\n")
 
 
