@@ -261,14 +261,19 @@ def score(killed, total):
     return round(100.0 * killed / total, 1) if total else 100.0
 
 
+def tally(functions):
+    """(killed, total) of a module from its per-function counts {key: [killed, total]}."""
+    return sum(counts[0] for counts in functions.values()), sum(counts[1] for counts in functions.values())
+
+
 def merged(recorded, functions, new):
     """A module's recorded summary with the results of `functions` replaced by `new` (the summary of a run of
     only their mutants: `run MODULE --functions`, after a test that kills one of their survivors)."""
-    if recorded.get("timeouts", 1):
+    if recorded.get("timeouts") != 0:  # none recorded, or a count from before timeouts were counted
         raise SystemExit("the recorded run has timeouts, which it does not assign to functions: run the whole module")
     counts = {key: value for key, value in recorded["functions"].items() if key not in functions}
     counts.update(new["functions"])
-    killed, total = sum(value[0] for value in counts.values()), sum(value[1] for value in counts.values())
+    killed, total = tally(counts)
     kept = [name for name in recorded["survivors"] if function_key(name.partition(" ")[0]) not in functions]
     return {"killed": killed, "total": total, "score": score(killed, total), "timeouts": new["timeouts"],
             "functions": dict(sorted(counts.items())), "survivors": sorted(kept + new["survivors"])}
@@ -417,9 +422,7 @@ def ci(base_ref, budget):
                          if key in function_spans(MODULES[module][0]) and (functions is not None or key in cut_short)}
         functions_now.update({key: counts for key, counts in now["functions"].items()
                               if key not in cut_short or key not in functions_now})
-        killed = sum(counts[0] for counts in functions_now.values())
-        total = sum(counts[1] for counts in functions_now.values())
-        new_score = score(killed, total)
+        new_score = score(*tally(functions_now))
         verdict = "ok" if new_score >= old["score"] else "DROPPED"
         print(f"{module}: {now['killed']}/{now['total']} mutants killed in the functions run; module score "
               f"{new_score:.1f} % (recorded {old['score']:.1f} %): {verdict}")
